@@ -1,0 +1,93 @@
+# cunet — build, test, install.  `make help` lists the targets.
+
+PREFIX    ?= /usr/local
+BUILD     ?= build
+CC        ?= cc
+LUA_INC   ?= /usr/include/lua5.4
+LUA_LIB   ?= -llua5.4
+# Debian's OpenBLAS is threaded with pthreads; OpenMP drives our own loops.
+BLAS_LIB  ?= -lopenblas
+VERSION   := 0.1.0
+
+WARN      := -Wall -Wextra -Wshadow -Wundef -Wmissing-prototypes -Wstrict-prototypes
+OPT       ?= -O2 -march=native -ftree-vectorize -fno-math-errno
+CFLAGS    ?=
+SAN_FLAGS :=
+ifeq ($(SAN),1)
+  SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  OPT       := -O1 -g
+endif
+ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(OPT) $(SAN_FLAGS) -I engine -I $(LUA_INC) \
+              -DCUNET_VERSION='"$(VERSION)"' -DCUNET_LUADIR='"$(PREFIX)/share/cunet/lua"' $(CFLAGS)
+LIBS        = $(BLAS_LIB) -lpng -lz -lm -fopenmp $(SAN_FLAGS)
+
+ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
+BIND_SRC   := $(wildcard engine/lua/*.c)
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+BIND_OBJ   := $(BIND_SRC:%.c=$(BUILD)/%.o)
+CTEST_SRC  := $(wildcard tests/c/test_*.c)
+CTEST_BIN  := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
+
+EXE        := $(BUILD)/cunet
+MODULE     := $(BUILD)/lua/cunet/core.so
+LIBENGINE  := $(BUILD)/libcunet.a
+
+.PHONY: all test test-c test-lua test-asan bench deps data demo install uninstall clean help
+
+all: $(EXE) $(MODULE) $(if $(filter build,$(BUILD)),cunet)
+
+help:
+	@echo "make            build ./cunet, the engine library and the Lua module"
+	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
+	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make bench      engine vs PyTorch timings"
+	@echo "make deps       install the Debian packages cunet needs (idempotent)"
+	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and the module"
+	@echo "make clean      remove build outputs"
+
+$(BUILD)/%.o: %.c $(wildcard engine/*.h engine/lua/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIBENGINE): $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(EXE): $(BUILD)/engine/main.o $(BIND_OBJ) $(LIBENGINE)
+	$(CC) -o $@ $^ $(LUA_LIB) -lreadline $(LIBS)
+
+cunet: $(EXE)
+	cp $(EXE) cunet
+
+# The same binding as a plain Lua C module: lua5.4 finds it as cunet.core through LUA_CPATH.
+$(MODULE): $(BIND_OBJ) $(LIBENGINE)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $(BIND_OBJ) $(LIBENGINE) $(LIBS)
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h $(LIBENGINE)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -I tests/c -o $@ $< $(LIBENGINE) $(LIBS)
+
+test: all $(CTEST_BIN)
+	@BUILD=$(BUILD) sh tests/run_all.sh
+
+test-asan:
+	$(MAKE) BUILD=build-asan SAN=1 test
+
+bench: all
+	@sh bench/run.sh
+
+deps:
+	@sh tools/deps.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/cunet/lua/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
+	install -m 755 $(EXE) $(DESTDIR)$(PREFIX)/bin/cunet
+	cd lua && find . -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/cunet/lua/{} \;
+	install -m 755 $(MODULE) $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet/core.so
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/bin/cunet $(DESTDIR)$(PREFIX)/share/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
+
+clean:
+	rm -rf build build-asan cunet

@@ -1,0 +1,54 @@
+/* binding.h — shared helpers of the Lua binding (the files in engine/lua).
+ *
+ * Tensors are full userdata of metatable CNL_TENSOR_MT holding one cn_tensor* reference, released
+ * in __gc/__close/free. The userdata box is always created before the C object (cnl_newbox), so a
+ * failing engine call leaves an empty box for the collector and nothing leaks.
+ *
+ * Lua dims and indices are 1-based; -1 is the last. cnl_checkdim converts to the engine's 0-based.
+ */
+#ifndef CNL_BINDING_H
+#define CNL_BINDING_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "ops.h"
+#include "tensor.h"
+
+#define CNL_TENSOR_MT "cunet.Tensor"
+
+/* Pushes an empty tensor box (NULL inside, metatable set); returns the slot to store into. */
+cn_tensor **cnl_newbox(lua_State *L);
+/* Pushes t as a new userdata, taking over the caller's reference. t must not be NULL. */
+void cnl_pushtensor(lua_State *L, cn_tensor *t);
+/* The tensor at idx, or a Lua error "bad argument #idx to 'fname' (tensor expected, got X)". */
+cn_tensor *cnl_checktensor(lua_State *L, int idx);
+/* The tensor at idx, or NULL when the value there is not a (live) tensor. */
+cn_tensor *cnl_totensor(lua_State *L, int idx);
+/* Raises err's message as a Lua error (never returns). */
+int cnl_raise(lua_State *L, const cn_error *err);
+/* Stores r into box and returns 1, or raises err when r is NULL. Use: return cnl_result(L, box, r, &err). */
+int cnl_result(lua_State *L, cn_tensor **box, cn_tensor *r, const cn_error *err);
+/* Lua 1-based (or negative) dim at arg -> 0-based dim of a tensor with ndim dims; raises when out of range. */
+int cnl_checkdim(lua_State *L, int arg, int ndim);
+/* Like cnl_checkdim for a dim value already read; `arg` names the argument in the message. */
+int cnl_todim(lua_State *L, lua_Integer d, int ndim, int arg);
+/* Dims at arg: nil/none -> 0 (meaning all dims), a number, or a table of numbers; fills dims
+ * (0-based, CN_MAX_DIMS) and returns the count; raises on bad or repeated dims. */
+int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims);
+/* A shape at arg: a table {2, 3} or, from arg on, integer arguments 2, 3. Fills shape, returns ndim. */
+int cnl_checkshape(lua_State *L, int arg, int64_t *shape);
+/* Optional boolean at arg (nil/none -> def). */
+int cnl_optbool(lua_State *L, int arg, int def);
+/* Adds methods to the tensor method table and functions to the module table at index -1. */
+void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions);
+
+/* Registration entry points of each binding file, called by luaopen_cunet_core. */
+void cnl_open_tensor(lua_State *L);
+void cnl_open_elementwise(lua_State *L);
+void cnl_open_reduce(lua_State *L);
+
+/* The module opener: require "cunet.core". */
+int luaopen_cunet_core(lua_State *L);
+
+#endif

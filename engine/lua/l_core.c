@@ -1,0 +1,152 @@
+/* l_core.c — the binding's shared helpers (binding.h) and the module opener for "cunet.core". */
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "binding.h"
+
+/* ---- boxes -------------------------------------------------------------------------------- */
+
+cn_tensor **cnl_newbox(lua_State *L) {
+    cn_tensor **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, CNL_TENSOR_MT);
+    return box;
+}
+
+/* Tells the collector about fresh storage: a 4-byte box may hold megabytes it cannot see. */
+static void pace_gc(lua_State *L, const cn_tensor *t) {
+    if (t->storage->refcount != 1) return; /* a view: no new memory */
+    size_t kb = cn_numel(t) * sizeof(float) / 1024;
+    if (kb) lua_gc(L, LUA_GCSTEP, (int)(kb > (size_t)1 << 30 ? (size_t)1 << 30 : kb));
+}
+
+void cnl_pushtensor(lua_State *L, cn_tensor *t) {
+    cn_tensor **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = t;
+    luaL_setmetatable(L, CNL_TENSOR_MT);
+    pace_gc(L, t);
+}
+
+cn_tensor *cnl_totensor(lua_State *L, int idx) {
+    cn_tensor **box = luaL_testudata(L, idx, CNL_TENSOR_MT);
+    return box ? *box : NULL;
+}
+
+cn_tensor *cnl_checktensor(lua_State *L, int idx) {
+    cn_tensor **box = luaL_testudata(L, idx, CNL_TENSOR_MT);
+    if (!box) luaL_typeerror(L, idx, "tensor");
+    if (!*box) luaL_argerror(L, idx, "tensor was freed");
+    return *box;
+}
+
+int cnl_raise(lua_State *L, const cn_error *err) {
+    return luaL_error(L, "%s", err->msg);
+}
+
+int cnl_result(lua_State *L, cn_tensor **box, cn_tensor *r, const cn_error *err) {
+    if (!r) return cnl_raise(L, err);
+    *box = r;
+    pace_gc(L, r);
+    return 1;
+}
+
+/* ---- arguments ---------------------------------------------------------------------------- */
+
+int cnl_todim(lua_State *L, lua_Integer d, int ndim, int arg) {
+    if (d >= 1 && d <= ndim) return (int)d - 1;
+    if (d < 0 && d >= -ndim) return ndim + (int)d;
+    if (d == 0)
+        return luaL_argerror(L, arg, lua_pushfstring(L, "dim 0 is invalid: dims are 1-based (1..%d, or -1 for the last)", ndim));
+    return luaL_argerror(L, arg, lua_pushfstring(L, "dim %d out of range for a %d-D tensor", (int)d, ndim));
+}
+
+int cnl_checkdim(lua_State *L, int arg, int ndim) {
+    return cnl_todim(L, luaL_checkinteger(L, arg), ndim, arg);
+}
+
+int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims) {
+    int n = 0;
+    if (lua_isnoneornil(L, arg)) return 0;
+    if (lua_isinteger(L, arg) || lua_type(L, arg) == LUA_TNUMBER) {
+        dims[0] = cnl_checkdim(L, arg, ndim);
+        return 1;
+    }
+    luaL_argexpected(L, lua_istable(L, arg), arg, "dim or table of dims");
+    lua_Integer len = luaL_len(L, arg);
+    if (len == 0) return 0;
+    luaL_argcheck(L, len <= ndim, arg, "more dims than the tensor has");
+    for (lua_Integer i = 1; i <= len; i++) {
+        lua_geti(L, arg, i);
+        int isint;
+        lua_Integer d = lua_tointegerx(L, -1, &isint);
+        lua_pop(L, 1);
+        if (!isint) luaL_argerror(L, arg, "dims must be integers");
+        int dim = cnl_todim(L, d, ndim, arg);
+        for (int j = 0; j < n; j++)
+            if (dims[j] == dim) luaL_argerror(L, arg, lua_pushfstring(L, "dim %d repeated", (int)d));
+        dims[n++] = dim;
+    }
+    return n;
+}
+
+int cnl_checkshape(lua_State *L, int arg, int64_t *shape) {
+    int n = 0;
+    if (lua_istable(L, arg)) {
+        lua_Integer len = luaL_len(L, arg);
+        if (len > CN_MAX_DIMS)
+            luaL_argerror(L, arg, lua_pushfstring(L, "at most %d dims supported", CN_MAX_DIMS));
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, arg, i);
+            int isint;
+            lua_Integer v = lua_tointegerx(L, -1, &isint);
+            lua_pop(L, 1);
+            if (!isint)
+                luaL_argerror(L, arg, lua_pushfstring(L, "shape entry %d is not an integer", (int)i));
+            shape[n++] = v;
+        }
+        return n;
+    }
+    int top = lua_gettop(L);
+    if (arg > top || !lua_isinteger(L, arg)) luaL_typeerror(L, arg, "shape (table or integers)");
+    for (int i = arg; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
+        if (n == CN_MAX_DIMS) luaL_argerror(L, i, lua_pushfstring(L, "at most %d dims supported", CN_MAX_DIMS));
+        shape[n++] = luaL_checkinteger(L, i);
+    }
+    return n;
+}
+
+int cnl_optbool(lua_State *L, int arg, int def) {
+    return lua_isnoneornil(L, arg) ? def : lua_toboolean(L, arg);
+}
+
+void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions) {
+    if (functions) luaL_setfuncs(L, functions, 0);
+    if (methods) {
+        luaL_getmetatable(L, CNL_TENSOR_MT);
+        lua_getfield(L, -1, "__methods");
+        luaL_setfuncs(L, methods, 0);
+        lua_pop(L, 2);
+    }
+}
+
+/* ---- module ------------------------------------------------------------------------------- */
+
+int luaopen_cunet_core(lua_State *L) {
+    lua_newtable(L); /* the module */
+    if (luaL_newmetatable(L, CNL_TENSOR_MT)) {
+        lua_newtable(L);
+        lua_setfield(L, -2, "__methods");
+        lua_pushliteral(L, "cunet.Tensor");
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+    cnl_open_tensor(L);
+    cnl_open_elementwise(L);
+    cnl_open_reduce(L);
+    luaL_getmetatable(L, CNL_TENSOR_MT);
+    lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
+    lua_pushliteral(L, CUNET_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}

@@ -1,0 +1,808 @@
+/* l_tensor.c — Lua binding of tensor creation, facts, element access, views and copies.
+ * Dims and indices are 1-based on the Lua side (see docs/tensor-api.md). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "binding.h"
+#include "rng.h"
+
+/* ---- creation ----------------------------------------------------------------------------- */
+
+/* Walks a nested table to find its shape (first elements), then checks it is rectangular. */
+static int nested_shape(lua_State *L, int idx, int64_t *shape) {
+    int n = 0;
+    lua_pushvalue(L, idx);
+    while (lua_istable(L, -1)) {
+        if (n == CN_MAX_DIMS) luaL_error(L, "tensor: nested table deeper than %d dims", CN_MAX_DIMS);
+        shape[n++] = (int64_t)luaL_len(L, -1);
+        if (shape[n - 1] == 0) break;
+        lua_geti(L, -1, 1);
+        lua_remove(L, -2);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+static void fill_nested(lua_State *L, int idx, int depth, int ndim, const int64_t *shape, float *out,
+                        size_t *at) {
+    if (!lua_istable(L, idx) || luaL_len(L, idx) != shape[depth]) {
+        char buf[160];
+        luaL_error(L, "tensor: nested table is not rectangular (expected %d entries at depth %d for shape %s)",
+                   (int)shape[depth], depth + 1, cn_shape_str(buf, sizeof buf, ndim, shape));
+    }
+    for (int64_t i = 1; i <= shape[depth]; i++) {
+        lua_geti(L, idx, i);
+        if (depth + 1 < ndim) {
+            fill_nested(L, lua_gettop(L), depth + 1, ndim, shape, out, at);
+        } else {
+            int isnum;
+            lua_Number v = lua_tonumberx(L, -1, &isnum);
+            if (!isnum)
+                luaL_error(L, "tensor: entry %d at depth %d is a %s, not a number", (int)i, depth + 1,
+                           luaL_typename(L, -1));
+            out[(*at)++] = (float)v;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* cn.tensor(nested) | cn.tensor(flat, shape) | cn.tensor(number) | cn.tensor(tensor) (a copy) */
+static int l_tensor(lua_State *L) {
+    cn_error err;
+    int64_t shape[CN_MAX_DIMS];
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+        cn_tensor **box = cnl_newbox(L);
+        return cnl_result(L, box, cn_scalar((float)lua_tonumber(L, 1), &err), &err);
+    }
+    cn_tensor *src = cnl_totensor(L, 1);
+    if (src) {
+        cn_tensor **box = cnl_newbox(L);
+        return cnl_result(L, box, cn_clone(src, &err), &err);
+    }
+    luaL_argexpected(L, lua_istable(L, 1), 1, "table, number or tensor");
+    int ndim;
+    bool flat = !lua_isnoneornil(L, 2);
+    if (flat) {
+        ndim = cnl_checkshape(L, 2, shape);
+        size_t want = cn_shape_numel(ndim, shape);
+        lua_Integer len = luaL_len(L, 1);
+        if ((size_t)len != want) {
+            char buf[160];
+            return luaL_error(L, "tensor: %d values given for shape %s (%d needed)", (int)len,
+                              cn_shape_str(buf, sizeof buf, ndim, shape), (int)want);
+        }
+    } else {
+        ndim = nested_shape(L, 1, shape);
+    }
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *t = cn_empty(ndim, shape, &err);
+    if (!t) return cnl_raise(L, &err);
+    *box = t; /* owned by the box from here: a Lua error below cannot leak it */
+    float *p = cn_data(t);
+    if (flat) {
+        size_t n = cn_numel(t);
+        for (size_t i = 0; i < n; i++) {
+            lua_geti(L, 1, (lua_Integer)i + 1);
+            int isnum;
+            lua_Number v = lua_tonumberx(L, -1, &isnum);
+            if (!isnum) return luaL_error(L, "tensor: entry %d is a %s, not a number", (int)i + 1, luaL_typename(L, -1));
+            p[i] = (float)v;
+            lua_pop(L, 1);
+        }
+    } else if (ndim > 0 && cn_numel(t) > 0) {
+        size_t at = 0;
+        fill_nested(L, 1, 0, ndim, shape, p, &at);
+    }
+    return 1;
+}
+
+typedef enum { FILL_EMPTY, FILL_ZEROS, FILL_ONES, FILL_RAND, FILL_RANDN } fill_kind;
+
+static void fill_with(cn_tensor *t, fill_kind kind) {
+    size_t n = cn_numel(t);
+    switch (kind) {
+    case FILL_EMPTY: break;
+    case FILL_ZEROS: cn_fill_(t, 0.0f); break;
+    case FILL_ONES: cn_fill_(t, 1.0f); break;
+    case FILL_RAND: cn_rng_uniform(cn_data(t), n, 0.0f, 1.0f); break;
+    case FILL_RANDN: cn_rng_normal(cn_data(t), n, 0.0f, 1.0f); break;
+    }
+}
+
+static int create(lua_State *L, fill_kind kind) {
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = lua_isnoneornil(L, 1) ? 0 : cnl_checkshape(L, 1, shape);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *t = cn_empty(ndim, shape, &err);
+    if (t) fill_with(t, kind);
+    return cnl_result(L, box, t, &err);
+}
+
+static int create_like(lua_State *L, fill_kind kind) {
+    cn_tensor *src = cnl_checktensor(L, 1);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *t = cn_empty_like(src, &err);
+    if (t) fill_with(t, kind);
+    return cnl_result(L, box, t, &err);
+}
+
+static int l_empty(lua_State *L) { return create(L, FILL_EMPTY); }
+static int l_zeros(lua_State *L) { return create(L, FILL_ZEROS); }
+static int l_ones(lua_State *L) { return create(L, FILL_ONES); }
+static int l_rand(lua_State *L) { return create(L, FILL_RAND); }
+static int l_randn(lua_State *L) { return create(L, FILL_RANDN); }
+static int l_empty_like(lua_State *L) { return create_like(L, FILL_EMPTY); }
+static int l_zeros_like(lua_State *L) { return create_like(L, FILL_ZEROS); }
+static int l_ones_like(lua_State *L) { return create_like(L, FILL_ONES); }
+static int l_rand_like(lua_State *L) { return create_like(L, FILL_RAND); }
+static int l_randn_like(lua_State *L) { return create_like(L, FILL_RANDN); }
+
+/* cn.full({2, 3}, v) | cn.full(2, 3, v) */
+static int l_full(lua_State *L) {
+    int64_t shape[CN_MAX_DIMS];
+    float value;
+    if (!lua_istable(L, 1)) {
+        int top = lua_gettop(L);
+        luaL_argcheck(L, top >= 2, top, "full needs a shape and a value");
+        value = (float)luaL_checknumber(L, top);
+        lua_settop(L, top - 1);
+    } else {
+        value = (float)luaL_checknumber(L, 2);
+    }
+    int ndim = cnl_checkshape(L, 1, shape);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_full(ndim, shape, value, &err), &err);
+}
+
+static int l_full_like(lua_State *L) {
+    cn_tensor *src = cnl_checktensor(L, 1);
+    float value = (float)luaL_checknumber(L, 2);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_full(src->ndim, src->shape, value, &err), &err);
+}
+
+/* cn.arange(end) | cn.arange(start, end [, step]) */
+static int l_arange(lua_State *L) {
+    double start = 0, end, step = 1;
+    if (lua_isnoneornil(L, 2)) {
+        end = luaL_checknumber(L, 1);
+    } else {
+        start = luaL_checknumber(L, 1);
+        end = luaL_checknumber(L, 2);
+        step = luaL_optnumber(L, 3, 1);
+    }
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_arange(start, end, step, &err), &err);
+}
+
+static int l_linspace(lua_State *L) {
+    double start = luaL_checknumber(L, 1), end = luaL_checknumber(L, 2);
+    lua_Integer steps = luaL_checkinteger(L, 3);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_linspace(start, end, steps, &err), &err);
+}
+
+/* cn.randint(lo, hi, shape): integers in [lo, hi) */
+static int l_randint(lua_State *L) {
+    lua_Integer lo = luaL_checkinteger(L, 1), hi = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, hi > lo, 2, "randint needs hi > lo");
+    luaL_argcheck(L, hi - lo <= (1LL << 24), 2, "range wider than 2^24 cannot be stored exactly in float32");
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = cnl_checkshape(L, 3, shape);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *t = cn_empty(ndim, shape, &err);
+    if (t) cn_rng_randint(cn_data(t), cn_numel(t), lo, hi);
+    return cnl_result(L, box, t, &err);
+}
+
+/* cn.randperm(n): a permutation of 1..n (Fisher–Yates over the generator) */
+static int l_randperm(lua_State *L) {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 0 && n <= (1LL << 24), 1, "n must be in [0, 2^24]");
+    int64_t shape = n;
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *t = cn_empty(1, &shape, &err);
+    if (!t) return cnl_raise(L, &err);
+    *box = t;
+    float *p = cn_data(t);
+    for (lua_Integer i = 0; i < n; i++) p[i] = (float)(i + 1);
+    if (n > 1) {
+        float *r = malloc((size_t)n * sizeof *r);
+        if (!r) return luaL_error(L, "randperm: out of memory");
+        cn_rng_uniform(r, (size_t)n, 0.0f, 1.0f);
+        for (lua_Integer i = n - 1; i > 0; i--) {
+            lua_Integer j = (lua_Integer)((double)r[i] * (double)(i + 1));
+            if (j > i) j = i;
+            float tmp = p[i];
+            p[i] = p[j];
+            p[j] = tmp;
+        }
+        free(r);
+    }
+    return 1;
+}
+
+/* ---- RNG and memory ----------------------------------------------------------------------- */
+
+static int l_seed(lua_State *L) {
+    cn_rng_seed((uint64_t)luaL_checkinteger(L, 1));
+    return 0;
+}
+
+static int l_rng_state(lua_State *L) {
+    cn_rng_state s = cn_rng_get_state();
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)s.seed);
+    lua_setfield(L, -2, "seed");
+    lua_pushinteger(L, (lua_Integer)s.counter);
+    lua_setfield(L, -2, "counter");
+    return 1;
+}
+
+static int l_set_rng_state(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    cn_rng_state s;
+    int ok1, ok2;
+    lua_getfield(L, 1, "seed");
+    s.seed = (uint64_t)lua_tointegerx(L, -1, &ok1);
+    lua_getfield(L, 1, "counter");
+    s.counter = (uint64_t)lua_tointegerx(L, -1, &ok2);
+    luaL_argcheck(L, ok1 && ok2, 1, "expected {seed=integer, counter=integer} from cn.rng_state()");
+    cn_rng_set_state(s);
+    return 0;
+}
+
+static int l_memory(lua_State *L) {
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)cn_memory_live());
+    lua_setfield(L, -2, "live");
+    lua_pushinteger(L, (lua_Integer)cn_memory_peak());
+    lua_setfield(L, -2, "peak");
+    return 1;
+}
+
+static int l_reset_peak(lua_State *L) {
+    (void)L;
+    cn_memory_reset_peak();
+    return 0;
+}
+
+static int l_is_tensor(lua_State *L) {
+    lua_pushboolean(L, luaL_testudata(L, 1, CNL_TENSOR_MT) != NULL);
+    return 1;
+}
+
+/* ---- facts -------------------------------------------------------------------------------- */
+
+static int l_shape(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    lua_createtable(L, t->ndim, 0);
+    for (int i = 0; i < t->ndim; i++) {
+        lua_pushinteger(L, t->shape[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int l_stride(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    lua_createtable(L, t->ndim, 0);
+    for (int i = 0; i < t->ndim; i++) {
+        lua_pushinteger(L, t->stride[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+static int l_size(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    if (lua_isnoneornil(L, 2)) return l_shape(L);
+    lua_pushinteger(L, t->shape[cnl_checkdim(L, 2, t->ndim)]);
+    return 1;
+}
+
+static int l_len(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    if (t->ndim == 0) return luaL_error(L, "#: a 0-d tensor has no length (use numel)");
+    lua_pushinteger(L, t->shape[0]);
+    return 1;
+}
+
+static int l_dim(lua_State *L) {
+    lua_pushinteger(L, cnl_checktensor(L, 1)->ndim);
+    return 1;
+}
+
+static int l_numel(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)cn_numel(cnl_checktensor(L, 1)));
+    return 1;
+}
+
+static int l_is_contiguous(lua_State *L) {
+    lua_pushboolean(L, cn_is_contiguous(cnl_checktensor(L, 1)));
+    return 1;
+}
+
+static int l_item(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    if (cn_numel(t) != 1) {
+        char buf[160];
+        return luaL_error(L, "item: tensor of shape %s has %d elements, item() needs exactly one",
+                          cn_shape_str(buf, sizeof buf, t->ndim, t->shape), (int)cn_numel(t));
+    }
+    lua_pushnumber(L, t->storage->data[t->offset]);
+    return 1;
+}
+
+static void push_nested(lua_State *L, const cn_tensor *t, int depth, size_t offset) {
+    if (depth == t->ndim) {
+        lua_pushnumber(L, t->storage->data[offset]);
+        return;
+    }
+    lua_createtable(L, (int)t->shape[depth], 0);
+    for (int64_t i = 0; i < t->shape[depth]; i++) {
+        push_nested(L, t, depth + 1, offset + (size_t)(i * t->stride[depth]));
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* t:totable() — nested tables (a number for a 0-d tensor); t:totable{flat=true} — one flat table */
+static int l_totable(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    luaL_checkstack(L, t->ndim + 4, "totable");
+    bool flat = false;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "flat");
+        flat = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    if (flat) {
+        size_t n = cn_numel(t);
+        float *buf = malloc((n ? n : 1) * sizeof *buf);
+        if (!buf) return luaL_error(L, "totable: out of memory");
+        cn_to_buffer(t, buf);
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            lua_pushnumber(L, buf[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        free(buf);
+        return 1;
+    }
+    push_nested(L, t, 0, t->offset);
+    return 1;
+}
+
+/* Reads a table of 1-based indices at arg into a storage offset; raises on bad indices. */
+static size_t checkindex(lua_State *L, const cn_tensor *t, int arg, const char *fname) {
+    luaL_checktype(L, arg, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, arg);
+    if (n != t->ndim) {
+        char buf[160];
+        luaL_error(L, "%s: %d indices given for a %d-D tensor of shape %s", fname, (int)n, t->ndim,
+                   cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+    }
+    int64_t off = (int64_t)t->offset;
+    for (int d = 0; d < t->ndim; d++) {
+        lua_geti(L, arg, d + 1);
+        int isint;
+        lua_Integer i = lua_tointegerx(L, -1, &isint);
+        lua_pop(L, 1);
+        if (!isint) luaL_error(L, "%s: index %d is not an integer", fname, d + 1);
+        int64_t size = t->shape[d];
+        int64_t i0 = i > 0 ? i - 1 : i + size;
+        if (i == 0 || i0 < 0 || i0 >= size) {
+            char buf[160];
+            luaL_error(L, "%s: index %d out of range for dim %d of size %d (shape %s; indices are 1-based)",
+                       fname, (int)i, d + 1, (int)size, cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+        }
+        off += i0 * t->stride[d];
+    }
+    return (size_t)off;
+}
+
+static int l_get(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    lua_pushnumber(L, t->storage->data[checkindex(L, t, 2, "get")]);
+    return 1;
+}
+
+static int l_set(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    size_t off = checkindex(L, t, 2, "set");
+    t->storage->data[off] = (float)luaL_checknumber(L, 3);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int l_free(lua_State *L) {
+    cn_tensor **box = luaL_checkudata(L, 1, CNL_TENSOR_MT);
+    cn_release(*box);
+    *box = NULL;
+    return 0;
+}
+
+/* ---- views -------------------------------------------------------------------------------- */
+
+/* Converts a Lua 1-based index (negatives from the end) along a dim of `size` to 0-based. */
+static int64_t checkpos(lua_State *L, int arg, int64_t size, const char *what) {
+    lua_Integer i = luaL_checkinteger(L, arg);
+    int64_t i0 = i > 0 ? i - 1 : i + size;
+    if (i == 0 || i0 < 0 || i0 >= size)
+        luaL_argerror(L, arg, lua_pushfstring(L, "%s %d out of range for a dim of size %d (1-based)", what,
+                                              (int)i, (int)size));
+    return i0;
+}
+
+static int reshape_like(lua_State *L, bool view) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = cnl_checkshape(L, 2, shape);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, view ? cn_view(t, ndim, shape, &err) : cn_reshape(t, ndim, shape, &err), &err);
+}
+
+static int l_view(lua_State *L) { return reshape_like(L, true); }
+static int l_reshape(lua_State *L) { return reshape_like(L, false); }
+
+static int l_flatten(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int64_t n = (int64_t)cn_numel(t);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_reshape(t, 1, &n, &err), &err);
+}
+
+static int l_permute(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int perm[CN_MAX_DIMS];
+    int n;
+    if (lua_istable(L, 2)) {
+        n = (int)luaL_len(L, 2);
+        luaL_argcheck(L, n == t->ndim, 2, lua_pushfstring(L, "permute needs %d dims, got %d", t->ndim, n));
+        for (int i = 0; i < n; i++) {
+            lua_geti(L, 2, i + 1);
+            perm[i] = cnl_todim(L, luaL_checkinteger(L, -1), t->ndim, 2);
+            lua_pop(L, 1);
+        }
+    } else {
+        n = lua_gettop(L) - 1;
+        if (n != t->ndim)
+            return luaL_error(L, "permute: %d dims given for a %d-D tensor", n, t->ndim);
+        for (int i = 0; i < n; i++) perm[i] = cnl_checkdim(L, i + 2, t->ndim);
+    }
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_permute(t, perm, &err), &err);
+}
+
+static int l_transpose(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d0 = cnl_checkdim(L, 2, t->ndim), d1 = cnl_checkdim(L, 3, t->ndim);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_transpose(t, d0, d1, &err), &err);
+}
+
+static int l_t(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    if (t->ndim != 2) {
+        char buf[160];
+        return luaL_error(L, "t: expects a 2-D tensor, got shape %s", cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+    }
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_transpose(t, 0, 1, &err), &err);
+}
+
+static int l_narrow(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = cnl_checkdim(L, 2, t->ndim);
+    lua_Integer start = luaL_checkinteger(L, 3), length = luaL_checkinteger(L, 4);
+    luaL_argcheck(L, start >= 1, 3, "start is 1-based");
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_narrow(t, d, start - 1, length, &err), &err);
+}
+
+/* t:slice(dim, first [, last]) — inclusive range like string.sub; negatives count from the end */
+static int l_slice(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = cnl_checkdim(L, 2, t->ndim);
+    int64_t size = t->shape[d];
+    lua_Integer first = luaL_checkinteger(L, 3), last = luaL_optinteger(L, 4, -1);
+    int64_t f = first > 0 ? first - 1 : first + size, l = last > 0 ? last - 1 : last + size;
+    if (f < 0) f = 0;
+    if (l >= size) l = size - 1;
+    int64_t length = l >= f ? l - f + 1 : 0;
+    if (f > size) f = size;
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_narrow(t, d, f, length, &err), &err);
+}
+
+static int l_select(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = cnl_checkdim(L, 2, t->ndim);
+    int64_t i = checkpos(L, 3, t->shape[d], "index");
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_select(t, d, i, &err), &err);
+}
+
+static int l_squeeze(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    cn_error err;
+    if (lua_isnoneornil(L, 2)) {
+        cn_tensor **box = cnl_newbox(L);
+        return cnl_result(L, box, cn_squeeze_all(t, &err), &err);
+    }
+    int d = cnl_checkdim(L, 2, t->ndim);
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_squeeze(t, d, &err), &err);
+}
+
+static int l_unsqueeze(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = cnl_checkdim(L, 2, t->ndim + 1);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_unsqueeze(t, d, &err), &err);
+}
+
+static int l_expand(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = cnl_checkshape(L, 2, shape);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_expand(t, ndim, shape, &err), &err);
+}
+
+static int l_contiguous(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_contiguous(t, &err), &err);
+}
+
+static int l_clone(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, cn_clone(t, &err), &err);
+}
+
+static int l_copy_(lua_State *L) {
+    cn_tensor *dst = cnl_checktensor(L, 1), *src = cnl_checktensor(L, 2);
+    cn_error err;
+    if (cn_copy_(dst, src, &err)) return cnl_raise(L, &err);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int l_fill_(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    cn_fill_(t, (float)luaL_checknumber(L, 2));
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int l_zero_(lua_State *L) {
+    cn_fill_(cnl_checktensor(L, 1), 0.0f);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* Collects a Lua list of tensors at arg into a malloc'd array (caller frees). */
+static cn_tensor **checklist(lua_State *L, int arg, int *n) {
+    luaL_checktype(L, arg, LUA_TTABLE);
+    lua_Integer len = luaL_len(L, arg);
+    luaL_argcheck(L, len > 0 && len < 1 << 20, arg, "expected a non-empty list of tensors");
+    cn_tensor **ts = lua_newuserdatauv(L, (size_t)len * sizeof *ts, 0); /* GC-owned scratch */
+    for (lua_Integer i = 1; i <= len; i++) {
+        lua_geti(L, arg, i);
+        ts[i - 1] = cnl_totensor(L, -1);
+        if (!ts[i - 1]) luaL_error(L, "bad argument #%d (entry %d is a %s, not a tensor)", arg, (int)i, luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+    *n = (int)len;
+    return ts;
+}
+
+static int join(lua_State *L, bool stack) {
+    lua_Integer dim = luaL_optinteger(L, 2, 1); /* before checklist pushes its scratch block */
+    int n;
+    cn_tensor **ts = checklist(L, 1, &n);
+    int ndim = ts[0]->ndim + (stack ? 1 : 0);
+    int d = cnl_todim(L, dim, ndim, 2);
+    cn_error err;
+    cn_tensor **box = cnl_newbox(L);
+    return cnl_result(L, box, stack ? cn_stack(n, ts, d, &err) : cn_cat(n, ts, d, &err), &err);
+}
+
+static int l_cat(lua_State *L) { return join(L, false); }
+static int l_stack(lua_State *L) { return join(L, true); }
+
+/* Pushes a table of narrow views of sizes[0..n) along d. */
+static int push_pieces(lua_State *L, cn_tensor *t, int d, const int64_t *sizes, int n) {
+    lua_createtable(L, n, 0);
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        cn_error err;
+        cn_tensor **box = cnl_newbox(L);
+        cnl_result(L, box, cn_narrow(t, d, at, sizes[i], &err), &err);
+        lua_rawseti(L, -2, i + 1);
+        at += sizes[i];
+    }
+    return 1;
+}
+
+/* t:chunk(n [, dim]) — as torch.chunk: pieces of ceil(size / n), the last one smaller */
+static int l_chunk(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    lua_Integer chunks = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, chunks > 0, 2, "number of chunks must be positive");
+    int d = lua_isnoneornil(L, 3) ? 0 : cnl_checkdim(L, 3, t->ndim);
+    int64_t size = t->shape[d], piece = (size + chunks - 1) / chunks;
+    if (piece == 0) piece = 1;
+    int n = size == 0 ? 1 : (int)((size + piece - 1) / piece);
+    int64_t *sizes = lua_newuserdatauv(L, (size_t)n * sizeof *sizes, 0);
+    for (int i = 0; i < n; i++) sizes[i] = (i + 1) * piece <= size ? piece : size - i * piece;
+    return push_pieces(L, t, d, sizes, n);
+}
+
+/* t:split(size [, dim]) or t:split({s1, s2, ...} [, dim]) — as torch.split */
+static int l_split(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = lua_isnoneornil(L, 3) ? 0 : cnl_checkdim(L, 3, t->ndim);
+    int64_t size = t->shape[d];
+    int n;
+    int64_t *sizes;
+    if (lua_istable(L, 2)) {
+        n = (int)luaL_len(L, 2);
+        sizes = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *sizes, 0);
+        int64_t total = 0;
+        for (int i = 0; i < n; i++) {
+            lua_geti(L, 2, i + 1);
+            sizes[i] = luaL_checkinteger(L, -1);
+            lua_pop(L, 1);
+            luaL_argcheck(L, sizes[i] >= 0, 2, "split sizes must be non-negative");
+            total += sizes[i];
+        }
+        if (total != size)
+            return luaL_error(L, "split: sizes sum to %d but dim %d has size %d", (int)total, d + 1, (int)size);
+    } else {
+        lua_Integer piece = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, piece > 0, 2, "split size must be positive");
+        n = size == 0 ? 1 : (int)((size + piece - 1) / piece);
+        sizes = lua_newuserdatauv(L, (size_t)n * sizeof *sizes, 0);
+        for (int i = 0; i < n; i++) sizes[i] = (i + 1) * piece <= size ? piece : size - i * piece;
+    }
+    return push_pieces(L, t, d, sizes, n);
+}
+
+/* ---- metamethods -------------------------------------------------------------------------- */
+
+static int l_gc(lua_State *L) {
+    cn_tensor **box = luaL_checkudata(L, 1, CNL_TENSOR_MT);
+    cn_release(*box);
+    *box = NULL;
+    return 0;
+}
+
+static int l_tostring_plain(lua_State *L) {
+    cn_tensor **box = luaL_checkudata(L, 1, CNL_TENSOR_MT);
+    if (!*box) {
+        lua_pushliteral(L, "tensor(<freed>)");
+        return 1;
+    }
+    char buf[160];
+    lua_pushfstring(L, "tensor(shape=%s)", cn_shape_str(buf, sizeof buf, (*box)->ndim, (*box)->shape));
+    return 1;
+}
+
+/* __index: methods by name, properties (upvalue 2: name -> getter), t[i] = select(1, i), t[{i,j}] = element */
+static int l_index(lua_State *L) {
+    int kt = lua_type(L, 2);
+    if (kt == LUA_TSTRING) {
+        lua_pushvalue(L, 2);
+        if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+        lua_pushvalue(L, 2);
+        if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TNIL) return 1;
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 1);
+        return 1;
+    }
+    cn_tensor *t = cnl_checktensor(L, 1);
+    if (kt == LUA_TTABLE) {
+        lua_pushnumber(L, t->storage->data[checkindex(L, t, 2, "index")]);
+        return 1;
+    }
+    if (kt == LUA_TNUMBER) {
+        if (t->ndim == 0) return luaL_error(L, "index: cannot index a 0-d tensor with a number (use item())");
+        int64_t i = checkpos(L, 2, t->shape[0], "index");
+        cn_error err;
+        cn_tensor **box = cnl_newbox(L);
+        return cnl_result(L, box, cn_select(t, 0, i, &err), &err);
+    }
+    return luaL_error(L, "index: a tensor is indexed by a method name, an integer or a table of indices, not a %s",
+                      luaL_typename(L, 2));
+}
+
+static int l_newindex(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int kt = lua_type(L, 2);
+    if (kt == LUA_TTABLE) {
+        size_t off = checkindex(L, t, 2, "newindex");
+        t->storage->data[off] = (float)luaL_checknumber(L, 3);
+        return 0;
+    }
+    if (kt == LUA_TNUMBER) {
+        if (t->ndim == 0) return luaL_error(L, "newindex: cannot index a 0-d tensor with a number");
+        int64_t i = checkpos(L, 2, t->shape[0], "index");
+        cn_tensor *src = cnl_totensor(L, 3);
+        if (!src && lua_type(L, 3) != LUA_TNUMBER)
+            return luaL_error(L, "newindex: can assign a number or a tensor, not a %s", luaL_typename(L, 3));
+        cn_error err;
+        cn_tensor *row = cn_select(t, 0, i, &err);
+        if (!row) return cnl_raise(L, &err);
+        int status = 0;
+        if (src) status = cn_copy_(row, src, &err);
+        else cn_fill_(row, (float)lua_tonumber(L, 3));
+        cn_release(row);
+        if (status) return cnl_raise(L, &err);
+        return 0;
+    }
+    return luaL_error(L, "newindex: cannot set field '%s' of a tensor", lua_tostring(L, 2) ? lua_tostring(L, 2) : luaL_typename(L, 2));
+}
+
+static const luaL_Reg tensor_methods[] = {
+    {"shape", l_shape}, {"size", l_size}, {"stride", l_stride}, {"dim", l_dim}, {"numel", l_numel},
+    {"is_contiguous", l_is_contiguous}, {"item", l_item}, {"totable", l_totable}, {"get", l_get},
+    {"set", l_set}, {"free", l_free}, {"view", l_view}, {"reshape", l_reshape}, {"flatten", l_flatten},
+    {"permute", l_permute}, {"transpose", l_transpose}, {"t", l_t}, {"narrow", l_narrow},
+    {"slice", l_slice}, {"select", l_select}, {"squeeze", l_squeeze}, {"unsqueeze", l_unsqueeze},
+    {"expand", l_expand}, {"contiguous", l_contiguous}, {"clone", l_clone}, {"copy_", l_copy_},
+    {"fill_", l_fill_}, {"zero_", l_zero_}, {"chunk", l_chunk}, {"split", l_split},
+    {NULL, NULL},
+};
+
+static const luaL_Reg tensor_functions[] = {
+    {"tensor", l_tensor}, {"empty", l_empty}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full},
+    {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
+    {"empty_like", l_empty_like}, {"zeros_like", l_zeros_like}, {"ones_like", l_ones_like},
+    {"full_like", l_full_like}, {"rand_like", l_rand_like}, {"randn_like", l_randn_like},
+    {"arange", l_arange}, {"linspace", l_linspace}, {"seed", l_seed}, {"rng_state", l_rng_state},
+    {"set_rng_state", l_set_rng_state}, {"memory", l_memory}, {"reset_peak", l_reset_peak},
+    {"is_tensor", l_is_tensor}, {"cat", l_cat}, {"stack", l_stack},
+    {NULL, NULL},
+};
+
+void cnl_open_tensor(lua_State *L) {
+    cnl_register(L, tensor_methods, tensor_functions);
+    luaL_getmetatable(L, CNL_TENSOR_MT);
+    lua_getfield(L, -1, "__methods");
+    lua_newtable(L); /* properties: name -> getter(t), filled by later layers (autograd) */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -4, "__properties");
+    lua_pushcclosure(L, l_index, 2);
+    lua_setfield(L, -2, "__index");
+    const luaL_Reg meta[] = {
+        {"__newindex", l_newindex}, {"__gc", l_gc}, {"__close", l_gc}, {"__len", l_len},
+        {"__tostring", l_tostring_plain}, {NULL, NULL},
+    };
+    luaL_setfuncs(L, meta, 0);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,19 @@
+-- cunet — the Lua library over the C engine.
+--
+--   local cn = require "cunet"
+--   cn.seed(7); local x = cn.randn{2, 3}; print(x:sum())
+--
+-- The engine's functions (cunet.core) are re-exported here; Lua-side layers add to the tensor
+-- metatable (printing now; autograd, nn, diffusion later). See docs/tensor-api.md.
+
+local core = require "cunet.core"
+local tensor_print = require "cunet.tensor_print"
+
+local cn = {}
+for name, value in pairs(core) do cn[name] = value end
+
+local Tensor = core.Tensor
+Tensor.__tostring = tensor_print.tostring
+cn.set_printoptions = tensor_print.set_printoptions
+
+return cn
