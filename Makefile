@@ -57,7 +57,7 @@ $(EXE): $(BUILD)/engine/main.o $(BIND_OBJ) $(LIBENGINE)
 	$(CC) -o $@ $^ $(LUA_LIB) -lreadline $(LIBS)
 
 cunet: $(EXE)
-	cp $(EXE) cunet
+	rm -f cunet && cp $(EXE) cunet
 
 # The same binding as a plain Lua C module: lua5.4 finds it as cunet.core through LUA_CPATH.
 $(MODULE): $(BIND_OBJ) $(LIBENGINE)

@@ -1,0 +1,532 @@
+/* ops_elementwise.c — unary, binary (NumPy broadcasting), axpby, clamp and where (see ops.h).
+ *
+ * Every op runs through one strided iterator. The output shape is the broadcast of the inputs;
+ * each input gets strides aligned to it (0 on broadcast dims, as cn_expand would give). Size-1
+ * dims are dropped and adjacent dims merged wherever every operand allows it, so the common cases
+ * collapse to one tight loop: contiguous same-shape operands become one flat row, a tensor-scalar
+ * op a flat row against a stride-0 operand, and a contiguous [N, C] + [C] N rows of C against a
+ * repeating row. What remains is an odometer over the output index with the innermost dim as a
+ * row kernel specialised for strides 1 and 0. Threads split the flat output range evenly.
+ *
+ * Numerics follow PyTorch's float32 CPU kernels (softplus threshold 20, exact and tanh GELU,
+ * NaN-propagating maximum/minimum, round half to even, sign(0) = 0).
+ */
+#include <assert.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ops.h"
+
+/* Below this many elements a loop is not worth waking threads for. */
+#define PAR_MIN 32768
+/* Operands of one iteration: the output plus up to three inputs (where). */
+#define MAX_OPS 4
+
+/* ---- names ------------------------------------------------------------------------------- */
+
+static const char *const unary_names[] = {
+    "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu",
+    "softplus", "gelu", "gelu_tanh", "sign", "square", "reciprocal", "floor", "ceil", "round",
+};
+_Static_assert(sizeof unary_names / sizeof unary_names[0] == CN_UNARY_COUNT,
+               "every unary op needs a name");
+
+static const char *const binary_names[] = {
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+};
+_Static_assert(sizeof binary_names / sizeof binary_names[0] == CN_BINARY_COUNT,
+               "every binary op needs a name");
+
+const char *cn_unary_name(cn_unary_op op) {
+    return (unsigned)op < CN_UNARY_COUNT ? unary_names[op] : "unknown_unary";
+}
+
+const char *cn_binary_name(cn_binary_op op) {
+    return (unsigned)op < CN_BINARY_COUNT ? binary_names[op] : "unknown_binary";
+}
+
+/* ---- scalar math --------------------------------------------------------------------------- */
+
+/* 1 / (1 + e^-x), without overflow of e^-x for large negative x. */
+static inline float sigmoidf(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+/* log(1 + e^x); torch's softplus with beta 1 returns x itself above the threshold 20. */
+static inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* x Φ(x) = x/2 (1 + erf(x / √2)) */
+static inline float gelu_exactf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
+
+/* x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))), torch's approximate='tanh' */
+static inline float gelu_tanhf(float x) {
+    const float k_beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5);
+    const float k_kappa = 0.044715f;
+    float inner = k_beta * (x + k_kappa * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+/* min(max(x, lo), hi): lo > hi gives hi and NaN stays NaN, as torch.clamp */
+static inline float clampf(float x, float lo, float hi) {
+    float t = x < lo ? lo : x;
+    return t > hi ? hi : t;
+}
+
+/* ---- row kernels: out[i] = f(in[i * stride]) for i < n; out is always dense ---------------- */
+
+/* Each op's expression over `x`, specialised for a dense input row. */
+#define UNARY_ROW(EXPR)                                                                       \
+    do {                                                                                      \
+        if (sx == 1) {                                                                        \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float x = px[i];                                                              \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        } else {                                                                              \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float x = px[(int64_t)i * sx];                                                \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+static void unary_row(cn_unary_op op, const float *px, int64_t sx, float *out, size_t n) {
+    switch (op) {
+    case CN_NEG: UNARY_ROW(-x); break;
+    case CN_EXP: UNARY_ROW(expf(x)); break;
+    case CN_LOG: UNARY_ROW(logf(x)); break;
+    case CN_SQRT: UNARY_ROW(sqrtf(x)); break;
+    case CN_RSQRT: UNARY_ROW(1.0f / sqrtf(x)); break;
+    case CN_ABS: UNARY_ROW(fabsf(x)); break;
+    case CN_SIN: UNARY_ROW(sinf(x)); break;
+    case CN_COS: UNARY_ROW(cosf(x)); break;
+    case CN_TANH: UNARY_ROW(tanhf(x)); break;
+    case CN_SIGMOID: UNARY_ROW(sigmoidf(x)); break;
+    case CN_RELU: UNARY_ROW(x < 0.0f ? 0.0f : x); break; /* NaN passes through, as torch */
+    case CN_SILU: UNARY_ROW(x * sigmoidf(x)); break;
+    case CN_SOFTPLUS: UNARY_ROW(softplusf(x)); break;
+    case CN_GELU: UNARY_ROW(gelu_exactf(x)); break;
+    case CN_GELU_TANH: UNARY_ROW(gelu_tanhf(x)); break;
+    case CN_SIGN: UNARY_ROW((float)((0.0f < x) - (x < 0.0f))); break; /* sign(0) = sign(NaN) = 0 */
+    case CN_SQUARE: UNARY_ROW(x * x); break;
+    case CN_RECIPROCAL: UNARY_ROW(1.0f / x); break;
+    case CN_FLOOR: UNARY_ROW(floorf(x)); break;
+    case CN_CEIL: UNARY_ROW(ceilf(x)); break;
+    case CN_ROUND: UNARY_ROW(nearbyintf(x)); break; /* default rounding mode: half to even */
+    case CN_UNARY_COUNT: break;
+    }
+}
+
+/* Each op's expression over `u` (left) and `v` (right), specialised for the stride patterns
+ * broadcasting produces: both dense, one side repeated (stride 0), anything else. */
+#define BINARY_ROW(EXPR)                                                                      \
+    do {                                                                                      \
+        if (su == 1 && sv == 1) {                                                             \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float u = pu[i], v = pv[i];                                                   \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        } else if (su == 1 && sv == 0) {                                                      \
+            const float v = pv[0];                                                            \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float u = pu[i];                                                              \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        } else if (su == 0 && sv == 1) {                                                      \
+            const float u = pu[0];                                                            \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float v = pv[i];                                                              \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        } else {                                                                              \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                float u = pu[(int64_t)i * su], v = pv[(int64_t)i * sv];                       \
+                out[i] = (EXPR);                                                              \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+static void binary_row(cn_binary_op op, const float *pu, int64_t su, const float *pv, int64_t sv,
+                       float *out, size_t n) {
+    switch (op) {
+    case CN_ADD: BINARY_ROW(u + v); break;
+    case CN_SUB: BINARY_ROW(u - v); break;
+    case CN_MUL: BINARY_ROW(u * v); break;
+    case CN_DIV: BINARY_ROW(u / v); break;
+    case CN_POW: BINARY_ROW(powf(u, v)); break;
+    /* a NaN on either side wins, as torch.maximum / torch.minimum */
+    case CN_MAXIMUM: BINARY_ROW((u != u || u > v) ? u : v); break;
+    case CN_MINIMUM: BINARY_ROW((u != u || u < v) ? u : v); break;
+    case CN_EQ: BINARY_ROW((float)(u == v)); break;
+    case CN_NE: BINARY_ROW((float)(u != v)); break;
+    case CN_LT: BINARY_ROW((float)(u < v)); break;
+    case CN_LE: BINARY_ROW((float)(u <= v)); break;
+    case CN_GT: BINARY_ROW((float)(u > v)); break;
+    case CN_GE: BINARY_ROW((float)(u >= v)); break;
+    case CN_BINARY_COUNT: break;
+    }
+}
+
+/* What one iteration computes per element. */
+typedef enum { K_UNARY, K_BINARY, K_AXPBY, K_CLAMP, K_WHERE } kernel_kind;
+
+typedef struct {
+    kernel_kind kind;
+    int op;           /* cn_unary_op / cn_binary_op */
+    float p0, p1;     /* axpby: alpha, beta; clamp: lo, hi */
+} kernel;
+
+static void run_row(const kernel *k, float *out, const float *const *in, const int64_t *s, size_t n) {
+    switch (k->kind) {
+    case K_UNARY: unary_row((cn_unary_op)k->op, in[0], s[0], out, n); break;
+    case K_BINARY: binary_row((cn_binary_op)k->op, in[0], s[0], in[1], s[1], out, n); break;
+    case K_AXPBY: {
+        const float alpha = k->p0, beta = k->p1;
+        const float *pu = in[0], *pv = in[1];
+        int64_t su = s[0], sv = s[1];
+        BINARY_ROW(u * alpha + v * beta);
+        break;
+    }
+    case K_CLAMP: {
+        const float lo = k->p0, hi = k->p1;
+        const float *px = in[0];
+        int64_t sx = s[0];
+        UNARY_ROW(clampf(x, lo, hi));
+        break;
+    }
+    case K_WHERE: {
+        const float *pc = in[0], *pu = in[1], *pv = in[2];
+        int64_t sc = s[0], su = s[1], sv = s[2];
+        if (sc == 1 && su == 1 && sv == 1) {
+            for (size_t i = 0; i < n; i++) out[i] = pc[i] != 0.0f ? pu[i] : pv[i];
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                int64_t j = (int64_t)i;
+                out[i] = pc[j * sc] != 0.0f ? pu[j * su] : pv[j * sv];
+            }
+        }
+        break;
+    }
+    }
+}
+
+/* ---- the strided iterator ---------------------------------------------------------------- */
+
+/* Operand 0 is the output (dense after coalescing), 1.. the inputs. */
+typedef struct {
+    int ndim, nops;
+    int64_t shape[CN_MAX_DIMS];
+    int64_t stride[MAX_OPS][CN_MAX_DIMS];
+    float *base[MAX_OPS];
+} iter;
+
+/* Starts an iteration over out (any shape); out must be dense or an in-place target. */
+static void iter_init(iter *it, cn_tensor *out) {
+    memset(it, 0, sizeof *it);
+    it->ndim = out->ndim;
+    it->nops = 1;
+    memcpy(it->shape, out->shape, sizeof it->shape);
+    memcpy(it->stride[0], out->stride, sizeof it->stride[0]);
+    it->base[0] = cn_data(out);
+}
+
+/* Adds an input whose shape broadcasts to the output's (checked by the caller). */
+static void iter_add(iter *it, const cn_tensor *t) {
+    int k = it->nops++;
+    int lead = it->ndim - t->ndim;
+    for (int i = 0; i < it->ndim; i++) {
+        int j = i - lead;
+        it->stride[k][i] = (j < 0 || t->shape[j] == 1) ? 0 : t->stride[j];
+    }
+    it->base[k] = cn_data(t);
+}
+
+/* Adds a single value broadcast everywhere (the scalar of a tensor-scalar op). */
+static void iter_add_value(iter *it, const float *value) {
+    int k = it->nops++;
+    for (int i = 0; i < it->ndim; i++) it->stride[k][i] = 0;
+    it->base[k] = (float *)value; /* only ever read */
+}
+
+/* Drops size-1 dims and merges dim i into the dim before it where every operand allows. */
+static void iter_coalesce(iter *it) {
+    int n = 0;
+    for (int i = 0; i < it->ndim; i++) {
+        if (it->shape[i] == 1) continue;
+        it->shape[n] = it->shape[i];
+        for (int k = 0; k < it->nops; k++) it->stride[k][n] = it->stride[k][i];
+        n++;
+    }
+    if (n == 0) { /* one element: a single row of length 1 */
+        it->ndim = 1;
+        it->shape[0] = 1;
+        for (int k = 0; k < it->nops; k++) it->stride[k][0] = k == 0 ? 1 : 0;
+        return;
+    }
+    int m = 0;
+    for (int i = 1; i < n; i++) {
+        bool merge = true;
+        for (int k = 0; k < it->nops && merge; k++)
+            merge = it->stride[k][m] == it->stride[k][i] * it->shape[i];
+        if (merge) {
+            it->shape[m] *= it->shape[i];
+        } else {
+            m++;
+            it->shape[m] = it->shape[i];
+        }
+        for (int k = 0; k < it->nops; k++) it->stride[k][m] = it->stride[k][i];
+    }
+    it->ndim = m + 1;
+}
+
+/* Elements [e0, e1) of the flat output: an odometer over the outer dims, rows of the inner one. */
+static void iter_range(const iter *it, const kernel *k, size_t e0, size_t e1) {
+    const int nd = it->ndim, inner = nd - 1, nin = it->nops - 1;
+    int64_t idx[CN_MAX_DIMS], off[MAX_OPS] = {0}, in_stride[MAX_OPS];
+    size_t rem = e0;
+    for (int d = nd - 1; d >= 0; d--) {
+        idx[d] = (int64_t)(rem % (size_t)it->shape[d]);
+        rem /= (size_t)it->shape[d];
+        for (int j = 0; j < it->nops; j++) off[j] += idx[d] * it->stride[j][d];
+    }
+    for (int j = 0; j < nin; j++) in_stride[j] = it->stride[j + 1][inner];
+    const float *in[MAX_OPS];
+    size_t e = e0;
+    for (;;) {
+        size_t len = (size_t)(it->shape[inner] - idx[inner]);
+        if (len > e1 - e) len = e1 - e;
+        for (int j = 0; j < nin; j++) in[j] = it->base[j + 1] + off[j + 1];
+        run_row(k, it->base[0] + off[0], in, in_stride, len);
+        e += len;
+        if (e >= e1) break;
+        /* the row is finished: rewind the inner dim and carry into the outer ones */
+        for (int j = 0; j < it->nops; j++) off[j] -= idx[inner] * it->stride[j][inner];
+        idx[inner] = 0;
+        for (int d = inner - 1; d >= 0; d--) {
+            idx[d]++;
+            for (int j = 0; j < it->nops; j++) off[j] += it->stride[j][d];
+            if (idx[d] < it->shape[d]) break;
+            for (int j = 0; j < it->nops; j++) off[j] -= it->shape[d] * it->stride[j][d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/* Runs kernel k over the whole iteration, split evenly across threads for big outputs. */
+static void iter_run(iter *it, const kernel *k) {
+    size_t n = cn_shape_numel(it->ndim, it->shape);
+    if (n == 0) return;
+    iter_coalesce(it);
+    assert(it->stride[0][it->ndim - 1] == 1); /* outputs are dense */
+#pragma omp parallel if (n > PAR_MIN)
+    {
+        size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
+        size_t chunk = ((n + nth - 1) / nth + 63) & ~(size_t)63; /* whole cache lines per thread */
+        size_t e0 = tid * chunk < n ? tid * chunk : n;
+        size_t e1 = e0 + chunk < n ? e0 + chunk : n;
+        if (e0 < e1) iter_range(it, k, e0, e1);
+    }
+}
+
+/* ---- broadcasting helpers ------------------------------------------------------------------ */
+
+static bool shape_equal(int na, const int64_t *sa, int nb, const int64_t *sb) {
+    if (na != nb) return false;
+    for (int i = 0; i < na; i++)
+        if (sa[i] != sb[i]) return false;
+    return true;
+}
+
+/* True when writing through t would hit one storage element twice (an expanded view). */
+static bool has_stride0_dim(const cn_tensor *t) {
+    for (int i = 0; i < t->ndim; i++)
+        if (t->stride[i] == 0 && t->shape[i] > 1) return true;
+    return false;
+}
+
+/* ---- public ops ------------------------------------------------------------------------------ */
+
+cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
+    if ((unsigned)op >= CN_UNARY_COUNT) {
+        cn_error_set(err, "unary: unknown op %d", (int)op);
+        return NULL;
+    }
+    if (!a) {
+        cn_error_set(err, "%s: missing operand", cn_unary_name(op));
+        return NULL;
+    }
+    cn_tensor *out = cn_empty(a->ndim, a->shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, a);
+    kernel k = {.kind = K_UNARY, .op = (int)op};
+    iter_run(&it, &k);
+    return out;
+}
+
+/* Fresh output for inputs a and b broadcast together; NULL with a message naming both shapes. */
+static cn_tensor *broadcast_output(const cn_tensor *a, const cn_tensor *b, const char *fname,
+                                   cn_error *err) {
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = cn_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, shape, fname, err);
+    if (ndim < 0) return NULL;
+    return cn_empty(ndim, shape, err);
+}
+
+cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    if ((unsigned)op >= CN_BINARY_COUNT) {
+        cn_error_set(err, "binary: unknown op %d", (int)op);
+        return NULL;
+    }
+    if (!a || !b) {
+        cn_error_set(err, "%s: missing operand", cn_binary_name(op));
+        return NULL;
+    }
+    cn_tensor *out = broadcast_output(a, b, cn_binary_name(op), err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, a);
+    iter_add(&it, b);
+    kernel k = {.kind = K_BINARY, .op = (int)op};
+    iter_run(&it, &k);
+    return out;
+}
+
+cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first,
+                            cn_error *err) {
+    if ((unsigned)op >= CN_BINARY_COUNT) {
+        cn_error_set(err, "binary: unknown op %d", (int)op);
+        return NULL;
+    }
+    if (!a) {
+        cn_error_set(err, "%s: missing operand", cn_binary_name(op));
+        return NULL;
+    }
+    cn_tensor *out = cn_empty(a->ndim, a->shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    if (scalar_first) {
+        iter_add_value(&it, &s);
+        iter_add(&it, a);
+    } else {
+        iter_add(&it, a);
+        iter_add_value(&it, &s);
+    }
+    kernel k = {.kind = K_BINARY, .op = (int)op};
+    iter_run(&it, &k);
+    return out;
+}
+
+int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    char fname[32], sa[160], sb[160], sr[160];
+    if ((unsigned)op >= CN_BINARY_COUNT) {
+        cn_error_set(err, "binary_: unknown op %d", (int)op);
+        return -1;
+    }
+    snprintf(fname, sizeof fname, "%s_", cn_binary_name(op));
+    if (!a || !b) {
+        cn_error_set(err, "%s: missing operand", fname);
+        return -1;
+    }
+    if (has_stride0_dim(a)) {
+        cn_error_set(err, "%s: the in-place target of shape %s is an expanded view; clone it first",
+                     fname, cn_shape_str(sa, sizeof sa, a->ndim, a->shape));
+        return -1;
+    }
+    int64_t shape[CN_MAX_DIMS];
+    int ndim = cn_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, shape, fname, err);
+    if (ndim < 0) return -1;
+    if (!shape_equal(ndim, shape, a->ndim, a->shape)) {
+        cn_error_set(err, "%s: shape %s does not broadcast to the in-place target's shape %s "
+                     "(the result would have shape %s)", fname,
+                     cn_shape_str(sb, sizeof sb, b->ndim, b->shape),
+                     cn_shape_str(sa, sizeof sa, a->ndim, a->shape),
+                     cn_shape_str(sr, sizeof sr, ndim, shape));
+        return -1;
+    }
+    /* Straight in place when a is dense (the output stays dense) and b cannot alias a at another
+     * position; otherwise compute out of place and copy back. */
+    bool alias = b->storage == a->storage &&
+                 !(b->offset == a->offset && b->ndim == a->ndim &&
+                   memcmp(b->stride, a->stride, (size_t)a->ndim * sizeof *a->stride) == 0);
+    if (cn_is_contiguous(a) && !alias) {
+        iter it;
+        iter_init(&it, a);
+        iter_add(&it, a);
+        iter_add(&it, b);
+        kernel k = {.kind = K_BINARY, .op = (int)op};
+        iter_run(&it, &k);
+        return 0;
+    }
+    cn_tensor *r = cn_binary(op, a, b, err);
+    if (!r) return -1;
+    int status = cn_copy_(a, r, err);
+    cn_release(r);
+    return status;
+}
+
+cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
+    if (!a || !b) {
+        cn_error_set(err, "axpby: missing operand");
+        return NULL;
+    }
+    cn_tensor *out = broadcast_output(a, b, "axpby", err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, a);
+    iter_add(&it, b);
+    kernel k = {.kind = K_AXPBY, .p0 = alpha, .p1 = beta};
+    iter_run(&it, &k);
+    return out;
+}
+
+cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
+    if (!a) {
+        cn_error_set(err, "clamp: missing operand");
+        return NULL;
+    }
+    cn_tensor *out = cn_empty(a->ndim, a->shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, a);
+    kernel k = {.kind = K_CLAMP, .p0 = lo, .p1 = hi};
+    iter_run(&it, &k);
+    return out;
+}
+
+cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    if (!cond || !a || !b) {
+        cn_error_set(err, "where: missing operand");
+        return NULL;
+    }
+    int64_t ab[CN_MAX_DIMS], shape[CN_MAX_DIMS];
+    int nab = cn_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, ab, "where", NULL);
+    int ndim = nab < 0 ? -1 : cn_broadcast_shapes(cond->ndim, cond->shape, nab, ab, shape, "where", NULL);
+    if (ndim < 0) {
+        char sc[160], sa[160], sb[160];
+        cn_error_set(err, "where: cannot broadcast shapes %s (cond), %s and %s",
+                     cn_shape_str(sc, sizeof sc, cond->ndim, cond->shape),
+                     cn_shape_str(sa, sizeof sa, a->ndim, a->shape),
+                     cn_shape_str(sb, sizeof sb, b->ndim, b->shape));
+        return NULL;
+    }
+    cn_tensor *out = cn_empty(ndim, shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, cond);
+    iter_add(&it, a);
+    iter_add(&it, b);
+    kernel k = {.kind = K_WHERE};
+    iter_run(&it, &k);
+    return out;
+}
