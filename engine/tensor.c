@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "autograd.h"
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
@@ -57,16 +58,43 @@ static cn_tensor *view_of(const cn_tensor *t, int ndim, const int64_t *shape, co
     return tensor_over(t->storage, ndim, shape, stride, offset, err);
 }
 
+cn_tensor *cn_as_strided(cn_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
+                         size_t offset, cn_error *err) {
+    return view_of(t, ndim, shape, stride, offset, err);
+}
+
 cn_tensor *cn_retain(cn_tensor *t) {
     if (t) t->refcount++;
     return t;
 }
 
+/* Pushes x on the dead list when this drops its last reference. */
+static void drop(cn_tensor *x, cn_tensor **dead) {
+    if (x && --x->refcount == 0) {
+        x->next_dead = *dead;
+        *dead = x;
+    }
+}
+
 void cn_release(cn_tensor *t) {
     if (!t || --t->refcount > 0) return;
-    storage_release(t->storage);
-    cn_release(t->grad);
-    free(t);
+    /* a worklist instead of recursion: a long graph (thousands of ops) dies in constant stack */
+    t->next_dead = NULL;
+    cn_tensor *dead = t;
+    while (dead) {
+        cn_tensor *cur = dead;
+        dead = cur->next_dead;
+        storage_release(cur->storage);
+        drop(cur->grad, &dead);
+        cn_node *node = cur->node;
+        if (node) {
+            for (int i = 0; i < node->n_inputs; i++) drop(node->inputs[i], &dead);
+            for (int i = 0; i < CN_NODE_MAX_SAVED; i++) drop(node->saved[i], &dead);
+            drop(node->grad, &dead);
+            cn_node_free(node);
+        }
+        free(cur);
+    }
 }
 
 /* ---- facts ------------------------------------------------------------------------------- */
@@ -210,244 +238,6 @@ cn_tensor *cn_linspace(double start, double end, int64_t steps, cn_error *err) {
     return t;
 }
 
-/* ---- views -------------------------------------------------------------------------------- */
-
-/* Resolves one -1 entry of a requested shape against numel; fills out. */
-static bool infer_shape(int ndim, const int64_t *shape, size_t numel, int64_t *out, const char *fname,
-                        const cn_tensor *t, cn_error *err) {
-    char want[160], have[160];
-    if (!(ndim >= 0 && ndim <= CN_MAX_DIMS)) {
-        cn_error_set(err, "%s: %d dims requested, at most %d supported", fname, ndim, CN_MAX_DIMS);
-        return false;
-    }
-    int infer = -1;
-    size_t known = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] == -1 && infer < 0) {
-            infer = i;
-        } else if (shape[i] < 0) {
-            cn_error_set(err, "%s: invalid shape %s", fname, cn_shape_str(want, sizeof want, ndim, shape));
-            return false;
-        } else {
-            known *= (size_t)shape[i];
-        }
-        out[i] = shape[i];
-    }
-    if (infer >= 0) {
-        if (known == 0 || numel % known) goto mismatch;
-        out[infer] = (int64_t)(numel / known);
-    } else if (known != numel) {
-        goto mismatch;
-    }
-    return true;
-mismatch:
-    cn_error_set(err, "%s: shape %s is invalid for a tensor of shape %s (%zu elements)", fname,
-                 cn_shape_str(want, sizeof want, ndim, shape),
-                 cn_shape_str(have, sizeof have, t->ndim, t->shape), numel);
-    return false;
-}
-
-/* Strides for viewing t as new_shape without copying (as torch's computeStride); false if impossible. */
-static bool view_strides(const cn_tensor *t, int ndim, const int64_t *new_shape, int64_t *new_stride) {
-    if (cn_numel(t) == 0 || cn_is_contiguous(t)) {
-        cn_contiguous_strides(ndim, new_shape, new_stride);
-        return true;
-    }
-    int view_d = ndim - 1;
-    int64_t chunk_base_stride = t->ndim ? t->stride[t->ndim - 1] : 1;
-    int64_t tensor_numel = 1, view_numel = 1;
-    for (int tensor_d = t->ndim - 1; tensor_d >= 0; tensor_d--) {
-        tensor_numel *= t->shape[tensor_d];
-        if (tensor_d == 0 || (t->shape[tensor_d - 1] != 1 &&
-                              t->stride[tensor_d - 1] != tensor_numel * chunk_base_stride)) {
-            while (view_d >= 0 && (view_numel < tensor_numel || new_shape[view_d] == 1)) {
-                new_stride[view_d] = view_numel * chunk_base_stride;
-                view_numel *= new_shape[view_d];
-                view_d--;
-            }
-            if (view_numel != tensor_numel) return false;
-            if (tensor_d > 0) {
-                chunk_base_stride = t->stride[tensor_d - 1];
-                tensor_numel = 1;
-                view_numel = 1;
-            }
-        }
-    }
-    return view_d == -1;
-}
-
-cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    int64_t resolved[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    if (!infer_shape(ndim, shape, cn_numel(t), resolved, "view", t, err)) return NULL;
-    if (!view_strides(t, ndim, resolved, stride)) {
-        char a[160], b[160];
-        cn_error_set(err, "view: a tensor of shape %s with these strides cannot be viewed as %s; "
-                     "use reshape (or contiguous first)",
-                     cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, resolved));
-        return NULL;
-    }
-    return view_of(t, ndim, resolved, stride, t->offset, err);
-}
-
-cn_tensor *cn_reshape(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    int64_t resolved[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    if (!infer_shape(ndim, shape, cn_numel(t), resolved, "reshape", t, err)) return NULL;
-    if (view_strides(t, ndim, resolved, stride)) return view_of(t, ndim, resolved, stride, t->offset, err);
-    cn_tensor *c = cn_clone(t, err);
-    if (!c) return NULL;
-    cn_tensor *r = cn_view(c, ndim, resolved, err);
-    cn_release(c);
-    return r;
-}
-
-cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
-    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    bool seen[CN_MAX_DIMS] = {false};
-    for (int i = 0; i < t->ndim; i++) {
-        int d = cn_wrap_dim(perm[i], t->ndim, "permute", err);
-        if (d < 0) return NULL;
-        if (seen[d]) {
-            cn_error_set(err, "permute: dim %d repeated", perm[i]);
-            return NULL;
-        }
-        seen[d] = true;
-        shape[i] = t->shape[d];
-        stride[i] = t->stride[d];
-    }
-    return view_of(t, t->ndim, shape, stride, t->offset, err);
-}
-
-cn_tensor *cn_transpose(cn_tensor *t, int d0, int d1, cn_error *err) {
-    int a = cn_wrap_dim(d0, t->ndim, "transpose", err);
-    if (a < 0) return NULL;
-    int b = cn_wrap_dim(d1, t->ndim, "transpose", err);
-    if (b < 0) return NULL;
-    int perm[CN_MAX_DIMS];
-    for (int i = 0; i < t->ndim; i++) perm[i] = i;
-    perm[a] = b;
-    perm[b] = a;
-    return cn_permute(t, perm, err);
-}
-
-cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
-    int d = cn_wrap_dim(dim, t->ndim, "narrow", err);
-    if (d < 0) return NULL;
-    if (start < 0 || length < 0 || start + length > t->shape[d]) {
-        char buf[160];
-        cn_error_set(err, "narrow: range [%lld, %lld) out of bounds for dim %d of size %lld (shape %s)",
-                     (long long)start, (long long)(start + length), dim, (long long)t->shape[d],
-                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
-        return NULL;
-    }
-    int64_t shape[CN_MAX_DIMS];
-    memcpy(shape, t->shape, sizeof shape);
-    shape[d] = length;
-    return view_of(t, t->ndim, shape, t->stride, t->offset + (size_t)(start * t->stride[d]), err);
-}
-
-cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
-    int d = cn_wrap_dim(dim, t->ndim, "select", err);
-    if (d < 0) return NULL;
-    if (index < 0 || index >= t->shape[d]) {
-        char buf[160];
-        cn_error_set(err, "select: index %lld out of range for dim %d of size %lld (shape %s)",
-                     (long long)index, dim, (long long)t->shape[d],
-                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
-        return NULL;
-    }
-    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    int n = 0;
-    for (int i = 0; i < t->ndim; i++) {
-        if (i == d) continue;
-        shape[n] = t->shape[i];
-        stride[n++] = t->stride[i];
-    }
-    return view_of(t, n, shape, stride, t->offset + (size_t)(index * t->stride[d]), err);
-}
-
-cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
-    int d = cn_wrap_dim(dim, t->ndim, "squeeze", err);
-    if (d < 0) return NULL;
-    if (t->shape[d] != 1) {
-        char buf[160];
-        cn_error_set(err, "squeeze: dim %d has size %lld, not 1 (shape %s)", dim, (long long)t->shape[d],
-                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
-        return NULL;
-    }
-    return cn_select(t, d, 0, err);
-}
-
-cn_tensor *cn_squeeze_all(cn_tensor *t, cn_error *err) {
-    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    int n = 0;
-    for (int i = 0; i < t->ndim; i++) {
-        if (t->shape[i] == 1) continue;
-        shape[n] = t->shape[i];
-        stride[n++] = t->stride[i];
-    }
-    return view_of(t, n, shape, stride, t->offset, err);
-}
-
-cn_tensor *cn_unsqueeze(cn_tensor *t, int dim, cn_error *err) {
-    if (t->ndim >= CN_MAX_DIMS) {
-        cn_error_set(err, "unsqueeze: a tensor already has the maximum of %d dims", CN_MAX_DIMS);
-        return NULL;
-    }
-    int d = cn_wrap_dim(dim, t->ndim + 1, "unsqueeze", err);
-    if (d < 0) return NULL;
-    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
-    for (int i = 0, j = 0; i <= t->ndim; i++) {
-        if (i == d) {
-            shape[i] = 1;
-            stride[i] = d < t->ndim ? t->stride[d] * t->shape[d] : 1;
-        } else {
-            shape[i] = t->shape[j];
-            stride[i] = t->stride[j++];
-        }
-    }
-    return view_of(t, t->ndim + 1, shape, stride, t->offset, err);
-}
-
-cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    char a[160], b[160];
-    if (ndim < t->ndim || ndim > CN_MAX_DIMS) {
-        cn_error_set(err, "expand: cannot expand shape %s to %s (fewer dims)",
-                     cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, shape));
-        return NULL;
-    }
-    int64_t out_shape[CN_MAX_DIMS], out_stride[CN_MAX_DIMS];
-    int lead = ndim - t->ndim;
-    for (int i = 0; i < ndim; i++) {
-        int64_t want = shape[i];
-        if (i < lead) {
-            if (want < 0) goto bad;
-            out_shape[i] = want;
-            out_stride[i] = 0;
-            continue;
-        }
-        int64_t have = t->shape[i - lead];
-        if (want == -1 || want == have) {
-            out_shape[i] = have;
-            out_stride[i] = t->stride[i - lead];
-        } else if (have == 1 && want >= 0) {
-            out_shape[i] = want;
-            out_stride[i] = 0;
-        } else {
-            goto bad;
-        }
-    }
-    return view_of(t, ndim, out_shape, out_stride, t->offset, err);
-bad:
-    cn_error_set(err, "expand: cannot expand shape %s to %s",
-                 cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, shape));
-    return NULL;
-}
-
-cn_tensor *cn_contiguous(cn_tensor *t, cn_error *err) {
-    if (cn_is_contiguous(t)) return cn_retain(t);
-    return cn_clone(t, err);
-}
-
 /* ---- strided copy ------------------------------------------------------------------------- */
 
 size_t cn_offset_of(const cn_tensor *t, const int64_t *idx) {
@@ -499,9 +289,24 @@ void cn_to_buffer(const cn_tensor *t, float *out) {
     copy_strided(&dst, t);
 }
 
+static int clone_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    (void)n, (void)err;
+    gi[0] = cn_retain((cn_tensor *)g);
+    return 0;
+}
+
+static const cn_op_def op_clone = {"clone", clone_backward};
+
 cn_tensor *cn_clone(const cn_tensor *t, cn_error *err) {
     cn_tensor *c = cn_empty(t->ndim, t->shape, err);
-    if (c) copy_strided(c, t);
+    if (!c) return NULL;
+    copy_strided(c, t);
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)t;
+    if (cn_record(c, &op_clone, 1, &in, &node, err)) {
+        cn_release(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -519,7 +324,9 @@ int cn_copy_(cn_tensor *dst, const cn_tensor *src, cn_error *err) {
                      cn_shape_str(a, sizeof a, dst->ndim, dst->shape));
         return -1;
     }
+    bool grad_mode = cn_set_grad_enabled(false); /* a copy is not differentiable: no temporaries in a graph */
     cn_tensor *expanded = cn_expand((cn_tensor *)src, dst->ndim, dst->shape, NULL);
+    cn_set_grad_enabled(grad_mode);
     if (!expanded) {
         cn_error_set(err, "copy_: source of shape %s does not broadcast to destination shape %s",
                      cn_shape_str(a, sizeof a, src->ndim, src->shape),
@@ -528,7 +335,8 @@ int cn_copy_(cn_tensor *dst, const cn_tensor *src, cn_error *err) {
     }
     /* source and destination may share storage (t:copy_(t:flip...)): go through a temporary */
     if (expanded->storage == dst->storage && !(cn_is_contiguous(dst) && cn_is_contiguous(expanded))) {
-        cn_tensor *tmp = cn_clone(expanded, err);
+        cn_tensor *tmp = cn_empty(expanded->ndim, expanded->shape, err);
+        if (tmp) copy_strided(tmp, expanded);
         cn_release(expanded);
         if (!tmp) return -1;
         expanded = tmp;
@@ -551,80 +359,6 @@ void cn_fill_(cn_tensor *t, float value) {
     cn_tensor src = {.refcount = 1, .ndim = t->ndim, .storage = &one};
     memcpy(src.shape, t->shape, sizeof src.shape); /* every stride 0: one value everywhere */
     copy_strided(t, &src);
-}
-
-cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
-    if (n <= 0) {
-        cn_error_set(err, "cat: expected a non-empty list of tensors");
-        return NULL;
-    }
-    const cn_tensor *first = ts[0];
-    int d = cn_wrap_dim(dim, first->ndim, "cat", err);
-    if (d < 0) return NULL;
-    int64_t shape[CN_MAX_DIMS];
-    memcpy(shape, first->shape, sizeof shape);
-    shape[d] = 0;
-    for (int i = 0; i < n; i++) {
-        const cn_tensor *t = ts[i];
-        bool ok = t->ndim == first->ndim;
-        for (int j = 0; ok && j < t->ndim; j++) ok = j == d || t->shape[j] == first->shape[j];
-        if (!ok) {
-            char a[160], b[160];
-            cn_error_set(err, "cat: tensor %d has shape %s, incompatible with %s along dim %d", i + 1,
-                         cn_shape_str(a, sizeof a, t->ndim, t->shape),
-                         cn_shape_str(b, sizeof b, first->ndim, first->shape), dim);
-            return NULL;
-        }
-        shape[d] += t->shape[d];
-    }
-    cn_tensor *out = cn_empty(first->ndim, shape, err);
-    if (!out) return NULL;
-    int64_t at = 0;
-    for (int i = 0; i < n; i++) {
-        cn_tensor *part = cn_narrow(out, d, at, ts[i]->shape[d], err);
-        if (!part) {
-            cn_release(out);
-            return NULL;
-        }
-        copy_strided(part, ts[i]);
-        cn_release(part);
-        at += ts[i]->shape[d];
-    }
-    return out;
-}
-
-cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
-    if (n <= 0) {
-        cn_error_set(err, "stack: expected a non-empty list of tensors");
-        return NULL;
-    }
-    int d = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", err);
-    if (d < 0) return NULL;
-    for (int i = 1; i < n; i++) {
-        if (!cn_same_shape(ts[i], ts[0])) {
-            char a[160], b[160];
-            cn_error_set(err, "stack: tensor %d has shape %s but tensor 1 has shape %s", i + 1,
-                         cn_shape_str(a, sizeof a, ts[i]->ndim, ts[i]->shape),
-                         cn_shape_str(b, sizeof b, ts[0]->ndim, ts[0]->shape));
-            return NULL;
-        }
-    }
-    cn_tensor **parts = malloc((size_t)n * sizeof *parts);
-    if (!parts) {
-        cn_error_set(err, "out of memory");
-        return NULL;
-    }
-    cn_tensor *out = NULL;
-    int made = 0;
-    for (; made < n; made++) {
-        parts[made] = cn_unsqueeze(ts[made], d, err);
-        if (!parts[made]) goto done;
-    }
-    out = cn_cat(n, parts, d, err);
-done:
-    for (int i = 0; i < made; i++) cn_release(parts[i]);
-    free(parts);
-    return out;
 }
 
 /* ---- broadcasting ------------------------------------------------------------------------- */

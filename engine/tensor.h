@@ -39,13 +39,15 @@ typedef struct cn_tensor {
     bool requires_grad;
     struct cn_tensor *grad;      /* accumulated gradient, or NULL */
     struct cn_node *node;        /* creator node, or NULL for leaves */
+    struct cn_tensor *next_dead; /* scratch list for cn_release (graphs die without recursion) */
 } cn_tensor;
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
 /* Adds one reference to t (NULL-safe); returns t. */
 cn_tensor *cn_retain(cn_tensor *t);
-/* Drops one reference (NULL-safe); frees the tensor and, with its last view, the storage. */
+/* Drops one reference (NULL-safe); frees the tensor, its autograd node (and so, iteratively, the
+ * graph behind it) and, with its last view, the storage. */
 void cn_release(cn_tensor *t);
 
 /* ---- facts ------------------------------------------------------------------------------- */
@@ -90,6 +92,10 @@ cn_tensor *cn_linspace(double start, double end, int64_t steps, cn_error *err);
 
 /* ---- views (share storage; return a new reference) ---------------------------------------- */
 
+/* A view of t's storage with the given geometry (no checks: the caller keeps it in bounds);
+ * outside any graph. */
+cn_tensor *cn_as_strided(cn_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
+                         size_t offset, cn_error *err);
 /* View with a new shape; fails when t's strides do not allow it (use cn_reshape). One entry
  * of shape may be -1 (inferred). */
 cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err);

@@ -40,6 +40,9 @@ int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims);
 int cnl_checkshape(lua_State *L, int arg, int64_t *shape);
 /* Optional boolean at arg (nil/none -> def). */
 int cnl_optbool(lua_State *L, int arg, int def);
+/* Raises when t may not be modified in place: grad mode is on and t requires grad (a leaf
+ * parameter or part of a graph). fname names the operation in the message. */
+void cnl_check_inplace(lua_State *L, const cn_tensor *t, const char *fname);
 /* Adds methods to the tensor method table and functions to the module table at index -1. */
 void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions);
 
@@ -47,6 +50,7 @@ void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functio
 void cnl_open_tensor(lua_State *L);
 void cnl_open_elementwise(lua_State *L);
 void cnl_open_reduce(lua_State *L);
+void cnl_open_autograd(lua_State *L);
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

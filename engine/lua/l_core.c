@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "autograd.h"
 #include "binding.h"
 
 /* ---- boxes -------------------------------------------------------------------------------- */
@@ -120,6 +121,12 @@ int cnl_optbool(lua_State *L, int arg, int def) {
     return lua_isnoneornil(L, arg) ? def : lua_toboolean(L, arg);
 }
 
+void cnl_check_inplace(lua_State *L, const cn_tensor *t, const char *fname) {
+    if (cn_grad_enabled() && t->requires_grad)
+        luaL_error(L, "%s: in-place operation on a tensor that requires grad (%s); run it inside cn.no_grad "
+                   "or on a detach()ed tensor", fname, t->node ? "part of a graph" : "a leaf");
+}
+
 void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions) {
     if (functions) luaL_setfuncs(L, functions, 0);
     if (methods) {
@@ -137,6 +144,8 @@ int luaopen_cunet_core(lua_State *L) {
     if (luaL_newmetatable(L, CNL_TENSOR_MT)) {
         lua_newtable(L);
         lua_setfield(L, -2, "__methods");
+        lua_newtable(L);
+        lua_setfield(L, -2, "__setters"); /* name -> setter(t, value), for t.name = value */
         lua_pushliteral(L, "cunet.Tensor");
         lua_setfield(L, -2, "__name");
     }
@@ -144,6 +153,7 @@ int luaopen_cunet_core(lua_State *L) {
     cnl_open_tensor(L);
     cnl_open_elementwise(L);
     cnl_open_reduce(L);
+    cnl_open_autograd(L);
     luaL_getmetatable(L, CNL_TENSOR_MT);
     lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
     lua_pushliteral(L, CUNET_VERSION);

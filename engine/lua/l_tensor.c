@@ -420,6 +420,7 @@ static int l_get(lua_State *L) {
 static int l_set(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
     size_t off = checkindex(L, t, 2, "set");
+    cnl_check_inplace(L, t, "set");
     t->storage->data[off] = (float)luaL_checknumber(L, 3);
     lua_settop(L, 1);
     return 1;
@@ -586,6 +587,7 @@ static int l_clone(lua_State *L) {
 
 static int l_copy_(lua_State *L) {
     cn_tensor *dst = cnl_checktensor(L, 1), *src = cnl_checktensor(L, 2);
+    cnl_check_inplace(L, dst, "copy_");
     cn_error err;
     if (cn_copy_(dst, src, &err)) return cnl_raise(L, &err);
     lua_settop(L, 1);
@@ -594,13 +596,17 @@ static int l_copy_(lua_State *L) {
 
 static int l_fill_(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
-    cn_fill_(t, (float)luaL_checknumber(L, 2));
+    float v = (float)luaL_checknumber(L, 2);
+    cnl_check_inplace(L, t, "fill_");
+    cn_fill_(t, v);
     lua_settop(L, 1);
     return 1;
 }
 
 static int l_zero_(lua_State *L) {
-    cn_fill_(cnl_checktensor(L, 1), 0.0f);
+    cn_tensor *t = cnl_checktensor(L, 1);
+    cnl_check_inplace(L, t, "zero_");
+    cn_fill_(t, 0.0f);
     lua_settop(L, 1);
     return 1;
 }
@@ -746,12 +752,14 @@ static int l_newindex(lua_State *L) {
     int kt = lua_type(L, 2);
     if (kt == LUA_TTABLE) {
         size_t off = checkindex(L, t, 2, "newindex");
+        cnl_check_inplace(L, t, "newindex");
         t->storage->data[off] = (float)luaL_checknumber(L, 3);
         return 0;
     }
     if (kt == LUA_TNUMBER) {
         if (t->ndim == 0) return luaL_error(L, "newindex: cannot index a 0-d tensor with a number");
         int64_t i = checkpos(L, 2, t->shape[0], "index");
+        cnl_check_inplace(L, t, "newindex");
         cn_tensor *src = cnl_totensor(L, 3);
         if (!src && lua_type(L, 3) != LUA_TNUMBER)
             return luaL_error(L, "newindex: can assign a number or a tensor, not a %s", luaL_typename(L, 3));
@@ -765,7 +773,16 @@ static int l_newindex(lua_State *L) {
         if (status) return cnl_raise(L, &err);
         return 0;
     }
-    return luaL_error(L, "newindex: cannot set field '%s' of a tensor", lua_tostring(L, 2) ? lua_tostring(L, 2) : luaL_typename(L, 2));
+    if (kt == LUA_TSTRING && luaL_getmetafield(L, 1, "__setters") == LUA_TTABLE) {
+        lua_pushvalue(L, 2);
+        if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+            lua_pushvalue(L, 1);
+            lua_pushvalue(L, 3);
+            lua_call(L, 2, 0);
+            return 0;
+        }
+    }
+    return luaL_error(L, "newindex: cannot set field '%s' of a tensor", kt == LUA_TSTRING ? lua_tostring(L, 2) : luaL_typename(L, 2));
 }
 
 static const luaL_Reg tensor_methods[] = {

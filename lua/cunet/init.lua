@@ -16,4 +16,13 @@ local Tensor = core.Tensor
 Tensor.__tostring = tensor_print.tostring
 cn.set_printoptions = tensor_print.set_printoptions
 
+--- Autograd: cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=}]])
+-- returns the list of d(sum grad_outputs . outputs)/d input, without touching any .grad.
+cn.autograd = {
+  grad = core.autograd_grad,
+  backward = function(t, grad, retain_graph) return t:backward(grad, retain_graph) end,
+}
+cn.autograd_grad = nil
+cn.gradcheck = require "cunet.gradcheck"
+
 return cn

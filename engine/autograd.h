@@ -1,0 +1,83 @@
+/* autograd.h — reverse-mode automatic differentiation on a dynamic tape.
+ *
+ * An op that produces `out` from inputs of which one requires grad (and while grad mode is on)
+ * attaches a cn_node to out (out->node) holding: its backward function, the inputs (retained),
+ * saved tensors (detached, so no reference cycles) and integer/real parameters. The output owns
+ * its node; the node owns its inputs, so a graph lives exactly as long as its outputs.
+ *
+ * cn_backward walks the nodes in reverse topological order, calls each backward with grad mode
+ * off, reduces broadcast gradients back to each input's shape (in one place: cn_sum_to_shape) and
+ * adds (+=) into leaves' ->grad. Unless retain_graph, the walked graph is freed afterwards: its
+ * saved tensors and inputs are released and a second backward through it is an error.
+ */
+#ifndef CN_AUTOGRAD_H
+#define CN_AUTOGRAD_H
+
+#include "tensor.h"
+
+#define CN_NODE_MAX_SAVED 6
+#define CN_NODE_MAX_PARAMS 8
+
+typedef struct cn_node cn_node;
+
+/* Computes the gradient of each input that requires grad from gout (the gradient of the node's
+ * output): grad_in[i] receives a new reference, or stays NULL for inputs that need none. The
+ * result may have the broadcast shape; the engine sums it to the input's shape. Returns 0 / -1. */
+typedef int (*cn_backward_fn)(cn_node *node, const cn_tensor *gout, cn_tensor **grad_in, cn_error *err);
+
+/* One entry of the op table: a differentiable op's name and backward. */
+typedef struct cn_op_def {
+    const char *name;
+    cn_backward_fn backward;
+} cn_op_def;
+
+struct cn_node {
+    const cn_op_def *op;
+    int n_inputs;
+    cn_tensor **inputs;                      /* retained */
+    cn_tensor *saved[CN_NODE_MAX_SAVED];     /* retained, detached */
+    int64_t ints[CN_NODE_MAX_PARAMS];        /* op parameters (dims, sizes, flags) */
+    double reals[CN_NODE_MAX_PARAMS];        /* op parameters (scalars) */
+    void *ctx;                               /* op-specific data, freed with ctx_free */
+    void (*ctx_free)(void *ctx);
+    int out_ndim;                            /* shape of the output, for gradients of views */
+    int64_t out_shape[CN_MAX_DIMS];
+    /* backward-pass state */
+    cn_tensor *grad;                         /* gradient accumulated for the output */
+    int pending;                             /* scratch for the topological walk */
+    bool released;                           /* true once the graph was freed by a backward */
+};
+
+/* Whether ops record nodes now (default on). */
+bool cn_grad_enabled(void);
+/* Switches grad mode; returns the previous mode. Per thread. */
+bool cn_set_grad_enabled(bool enabled);
+
+/* True when grad mode is on and one of the n inputs requires grad. */
+bool cn_needs_grad(int n, const cn_tensor *const *inputs);
+/* Attaches a node for op to out when cn_needs_grad(inputs); *node receives it (NULL when not
+ * recorded) so the caller can save tensors and parameters. Returns 0, or -1 (out of memory). */
+int cn_record(cn_tensor *out, const cn_op_def *op, int n, cn_tensor *const *inputs, cn_node **node,
+              cn_error *err);
+/* Saves t in slot i of node as a detached reference (no-op when node is NULL). */
+void cn_node_save(cn_node *node, int i, const cn_tensor *t);
+
+/* A new tensor sharing t's storage, outside any graph (requires_grad false). New reference. */
+cn_tensor *cn_detach(const cn_tensor *t, cn_error *err);
+/* Sums g over broadcast dims down to shape (ndim, shape). New reference. */
+cn_tensor *cn_sum_to_shape(const cn_tensor *g, int ndim, const int64_t *shape, cn_error *err);
+
+/* Backpropagates from root (grad = d loss / d root; NULL means ones for a one-element root) into
+ * leaves' ->grad (accumulating). Frees the graph unless retain_graph. Returns 0 / -1. */
+int cn_backward(cn_tensor *root, const cn_tensor *grad, bool retain_graph, cn_error *err);
+/* Vector-Jacobian products: results[j] = sum_i grad_outputs[i]^T d outputs[i] / d inputs[j], as new
+ * references, without touching any ->grad. grad_outputs may be NULL (ones for one-element outputs).
+ * An input the outputs do not depend on gives an error unless allow_unused (then a zero tensor).
+ * Returns 0 / -1. */
+int cn_grad(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs, int n_in,
+            cn_tensor *const *inputs, cn_tensor **results, bool retain_graph, bool allow_unused,
+            cn_error *err);
+/* Frees a node (called when its output tensor dies). */
+void cn_node_free(cn_node *node);
+
+#endif

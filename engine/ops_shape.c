@@ -1,0 +1,500 @@
+/* ops_shape.c — differentiable shape ops: views (view, reshape, permute, transpose, narrow,
+ * select, squeeze, unsqueeze, expand), contiguous, cat and stack, each with its backward.
+ *
+ * Views share storage (cn_as_strided); their backward maps the output gradient back onto the
+ * input's geometry. Broadcasting of expand needs no backward code: the engine sums every gradient
+ * down to its input's shape (autograd.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "ops.h"
+#include "tensor.h"
+
+/* ---- views -------------------------------------------------------------------------------- */
+
+/* Resolves one -1 entry of a requested shape against numel; fills out. */
+static bool infer_shape(int ndim, const int64_t *shape, size_t numel, int64_t *out, const char *fname,
+                        const cn_tensor *t, cn_error *err) {
+    char want[160], have[160];
+    if (!(ndim >= 0 && ndim <= CN_MAX_DIMS)) {
+        cn_error_set(err, "%s: %d dims requested, at most %d supported", fname, ndim, CN_MAX_DIMS);
+        return false;
+    }
+    int infer = -1;
+    size_t known = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == -1 && infer < 0) {
+            infer = i;
+        } else if (shape[i] < 0) {
+            cn_error_set(err, "%s: invalid shape %s", fname, cn_shape_str(want, sizeof want, ndim, shape));
+            return false;
+        } else {
+            known *= (size_t)shape[i];
+        }
+        out[i] = shape[i];
+    }
+    if (infer >= 0) {
+        if (known == 0 || numel % known) goto mismatch;
+        out[infer] = (int64_t)(numel / known);
+    } else if (known != numel) {
+        goto mismatch;
+    }
+    return true;
+mismatch:
+    cn_error_set(err, "%s: shape %s is invalid for a tensor of shape %s (%zu elements)", fname,
+                 cn_shape_str(want, sizeof want, ndim, shape),
+                 cn_shape_str(have, sizeof have, t->ndim, t->shape), numel);
+    return false;
+}
+
+/* Strides for viewing t as new_shape without copying (as torch's computeStride); false if impossible. */
+static bool view_strides(const cn_tensor *t, int ndim, const int64_t *new_shape, int64_t *new_stride) {
+    if (cn_numel(t) == 0 || cn_is_contiguous(t)) {
+        cn_contiguous_strides(ndim, new_shape, new_stride);
+        return true;
+    }
+    int view_d = ndim - 1;
+    int64_t chunk_base_stride = t->ndim ? t->stride[t->ndim - 1] : 1;
+    int64_t tensor_numel = 1, view_numel = 1;
+    for (int tensor_d = t->ndim - 1; tensor_d >= 0; tensor_d--) {
+        tensor_numel *= t->shape[tensor_d];
+        if (tensor_d == 0 || (t->shape[tensor_d - 1] != 1 &&
+                              t->stride[tensor_d - 1] != tensor_numel * chunk_base_stride)) {
+            while (view_d >= 0 && (view_numel < tensor_numel || new_shape[view_d] == 1)) {
+                new_stride[view_d] = view_numel * chunk_base_stride;
+                view_numel *= new_shape[view_d];
+                view_d--;
+            }
+            if (view_numel != tensor_numel) return false;
+            if (tensor_d > 0) {
+                chunk_base_stride = t->stride[tensor_d - 1];
+                tensor_numel = 1;
+                view_numel = 1;
+            }
+        }
+    }
+    return view_d == -1;
+}
+
+static cn_tensor *view_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    int64_t resolved[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    if (!infer_shape(ndim, shape, cn_numel(t), resolved, "view", t, err)) return NULL;
+    if (!view_strides(t, ndim, resolved, stride)) {
+        char a[160], b[160];
+        cn_error_set(err, "view: a tensor of shape %s with these strides cannot be viewed as %s; "
+                     "use reshape (or contiguous first)",
+                     cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, resolved));
+        return NULL;
+    }
+    return cn_as_strided(t, ndim, resolved, stride, t->offset, err);
+}
+
+static cn_tensor *reshape_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    int64_t resolved[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    if (!infer_shape(ndim, shape, cn_numel(t), resolved, "reshape", t, err)) return NULL;
+    if (view_strides(t, ndim, resolved, stride)) return cn_as_strided(t, ndim, resolved, stride, t->offset, err);
+    cn_tensor *c = cn_empty(t->ndim, t->shape, err);
+    if (!c) return NULL;
+    if (cn_copy_(c, t, err)) {
+        cn_release(c);
+        return NULL;
+    }
+    cn_tensor *r = view_raw(c, ndim, resolved, err);
+    cn_release(c);
+    return r;
+}
+
+static cn_tensor *permute_raw(cn_tensor *t, const int *perm, cn_error *err) {
+    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    bool seen[CN_MAX_DIMS] = {false};
+    for (int i = 0; i < t->ndim; i++) {
+        int d = cn_wrap_dim(perm[i], t->ndim, "permute", err);
+        if (d < 0) return NULL;
+        if (seen[d]) {
+            cn_error_set(err, "permute: dim %d repeated", perm[i]);
+            return NULL;
+        }
+        seen[d] = true;
+        shape[i] = t->shape[d];
+        stride[i] = t->stride[d];
+    }
+    return cn_as_strided(t, t->ndim, shape, stride, t->offset, err);
+}
+
+static cn_tensor *narrow_raw(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
+    int d = cn_wrap_dim(dim, t->ndim, "narrow", err);
+    if (d < 0) return NULL;
+    if (start < 0 || length < 0 || start + length > t->shape[d]) {
+        char buf[160];
+        cn_error_set(err, "narrow: range [%lld, %lld) out of bounds for dim %d of size %lld (shape %s)",
+                     (long long)start, (long long)(start + length), dim, (long long)t->shape[d],
+                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+        return NULL;
+    }
+    int64_t shape[CN_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[d] = length;
+    return cn_as_strided(t, t->ndim, shape, t->stride, t->offset + (size_t)(start * t->stride[d]), err);
+}
+
+static cn_tensor *select_raw(cn_tensor *t, int dim, int64_t index, cn_error *err) {
+    int d = cn_wrap_dim(dim, t->ndim, "select", err);
+    if (d < 0) return NULL;
+    if (index < 0 || index >= t->shape[d]) {
+        char buf[160];
+        cn_error_set(err, "select: index %lld out of range for dim %d of size %lld (shape %s)",
+                     (long long)index, dim, (long long)t->shape[d],
+                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+        return NULL;
+    }
+    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (i == d) continue;
+        shape[n] = t->shape[i];
+        stride[n++] = t->stride[i];
+    }
+    return cn_as_strided(t, n, shape, stride, t->offset + (size_t)(index * t->stride[d]), err);
+}
+
+static cn_tensor *squeeze_raw(cn_tensor *t, int dim, cn_error *err) {
+    int d = cn_wrap_dim(dim, t->ndim, "squeeze", err);
+    if (d < 0) return NULL;
+    if (t->shape[d] != 1) {
+        char buf[160];
+        cn_error_set(err, "squeeze: dim %d has size %lld, not 1 (shape %s)", dim, (long long)t->shape[d],
+                     cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+        return NULL;
+    }
+    return select_raw(t, d, 0, err);
+}
+
+static cn_tensor *squeeze_all_raw(cn_tensor *t, cn_error *err) {
+    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 1) continue;
+        shape[n] = t->shape[i];
+        stride[n++] = t->stride[i];
+    }
+    return cn_as_strided(t, n, shape, stride, t->offset, err);
+}
+
+static cn_tensor *unsqueeze_raw(cn_tensor *t, int dim, cn_error *err) {
+    if (t->ndim >= CN_MAX_DIMS) {
+        cn_error_set(err, "unsqueeze: a tensor already has the maximum of %d dims", CN_MAX_DIMS);
+        return NULL;
+    }
+    int d = cn_wrap_dim(dim, t->ndim + 1, "unsqueeze", err);
+    if (d < 0) return NULL;
+    int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
+    for (int i = 0, j = 0; i <= t->ndim; i++) {
+        if (i == d) {
+            shape[i] = 1;
+            stride[i] = d < t->ndim ? t->stride[d] * t->shape[d] : 1;
+        } else {
+            shape[i] = t->shape[j];
+            stride[i] = t->stride[j++];
+        }
+    }
+    return cn_as_strided(t, t->ndim + 1, shape, stride, t->offset, err);
+}
+
+static cn_tensor *expand_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    char a[160], b[160];
+    if (ndim < t->ndim || ndim > CN_MAX_DIMS) {
+        cn_error_set(err, "expand: cannot expand shape %s to %s (fewer dims)",
+                     cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, shape));
+        return NULL;
+    }
+    int64_t out_shape[CN_MAX_DIMS], out_stride[CN_MAX_DIMS];
+    int lead = ndim - t->ndim;
+    for (int i = 0; i < ndim; i++) {
+        int64_t want = shape[i];
+        if (i < lead) {
+            if (want < 0) goto bad;
+            out_shape[i] = want;
+            out_stride[i] = 0;
+            continue;
+        }
+        int64_t have = t->shape[i - lead];
+        if (want == -1 || want == have) {
+            out_shape[i] = have;
+            out_stride[i] = t->stride[i - lead];
+        } else if (have == 1 && want >= 0) {
+            out_shape[i] = want;
+            out_stride[i] = 0;
+        } else {
+            goto bad;
+        }
+    }
+    return cn_as_strided(t, ndim, out_shape, out_stride, t->offset, err);
+bad:
+    cn_error_set(err, "expand: cannot expand shape %s to %s",
+                 cn_shape_str(a, sizeof a, t->ndim, t->shape), cn_shape_str(b, sizeof b, ndim, shape));
+    return NULL;
+}
+
+static cn_tensor *contiguous_raw(cn_tensor *t, cn_error *err) {
+    cn_tensor *c = cn_empty(t->ndim, t->shape, err);
+    if (c && cn_copy_(c, t, err)) {
+        cn_release(c);
+        return NULL;
+    }
+    return c;
+}
+
+static cn_tensor *cat_raw(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    if (n <= 0) {
+        cn_error_set(err, "cat: expected a non-empty list of tensors");
+        return NULL;
+    }
+    const cn_tensor *first = ts[0];
+    int d = cn_wrap_dim(dim, first->ndim, "cat", err);
+    if (d < 0) return NULL;
+    int64_t shape[CN_MAX_DIMS];
+    memcpy(shape, first->shape, sizeof shape);
+    shape[d] = 0;
+    for (int i = 0; i < n; i++) {
+        const cn_tensor *t = ts[i];
+        bool ok = t->ndim == first->ndim;
+        for (int j = 0; ok && j < t->ndim; j++) ok = j == d || t->shape[j] == first->shape[j];
+        if (!ok) {
+            char a[160], b[160];
+            cn_error_set(err, "cat: tensor %d has shape %s, incompatible with %s along dim %d", i + 1,
+                         cn_shape_str(a, sizeof a, t->ndim, t->shape),
+                         cn_shape_str(b, sizeof b, first->ndim, first->shape), dim);
+            return NULL;
+        }
+        shape[d] += t->shape[d];
+    }
+    cn_tensor *out = cn_empty(first->ndim, shape, err);
+    if (!out) return NULL;
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        cn_tensor *part = narrow_raw(out, d, at, ts[i]->shape[d], err);
+        if (!part) {
+            cn_release(out);
+            return NULL;
+        }
+        int status = cn_copy_(part, ts[i], err);
+        cn_release(part);
+        if (status) {
+            cn_release(out);
+            return NULL;
+        }
+        at += ts[i]->shape[d];
+    }
+    return out;
+}
+
+static cn_tensor *stack_raw(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    if (n <= 0) {
+        cn_error_set(err, "stack: expected a non-empty list of tensors");
+        return NULL;
+    }
+    int d = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", err);
+    if (d < 0) return NULL;
+    for (int i = 1; i < n; i++) {
+        if (!cn_same_shape(ts[i], ts[0])) {
+            char a[160], b[160];
+            cn_error_set(err, "stack: tensor %d has shape %s but tensor 1 has shape %s", i + 1,
+                         cn_shape_str(a, sizeof a, ts[i]->ndim, ts[i]->shape),
+                         cn_shape_str(b, sizeof b, ts[0]->ndim, ts[0]->shape));
+            return NULL;
+        }
+    }
+    cn_tensor **parts = malloc((size_t)n * sizeof *parts);
+    if (!parts) {
+        cn_error_set(err, "out of memory");
+        return NULL;
+    }
+    cn_tensor *out = NULL;
+    int made = 0;
+    for (; made < n; made++) {
+        parts[made] = unsqueeze_raw(ts[made], d, err);
+        if (!parts[made]) goto done;
+    }
+    out = cat_raw(n, parts, d, err);
+done:
+    for (int i = 0; i < made; i++) cn_release(parts[i]);
+    free(parts);
+    return out;
+}
+
+/* ---- autograd ----------------------------------------------------------------------------- */
+
+/* Records op on r, a fresh result computed from the inputs; releases r on failure. */
+static cn_tensor *record(cn_tensor *r, const cn_op_def *op, int n, cn_tensor *const *inputs, cn_node **node,
+                         cn_error *err) {
+    cn_node *scratch;
+    if (!node) node = &scratch;
+    *node = NULL;
+    if (r && cn_record(r, op, n, inputs, node, err)) {
+        cn_release(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* d/dx reshape(x) = reshape(g) back to x's shape (view, reshape, squeeze, unsqueeze, flatten). */
+static int reshape_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *in = n->inputs[0];
+    return (gi[0] = cn_reshape((cn_tensor *)g, in->ndim, in->shape, err)) ? 0 : -1;
+}
+
+/* Identity backward (contiguous, expand: the engine sums broadcast dims away). */
+static int identity_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    (void)n, (void)err;
+    gi[0] = cn_retain((cn_tensor *)g);
+    return 0;
+}
+
+/* permute: the gradient goes through the inverse permutation (kept in ints). */
+static int permute_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    int inverse[CN_MAX_DIMS];
+    for (int i = 0; i < g->ndim; i++) inverse[i] = (int)n->ints[i];
+    return (gi[0] = cn_permute((cn_tensor *)g, inverse, err)) ? 0 : -1;
+}
+
+/* narrow / select: scatter the gradient into zeros of the input's shape (ints: dim, start, is_select). */
+static int scatter_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *in = n->inputs[0];
+    cn_tensor *z = cn_zeros(in->ndim, in->shape, err);
+    if (!z) return -1;
+    int dim = (int)n->ints[0];
+    cn_tensor *part = n->ints[2] ? select_raw(z, dim, n->ints[1], err)
+                                 : narrow_raw(z, dim, n->ints[1], g->shape[dim], err);
+    if (!part || cn_copy_(part, g, err)) {
+        cn_release(part);
+        cn_release(z);
+        return -1;
+    }
+    cn_release(part);
+    gi[0] = z;
+    return 0;
+}
+
+/* cat / stack: each input gets its slice of the gradient (ints: dim, is_stack). */
+static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    int dim = (int)n->ints[0];
+    int64_t at = 0;
+    for (int i = 0; i < n->n_inputs; i++) {
+        if (!n->inputs[i]->requires_grad) {
+            at += n->ints[1] ? 1 : n->inputs[i]->shape[dim];
+            continue;
+        }
+        if (n->ints[1]) {
+            gi[i] = select_raw((cn_tensor *)g, dim, at++, err);
+        } else {
+            gi[i] = narrow_raw((cn_tensor *)g, dim, at, n->inputs[i]->shape[dim], err);
+            at += n->inputs[i]->shape[dim];
+        }
+        if (!gi[i]) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_view = {"view", reshape_backward};
+static const cn_op_def op_reshape = {"reshape", reshape_backward};
+static const cn_op_def op_squeeze = {"squeeze", reshape_backward};
+static const cn_op_def op_unsqueeze = {"unsqueeze", reshape_backward};
+static const cn_op_def op_permute = {"permute", permute_backward};
+static const cn_op_def op_narrow = {"narrow", scatter_backward};
+static const cn_op_def op_select = {"select", scatter_backward};
+static const cn_op_def op_expand = {"expand", identity_backward};
+static const cn_op_def op_contiguous = {"contiguous", identity_backward};
+static const cn_op_def op_cat = {"cat", split_backward};
+static const cn_op_def op_stack = {"stack", split_backward};
+
+cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return record(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_reshape(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return record(reshape_raw(t, ndim, shape, err), &op_reshape, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = record(permute_raw(t, perm, err), &op_permute, 1, &t, &node, err);
+    if (node)
+        for (int i = 0; i < t->ndim; i++) node->ints[cn_wrap_dim(perm[i], t->ndim, "permute", NULL)] = i;
+    return r;
+}
+
+cn_tensor *cn_transpose(cn_tensor *t, int d0, int d1, cn_error *err) {
+    int a = cn_wrap_dim(d0, t->ndim, "transpose", err);
+    if (a < 0) return NULL;
+    int b = cn_wrap_dim(d1, t->ndim, "transpose", err);
+    if (b < 0) return NULL;
+    int perm[CN_MAX_DIMS];
+    for (int i = 0; i < t->ndim; i++) perm[i] = i;
+    perm[a] = b;
+    perm[b] = a;
+    return cn_permute(t, perm, err);
+}
+
+cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = record(narrow_raw(t, dim, start, length, err), &op_narrow, 1, &t, &node, err);
+    if (node) {
+        node->ints[0] = cn_wrap_dim(dim, t->ndim, "narrow", NULL);
+        node->ints[1] = start;
+        node->ints[2] = 0;
+    }
+    return r;
+}
+
+cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = record(select_raw(t, dim, index, err), &op_select, 1, &t, &node, err);
+    if (node) {
+        node->ints[0] = cn_wrap_dim(dim, t->ndim, "select", NULL);
+        node->ints[1] = index;
+        node->ints[2] = 1;
+    }
+    return r;
+}
+
+cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
+    return record(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_squeeze_all(cn_tensor *t, cn_error *err) {
+    return record(squeeze_all_raw(t, err), &op_squeeze, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_unsqueeze(cn_tensor *t, int dim, cn_error *err) {
+    return record(unsqueeze_raw(t, dim, err), &op_unsqueeze, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return record(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_contiguous(cn_tensor *t, cn_error *err) {
+    if (cn_is_contiguous(t)) return cn_retain(t);
+    return record(contiguous_raw(t, err), &op_contiguous, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = record(cat_raw(n, ts, dim, err), &op_cat, n, ts, &node, err);
+    if (node) {
+        node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim, "cat", NULL);
+        node->ints[1] = 0;
+    }
+    return r;
+}
+
+cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = record(stack_raw(n, ts, dim, err), &op_stack, n, ts, &node, err);
+    if (node) {
+        node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", NULL);
+        node->ints[1] = 1;
+    }
+    return r;
+}
