@@ -48,6 +48,18 @@ int cn_record(cn_tensor *out, const cn_op_def *op, int n, cn_tensor *const *inpu
     return 0;
 }
 
+cn_tensor *cn_record_result(cn_tensor *r, const cn_op_def *op, int n, cn_tensor *const *inputs,
+                            cn_node **node, cn_error *err) {
+    cn_node *scratch;
+    if (!node) node = &scratch;
+    *node = NULL;
+    if (r && cn_record(r, op, n, inputs, node, err)) {
+        cn_release(r);
+        return NULL;
+    }
+    return r;
+}
+
 void cn_node_save(cn_node *node, int i, const cn_tensor *t) {
     if (!node) return;
     cn_release(node->saved[i]);

@@ -59,6 +59,18 @@ bool cn_needs_grad(int n, const cn_tensor *const *inputs);
  * recorded) so the caller can save tensors and parameters. Returns 0, or -1 (out of memory). */
 int cn_record(cn_tensor *out, const cn_op_def *op, int n, cn_tensor *const *inputs, cn_node **node,
               cn_error *err);
+/* cn_record on r, a fresh result of op over the inputs, for one-line use in op wrappers:
+ * returns r, or NULL (r released, err filled) when r is NULL or recording fails. */
+cn_tensor *cn_record_result(cn_tensor *r, const cn_op_def *op, int n, cn_tensor *const *inputs,
+                            cn_node **node, cn_error *err);
+/* Runs the expression `assign` (e.g. `r = forward(...)`) with grad mode off, so the temporaries
+ * of a forward computation (contiguous copies, permutes) never enter the graph. */
+#define CN_WITHOUT_GRAD(assign)                                                               \
+    do {                                                                                      \
+        bool cn_grad_mode_ = cn_set_grad_enabled(false);                                      \
+        assign;                                                                               \
+        cn_set_grad_enabled(cn_grad_mode_);                                                   \
+    } while (0)
 /* Saves t in slot i of node as a detached reference (no-op when node is NULL). */
 void cn_node_save(cn_node *node, int i, const cn_tensor *t);
 

@@ -17,12 +17,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "autograd.h"
 #include "ops.h"
 
 /* Below this many elements a loop is not worth waking threads for. */
 #define PAR_MIN 32768
 /* Operands of one iteration: the output plus up to three inputs (where). */
-#define MAX_OPS 4
+#define MAX_OPS 5
 
 /* ---- names ------------------------------------------------------------------------------- */
 
@@ -171,8 +172,47 @@ static void binary_row(cn_binary_op op, const float *pu, int64_t su, const float
     }
 }
 
+/* d op(x) / dx times g, from the input x and the output y (formulas as torch's derivatives.yaml). */
+static inline float unary_grad(cn_unary_op op, float g, float x, float y) {
+    switch (op) {
+    case CN_NEG: return -g;
+    case CN_EXP: return g * y;
+    case CN_LOG: return g / x;
+    case CN_SQRT: return g / (2.0f * y);
+    case CN_RSQRT: return -0.5f * g * y * y * y;
+    case CN_ABS: return x > 0.0f ? g : x < 0.0f ? -g : 0.0f;
+    case CN_SIN: return g * cosf(x);
+    case CN_COS: return -g * sinf(x);
+    case CN_TANH: return g * (1.0f - y * y);
+    case CN_SIGMOID: return g * y * (1.0f - y);
+    case CN_RELU: return y > 0.0f ? g : 0.0f;
+    case CN_SILU: {
+        float sg = sigmoidf(x);
+        return g * sg * (1.0f + x * (1.0f - sg));
+    }
+    case CN_SOFTPLUS: return x > 20.0f ? g : g * sigmoidf(x);
+    case CN_GELU: {
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = expf(-0.5f * x * x) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
+        return g * (cdf + x * pdf);
+    }
+    case CN_GELU_TANH: {
+        const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+        float inner = beta * (x + kappa * x * x * x), t = tanhf(inner);
+        float left = 0.5f * x, right = 1.0f + t;
+        float dright = left * (1.0f - t * t) * beta * (1.0f + 3.0f * kappa * x * x);
+        return g * (0.5f * right + dright);
+    }
+    case CN_SQUARE: return 2.0f * x * g;
+    case CN_RECIPROCAL: return -g * y * y;
+    case CN_SIGN: case CN_FLOOR: case CN_CEIL: case CN_ROUND: case CN_UNARY_COUNT: return 0.0f;
+    }
+    return 0.0f;
+}
+
 /* What one iteration computes per element. */
-typedef enum { K_UNARY, K_BINARY, K_AXPBY, K_CLAMP, K_WHERE } kernel_kind;
+typedef enum { K_UNARY, K_BINARY, K_AXPBY, K_CLAMP, K_WHERE, K_UNARY_GRAD, K_CLAMP_GRAD, K_MAXMIN_GRAD,
+               K_POW_BASE_GRAD, K_POW_EXP_GRAD } kernel_kind;
 
 typedef struct {
     kernel_kind kind;
@@ -211,6 +251,41 @@ static void run_row(const kernel *k, float *out, const float *const *in, const i
         }
         break;
     }
+    case K_UNARY_GRAD: /* in: g, x, y */
+        for (size_t i = 0; i < n; i++) {
+            int64_t j = (int64_t)i;
+            out[i] = unary_grad((cn_unary_op)k->op, in[0][j * s[0]], in[1][j * s[1]], in[2][j * s[2]]);
+        }
+        break;
+    case K_CLAMP_GRAD: /* in: g, x: the gradient passes where lo <= x <= hi */
+        for (size_t i = 0; i < n; i++) {
+            int64_t j = (int64_t)i;
+            float x = in[1][j * s[1]];
+            out[i] = x >= k->p0 && x <= k->p1 ? in[0][j * s[0]] : 0.0f;
+        }
+        break;
+    case K_MAXMIN_GRAD: /* in: g, self, other: as torch, ties split the gradient in half */
+        for (size_t i = 0; i < n; i++) {
+            int64_t j = (int64_t)i;
+            float g = in[0][j * s[0]], a = in[1][j * s[1]], b = in[2][j * s[2]];
+            bool loses = k->op == CN_MAXIMUM ? a < b : a > b;
+            out[i] = a == b ? 0.5f * g : loses ? 0.0f : g;
+        }
+        break;
+    case K_POW_BASE_GRAD: /* in: g, a, b: g * b * a^(b-1), 0 where b == 0 */
+        for (size_t i = 0; i < n; i++) {
+            int64_t j = (int64_t)i;
+            float g = in[0][j * s[0]], a = in[1][j * s[1]], b = in[2][j * s[2]];
+            out[i] = b == 0.0f ? 0.0f : g * b * powf(a, b - 1.0f);
+        }
+        break;
+    case K_POW_EXP_GRAD: /* in: g, out, a, b: g * a^b * log(a), 0 where a == 0 and b >= 0 */
+        for (size_t i = 0; i < n; i++) {
+            int64_t j = (int64_t)i;
+            float g = in[0][j * s[0]], y = in[1][j * s[1]], a = in[2][j * s[2]], b = in[3][j * s[3]];
+            out[i] = a == 0.0f && b >= 0.0f ? 0.0f : g * y * logf(a);
+        }
+        break;
     }
 }
 
@@ -350,7 +425,7 @@ static bool has_stride0_dim(const cn_tensor *t) {
 
 /* ---- public ops ------------------------------------------------------------------------------ */
 
-cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
+static cn_tensor *unary_forward(cn_unary_op op, const cn_tensor *a, cn_error *err) {
     if ((unsigned)op >= CN_UNARY_COUNT) {
         cn_error_set(err, "unary: unknown op %d", (int)op);
         return NULL;
@@ -378,7 +453,7 @@ static cn_tensor *broadcast_output(const cn_tensor *a, const cn_tensor *b, const
     return cn_empty(ndim, shape, err);
 }
 
-cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+static cn_tensor *binary_forward(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     if ((unsigned)op >= CN_BINARY_COUNT) {
         cn_error_set(err, "binary: unknown op %d", (int)op);
         return NULL;
@@ -398,7 +473,7 @@ cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn
     return out;
 }
 
-cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first,
+static cn_tensor *binary_scalar_forward(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first,
                             cn_error *err) {
     if ((unsigned)op >= CN_BINARY_COUNT) {
         cn_error_set(err, "binary: unknown op %d", (int)op);
@@ -435,6 +510,11 @@ int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err)
         cn_error_set(err, "%s: missing operand", fname);
         return -1;
     }
+    if (a->requires_grad && cn_grad_enabled()) {
+        cn_error_set(err, "%s: in-place operation on a tensor of shape %s that requires grad; run it with "
+                     "grad mode off", fname, cn_shape_str(sa, sizeof sa, a->ndim, a->shape));
+        return -1;
+    }
     if (has_stride0_dim(a)) {
         cn_error_set(err, "%s: the in-place target of shape %s is an expanded view; clone it first",
                      fname, cn_shape_str(sa, sizeof sa, a->ndim, a->shape));
@@ -465,14 +545,14 @@ int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err)
         iter_run(&it, &k);
         return 0;
     }
-    cn_tensor *r = cn_binary(op, a, b, err);
+    cn_tensor *r = binary_forward(op, a, b, err);
     if (!r) return -1;
     int status = cn_copy_(a, r, err);
     cn_release(r);
     return status;
 }
 
-cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
+static cn_tensor *axpby_forward(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
     if (!a || !b) {
         cn_error_set(err, "axpby: missing operand");
         return NULL;
@@ -488,7 +568,7 @@ cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float b
     return out;
 }
 
-cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
+static cn_tensor *clamp_forward(const cn_tensor *a, float lo, float hi, cn_error *err) {
     if (!a) {
         cn_error_set(err, "clamp: missing operand");
         return NULL;
@@ -503,7 +583,7 @@ cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
     return out;
 }
 
-cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+static cn_tensor *where_forward(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     if (!cond || !a || !b) {
         cn_error_set(err, "where: missing operand");
         return NULL;
@@ -529,4 +609,227 @@ cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *
     kernel k = {.kind = K_WHERE};
     iter_run(&it, &k);
     return out;
+}
+
+/* ---- autograd ------------------------------------------------------------------------------ */
+
+/* A fresh tensor of g's shape from a grad kernel over (g, operands...) broadcast to g's shape. */
+static cn_tensor *grad_kernel(const kernel *k, const cn_tensor *g, int n, const cn_tensor *const *ops,
+                              const float *value, int value_at, cn_error *err) {
+    cn_tensor *out = cn_empty(g->ndim, g->shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, g);
+    for (int i = 0, o = 0; i < n + (value ? 1 : 0); i++) {
+        if (value && i == value_at) iter_add_value(&it, value);
+        else iter_add(&it, ops[o++]);
+    }
+    iter_run(&it, k);
+    return out;
+}
+
+/* unary: ints[0] = op; saved[0] = x, saved[1] = y */
+static int unary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    kernel k = {.kind = K_UNARY_GRAD, .op = (int)n->ints[0]};
+    const cn_tensor *ops[2] = {n->saved[0], n->saved[1]};
+    return (gi[0] = grad_kernel(&k, g, 2, ops, NULL, 0, err)) ? 0 : -1;
+}
+
+/* The gradient of one operand of mul/div/pow/maximum/minimum; `other` and `self` may be NULL
+ * when that operand is the scalar `value`. Results have the broadcast shape (the engine reduces). */
+static cn_tensor *binary_operand_grad(cn_binary_op op, int which, const cn_tensor *g, const cn_tensor *a,
+                                      const cn_tensor *b, const cn_tensor *out, const float *va,
+                                      const float *vb, cn_error *err) {
+    /* operands as (tensor or value) pairs, so scalar variants share the code */
+    switch (op) {
+    case CN_ADD:
+        return cn_retain((cn_tensor *)g);
+    case CN_SUB:
+        return which == 0 ? cn_retain((cn_tensor *)g) : unary_forward(CN_NEG, g, err);
+    case CN_MUL: {
+        const cn_tensor *other = which == 0 ? b : a;
+        const float *v = which == 0 ? vb : va;
+        return other ? binary_forward(CN_MUL, g, other, err) : binary_scalar_forward(CN_MUL, g, *v, false, err);
+    }
+    case CN_DIV: {
+        if (which == 0) return b ? binary_forward(CN_DIV, g, b, err) : binary_scalar_forward(CN_DIV, g, *vb, false, err);
+        /* d(a/b)/db = -out / b */
+        cn_tensor *t = binary_forward(CN_MUL, g, out, err);
+        if (!t) return NULL;
+        cn_tensor *u = b ? binary_forward(CN_DIV, t, b, err) : binary_scalar_forward(CN_DIV, t, *vb, false, err);
+        cn_release(t);
+        if (!u) return NULL;
+        cn_tensor *r = unary_forward(CN_NEG, u, err);
+        cn_release(u);
+        return r;
+    }
+    case CN_POW: {
+        if (which == 0) {
+            kernel k = {.kind = K_POW_BASE_GRAD};
+            const cn_tensor *ops[2] = {a, b};
+            return b ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vb, 1, err);
+        }
+        kernel k = {.kind = K_POW_EXP_GRAD};
+        const cn_tensor *ops[3] = {out, a, b};
+        return a ? grad_kernel(&k, g, 3, ops, NULL, 0, err) : grad_kernel(&k, g, 2, (const cn_tensor *[]){out, b}, va, 1, err);
+    }
+    case CN_MAXIMUM:
+    case CN_MINIMUM: {
+        kernel k = {.kind = K_MAXMIN_GRAD, .op = (int)op};
+        const cn_tensor *self = which == 0 ? a : b, *other = which == 0 ? b : a;
+        const float *vother = which == 0 ? vb : va;
+        const cn_tensor *ops[2] = {self, other};
+        return other ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vother, 1, err);
+    }
+    default:
+        cn_error_set(err, "%s has no gradient", cn_binary_name(op));
+        return NULL;
+    }
+}
+
+/* binary: ints[0] = op; saved[0] = a, saved[1] = b, saved[2] = out */
+static int binary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_binary_op op = (cn_binary_op)n->ints[0];
+    for (int w = 0; w < 2; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        gi[w] = binary_operand_grad(op, w, g, n->saved[0], n->saved[1], n->saved[2], NULL, NULL, err);
+        if (!gi[w]) return -1;
+    }
+    return 0;
+}
+
+/* binary with a scalar: ints[0] = op, ints[1] = scalar_first; reals[0] = the scalar;
+ * saved[0] = the tensor operand, saved[2] = out */
+static int binary_scalar_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_binary_op op = (cn_binary_op)n->ints[0];
+    bool scalar_first = n->ints[1];
+    float v = (float)n->reals[0];
+    const cn_tensor *t = n->saved[0];
+    gi[0] = scalar_first ? binary_operand_grad(op, 1, g, NULL, t, n->saved[2], &v, NULL, err)
+                         : binary_operand_grad(op, 0, g, t, NULL, n->saved[2], NULL, &v, err);
+    return gi[0] ? 0 : -1;
+}
+
+/* axpby: reals = alpha, beta */
+static int axpby_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    for (int w = 0; w < 2; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        if (!(gi[w] = binary_scalar_forward(CN_MUL, g, (float)n->reals[w], false, err))) return -1;
+    }
+    return 0;
+}
+
+/* clamp: reals = lo, hi; saved[0] = x */
+static int clamp_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    kernel k = {.kind = K_CLAMP_GRAD, .p0 = (float)n->reals[0], .p1 = (float)n->reals[1]};
+    const cn_tensor *ops[1] = {n->saved[0]};
+    return (gi[0] = grad_kernel(&k, g, 1, ops, NULL, 0, err)) ? 0 : -1;
+}
+
+/* where(cond, a, b): a gets g where cond holds, b elsewhere; saved[0] = cond */
+static int where_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    float zero = 0.0f;
+    for (int w = 1; w < 3; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        cn_tensor *out = cn_empty(g->ndim, g->shape, err);
+        if (!out) return -1;
+        iter it;
+        iter_init(&it, out);
+        iter_add(&it, n->saved[0]);
+        if (w == 1) {
+            iter_add(&it, g);
+            iter_add_value(&it, &zero);
+        } else {
+            iter_add_value(&it, &zero);
+            iter_add(&it, g);
+        }
+        kernel k = {.kind = K_WHERE};
+        iter_run(&it, &k);
+        gi[w] = out;
+    }
+    return 0;
+}
+
+static const cn_op_def op_unary = {"unary", unary_backward};
+static const cn_op_def op_binary = {"binary", binary_backward};
+static const cn_op_def op_binary_scalar = {"binary_scalar", binary_scalar_backward};
+static const cn_op_def op_axpby = {"axpby", axpby_backward};
+static const cn_op_def op_clamp = {"clamp", clamp_backward};
+static const cn_op_def op_where = {"where", where_backward};
+
+static bool is_comparison(cn_binary_op op) { return op >= CN_EQ && op <= CN_GE; }
+
+cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    cn_tensor *r = cn_record_result(unary_forward(op, a, err), &op_unary, 1, &in, &node, err);
+    if (node) {
+        node->ints[0] = op;
+        cn_node_save(node, 0, a);
+        cn_node_save(node, 1, r);
+    }
+    return r;
+}
+
+cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = binary_forward(op, a, b, err);
+    if (!r || is_comparison(op)) return r;
+    cn_node *node;
+    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
+    r = cn_record_result(r, &op_binary, 2, ins, &node, err);
+    if (node) {
+        node->ints[0] = op;
+        cn_node_save(node, 0, a);
+        cn_node_save(node, 1, b);
+        cn_node_save(node, 2, r);
+    }
+    return r;
+}
+
+cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first, cn_error *err) {
+    cn_tensor *r = binary_scalar_forward(op, a, s, scalar_first, err);
+    if (!r || is_comparison(op)) return r;
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    r = cn_record_result(r, &op_binary_scalar, 1, &in, &node, err);
+    if (node) {
+        node->ints[0] = op;
+        node->ints[1] = scalar_first;
+        node->reals[0] = s;
+        cn_node_save(node, 0, a);
+        cn_node_save(node, 2, r);
+    }
+    return r;
+}
+
+cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
+    cn_node *node;
+    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
+    cn_tensor *r = cn_record_result(axpby_forward(a, alpha, b, beta, err), &op_axpby, 2, ins, &node, err);
+    if (node) {
+        node->reals[0] = alpha;
+        node->reals[1] = beta;
+    }
+    return r;
+}
+
+cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    cn_tensor *r = cn_record_result(clamp_forward(a, lo, hi, err), &op_clamp, 1, &in, &node, err);
+    if (node) {
+        node->reals[0] = lo;
+        node->reals[1] = hi;
+        cn_node_save(node, 0, a);
+    }
+    return r;
+}
+
+cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_node *node;
+    cn_tensor *ins[3] = {(cn_tensor *)cond, (cn_tensor *)a, (cn_tensor *)b};
+    cn_tensor *r = cn_record_result(where_forward(cond, a, b, err), &op_where, 3, ins, &node, err);
+    if (node) cn_node_save(node, 0, cond);
+    return r;
 }

@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "autograd.h"
 #include "ops.h"
 
 void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
@@ -115,7 +116,7 @@ static cn_tensor *dot(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     return out;
 }
 
-cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+static cn_tensor *matmul_forward(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     char sa[160], sb[160];
     if (a->ndim == 0 || b->ndim == 0) {
         cn_error_set(err, "matmul: both operands need at least 1 dim, got shapes %s and %s",
@@ -222,4 +223,68 @@ fail:
     cn_release(copy_b);
     cn_release(out);
     return NULL;
+}
+
+/* ---- autograd ------------------------------------------------------------------------------ */
+
+/* d(a@b): ga = g @ b^T, gb = a^T @ g, with 1-d operands promoted to matrices ([k] -> [1,k] on
+ * the left, [k,1] on the right) and the gradient reshaped to match; broadcast batch dims are
+ * summed away by the engine. saved[0] = a, saved[1] = b */
+static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_tensor *a = n->saved[0], *b = n->saved[1];
+    cn_tensor *a2 = a->ndim == 1 ? cn_unsqueeze(a, 0, err) : cn_retain(a);
+    cn_tensor *b2 = b->ndim == 1 ? cn_unsqueeze(b, 1, err) : cn_retain(b);
+    cn_tensor *g2 = NULL, *at = NULL, *bt = NULL;
+    int status = -1;
+    if (!a2 || !b2) goto done;
+    /* g is a2 @ b2 ([batch..., m, n]) without the promoted dims: put them back */
+    int64_t shape[CN_MAX_DIMS];
+    int batch = g->ndim - (a->ndim == 1 ? 0 : 1) - (b->ndim == 1 ? 0 : 1);
+    for (int d = 0; d < batch; d++) shape[d] = g->shape[d];
+    shape[batch] = a2->shape[a2->ndim - 2];
+    shape[batch + 1] = b2->shape[b2->ndim - 1];
+    int nd = batch + 2;
+    if (!(g2 = cn_reshape((cn_tensor *)g, nd, shape, err))) goto done;
+    if (n->inputs[0]->requires_grad) {
+        if (!(bt = cn_transpose(b2, -1, -2, err))) goto done;
+        cn_tensor *ga = matmul_forward(g2, bt, err);
+        if (!ga) goto done;
+        /* sum broadcast batch dims down to a2's shape, then drop a promoted dim */
+        cn_tensor *gs = cn_sum_to_shape(ga, a2->ndim, a2->shape, err);
+        cn_release(ga);
+        if (!gs) goto done;
+        gi[0] = cn_reshape(gs, a->ndim, a->shape, err);
+        cn_release(gs);
+        if (!gi[0]) goto done;
+    }
+    if (n->inputs[1]->requires_grad) {
+        if (!(at = cn_transpose(a2, -1, -2, err))) goto done;
+        cn_tensor *gb = matmul_forward(at, g2, err);
+        if (!gb) goto done;
+        cn_tensor *gs = cn_sum_to_shape(gb, b2->ndim, b2->shape, err);
+        cn_release(gb);
+        if (!gs) goto done;
+        gi[1] = cn_reshape(gs, b->ndim, b->shape, err);
+        cn_release(gs);
+        if (!gi[1]) goto done;
+    }
+    status = 0;
+done:
+    cn_release(a2), cn_release(b2), cn_release(g2), cn_release(at), cn_release(bt);
+    return status;
+}
+
+static const cn_op_def op_matmul = {"matmul", matmul_backward};
+
+cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = matmul_forward(a, b, err));
+    cn_node *node;
+    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
+    r = cn_record_result(r, &op_matmul, 2, ins, &node, err);
+    if (node) {
+        cn_node_save(node, 0, a);
+        cn_node_save(node, 1, b);
+    }
+    return r;
 }

@@ -325,19 +325,6 @@ done:
 
 /* ---- autograd ----------------------------------------------------------------------------- */
 
-/* Records op on r, a fresh result computed from the inputs; releases r on failure. */
-static cn_tensor *record(cn_tensor *r, const cn_op_def *op, int n, cn_tensor *const *inputs, cn_node **node,
-                         cn_error *err) {
-    cn_node *scratch;
-    if (!node) node = &scratch;
-    *node = NULL;
-    if (r && cn_record(r, op, n, inputs, node, err)) {
-        cn_release(r);
-        return NULL;
-    }
-    return r;
-}
-
 /* d/dx reshape(x) = reshape(g) back to x's shape (view, reshape, squeeze, unsqueeze, flatten). */
 static int reshape_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     const cn_tensor *in = n->inputs[0];
@@ -409,16 +396,16 @@ static const cn_op_def op_cat = {"cat", split_backward};
 static const cn_op_def op_stack = {"stack", split_backward};
 
 cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return record(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
+    return cn_record_result(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_reshape(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return record(reshape_raw(t, ndim, shape, err), &op_reshape, 1, &t, NULL, err);
+    return cn_record_result(reshape_raw(t, ndim, shape, err), &op_reshape, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
     cn_node *node;
-    cn_tensor *r = record(permute_raw(t, perm, err), &op_permute, 1, &t, &node, err);
+    cn_tensor *r = cn_record_result(permute_raw(t, perm, err), &op_permute, 1, &t, &node, err);
     if (node)
         for (int i = 0; i < t->ndim; i++) node->ints[cn_wrap_dim(perm[i], t->ndim, "permute", NULL)] = i;
     return r;
@@ -438,7 +425,7 @@ cn_tensor *cn_transpose(cn_tensor *t, int d0, int d1, cn_error *err) {
 
 cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
     cn_node *node;
-    cn_tensor *r = record(narrow_raw(t, dim, start, length, err), &op_narrow, 1, &t, &node, err);
+    cn_tensor *r = cn_record_result(narrow_raw(t, dim, start, length, err), &op_narrow, 1, &t, &node, err);
     if (node) {
         node->ints[0] = cn_wrap_dim(dim, t->ndim, "narrow", NULL);
         node->ints[1] = start;
@@ -449,7 +436,7 @@ cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_er
 
 cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
     cn_node *node;
-    cn_tensor *r = record(select_raw(t, dim, index, err), &op_select, 1, &t, &node, err);
+    cn_tensor *r = cn_record_result(select_raw(t, dim, index, err), &op_select, 1, &t, &node, err);
     if (node) {
         node->ints[0] = cn_wrap_dim(dim, t->ndim, "select", NULL);
         node->ints[1] = index;
@@ -459,29 +446,29 @@ cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
 }
 
 cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
-    return record(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
+    return cn_record_result(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_squeeze_all(cn_tensor *t, cn_error *err) {
-    return record(squeeze_all_raw(t, err), &op_squeeze, 1, &t, NULL, err);
+    return cn_record_result(squeeze_all_raw(t, err), &op_squeeze, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_unsqueeze(cn_tensor *t, int dim, cn_error *err) {
-    return record(unsqueeze_raw(t, dim, err), &op_unsqueeze, 1, &t, NULL, err);
+    return cn_record_result(unsqueeze_raw(t, dim, err), &op_unsqueeze, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return record(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
+    return cn_record_result(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_contiguous(cn_tensor *t, cn_error *err) {
     if (cn_is_contiguous(t)) return cn_retain(t);
-    return record(contiguous_raw(t, err), &op_contiguous, 1, &t, NULL, err);
+    return cn_record_result(contiguous_raw(t, err), &op_contiguous, 1, &t, NULL, err);
 }
 
 cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     cn_node *node;
-    cn_tensor *r = record(cat_raw(n, ts, dim, err), &op_cat, n, ts, &node, err);
+    cn_tensor *r = cn_record_result(cat_raw(n, ts, dim, err), &op_cat, n, ts, &node, err);
     if (node) {
         node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim, "cat", NULL);
         node->ints[1] = 0;
@@ -491,7 +478,7 @@ cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
 
 cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     cn_node *node;
-    cn_tensor *r = record(stack_raw(n, ts, dim, err), &op_stack, n, ts, &node, err);
+    cn_tensor *r = cn_record_result(stack_raw(n, ts, dim, err), &op_stack, n, ts, &node, err);
     if (node) {
         node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", NULL);
         node->ints[1] = 1;
