@@ -19,7 +19,7 @@ ifeq ($(SAN),1)
 endif
 ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(OPT) $(SAN_FLAGS) -I engine -I $(LUA_INC) \
               -DCUNET_VERSION='"$(VERSION)"' -DCUNET_LUADIR='"$(PREFIX)/share/cunet/lua"' $(CFLAGS)
-LIBS        = $(BLAS_LIB) -lpng -lz -lm -fopenmp $(SAN_FLAGS)
+LIBS        = $(BLAS_LIB) -lpng -lz -lcjson -lm -fopenmp $(SAN_FLAGS)
 
 ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
 BIND_SRC   := $(wildcard engine/lua/*.c)
@@ -41,6 +41,7 @@ help:
 	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make bench      engine vs PyTorch timings"
+	@echo "make demo       install what is missing, build, run the demo"
 	@echo "make deps       install the Debian packages cunet needs (idempotent)"
 	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and the module"
 	@echo "make clean      remove build outputs"
@@ -79,6 +80,11 @@ bench: all
 
 deps:
 	@sh tools/deps.sh
+
+# The README's main command on a fresh machine: install what is missing, build, run the demo.
+demo: deps
+	$(MAKE) all
+	./cunet examples/tour.lua
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/cunet/lua/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet

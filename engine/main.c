@@ -779,6 +779,26 @@ static char **complete(const char *text, int start, int end)
 /* ---------------------------------------------------------------- REPL */
 
 /* The read-eval-print loop, until end of input. Leaves the stack as it found it. */
+/* The interactive REPL starts with the library at hand, as Torch7's th did: cn = require "cunet". */
+static void preload_cn(lua_State *L)
+{
+    if (lua_getglobal(L, "cn") != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cunet");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        fprintf(stderr, PROGNAME ": could not load cunet: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return;
+    }
+    lua_setglobal(L, "cn");
+    printf("cn = require \"cunet\" is loaded; Ctrl-C interrupts, Ctrl-D exits\n");
+    fflush(stdout);
+}
+
 static void repl(lua_State *L)
 {
     static char word_breaks[] = " \t\n\"\\'`@$><=;|&{}()[],+-*/%^~#";
@@ -872,6 +892,7 @@ static int pmain(lua_State *L)
     } else if (ok && a->script == a->argc && !(a->flags & (HAS_E | HAS_V))) {
         if (isatty(STDIN_FILENO)) {
             print_version();
+            preload_cn(L);
             repl(L);
         } else if (dofile(L, NULL) != LUA_OK) {
             ok = 0;

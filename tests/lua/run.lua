@@ -9,6 +9,7 @@
 local lu = require "luaunit"
 
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
+package.path = here .. "/?.lua;" .. package.path -- shared test helpers (fixture_check)
 local files, passthrough = {}, {}
 local i = 1
 while i <= #arg do
