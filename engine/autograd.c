@@ -97,22 +97,79 @@ cn_tensor *cn_sum_to_shape(const cn_tensor *g, int ndim, const int64_t *shape, c
 }
 
 /* ---- the backward walk -------------------------------------------------------------------- */
+/* All state of one pass lives in a table local to the pass (never in the nodes), so a backward
+ * may run inside another one — a custom Lua backward calling cn.autograd.grad, as the ODE adjoint
+ * does — without the two disturbing each other. */
 
 typedef struct {
-    cn_node **items;
-    size_t len, cap;
-} node_list;
+    cn_node *node;
+    cn_tensor *grad;  /* gradient accumulated for the node's output */
+    bool stop;        /* a captured non-leaf input: its gradient is taken when the walk reaches it */
+    bool needed;      /* must run: backward mode, or it leads to a captured input */
+    bool ran;         /* its backward ran (only such nodes are freed, as in PyTorch) */
+} pass_entry;
 
-static int list_push(node_list *l, cn_node *n) {
-    if (l->len == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 64;
-        cn_node **items = realloc(l->items, cap * sizeof *items);
-        if (!items) return -1;
-        l->items = items;
-        l->cap = cap;
+typedef struct {
+    pass_entry *slots;
+    size_t cap, count;  /* open addressing, cap a power of two */
+    cn_node **order;    /* DFS post-order: inputs before the nodes that use them */
+    size_t len, order_cap;
+} pass;
+
+static size_t slot_of(const pass *p, const cn_node *n) {
+    return (size_t)(((uintptr_t)n >> 4) * 0x9E3779B97F4A7C15ull) & (p->cap - 1);
+}
+
+static pass_entry *pass_find(const pass *p, const cn_node *n) {
+    if (!p->cap) return NULL;
+    for (size_t i = slot_of(p, n);; i = (i + 1) & (p->cap - 1)) {
+        if (p->slots[i].node == n) return &p->slots[i];
+        if (!p->slots[i].node) return NULL;
     }
-    l->items[l->len++] = n;
+}
+
+static pass_entry *pass_insert(pass *p, cn_node *n) {
+    if (2 * (p->count + 1) > p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 256;
+        pass_entry *old = p->slots;
+        size_t old_cap = p->cap;
+        p->slots = calloc(cap, sizeof *p->slots);
+        if (!p->slots) {
+            p->slots = old;
+            return NULL;
+        }
+        p->cap = cap;
+        for (size_t i = 0; i < old_cap; i++) {
+            if (!old[i].node) continue;
+            size_t j = slot_of(p, old[i].node);
+            while (p->slots[j].node) j = (j + 1) & (cap - 1);
+            p->slots[j] = old[i];
+        }
+        free(old);
+    }
+    size_t i = slot_of(p, n);
+    while (p->slots[i].node) i = (i + 1) & (p->cap - 1);
+    p->slots[i].node = n;
+    p->count++;
+    return &p->slots[i];
+}
+
+static int order_push(pass *p, cn_node *n) {
+    if (p->len == p->order_cap) {
+        size_t cap = p->order_cap ? 2 * p->order_cap : 64;
+        cn_node **items = realloc(p->order, cap * sizeof *items);
+        if (!items) return -1;
+        p->order = items;
+        p->order_cap = cap;
+    }
+    p->order[p->len++] = n;
     return 0;
+}
+
+static void pass_free(pass *p) {
+    for (size_t i = 0; i < p->cap; i++) cn_release(p->slots[i].grad);
+    free(p->slots);
+    free(p->order);
 }
 
 /* Adds g into *slot (a gradient accumulator), taking a private copy the first time. */
@@ -125,73 +182,111 @@ static int accumulate(cn_tensor **slot, cn_tensor *g, cn_error *err) {
     return cn_binary_(CN_ADD, *slot, g, err);
 }
 
-/* Collects every node reachable from the roots and counts, per node, its consumers in the graph. */
-static int collect(int n_roots, cn_tensor *const *roots, node_list *all, cn_error *err) {
-    node_list stack = {0};
-    int status = 0;
-    for (int i = 0; i < n_roots && !status; i++) {
-        cn_node *r = roots[i]->node;
-        if (r && !r->pending) {
-            r->pending = 1; /* visited marker during the walk; reset to a consumer count below */
-            status = list_push(&stack, r) || list_push(all, r);
-        }
-    }
-    while (!status && stack.len) {
-        cn_node *n = stack.items[--stack.len];
-        if (n->released) {
-            cn_error_set(err, "backward: trying to backward through the graph a second time (through '%s'); "
-                         "its intermediate values were freed by the first backward — pass retain_graph=true "
-                         "to the first one", n->op->name);
-            status = -1;
-            break;
-        }
-        for (int i = 0; i < n->n_inputs; i++) {
-            cn_node *c = n->inputs[i]->node;
-            if (c && !c->pending) {
-                c->pending = 1;
-                if (list_push(&stack, c) || list_push(all, c)) status = -1;
-            }
-        }
-    }
-    free(stack.items);
-    if (status && !err->msg[0]) cn_error_set(err, "backward: out of memory");
-    for (size_t k = 0; k < all->len; k++) all->items[k]->pending = 0;
-    for (size_t k = 0; k < all->len; k++) {
-        cn_node *n = all->items[k];
-        for (int i = 0; i < n->n_inputs; i++)
-            if (n->inputs[i]->node) n->inputs[i]->node->pending++;
-    }
-    return status;
-}
-
-/* Frees the saved tensors and inputs of every walked node (two passes: nodes may die with them). */
-static void free_graph(node_list *all) {
-    size_t count = 0;
-    for (size_t k = 0; k < all->len; k++) count += (size_t)all->items[k]->n_inputs + CN_NODE_MAX_SAVED;
-    cn_tensor **doomed = malloc((count ? count : 1) * sizeof *doomed);
-    size_t d = 0;
-    for (size_t k = 0; k < all->len; k++) {
-        cn_node *n = all->items[k];
-        for (int i = 0; i < CN_NODE_MAX_SAVED; i++) {
-            if (n->saved[i] && doomed) doomed[d++] = n->saved[i];
-            else cn_release(n->saved[i]); /* no scratch array: release now (saved tensors have no nodes) */
-            n->saved[i] = NULL;
-        }
-        for (int i = 0; i < n->n_inputs; i++) {
-            if (doomed) doomed[d++] = n->inputs[i];
-        }
-        if (doomed) n->n_inputs = 0;
-        n->released = true;
-    }
-    for (size_t i = 0; i < d; i++) cn_release(doomed[i]);
-    free(doomed);
-}
-
 typedef struct {
     int n_in;
     cn_tensor *const *inputs;
     cn_tensor **results;  /* capture slots (cn_grad), or NULL to accumulate into leaves (backward) */
 } capture;
+
+static bool is_captured_leaf(const capture *cap, const cn_tensor *t) {
+    if (!cap->results || t->node) return false;
+    for (int j = 0; j < cap->n_in; j++)
+        if (cap->inputs[j] == t) return true;
+    return false;
+}
+
+static bool is_stop_node(const capture *cap, const cn_node *n) {
+    if (!cap->results) return false;
+    for (int j = 0; j < cap->n_in; j++)
+        if (cap->inputs[j]->node == n) return true;
+    return false;
+}
+
+/* Depth-first walk from the roots: records every node once in post-order and marks which nodes
+ * must run: all of them for a backward, those that lead to a captured input for cn_grad. */
+static int collect(pass *p, int n_roots, cn_tensor *const *roots, const capture *cap, cn_error *err) {
+    typedef struct {
+        cn_node *node;
+        int next;
+    } frame;
+    frame *stack = NULL;
+    size_t depth = 0, stack_cap = 0;
+    int status = 0;
+    for (int r = 0; r < n_roots && !status; r++) {
+        cn_node *root = roots[r]->node;
+        if (!root || pass_find(p, root)) continue;
+        pass_entry *e = pass_insert(p, root);
+        if (!e) { status = -1; break; }
+        e->stop = is_stop_node(cap, root);
+        if (depth == stack_cap) {
+            stack_cap = stack_cap ? 2 * stack_cap : 64;
+            frame *grown = realloc(stack, stack_cap * sizeof *stack);
+            if (!grown) { status = -1; break; }
+            stack = grown;
+        }
+        stack[depth++] = (frame){root, 0};
+        while (depth && !status) {
+            frame *f = &stack[depth - 1];
+            cn_node *n = f->node;
+            pass_entry *ne = pass_find(p, n);
+            if (f->next == n->n_inputs) {
+                /* all inputs done: decide whether this node must run, then emit it */
+                bool needed = !cap->results || n->released; /* released: run, to report it */
+                for (int i = 0; i < n->n_inputs && !needed; i++) {
+                    cn_tensor *in = n->inputs[i];
+                    if (in->node) {
+                        pass_entry *ie = pass_find(p, in->node);
+                        needed = ie->needed || ie->stop;
+                    } else {
+                        needed = is_captured_leaf(cap, in);
+                    }
+                }
+                ne->needed = needed;
+                if (order_push(p, n)) { status = -1; break; }
+                depth--;
+                continue;
+            }
+            cn_tensor *in = n->inputs[f->next++];
+            if (!in->node || pass_find(p, in->node)) continue;
+            pass_entry *ce = pass_insert(p, in->node);
+            if (!ce) { status = -1; break; }
+            ce->stop = is_stop_node(cap, in->node);
+            if (depth == stack_cap) {
+                stack_cap *= 2;
+                frame *grown = realloc(stack, stack_cap * sizeof *stack);
+                if (!grown) { status = -1; break; }
+                stack = grown;
+            }
+            stack[depth++] = (frame){in->node, 0};
+        }
+    }
+    free(stack);
+    if (status && !err->msg[0]) cn_error_set(err, "backward: out of memory");
+    return status;
+}
+
+/* Frees the saved tensors and inputs of every node whose backward ran (two passes: nodes may die
+ * with the tensors they hold). Nodes the walk only passed by keep their graph, as in PyTorch. */
+static void free_graph(pass *p) {
+    size_t count = 0;
+    for (size_t k = 0; k < p->len; k++) count += (size_t)p->order[k]->n_inputs + CN_NODE_MAX_SAVED;
+    cn_tensor **doomed = malloc((count ? count : 1) * sizeof *doomed);
+    if (!doomed) return; /* out of memory: keep the graph; it dies with its outputs */
+    size_t d = 0;
+    for (size_t k = 0; k < p->len; k++) {
+        cn_node *n = p->order[k];
+        if (!pass_find(p, n)->ran) continue;
+        for (int i = 0; i < CN_NODE_MAX_SAVED; i++) {
+            if (n->saved[i]) doomed[d++] = n->saved[i];
+            n->saved[i] = NULL;
+        }
+        for (int i = 0; i < n->n_inputs; i++) doomed[d++] = n->inputs[i];
+        n->n_inputs = 0;
+        n->released = true;
+    }
+    for (size_t i = 0; i < d; i++) cn_release(doomed[i]);
+    free(doomed);
+}
 
 static int capture_index(const capture *cap, const cn_tensor *t) {
     for (int j = 0; j < cap->n_in; j++)
@@ -199,16 +294,17 @@ static int capture_index(const capture *cap, const cn_tensor *t) {
     return -1;
 }
 
-/* Routes the gradient g of input t: into its creator's accumulator, a capture slot, or t->grad. */
-static int route(const capture *cap, cn_tensor *t, cn_tensor *g, cn_error *err) {
+/* Routes the gradient g of tensor t: into its creator's accumulator, a capture slot, or t->grad. */
+static int route(pass *p, const capture *cap, cn_tensor *t, cn_tensor *g, cn_error *err) {
     cn_tensor *r = cn_sum_to_shape(g, t->ndim, t->shape, err);
     if (!r) return -1;
-    int status;
+    int status = 0;
     if (t->node) {
-        status = accumulate(&t->node->grad, r, err);
+        pass_entry *e = pass_find(p, t->node);
+        if (e) status = accumulate(&e->grad, r, err);
     } else if (cap->results) {
         int j = capture_index(cap, t);
-        status = j >= 0 ? accumulate(&cap->results[j], r, err) : 0;
+        if (j >= 0) status = accumulate(&cap->results[j], r, err);
     } else {
         status = accumulate(&t->grad, r, err);
     }
@@ -240,23 +336,34 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
             return -1;
         }
     }
-    node_list all = {0};
-    int status = collect(n_out, outputs, &all, err);
+    pass p = {0};
+    int status = collect(&p, n_out, outputs, cap, err);
     bool previous_mode = cn_set_grad_enabled(false);
     for (int i = 0; i < n_out && !status; i++) {
         cn_tensor *g = grad_outputs ? cn_retain(grad_outputs[i])
                                     : cn_full(outputs[i]->ndim, outputs[i]->shape, 1.0f, err);
         if (!g) status = -1;
-        else status = route(cap, outputs[i], g, err);
+        else status = route(&p, cap, outputs[i], g, err);
         cn_release(g);
     }
-    /* Kahn's algorithm: a node runs once every consumer has added its share to node->grad */
-    node_list ready = {0};
-    for (size_t k = 0; k < all.len && !status; k++)
-        if (all.items[k]->pending == 0 && list_push(&ready, all.items[k])) status = -1;
+    /* reverse post-order is topological: every consumer of a node runs before the node */
     cn_tensor *grad_in_small[8];
-    while (!status && ready.len) {
-        cn_node *n = ready.items[--ready.len];
+    for (size_t k = p.len; k-- > 0 && !status;) {
+        cn_node *n = p.order[k];
+        pass_entry *e = pass_find(&p, n);
+        if (!e->grad) continue;
+        if (e->stop) /* a captured non-leaf input: its gradient is complete now */
+            for (int j = 0; j < cap->n_in && !status; j++)
+                if (cap->inputs[j]->node == n) status = accumulate(&cap->results[j], e->grad, err);
+        if (!e->needed || status) continue;
+        if (n->released) {
+            cn_error_set(err, "backward: trying to backward through the graph a second time (through '%s'); "
+                         "its intermediate values were freed by the first backward — pass retain_graph=true "
+                         "to the first one", n->op->name);
+            status = -1;
+            break;
+        }
+        e->ran = true;
         cn_tensor **grad_in = n->n_inputs <= 8 ? grad_in_small : calloc((size_t)n->n_inputs, sizeof *grad_in);
         if (!grad_in) {
             cn_error_set(err, "backward: out of memory");
@@ -264,38 +371,24 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
             break;
         }
         memset(grad_in, 0, (size_t)n->n_inputs * sizeof *grad_in);
-        if (n->grad) {
-            if (n->op->backward(n, n->grad, grad_in, err)) {
-                char msg[CN_ERROR_LEN];
-                snprintf(msg, sizeof msg, "%s", err->msg);
-                cn_error_set(err, "backward of %s: %s", n->op->name, msg);
-                status = -1;
-            }
-            if (cap->results) {
-                /* a captured non-leaf input: its gradient is complete now */
-                for (int j = 0; j < cap->n_in && !status; j++)
-                    if (cap->inputs[j]->node == n) status = accumulate(&cap->results[j], n->grad, err);
-            }
-            cn_release(n->grad);
-            n->grad = NULL;
+        if (n->op->backward(n, e->grad, grad_in, err)) {
+            char msg[CN_ERROR_LEN];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            cn_error_set(err, "backward of %s: %s", n->op->name, msg);
+            status = -1;
         }
+        cn_release(e->grad); /* done with it: free memory as the walk goes */
+        e->grad = NULL;
         for (int i = 0; i < n->n_inputs; i++) {
             cn_tensor *in = n->inputs[i];
-            if (!status && grad_in[i] && in->requires_grad) status = route(cap, in, grad_in[i], err);
+            if (!status && grad_in[i] && in->requires_grad) status = route(&p, cap, in, grad_in[i], err);
             cn_release(grad_in[i]);
-            if (in->node && --in->node->pending == 0 && !status && list_push(&ready, in->node)) status = -1;
         }
         if (grad_in != grad_in_small) free(grad_in);
     }
     cn_set_grad_enabled(previous_mode);
-    free(ready.items);
-    for (size_t k = 0; k < all.len; k++) {
-        cn_release(all.items[k]->grad);
-        all.items[k]->grad = NULL;
-        all.items[k]->pending = 0;
-    }
-    if (!retain_graph) free_graph(&all);
-    free(all.items);
+    if (!retain_graph) free_graph(&p);
+    pass_free(&p);
     return status;
 }
 

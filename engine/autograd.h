@@ -5,8 +5,8 @@
  * saved tensors (detached, so no reference cycles) and integer/real parameters. The output owns
  * its node; the node owns its inputs, so a graph lives exactly as long as its outputs.
  *
- * cn_backward walks the nodes in reverse topological order, calls each backward with grad mode
- * off, reduces broadcast gradients back to each input's shape (in one place: cn_sum_to_shape) and
+ * cn_backward walks the nodes in reverse topological order (its state kept per pass, so passes
+ * may nest), calls each backward with grad mode off, reduces broadcast gradients back to each input's shape (in one place: cn_sum_to_shape) and
  * adds (+=) into leaves' ->grad. Unless retain_graph, the walked graph is freed afterwards: its
  * saved tensors and inputs are released and a second backward through it is an error.
  */
@@ -42,9 +42,6 @@ struct cn_node {
     void (*ctx_free)(void *ctx);
     int out_ndim;                            /* shape of the output, for gradients of views */
     int64_t out_shape[CN_MAX_DIMS];
-    /* backward-pass state */
-    cn_tensor *grad;                         /* gradient accumulated for the output */
-    int pending;                             /* scratch for the topological walk */
     bool released;                           /* true once the graph was freed by a backward */
 };
 
@@ -83,7 +80,8 @@ cn_tensor *cn_sum_to_shape(const cn_tensor *g, int ndim, const int64_t *shape, c
  * leaves' ->grad (accumulating). Frees the graph unless retain_graph. Returns 0 / -1. */
 int cn_backward(cn_tensor *root, const cn_tensor *grad, bool retain_graph, cn_error *err);
 /* Vector-Jacobian products: results[j] = sum_i grad_outputs[i]^T d outputs[i] / d inputs[j], as new
- * references, without touching any ->grad. grad_outputs may be NULL (ones for one-element outputs).
+ * references, without touching any ->grad. Only nodes that lead to an input run, and only those
+ * are freed (without retain_graph): the rest of a shared graph stays usable, as in PyTorch. grad_outputs may be NULL (ones for one-element outputs).
  * An input the outputs do not depend on gives an error unless allow_unused (then a zero tensor).
  * Returns 0 / -1. */
 int cn_grad(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs, int n_in,

@@ -323,6 +323,63 @@ done:
     return out;
 }
 
+/* ---- index_select -------------------------------------------------------------------------- */
+
+/* t viewed as [outer, size, inner] (contiguous) with the positions checked; fills the sizes. */
+static cn_tensor *index_plan(cn_tensor *t, int d, const cn_tensor *index, int64_t *outer, int64_t *inner,
+                             int64_t **pos, cn_error *err) {
+    char a[160];
+    if (index->ndim != 1) {
+        cn_error_set(err, "index_select: index must be 1-D, got shape %s",
+                     cn_shape_str(a, sizeof a, index->ndim, index->shape));
+        return NULL;
+    }
+    int64_t n = index->shape[0], size = t->shape[d];
+    *pos = malloc((size_t)(n ? n : 1) * sizeof **pos);
+    if (!*pos) {
+        cn_error_set(err, "index_select: out of memory");
+        return NULL;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float v = index->storage->data[index->offset + (size_t)(j * index->stride[0])];
+        if (!(v >= 0 && v < (float)size && v == (float)(int64_t)v)) {
+            cn_error_set(err, "index_select: index %g out of range for dim %d of size %lld (shape %s)", (double)v,
+                         d, (long long)size, cn_shape_str(a, sizeof a, t->ndim, t->shape));
+            free(*pos);
+            return NULL;
+        }
+        (*pos)[j] = (int64_t)v;
+    }
+    *outer = 1, *inner = 1;
+    for (int i = 0; i < d; i++) *outer *= t->shape[i];
+    for (int i = d + 1; i < t->ndim; i++) *inner *= t->shape[i];
+    return cn_is_contiguous(t) ? cn_retain(t) : contiguous_raw(t, err);
+}
+
+static cn_tensor *index_select_raw(cn_tensor *t, int dim, const cn_tensor *index, cn_error *err) {
+    int d = cn_wrap_dim(dim, t->ndim, "index_select", err);
+    if (d < 0) return NULL;
+    int64_t outer, inner, *pos;
+    cn_tensor *src = index_plan(t, d, index, &outer, &inner, &pos, err);
+    if (!src) return NULL;
+    int64_t shape[CN_MAX_DIMS], n = index->shape[0], size = t->shape[d];
+    memcpy(shape, t->shape, sizeof shape);
+    shape[d] = n;
+    cn_tensor *out = cn_empty(t->ndim, shape, err);
+    if (out) {
+        const float *ps = cn_data(src);
+        float *po = cn_data(out);
+#pragma omp parallel for schedule(static) if (outer * n * inner > 65536)
+        for (int64_t k = 0; k < outer * n; k++) {
+            int64_t o = k / n, j = k % n;
+            memcpy(po + k * inner, ps + (o * size + pos[j]) * inner, (size_t)inner * sizeof(float));
+        }
+    }
+    cn_release(src);
+    free(pos);
+    return out;
+}
+
 /* ---- autograd ----------------------------------------------------------------------------- */
 
 /* d/dx reshape(x) = reshape(g) back to x's shape (view, reshape, squeeze, unsqueeze, flatten). */
@@ -383,6 +440,35 @@ static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return 0;
 }
 
+/* index_select: scatter-add the gradient rows back to their positions (ints[0] = dim; saved[0] = index) */
+static int index_select_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *in = n->inputs[0];
+    int d = (int)n->ints[0];
+    cn_tensor *z = cn_zeros(in->ndim, in->shape, err);
+    cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
+    if (!z || !gc) {
+        cn_release(z), cn_release(gc);
+        return -1;
+    }
+    int64_t outer = 1, inner = 1, size = in->shape[d], count = n->saved[0]->shape[0];
+    for (int i = 0; i < d; i++) outer *= in->shape[i];
+    for (int i = d + 1; i < in->ndim; i++) inner *= in->shape[i];
+    const cn_tensor *index = n->saved[0];
+    const float *pg = cn_data(gc);
+    float *pz = cn_data(z);
+    for (int64_t o = 0; o < outer; o++) /* serial over j: repeated positions add up */
+        for (int64_t j = 0; j < count; j++) {
+            int64_t p = (int64_t)index->storage->data[index->offset + (size_t)(j * index->stride[0])];
+            const float *src = pg + (o * count + j) * inner;
+            float *dst = pz + (o * size + p) * inner;
+            for (int64_t i = 0; i < inner; i++) dst[i] += src[i];
+        }
+    cn_release(gc);
+    gi[0] = z;
+    return 0;
+}
+
+static const cn_op_def op_index_select = {"index_select", index_select_backward};
 static const cn_op_def op_view = {"view", reshape_backward};
 static const cn_op_def op_reshape = {"reshape", reshape_backward};
 static const cn_op_def op_squeeze = {"squeeze", reshape_backward};
@@ -482,6 +568,16 @@ cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     if (node) {
         node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", NULL);
         node->ints[1] = 1;
+    }
+    return r;
+}
+
+cn_tensor *cn_index_select(cn_tensor *t, int dim, const cn_tensor *index, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(index_select_raw(t, dim, index, err), &op_index_select, 1, &t, &node, err);
+    if (node) {
+        node->ints[0] = cn_wrap_dim(dim, t->ndim, "index_select", NULL);
+        cn_node_save(node, 0, index);
     }
     return r;
 }

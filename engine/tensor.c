@@ -90,7 +90,6 @@ void cn_release(cn_tensor *t) {
         if (node) {
             for (int i = 0; i < node->n_inputs; i++) drop(node->inputs[i], &dead);
             for (int i = 0; i < CN_NODE_MAX_SAVED; i++) drop(node->saved[i], &dead);
-            drop(node->grad, &dead);
             cn_node_free(node);
         }
         free(cur);

@@ -132,6 +132,9 @@ void cn_fill_(cn_tensor *t, float value);
 cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err);
 /* Stacks n same-shaped tensors along a new dim. */
 cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err);
+/* The slices of t at the given 0-based positions along dim (index: 1-d tensor of integral
+ * values, repeats allowed), as torch.index_select; differentiable w.r.t. t. */
+cn_tensor *cn_index_select(cn_tensor *t, int dim, const cn_tensor *index, cn_error *err);
 
 /* ---- element access ----------------------------------------------------------------------- */
 

@@ -1,5 +1,7 @@
 /* l_autograd.c — Lua binding of autograd: requires_grad, .grad, backward, detach, no_grad,
  * and the functional vector-Jacobian product cn.autograd.grad. */
+#include <stdlib.h>
+
 #include "autograd.h"
 #include "binding.h"
 
@@ -62,14 +64,140 @@ static int get_grad_fn(lua_State *L) {
     return 1;
 }
 
+/* The Lua state of the innermost backward or grad call in progress, for custom backwards written
+ * in Lua (the engine knows nothing of Lua, so the binding keeps it). Per thread. */
+static _Thread_local lua_State *backward_L;
+
 /* t:backward([grad [, retain_graph]]) */
 static int l_backward(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
     cn_tensor *g = lua_isnoneornil(L, 2) ? NULL : cnl_checktensor(L, 2);
     bool retain = cnl_optbool(L, 3, 0);
     cn_error err;
-    if (cn_backward(t, g, retain, &err)) return cnl_raise(L, &err);
+    lua_State *outer = backward_L;
+    backward_L = L;
+    int status = cn_backward(t, g, retain, &err);
+    backward_L = outer;
+    if (status) return cnl_raise(L, &err);
     return 0;
+}
+
+/* ---- custom differentiable functions written in Lua ----------------------------------------- */
+
+typedef struct {
+    lua_State *main;  /* the main thread: alive as long as the state, for unref */
+    int fn_ref;       /* registry reference to the Lua backward */
+} lua_backward_ctx;
+
+static void lua_backward_free(void *p) {
+    lua_backward_ctx *ctx = p;
+    luaL_unref(ctx->main, LUA_REGISTRYINDEX, ctx->fn_ref);
+    free(ctx);
+}
+
+/* Calls the Lua backward fn(grad_output) -> {grad_1, ..., grad_n} (nil for none) in protected
+ * mode: a Lua error becomes an engine error and never unwinds through the engine. */
+static int lua_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, cn_error *err) {
+    lua_State *L = backward_L;
+    lua_backward_ctx *ctx = n->ctx;
+    if (!L) {
+        cn_error_set(err, "custom backward: called outside a Lua backward or grad call");
+        return -1;
+    }
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 4)) {
+        cn_error_set(err, "custom backward: Lua stack overflow");
+        return -1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->fn_ref);
+    cnl_pushtensor(L, cn_retain((cn_tensor *)gout));
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        cn_error_set(err, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error object is not a string");
+        lua_settop(L, top);
+        return -1;
+    }
+    int status = 0;
+    if (n->n_inputs == 1 && cnl_totensor(L, -1)) { /* one input: a bare tensor is fine */
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    if (!lua_istable(L, -1)) {
+        cn_error_set(err, "custom backward must return a table of %d gradients (nil for none), got a %s",
+                     n->n_inputs, luaL_typename(L, -1));
+        status = -1;
+    }
+    for (int i = 0; i < n->n_inputs && !status; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        if (!lua_isnil(L, -1)) {
+            cn_tensor *g = cnl_totensor(L, -1);
+            if (!g || !cn_same_shape(g, n->inputs[i])) {
+                char a[160], b[160];
+                cn_error_set(err, "custom backward: gradient %d must be a tensor of shape %s, got %s", i + 1,
+                             cn_shape_str(a, sizeof a, n->inputs[i]->ndim, n->inputs[i]->shape),
+                             g ? cn_shape_str(b, sizeof b, g->ndim, g->shape) : luaL_typename(L, -1));
+                status = -1;
+            } else if (n->inputs[i]->requires_grad) {
+                gi[i] = cn_retain(g);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+    return status;
+}
+
+static const cn_op_def op_lua_function = {"lua_function", lua_backward};
+
+/* cn.autograd.custom(inputs, output, backward) -> output: makes output (computed by the caller,
+ * typically under no_grad) differentiable w.r.t. the list of inputs, backward(grad_output)
+ * returning their gradients. Grad mode is off while backward runs (cn.enable_grad turns it on). */
+static int l_custom(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    cn_tensor *out = cnl_checktensor(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (out->node)
+        return luaL_error(L, "custom: the output already belongs to a graph (made by '%s'); compute it under cn.no_grad",
+                          out->node->op->name);
+    int n = (int)luaL_len(L, 1);
+    cn_tensor **ins = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *ins, 0);
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 1, i + 1);
+        ins[i] = cnl_totensor(L, -1);
+        if (!ins[i]) return luaL_error(L, "custom: input %d is a %s, not a tensor", i + 1, luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_backward_ctx *ctx = malloc(sizeof *ctx);
+    if (!ctx) return luaL_error(L, "custom: out of memory");
+    cn_node *node;
+    cn_error err;
+    if (cn_record(out, &op_lua_function, n, ins, &node, &err)) {
+        free(ctx);
+        return cnl_raise(L, &err);
+    }
+    if (!node) { /* nothing requires grad: a plain tensor */
+        free(ctx);
+    } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+        ctx->main = lua_tothread(L, -1);
+        lua_pop(L, 1);
+        lua_pushvalue(L, 3);
+        ctx->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        node->ctx = ctx;
+        node->ctx_free = lua_backward_free;
+    }
+    lua_pushvalue(L, 2);
+    return 1;
+}
+
+/* cn.enable_grad(fn, ...) runs fn(...) with grad mode on (restored even when fn raises) */
+static int l_enable_grad(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    bool previous = cn_set_grad_enabled(true);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    cn_set_grad_enabled(previous);
+    if (status != LUA_OK) return lua_error(L);
+    return lua_gettop(L);
 }
 
 static int l_detach(lua_State *L) {
@@ -156,7 +284,11 @@ static int l_grad(lua_State *L) {
     }
     cn_tensor **results = lua_newuserdatauv(L, (size_t)n_in * sizeof *results, 0);
     cn_error err;
-    if (cn_grad(n_out, outs, gouts, n_in, ins, results, retain, allow_unused, &err)) return cnl_raise(L, &err);
+    lua_State *outer = backward_L;
+    backward_L = L;
+    int status = cn_grad(n_out, outs, gouts, n_in, ins, results, retain, allow_unused, &err);
+    backward_L = outer;
+    if (status) return cnl_raise(L, &err);
     for (int j = 0; j < n_in; j++) *boxes[j] = results[j];
     lua_pop(L, 2);
     return 1;
@@ -169,7 +301,8 @@ void cnl_open_autograd(lua_State *L) {
     };
     static const luaL_Reg functions[] = {
         {"no_grad", l_no_grad}, {"set_grad_enabled", l_set_grad_enabled},
-        {"is_grad_enabled", l_is_grad_enabled}, {"autograd_grad", l_grad}, {NULL, NULL},
+        {"is_grad_enabled", l_is_grad_enabled}, {"autograd_grad", l_grad}, {"autograd_custom", l_custom},
+        {"enable_grad", l_enable_grad}, {NULL, NULL},
     };
     cnl_register(L, methods, functions);
     luaL_getmetatable(L, CNL_TENSOR_MT);

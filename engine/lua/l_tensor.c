@@ -1,10 +1,12 @@
 /* l_tensor.c — Lua binding of tensor creation, facts, element access, views and copies.
  * Dims and indices are 1-based on the Lua side (see docs/tensor-api.md). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "autograd.h"
 #include "binding.h"
 #include "rng.h"
 
@@ -699,6 +701,47 @@ static int l_split(lua_State *L) {
     return push_pieces(L, t, d, sizes, n);
 }
 
+/* t:index_select(dim, index) — index: a tensor or table of 1-based positions */
+static int l_index_select(lua_State *L) {
+    cn_tensor *t = cnl_checktensor(L, 1);
+    int d = cnl_checkdim(L, 2, t->ndim);
+    cn_error err;
+    cn_tensor *ids;
+    if (lua_istable(L, 3)) {
+        int64_t n = (int64_t)luaL_len(L, 3);
+        ids = cn_empty(1, &n, &err);
+        if (!ids) return cnl_raise(L, &err);
+        for (int64_t i = 0; i < n; i++) {
+            lua_geti(L, 3, i + 1);
+            cn_data(ids)[i] = (float)lua_tonumber(L, -1) - 1.0f;
+            lua_pop(L, 1);
+        }
+    } else {
+        cn_tensor *one_based = cnl_checktensor(L, 3);
+        bool mode = cn_set_grad_enabled(false);
+        ids = cn_binary_scalar(CN_SUB, one_based, 1.0f, false, &err);
+        cn_set_grad_enabled(mode);
+        if (!ids) return cnl_raise(L, &err);
+    }
+    /* check here, so a message speaks Lua's 1-based positions */
+    if (ids->ndim == 1) {
+        for (int64_t i = 0; i < ids->shape[0]; i++) {
+            float v = ids->storage->data[ids->offset + (size_t)(i * ids->stride[0])];
+            if (!(v >= 0 && v < (float)t->shape[d] && v == (float)(int64_t)v)) {
+                char buf[160], msg[320];
+                snprintf(msg, sizeof msg, "index_select: index %g out of range for dim %d of size %d (shape %s; 1-based)",
+                         (double)v + 1, d + 1, (int)t->shape[d], cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
+                cn_release(ids);
+                return luaL_error(L, "%s", msg);
+            }
+        }
+    }
+    cn_tensor **box = cnl_newbox(L);
+    cn_tensor *r = cn_index_select(t, d, ids, &err);
+    cn_release(ids);
+    return cnl_result(L, box, r, &err);
+}
+
 /* ---- metamethods -------------------------------------------------------------------------- */
 
 static int l_gc(lua_State *L) {
@@ -793,6 +836,7 @@ static const luaL_Reg tensor_methods[] = {
     {"slice", l_slice}, {"select", l_select}, {"squeeze", l_squeeze}, {"unsqueeze", l_unsqueeze},
     {"expand", l_expand}, {"contiguous", l_contiguous}, {"clone", l_clone}, {"copy_", l_copy_},
     {"fill_", l_fill_}, {"zero_", l_zero_}, {"chunk", l_chunk}, {"split", l_split},
+    {"index_select", l_index_select},
     {NULL, NULL},
 };
 

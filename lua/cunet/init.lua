@@ -20,9 +20,12 @@ cn.set_printoptions = tensor_print.set_printoptions
 -- returns the list of d(sum grad_outputs . outputs)/d input, without touching any .grad.
 cn.autograd = {
   grad = core.autograd_grad,
+  --- custom(inputs, output, backward): output (computed under no_grad) becomes differentiable
+  -- w.r.t. inputs; backward(grad_output) returns the list of their gradients (nil for none).
+  custom = core.autograd_custom,
   backward = function(t, grad, retain_graph) return t:backward(grad, retain_graph) end,
 }
-cn.autograd_grad = nil
+cn.autograd_grad, cn.autograd_custom = nil, nil
 cn.gradcheck = require "cunet.gradcheck"
 
 return cn

@@ -295,3 +295,21 @@ function TestMemory:testGCKeepsUpWithBigTensors()
   lu.assertTrue(cn.memory().peak - base < 200 * 4 * 1024 * 1024 / 4,
     "peak " .. (cn.memory().peak - base) .. " bytes: garbage tensors were not collected")
 end
+
+TestIndexSelect = {}
+
+function TestIndexSelect:testRowsAndColumns()
+  local t = cn.arange(12):view{3, 4}
+  lu.assertEquals(t:index_select(1, {3, 1, 3}):totable(), {{8, 9, 10, 11}, {0, 1, 2, 3}, {8, 9, 10, 11}})
+  lu.assertEquals(t:index_select(2, cn.tensor{4, 1}):totable(), {{3, 0}, {7, 4}, {11, 8}})
+  lu.assertEquals(t:t():index_select(-1, {2}):totable(), {{4}, {5}, {6}, {7}})
+  assert_error(function() return t:index_select(1, {4}) end, "index 4 out of range for dim 1 of size 3")
+  assert_error(function() return t:index_select(1, {0}) end, "index 0 out of range")
+end
+
+function TestIndexSelect:testGradientAddsRepeats()
+  local x = cn.arange(6):view{3, 2}:requires_grad(true)
+  x:index_select(1, {2, 2, 3}):sum():backward()
+  lu.assertEquals(x.grad:totable(), {{0, 0}, {2, 2}, {1, 1}})
+  lu.assertTrue(cn.gradcheck(function(a) return a:index_select(2, {3, 1, 3}) end, {cn.randn{2, 3}}))
+end
