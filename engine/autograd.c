@@ -175,7 +175,9 @@ static void pass_free(pass *p) {
 /* Adds g into *slot (a gradient accumulator), taking a private copy the first time. */
 static int accumulate(cn_tensor **slot, cn_tensor *g, cn_error *err) {
     if (!*slot) {
-        bool private = g->refcount == 1 && g->storage->refcount == 1 && cn_is_contiguous(g) && !g->node;
+        /* the caller's reference is the only one (it releases it after us): keep g itself */
+        bool private = g->refcount == 1 && g->storage->refcount == 1 && cn_is_contiguous(g) && !g->node &&
+                       !g->requires_grad;
         *slot = private ? cn_retain(g) : cn_clone(g, err);
         return *slot ? 0 : -1;
     }
@@ -294,9 +296,12 @@ static int capture_index(const capture *cap, const cn_tensor *t) {
     return -1;
 }
 
-/* Routes the gradient g of tensor t: into its creator's accumulator, a capture slot, or t->grad. */
+/* Routes the gradient g of tensor t (taking over the caller's reference to g): into its creator's
+ * accumulator, a capture slot, or t->grad. Handing the reference over lets a gradient that
+ * nothing else holds become the accumulator itself, without a copy. */
 static int route(pass *p, const capture *cap, cn_tensor *t, cn_tensor *g, cn_error *err) {
     cn_tensor *r = cn_sum_to_shape(g, t->ndim, t->shape, err);
+    cn_release(g);
     if (!r) return -1;
     int status = 0;
     if (t->node) {
@@ -344,7 +349,6 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
                                     : cn_full(outputs[i]->ndim, outputs[i]->shape, 1.0f, err);
         if (!g) status = -1;
         else status = route(&p, cap, outputs[i], g, err);
-        cn_release(g);
     }
     /* reverse post-order is topological: every consumer of a node runs before the node */
     cn_tensor *grad_in_small[8];
@@ -382,7 +386,7 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
         for (int i = 0; i < n->n_inputs; i++) {
             cn_tensor *in = n->inputs[i];
             if (!status && grad_in[i] && in->requires_grad) status = route(&p, cap, in, grad_in[i], err);
-            cn_release(grad_in[i]);
+            else cn_release(grad_in[i]);
         }
         if (grad_in != grad_in_small) free(grad_in);
     }

@@ -43,6 +43,9 @@ cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool s
 int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err);
 /* a * alpha + b * beta elementwise with broadcasting (used by optimisers and autograd). */
 cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err);
+/* sum_i coeffs[i] * ts[i] over n same-shaped tensors, in one pass (differentiable; ODE solvers
+ * build their stages with it). */
+cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err);
 /* min(max(a, lo), hi); pass -INFINITY / INFINITY to leave a side open. */
 cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err);
 /* cond != 0 ? a : b, all three broadcast together. */

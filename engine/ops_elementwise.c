@@ -15,6 +15,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "autograd.h"
@@ -831,5 +832,82 @@ cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *
     cn_tensor *ins[3] = {(cn_tensor *)cond, (cn_tensor *)a, (cn_tensor *)b};
     cn_tensor *r = cn_record_result(where_forward(cond, a, b, err), &op_where, 3, ins, &node, err);
     if (node) cn_node_save(node, 0, cond);
+    return r;
+}
+
+/* ---- linear combinations ---------------------------------------------------------------------- */
+
+#define LINCOMB_MAX 16
+
+static cn_tensor *lincomb_forward(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err) {
+    char a[160], b[160];
+    if (n < 1 || n > LINCOMB_MAX) {
+        cn_error_set(err, "lincomb: between 1 and %d terms, got %d", LINCOMB_MAX, n);
+        return NULL;
+    }
+    for (int i = 1; i < n; i++)
+        if (!cn_same_shape(ts[i], ts[0])) {
+            cn_error_set(err, "lincomb: term %d has shape %s, term 1 has %s", i + 1,
+                         cn_shape_str(a, sizeof a, ts[i]->ndim, ts[i]->shape),
+                         cn_shape_str(b, sizeof b, ts[0]->ndim, ts[0]->shape));
+            return NULL;
+        }
+    cn_tensor *dense[LINCOMB_MAX] = {0};
+    cn_tensor *out = cn_empty(ts[0]->ndim, ts[0]->shape, err);
+    for (int i = 0; i < n && out; i++) {
+        if (cn_is_contiguous(ts[i])) dense[i] = cn_retain(ts[i]);
+        else if (!(dense[i] = cn_empty(ts[i]->ndim, ts[i]->shape, err)) || cn_copy_(dense[i], ts[i], err)) {
+            cn_release(out);
+            out = NULL;
+        }
+    }
+    if (out) {
+        size_t len = cn_numel(out);
+        float *po = cn_data(out);
+        const float *p[LINCOMB_MAX];
+        float c[LINCOMB_MAX];
+        for (int i = 0; i < n; i++) p[i] = cn_data(dense[i]), c[i] = (float)coeffs[i];
+#pragma omp parallel for schedule(static) if (len > 32768)
+        for (size_t j = 0; j < len; j++) {
+            float acc = c[0] * p[0][j];
+            for (int i = 1; i < n; i++) acc += c[i] * p[i][j];
+            po[j] = acc;
+        }
+    }
+    for (int i = 0; i < n; i++) cn_release(dense[i]);
+    return out;
+}
+
+/* d/d ts[i] = coeffs[i] * g (coefficients in node->reals, up to CN_NODE_MAX_PARAMS terms; more
+ * terms keep theirs in ctx) */
+static int lincomb_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const double *c = n->ctx ? (const double *)n->ctx : n->reals;
+    for (int i = 0; i < n->n_inputs; i++) {
+        if (!n->inputs[i]->requires_grad) continue;
+        if (!(gi[i] = binary_scalar_forward(CN_MUL, g, (float)c[i], false, err))) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_lincomb = {"lincomb", lincomb_backward};
+
+cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(lincomb_forward(n, ts, coeffs, err), &op_lincomb, n, ts, &node, err);
+    if (node) {
+        if (n <= CN_NODE_MAX_PARAMS) {
+            for (int i = 0; i < n; i++) node->reals[i] = coeffs[i];
+        } else {
+            double *c = malloc((size_t)n * sizeof *c);
+            if (!c) {
+                cn_error_set(err, "lincomb: out of memory");
+                cn_release(r);
+                return NULL;
+            }
+            memcpy(c, coeffs, (size_t)n * sizeof *c);
+            node->ctx = c;
+            node->ctx_free = free;
+        }
+    }
     return r;
 }

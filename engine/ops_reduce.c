@@ -620,10 +620,13 @@ static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     case R_VAR: /* 2 (x - mean) g / (N - correction) */
         r = scale_consume(mul_consume(deviation(x, mask, err), gk, err), 2.0 / (count - (double)n->ints[2]), err);
         break;
-    case R_STD: { /* (x - mean) g / ((N - correction) std) */
+    case R_STD: { /* (x - mean) g / ((N - correction) std), 0 where std is 0 (as torch) */
         cn_tensor *sk = keepdim_view(out, x, mask, NULL, err);
-        cn_tensor *q = sk ? cn_binary(CN_DIV, gk, sk, err) : NULL;
-        cn_release(sk);
+        cn_tensor *ratio = sk ? cn_binary(CN_DIV, gk, sk, err) : NULL;
+        cn_tensor *zero = cn_scalar(0.0f, err);
+        cn_tensor *flat = sk && zero ? cn_binary(CN_EQ, sk, zero, err) : NULL;
+        cn_tensor *q = ratio && flat ? cn_where(flat, zero, ratio, err) : NULL;
+        cn_release(sk), cn_release(ratio), cn_release(zero), cn_release(flat);
         r = q ? scale_consume(mul_consume(deviation(x, mask, err), q, err), 1.0 / (count - (double)n->ints[2]), err) : NULL;
         cn_release(q);
         break;

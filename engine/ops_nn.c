@@ -1,0 +1,308 @@
+/* ops_nn.c — linear, dropout, embedding: forward and backward side by side.
+ *
+ *   linear     y = x w^T + b                 gx = g w,   gw = g^T x,   gb = sum over rows of g
+ *   dropout    y = x m,  m = [u >= p]/(1-p)  gx = g m     (u uniform from the engine RNG)
+ *   embedding  y[i, :] = W[id_i, :]          gW[id_i, :] += g[i, :]
+ *
+ * linear flattens x's leading dims into rows and runs one GEMM; w is read where it lies (row-major
+ * [out, in], or the transpose of a row-major [in, out]) through the GEMM's transpose flag.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "ops.h"
+#include "ops_nn.h"
+#include "rng.h"
+
+#define PARALLEL_MIN 32768 /* elements below which a loop stays serial */
+
+/* ---- linear -------------------------------------------------------------------------------- */
+
+/* How BLAS reads the 2-D w [rows, cols]: row-major with leading dim *ld (*trans false), or as the
+ * transpose of a row-major [cols, rows] (*trans true). False when it cannot (copy it first). */
+static bool matrix_layout(const cn_tensor *w, bool *trans, int *ld) {
+    int64_t rows = w->shape[0], cols = w->shape[1], rs = w->stride[0], cs = w->stride[1];
+    int64_t need_cols = cols > 1 ? cols : 1, need_rows = rows > 1 ? rows : 1;
+    if (cs == 1 || cols == 1) {
+        int64_t l = rows == 1 ? need_cols : rs;
+        if (l >= need_cols && l <= INT_MAX) { *trans = false; *ld = (int)l; return true; }
+    }
+    if (rs == 1 || rows == 1) {
+        int64_t l = cols == 1 ? need_rows : cs;
+        if (l >= need_rows && l <= INT_MAX) { *trans = true; *ld = (int)l; return true; }
+    }
+    return false;
+}
+
+/* w itself when BLAS can read it in place, else a contiguous copy; fills trans/ld. New reference. */
+static cn_tensor *blas_matrix(const cn_tensor *w, bool *trans, int *ld, cn_error *err) {
+    if (matrix_layout(w, trans, ld)) return cn_retain((cn_tensor *)w);
+    cn_tensor *c = cn_contiguous((cn_tensor *)w, err);
+    if (c) {
+        *trans = false;
+        *ld = w->shape[1] > 1 ? (int)w->shape[1] : 1;
+    }
+    return c;
+}
+
+static int64_t leading_rows(const cn_tensor *x) {
+    int64_t rows = 1;
+    for (int d = 0; d < x->ndim - 1; d++) rows *= x->shape[d];
+    return rows;
+}
+
+static cn_tensor *linear_forward(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bias,
+                                 cn_error *err) {
+    char sx[160], sw[160], sb[160];
+    if (w->ndim != 2) {
+        cn_error_set(err, "linear: weight must be 2-D [out, in], got shape %s",
+                     cn_shape_str(sw, sizeof sw, w->ndim, w->shape));
+        return NULL;
+    }
+    int64_t out_f = w->shape[0], in_f = w->shape[1];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != in_f) {
+        cn_error_set(err, "linear: input of shape %s does not match weight of shape %s (last dim must be %lld)",
+                     cn_shape_str(sx, sizeof sx, x->ndim, x->shape),
+                     cn_shape_str(sw, sizeof sw, w->ndim, w->shape), (long long)in_f);
+        return NULL;
+    }
+    if (bias && !(bias->ndim == 1 && bias->shape[0] == out_f)) {
+        cn_error_set(err, "linear: bias of shape %s does not match weight of shape %s (expected [%lld])",
+                     cn_shape_str(sb, sizeof sb, bias->ndim, bias->shape),
+                     cn_shape_str(sw, sizeof sw, w->ndim, w->shape), (long long)out_f);
+        return NULL;
+    }
+    int64_t rows = leading_rows(x);
+    if (rows > INT_MAX || in_f > INT_MAX || out_f > INT_MAX) {
+        cn_error_set(err, "linear: input of shape %s and weight of shape %s are too large for BLAS",
+                     cn_shape_str(sx, sizeof sx, x->ndim, x->shape),
+                     cn_shape_str(sw, sizeof sw, w->ndim, w->shape));
+        return NULL;
+    }
+    int64_t shape[CN_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out_f;
+    cn_tensor *y = cn_empty(x->ndim, shape, err);
+    if (!y) return NULL;
+    float *py = cn_data(y);
+    if (bias) { /* rows start as the bias; the GEMM adds x w^T (beta = 1) */
+        const float *pb = cn_data(bias);
+        int64_t sb0 = bias->stride[0];
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < out_f; j++) py[r * out_f + j] = pb[j * sb0];
+    }
+    bool w_trans;
+    int ldw;
+    cn_tensor *xc = cn_contiguous((cn_tensor *)x, err);
+    cn_tensor *wm = xc ? blas_matrix(w, &w_trans, &ldw, err) : NULL;
+    if (!wm) {
+        cn_release(xc), cn_release(y);
+        return NULL;
+    }
+    /* op(B) = w^T [in, out]: a row-major w is read transposed, a transposed view as it is */
+    cn_gemm(false, !w_trans, (int)rows, (int)out_f, (int)in_f, 1.0f, cn_data(xc), (int)(in_f ? in_f : 1),
+            cn_data(wm), ldw, bias ? 1.0f : 0.0f, py, (int)(out_f ? out_f : 1));
+    cn_release(xc), cn_release(wm);
+    return y;
+}
+
+/* gx = g w [rows, in]; gw = g^T x [out, in]; gb[j] = sum_r g[r, j] (in double).
+ * saved[0] = x, saved[1] = w; inputs {x, w[, bias]} */
+static int linear_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *x = n->saved[0], *w = n->saved[1];
+    int64_t out_f = w->shape[0], in_f = w->shape[1], rows = leading_rows(x);
+    cn_tensor *gc = cn_contiguous((cn_tensor *)g, err), *xc = NULL, *wm = NULL;
+    int status = -1;
+    if (!gc) return -1;
+    const float *pg = cn_data(gc);
+    if (n->inputs[0]->requires_grad) {
+        bool w_trans;
+        int ldw;
+        if (!(wm = blas_matrix(w, &w_trans, &ldw, err))) goto done;
+        if (!(gi[0] = cn_empty(x->ndim, x->shape, err))) goto done;
+        cn_gemm(false, w_trans, (int)rows, (int)in_f, (int)out_f, 1.0f, pg, (int)(out_f ? out_f : 1),
+                cn_data(wm), ldw, 0.0f, cn_data(gi[0]), (int)(in_f ? in_f : 1));
+    }
+    if (n->inputs[1]->requires_grad) {
+        if (!(xc = cn_contiguous((cn_tensor *)x, err))) goto done;
+        if (!(gi[1] = cn_empty(2, w->shape, err))) goto done;
+        cn_gemm(true, false, (int)out_f, (int)in_f, (int)rows, 1.0f, pg, (int)(out_f ? out_f : 1),
+                cn_data(xc), (int)(in_f ? in_f : 1), 0.0f, cn_data(gi[1]), (int)(in_f ? in_f : 1));
+    }
+    if (n->n_inputs == 3 && n->inputs[2]->requires_grad) {
+        double *acc = calloc((size_t)(out_f ? out_f : 1), sizeof *acc);
+        if (!acc) {
+            cn_error_set(err, "linear: out of memory");
+            goto done;
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < out_f; j++) acc[j] += pg[r * out_f + j];
+        gi[2] = cn_empty(1, &out_f, err);
+        if (gi[2])
+            for (int64_t j = 0; j < out_f; j++) cn_data(gi[2])[j] = (float)acc[j];
+        free(acc);
+        if (!gi[2]) goto done;
+    }
+    status = 0;
+done:
+    cn_release(gc), cn_release(xc), cn_release(wm);
+    return status;
+}
+
+static const cn_op_def op_linear = {"linear", linear_backward};
+
+cn_tensor *cn_linear(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bias, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = linear_forward(x, w, bias, err));
+    cn_node *node;
+    cn_tensor *ins[3] = {(cn_tensor *)x, (cn_tensor *)w, (cn_tensor *)bias};
+    r = cn_record_result(r, &op_linear, bias ? 3 : 2, ins, &node, err);
+    if (node) {
+        cn_node_save(node, 0, x);
+        cn_node_save(node, 1, w);
+    }
+    return r;
+}
+
+/* ---- dropout ------------------------------------------------------------------------------- */
+
+/* gx = g m. saved[0] = m (0 or 1/(1-p)) */
+static int dropout_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    gi[0] = cn_binary(CN_MUL, g, n->saved[0], err);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_dropout = {"dropout", dropout_backward};
+
+cn_tensor *cn_dropout(const cn_tensor *x, double p, bool training, cn_error *err) {
+    if (!(p >= 0.0 && p <= 1.0)) {
+        cn_error_set(err, "dropout: probability must be in [0, 1], got %g", p);
+        return NULL;
+    }
+    if (!training || p == 0.0) return cn_retain((cn_tensor *)x);
+    cn_tensor *mask = cn_empty(x->ndim, x->shape, err);
+    if (!mask) return NULL;
+    float *m = cn_data(mask);
+    size_t count = cn_numel(mask);
+    if (p == 1.0) {
+        memset(m, 0, count * sizeof *m);
+    } else {
+        cn_rng_uniform(m, count, 0.0f, 1.0f);
+        float scale = (float)(1.0 / (1.0 - p));
+#pragma omp parallel for schedule(static) if (count > PARALLEL_MIN)
+        for (size_t i = 0; i < count; i++) m[i] = (double)m[i] < p ? 0.0f : scale;
+    }
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = cn_binary(CN_MUL, x, mask, err));
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)x;
+    r = cn_record_result(r, &op_dropout, 1, &in, &node, err);
+    if (node) cn_node_save(node, 0, mask);
+    cn_release(mask);
+    return r;
+}
+
+/* ---- embedding ----------------------------------------------------------------------------- */
+
+/* Checks every id is an integer in [0, num); returns 0, or -1 with err naming the first bad one. */
+static int check_ids(const float *ids, size_t count, const cn_tensor *weight, cn_error *err) {
+    int64_t num = weight->shape[0];
+    char sw[160];
+    for (size_t i = 0; i < count; i++) {
+        float v = ids[i];
+        if (v >= 0.0f && v < (float)num && v == floorf(v) && (int64_t)v < num) continue;
+        if (v == floorf(v) && fabsf(v) < 9e15f)
+            cn_error_set(err, "embedding: index %lld out of range for a table of %lld rows (weight of shape %s)",
+                         (long long)v, (long long)num, cn_shape_str(sw, sizeof sw, 2, weight->shape));
+        else
+            cn_error_set(err, "embedding: index %.9g is not an integer id (table of %lld rows, weight of shape %s)",
+                         (double)v, (long long)num, cn_shape_str(sw, sizeof sw, 2, weight->shape));
+        return -1;
+    }
+    return 0;
+}
+
+static cn_tensor *embedding_forward(const cn_tensor *indices, const cn_tensor *weight, cn_error *err) {
+    char si[160], sw[160];
+    if (weight->ndim != 2) {
+        cn_error_set(err, "embedding: weight must be 2-D [num, dim], got shape %s",
+                     cn_shape_str(sw, sizeof sw, weight->ndim, weight->shape));
+        return NULL;
+    }
+    if (indices->ndim + 1 > CN_MAX_DIMS) {
+        cn_error_set(err, "embedding: indices of shape %s give more than %d dims",
+                     cn_shape_str(si, sizeof si, indices->ndim, indices->shape), CN_MAX_DIMS);
+        return NULL;
+    }
+    cn_tensor *ids = cn_contiguous((cn_tensor *)indices, err);
+    if (!ids) return NULL;
+    size_t count = cn_numel(ids);
+    const float *pi = cn_data(ids);
+    if (check_ids(pi, count, weight, err)) {
+        cn_release(ids);
+        return NULL;
+    }
+    int64_t shape[CN_MAX_DIMS], dim = weight->shape[1];
+    memcpy(shape, indices->shape, sizeof shape);
+    shape[indices->ndim] = dim;
+    cn_tensor *wc = cn_contiguous((cn_tensor *)weight, err);
+    cn_tensor *y = wc ? cn_empty(indices->ndim + 1, shape, err) : NULL;
+    if (!y) {
+        cn_release(ids), cn_release(wc);
+        return NULL;
+    }
+    const float *pw = cn_data(wc);
+    float *py = cn_data(y);
+#pragma omp parallel for schedule(static) if (count * (size_t)dim > PARALLEL_MIN)
+    for (size_t i = 0; i < count; i++)
+        memcpy(py + i * (size_t)dim, pw + (size_t)pi[i] * (size_t)dim, (size_t)dim * sizeof *py);
+    cn_release(ids), cn_release(wc);
+    return y;
+}
+
+/* gW[id_i, :] += g[i, :]; rows sharing an id accumulate in index order. saved[0] = a private
+ * contiguous copy of the (checked) indices; inputs {weight} */
+static int embedding_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *weight = n->inputs[0], *ids = n->saved[0];
+    cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
+    cn_tensor *gw = gc ? cn_zeros(2, weight->shape, err) : NULL;
+    if (!gw) {
+        cn_release(gc);
+        return -1;
+    }
+    size_t count = cn_numel(ids), dim = (size_t)weight->shape[1];
+    const float *pi = cn_data(ids), *pg = cn_data(gc);
+    float *pw = cn_data(gw);
+    for (size_t i = 0; i < count; i++) {
+        float *row = pw + (size_t)pi[i] * dim;
+        const float *src = pg + i * dim;
+        for (size_t j = 0; j < dim; j++) row[j] += src[j];
+    }
+    cn_release(gc);
+    gi[0] = gw;
+    return 0;
+}
+
+static const cn_op_def op_embedding = {"embedding", embedding_backward};
+
+cn_tensor *cn_embedding(const cn_tensor *indices, const cn_tensor *weight, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = embedding_forward(indices, weight, err));
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)weight;
+    r = cn_record_result(r, &op_embedding, 1, &in, &node, err);
+    if (node) { /* a private copy: the caller may rewrite its ids before backward */
+        cn_tensor *ids;
+        CN_WITHOUT_GRAD(ids = cn_clone(indices, err));
+        if (!ids) {
+            cn_release(r);
+            return NULL;
+        }
+        cn_node_save(node, 0, ids);
+        cn_release(ids);
+    }
+    return r;
+}

@@ -1,0 +1,90 @@
+-- models/classifier — a small CNN for 28×28 images (MNIST, Fashion-MNIST): the classifier of the
+-- train_classifier recipe, and the feature network of "FID (classifier features)".
+--
+--   conv 3×3 (1→32) · ReLU · max-pool 2  →  conv 3×3 (32→64) · ReLU · max-pool 2  →  flatten
+--   →  linear (64·7·7 → 128) · ReLU  [the 128-d features]  →  dropout  →  linear (128 → classes)
+
+local cn = require "cunet"
+local nn = require "cunet.nn"
+local class = require "cunet.class"
+local progress = require "cunet.progress"
+local data = require "cunet.data"
+
+local M = {}
+
+local Classifier = class("Classifier", nn.Module)
+M.Classifier = Classifier
+
+--- opts: channels (1), classes (10), width (32), features (128), dropout (0.25), size (28).
+function Classifier:__init(opts)
+  nn.Module.__init(self)
+  opts = opts or {}
+  local c, w, f = opts.channels or 1, opts.width or 32, opts.features or 128
+  local size = opts.size or 28
+  self.options = {channels = c, classes = opts.classes or 10, width = w, features = f, dropout = opts.dropout or 0.25, size = size}
+  self.conv1 = nn.Conv2d(c, w, 3, {padding = 1})
+  self.conv2 = nn.Conv2d(w, 2 * w, 3, {padding = 1})
+  self.fc1 = nn.Linear(2 * w * (size // 4) * (size // 4), f)
+  self.drop = nn.Dropout(self.options.dropout)
+  self.fc2 = nn.Linear(f, self.options.classes)
+end
+
+--- The penultimate activations [N, features] (the FID feature space).
+function Classifier:features(x)
+  local h = cn.max_pool2d(self.conv1(x):relu(), 2)
+  h = cn.max_pool2d(self.conv2(h):relu(), 2)
+  return self.fc1(h:reshape{h:size(1), -1}):relu()
+end
+
+function Classifier:forward(x)
+  return self.fc2(self.drop(self:features(x)))
+end
+
+--- Fraction of correct predictions over a dataset {images=, labels=} (batched, no grad).
+function M.accuracy(model, ds, batch)
+  batch = batch or 500
+  local was_training = model.training
+  model:eval()
+  local correct, n = 0, ds.images:size(1)
+  cn.no_grad(function()
+    for first = 1, n, batch do
+      local size = math.min(batch, n - first + 1)
+      local logits = model(ds.images:narrow(1, first, size))
+      local pred = logits:argmax(2)
+      correct = correct + pred:eq(ds.labels:narrow(1, first, size)):sum():item()
+    end
+  end)
+  model:train(was_training)
+  return correct / n
+end
+
+--- Trains with Adam on cross-entropy. opts: epochs (2), batch (64), lr (1e-3), seed (0),
+-- log (function(step, loss) or nil), progress (true). Returns the last epoch's mean loss.
+function M.train(model, ds, opts)
+  opts = opts or {}
+  local loader = data.DataLoader(ds, {batch_size = opts.batch or 64, shuffle = true, seed = opts.seed or 0})
+  local opt = cn.optim.Adam(model, {lr = opts.lr or 1e-3})
+  model:train()
+  local epochs, step, mean = opts.epochs or 2, 0, 0
+  for epoch = 1, epochs do
+    local bar = opts.progress ~= false and progress.new(#loader, {label = string.format("epoch %d/%d", epoch, epochs), unit = "batch"})
+    local sum, count = 0, 0
+    for batch in loader:epoch(epoch) do
+      local loss = cn.cross_entropy(model(batch.images), batch.labels)
+      opt:zero_grad()
+      loss:backward()
+      opt:step()
+      step = step + 1
+      local l = loss:item()
+      if l ~= l then error(string.format("train_classifier: loss is NaN at step %d", step)) end
+      sum, count = sum + l, count + 1
+      if opts.log then opts.log(step, l) end
+      if bar then bar:update(count, {loss = sum / count}) end
+    end
+    if bar then bar:finish({loss = sum / count}) end
+    mean = sum / count
+  end
+  return mean
+end
+
+return M

@@ -1,0 +1,167 @@
+-- ode — ODE solvers with gradients, torchdiffeq-style.
+--
+--   local sol, stats = cn.odeint(f, z0, ts, {method = "dopri5", rtol = 1e-6, atol = 1e-8})
+--
+-- f(t, z) returns dz/dt; z is a tensor or a table of tensors (the state), t a number. ts is a
+-- table (or 1-D tensor) of times, increasing or decreasing; the solution stacks the state at every
+-- time along a new first dim ([#ts, ...], or a table of such tensors). stats = {nfe, accepted,
+-- rejected}.
+--
+-- Gradients: by default through the solver's operations (memory grows with the steps). With
+-- opts.adjoint = true, by the adjoint sensitivity method (Chen et al. 2018): the forward solve keeps
+-- no graph, and the backward pass solves the augmented system [z, a_z, a_theta] backwards with
+-- vector-Jacobian products of f, in memory independent of the number of steps. The parameters
+-- theta are opts.params: a list of tensors, or anything with :parameters() (an nn module); list
+-- there every tensor f uses that needs a gradient (non-leaf tensors such as a time embedding too).
+
+local core = require "cunet.core" -- not "cunet": that one requires this module
+local cn = core
+
+local M = {}
+
+local function times_of(ts)
+  if cn.is_tensor(ts) then
+    if ts:dim() ~= 1 then error("odeint: ts must be 1-D", 3) end
+    return ts:totable()
+  end
+  if type(ts) ~= "table" then error("odeint: ts must be a table of times or a 1-D tensor, got " .. type(ts), 3) end
+  return ts
+end
+
+local function params_of(opts)
+  local p = opts.params
+  if p == nil then return {} end
+  if type(p) == "table" and type(p.parameters) == "function" then return p:parameters() end
+  if cn.is_tensor(p) then return {p} end
+  return p
+end
+
+local function as_list(z)
+  if cn.is_tensor(z) then return {z}, false end
+  if type(z) ~= "table" or #z == 0 then error("odeint: the state must be a tensor or a table of tensors", 3) end
+  return z, true
+end
+
+-- The adjoint method as a custom autograd function over the flattened solution.
+local function odeint_adjoint(f, z0, ts, opts)
+  local zs, is_table = as_list(z0)
+  local params = params_of(opts)
+  local n = #zs
+  local function wrap(list) if is_table then return list end return list[1] end
+  local function unwrap(z) if is_table then return z end return {z} end
+
+  -- forward: no graph
+  local sol, stats = cn.no_grad(core.odeint, f, z0, ts, opts)
+  if not is_table then sol = {sol} end
+  local nt = #ts
+
+  -- one output tensor [nt, total] holding every state (so one backward sees every gradient)
+  local sizes, flat_parts = {}, {}
+  for k = 1, n do
+    sizes[k] = zs[k]:numel()
+    flat_parts[k] = sol[k]:reshape{nt, sizes[k]}
+  end
+  local flat = cn.no_grad(cn.cat, flat_parts, 2)
+
+  local inputs = {}
+  for k = 1, n do inputs[#inputs + 1] = zs[k] end
+  for _, p in ipairs(params) do inputs[#inputs + 1] = p end
+
+  local backward_opts = {}
+  for k, v in pairs(opts) do backward_opts[k] = v end
+  backward_opts.method = opts.adjoint_method or opts.method
+  backward_opts.rtol = opts.adjoint_rtol or opts.rtol
+  backward_opts.atol = opts.adjoint_atol or opts.atol
+  backward_opts.adjoint = nil
+
+  local function backward(g_flat)
+    -- per-state views of the incoming gradient at each time
+    local function grad_at(i)
+      local row = g_flat[i]
+      local out, at = {}, 1
+      for k = 1, n do
+        out[k] = row:narrow(1, at, sizes[k]):view(zs[k]:shape())
+        at = at + sizes[k]
+      end
+      return out
+    end
+    local function state_at(i)
+      local out = {}
+      for k = 1, n do out[k] = sol[k][i] end
+      return out
+    end
+    -- augmented state: z (n), a_z (n), a_theta (#params)
+    local aug = {}
+    local z = state_at(nt)
+    local a = grad_at(nt)
+    local function aug_dynamics(t, s)
+      local zt, at = {}, {}
+      for k = 1, n do zt[k], at[k] = s[k], s[n + k] end
+      return cn.enable_grad(function()
+        local zr = {}
+        for k = 1, n do zr[k] = zt[k]:detach():requires_grad(true) end
+        local dz = unwrap(f(t, wrap(zr)))
+        local wrt = {}
+        for k = 1, n do wrt[k] = zr[k] end
+        for _, p in ipairs(params) do wrt[#wrt + 1] = p end
+        local vjp = core.autograd_grad(dz, wrt, at, {allow_unused = true})
+        local out = {}
+        for k = 1, n do out[k] = dz[k]:detach() end
+        for k = 1, n do out[n + k] = -vjp[k] end
+        for j = 1, #params do out[2 * n + j] = -vjp[n + j] end
+        return out
+      end)
+    end
+    local a_theta = {}
+    for j, p in ipairs(params) do a_theta[j] = cn.zeros_like(p) end
+    for i = nt, 2, -1 do
+      aug = {}
+      for k = 1, n do aug[k] = z[k] end
+      for k = 1, n do aug[n + k] = a[k] end
+      for j = 1, #params do aug[2 * n + j] = a_theta[j] end
+      local back = core.odeint(aug_dynamics, aug, {ts[i], ts[i - 1]}, backward_opts)
+      z = state_at(i - 1) -- the forward solution at t_{i-1}, as torchdiffeq does
+      local g_prev = grad_at(i - 1)
+      for k = 1, n do a[k] = back[n + k][2] + g_prev[k] end
+      for j = 1, #params do a_theta[j] = back[2 * n + j][2] end
+    end
+    local grads = {}
+    for k = 1, n do grads[k] = a[k] end
+    for j = 1, #params do grads[n + j] = a_theta[j] end
+    return grads
+  end
+
+  flat = core.autograd_custom(inputs, flat, backward)
+  local result, at = {}, 1
+  for k = 1, n do
+    local shape = {nt}
+    for _, s in ipairs(zs[k]:shape()) do shape[#shape + 1] = s end
+    result[k] = flat:narrow(2, at, sizes[k]):reshape(shape)
+    at = at + sizes[k]
+  end
+  return wrap(result), stats
+end
+
+--- cn.odeint(f, z0, ts [, opts]) -> solution, stats (see the top of this file).
+-- opts: method ("dopri5"; euler, midpoint, heun, rk4, rk4_38, bosh3), rtol (1e-7), atol (1e-9),
+-- step_size or steps (fixed-step methods; default one step per interval), first_step, max_steps
+-- (100000), adjoint (false), params, adjoint_method / adjoint_rtol / adjoint_atol.
+function M.odeint(f, z0, ts, opts)
+  opts = opts or {}
+  if type(f) ~= "function" and not (type(f) == "table" and getmetatable(f) and getmetatable(f).__call) then
+    error("odeint: f must be a function or a callable module, got " .. type(f), 2)
+  end
+  local fn = type(f) == "function" and f or function(t, z) return f(t, z) end
+  local times = times_of(ts)
+  if opts.adjoint then return odeint_adjoint(fn, z0, times, opts) end
+  return core.odeint(fn, z0, times, opts)
+end
+
+--- Turns a second-order system x'' = accel(t, x, v) into the first-order one on {x, v}.
+function M.second_order(accel)
+  return function(t, state)
+    return {state[2], accel(t, state[1], state[2])}
+  end
+end
+
+return M
