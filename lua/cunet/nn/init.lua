@@ -18,7 +18,7 @@ local nn = {
   init = require "cunet.nn.weight_init",
 }
 
-for _, family in ipairs { "containers", "conv", "linear", "norm", "activation", "attention", "embedding", "resample" } do
+for _, family in ipairs { "containers", "conv", "linear", "norm", "activation", "attention", "embedding", "resample", "ode" } do
   for name, cls in pairs(require("cunet.nn." .. family)) do
     assert(nn[name] == nil, "cunet.nn: " .. name .. " defined twice")
     nn[name] = cls
