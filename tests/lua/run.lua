@@ -31,14 +31,24 @@ if #files == 0 then
   p:close()
 end
 
+-- Each file runs in its own environment, so two files may both define TestGradcheck: the
+-- second one is registered as TestGradcheck_<file> instead of silently replacing the first.
 for _, f in ipairs(files) do
-  local chunk, err = loadfile(f)
+  local env = setmetatable({}, { __index = _G })
+  local chunk, err = loadfile(f, "t", env)
   if not chunk then
     io.stderr:write("cannot load ", f, ": ", err, "\n")
     print("lua: 0 passed, 1 failed")
     os.exit(1)
   end
   chunk()
+  local base = f:match("([^/]+)%.lua$") or f
+  for name, value in pairs(env) do
+    if type(name) == "string" and name:lower():sub(1, 4) == "test" then
+      local key = rawget(_G, name) == nil and name or (name .. "_" .. base)
+      rawset(_G, key, value)
+    end
+  end
 end
 
 local runner = lu.LuaUnit.new()
