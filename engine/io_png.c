@@ -1,7 +1,12 @@
 /* io_png.c — PNG write and read with libpng (see io_png.h).
  *
  * libpng reports errors by longjmp to the setjmp point of each function; every resource is
- * released there, and the message libpng gave is kept for the caller.
+ * released there, and the message libpng gave is kept for the caller. Locals changed between
+ * setjmp and a possible longjmp are volatile (C11 7.13.2.1).
+ *
+ * Writing goes through the engine's atomic file replacement (cn_atomic_*, io_safetensors.h):
+ * libpng's output is sent to the temp file by a write callback, and path is replaced only by a
+ * complete file, with the mode a plain fopen would give it (or the replaced file's).
  */
 #include "io_png.h"
 
@@ -11,19 +16,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "io_safetensors.h" /* cn_atomic_* */
+
+/* Names in messages are cut to this many bytes, so a long path cannot swamp the message. */
+#define PATH_FMT "%.300s"
+
+/* Reading refuses images of more samples than this (8 GiB of float32): a 50-byte file may claim
+ * 65535 x 65535 RGBA. */
+#define MAX_SAMPLES ((size_t)1 << 31)
 
 typedef struct {
     char msg[CN_ERROR_LEN];
-} png_failure;
+    cn_atomic_file *af; /* writing only */
+} png_context;
 
 static void on_png_error(png_structp png, png_const_charp message) {
-    png_failure *f = png_get_error_ptr(png);
-    snprintf(f->msg, sizeof f->msg, "%s", message);
+    png_context *ctx = png_get_error_ptr(png);
+    snprintf(ctx->msg, sizeof ctx->msg, "%s", message);
     png_longjmp(png, 1);
 }
 
 static void on_png_warning(png_structp png, png_const_charp message) { (void)png, (void)message; }
+
+static void write_to_atomic(png_structp png, png_bytep data, size_t length) {
+    png_context *ctx = png_get_io_ptr(png);
+    cn_error err;
+    if (cn_atomic_write(ctx->af, data, length, &err)) png_error(png, err.msg);
+}
+
+static void flush_nothing(png_structp png) { (void)png; }
 
 int cn_png_write(const char *path, const cn_tensor *t, cn_error *err) {
     char sbuf[160];
@@ -33,96 +55,100 @@ int cn_png_write(const char *path, const cn_tensor *t, cn_error *err) {
     } else if (t->ndim == 3 && t->shape[0] >= 1 && t->shape[0] <= 4) {
         channels = (int)t->shape[0], h = (int)t->shape[1], w = (int)t->shape[2];
     } else {
-        cn_error_set(err, "save_png: %s: expected an image [C, H, W] with C in 1..4 or [H, W], got shape %s", path,
-                     cn_shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
+        cn_error_set(err, "save_png: " PATH_FMT ": expected an image [C, H, W] with C in 1..4 or [H, W], got shape %s",
+                     path, cn_shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
         return -1;
     }
-    if (h <= 0 || w <= 0) {
-        cn_error_set(err, "save_png: %s: empty image of shape %s", path, cn_shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
+    /* PNG's own limit is 2^31 - 1 per side; libpng refuses more than 10^6 unless told otherwise */
+    if (t->shape[t->ndim - 2] <= 0 || t->shape[t->ndim - 1] <= 0 || t->shape[t->ndim - 2] > 1000000 ||
+        t->shape[t->ndim - 1] > 1000000) {
+        cn_error_set(err, "save_png: " PATH_FMT ": cannot write an image of shape %s (each side must be in 1..1000000)",
+                     path, cn_shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
         return -1;
     }
-    float *pixels = malloc((size_t)channels * h * w * sizeof *pixels);
-    png_bytep row = malloc((size_t)channels * w);
-    size_t tlen = strlen(path) + 16;
-    char *tmp = malloc(tlen);
-    if (!pixels || !row || !tmp) {
-        free(pixels), free(row), free(tmp);
-        cn_error_set(err, "save_png: out of memory");
+    float *pixels = malloc((size_t)channels * (size_t)h * (size_t)w * sizeof *pixels);
+    png_bytep row = malloc((size_t)channels * (size_t)w);
+    if (!pixels || !row) {
+        free(pixels), free(row);
+        cn_error_set(err, "save_png: " PATH_FMT ": out of memory", path);
         return -1;
     }
     cn_to_buffer(t, pixels);
-    snprintf(tmp, tlen, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!fp) {
-        cn_error_set(err, "save_png: cannot write %s: %s", path, strerror(errno));
-        if (fd >= 0) close(fd), unlink(tmp);
-        free(pixels), free(row), free(tmp);
+    cn_atomic_file af;
+    cn_error inner;
+    if (cn_atomic_begin(&af, path, &inner)) {
+        cn_error_set(err, "save_png: %s", inner.msg);
+        free(pixels), free(row);
         return -1;
     }
-    png_failure failure = {{0}};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &failure, on_png_error, on_png_warning);
+    png_context ctx = {{0}, &af};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    int status = -1;
     if (!png || !info) {
-        snprintf(failure.msg, sizeof failure.msg, "out of memory");
-        goto done;
+        snprintf(ctx.msg, sizeof ctx.msg, "out of memory");
+        goto fail;
     }
-    if (setjmp(png_jmpbuf(png))) goto done;
-    png_init_io(png, fp);
+    if (setjmp(png_jmpbuf(png))) goto fail;
+    png_set_write_fn(png, &ctx, write_to_atomic, flush_nothing);
     static const int color_type[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
                                       PNG_COLOR_TYPE_RGB_ALPHA};
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, color_type[channels], PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_write_info(png, info);
-    size_t plane = (size_t)h * w;
+    size_t plane = (size_t)h * (size_t)w;
     for (int y = 0; y < h; y++) {
         for (int x = 0; x < w; x++)
             for (int c = 0; c < channels; c++) {
                 float v = pixels[c * plane + (size_t)y * w + x];
-                v = v != v ? 0.0f : v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+                v = v != v ? 0.0f : v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v; /* NaN -> 0 */
                 row[(size_t)x * channels + c] = (png_byte)(v * 255.0f + 0.5f);
             }
         png_write_row(png, row);
     }
     png_write_end(png, NULL);
-    status = 0;
-done:
+    png_destroy_write_struct(&png, &info);
+    free(pixels), free(row);
+    if (cn_atomic_commit(&af, &inner)) {
+        cn_error_set(err, "save_png: %s", inner.msg);
+        return -1;
+    }
+    return 0;
+fail:
     png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
-    if (fflush(fp) || fsync(fileno(fp))) status = status ? status : (snprintf(failure.msg, sizeof failure.msg, "%s", strerror(errno)), -1);
-    fclose(fp);
-    if (status == 0 && rename(tmp, path) != 0) {
-        snprintf(failure.msg, sizeof failure.msg, "rename failed: %s", strerror(errno));
-        status = -1;
-    }
-    if (status) {
-        unlink(tmp);
-        cn_error_set(err, "save_png: cannot write %s: %s", path, failure.msg);
-    }
-    free(pixels), free(row), free(tmp);
-    return status;
+    cn_atomic_abort(&af);
+    free(pixels), free(row);
+    cn_error_set(err, "save_png: cannot write " PATH_FMT ": %s", path, ctx.msg);
+    return -1;
 }
 
 cn_tensor *cn_png_read(const char *path, cn_error *err) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        cn_error_set(err, "load_png: cannot open %s: %s", path, strerror(errno));
+        cn_error_set(err, "load_png: cannot open " PATH_FMT ": %s", path, strerror(errno));
         return NULL;
     }
     png_byte sig[8];
-    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) {
+    size_t got = fread(sig, 1, 8, fp);
+    if (got != 8 || png_sig_cmp(sig, 0, 8)) {
+        int read_error = ferror(fp) ? errno : 0;
         fclose(fp);
-        cn_error_set(err, "load_png: %s is not a PNG file (bad signature)", path);
+        if (read_error)
+            cn_error_set(err, "load_png: cannot read " PATH_FMT ": %s", path, strerror(read_error));
+        else if (got < 8 && (got == 0 || !png_sig_cmp(sig, 0, got)))
+            cn_error_set(err, "load_png: " PATH_FMT " is not a PNG file (%s)", path,
+                         got == 0 ? "empty" : "truncated inside the signature");
+        else
+            cn_error_set(err, "load_png: " PATH_FMT " is not a PNG file (bad signature)", path);
         return NULL;
     }
-    png_failure failure = {{0}};
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &failure, on_png_error, on_png_warning);
+    png_context ctx = {{0}, NULL};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     cn_tensor *volatile out = NULL;
     png_bytep volatile rowbuf = NULL;
     png_bytep *volatile rows = NULL;
     if (!png || !info) {
-        snprintf(failure.msg, sizeof failure.msg, "out of memory");
+        snprintf(ctx.msg, sizeof ctx.msg, "out of memory");
         goto fail;
     }
     if (setjmp(png_jmpbuf(png))) goto fail;
@@ -135,36 +161,36 @@ cn_tensor *cn_png_read(const char *path, cn_error *err) {
     png_read_update_info(png, info);
     int w = (int)png_get_image_width(png, info), h = (int)png_get_image_height(png, info);
     int channels = png_get_channels(png, info), depth = png_get_bit_depth(png, info);
+    if ((size_t)w * (size_t)h * (size_t)channels > MAX_SAMPLES) {
+        snprintf(ctx.msg, sizeof ctx.msg, "image of %d x %d x %d samples is too large", w, h, channels);
+        goto fail;
+    }
     int bytes = depth == 16 ? 2 : 1;
     int64_t shape[3] = {channels, h, w};
     cn_error inner;
     out = cn_empty(3, shape, &inner);
     if (!out) {
-        snprintf(failure.msg, sizeof failure.msg, "%s", inner.msg);
+        snprintf(ctx.msg, sizeof ctx.msg, "%s", inner.msg);
         goto fail;
     }
     size_t rowbytes = png_get_rowbytes(png, info);
     rowbuf = malloc(rowbytes * (size_t)h);
-    if (!rowbuf) {
-        snprintf(failure.msg, sizeof failure.msg, "out of memory");
-        goto fail;
-    }
     rows = malloc((size_t)h * sizeof *rows);
-    if (!rows) {
-        snprintf(failure.msg, sizeof failure.msg, "out of memory");
+    if (!rowbuf || !rows) {
+        snprintf(ctx.msg, sizeof ctx.msg, "out of memory");
         goto fail;
     }
     for (int y = 0; y < h; y++) rows[y] = rowbuf + (size_t)y * rowbytes;
     png_read_image(png, rows);
     png_read_end(png, NULL);
     float *p = cn_data(out);
-    size_t plane = (size_t)h * w;
+    size_t plane = (size_t)h * (size_t)w;
     float scale = depth == 16 ? 1.0f / 65535.0f : 1.0f / 255.0f;
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
             for (int c = 0; c < channels; c++) {
                 const png_byte *s = rowbuf + (size_t)y * rowbytes + ((size_t)x * channels + c) * bytes;
-                unsigned v = bytes == 2 ? (unsigned)s[0] << 8 | s[1] : s[0];
+                unsigned v = bytes == 2 ? (unsigned)s[0] << 8 | s[1] : s[0]; /* PNG is big-endian */
                 p[c * plane + (size_t)y * w + x] = (float)v * scale;
             }
     free(rows);
@@ -178,6 +204,7 @@ fail:
     cn_release(out);
     png_destroy_read_struct(png ? &png : NULL, info ? &info : NULL, NULL);
     fclose(fp);
-    cn_error_set(err, "load_png: %s: corrupt or truncated PNG (libpng: %s)", path, failure.msg[0] ? failure.msg : "unknown error");
+    cn_error_set(err, "load_png: " PATH_FMT ": corrupt or truncated PNG (libpng: %s)", path,
+                 ctx.msg[0] ? ctx.msg : "unknown error");
     return NULL;
 }

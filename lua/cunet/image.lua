@@ -28,6 +28,9 @@ function M.make_grid(x, opts)
   opts = opts or {}
   local nrow, pad = opts.nrow or 8, opts.padding or 2
   local lo, hi = table.unpack(opts.range or {0, 1})
+  if type(lo) ~= "number" or type(hi) ~= "number" or not (lo < hi) then
+    error(string.format("make_grid: range must be {lo, hi} with lo < hi, got {%s, %s}", tostring(lo), tostring(hi)), 2)
+  end
   local n, c, h, w = table.unpack(x:shape())
   local cols = math.min(nrow, n)
   local rows = (n + cols - 1) // cols
@@ -55,6 +58,12 @@ function M.save_strips(columns, path, opts)
   for k, col in ipairs(columns) do
     check_batch(col, "save_strips")
     if col:size(1) ~= columns[1]:size(1) then error(string.format("save_strips: batch %d has %d images, batch 1 has %d", k, col:size(1), columns[1]:size(1)), 2) end
+    for d = 2, 4 do
+      if col:size(d) ~= columns[1]:size(d) then
+        error(string.format("save_strips: batch %d has shape [%s], batch 1 has [%s]", k, table.concat(col:shape(), ", "),
+          table.concat(columns[1]:shape(), ", ")), 2)
+      end
+    end
   end
   -- interleave: example i's row holds columns[1][i], columns[2][i], ...
   local n = columns[1]:size(1)

@@ -1,0 +1,464 @@
+-- train — the diffusion training loop: Adam/AdamW with warmup and clipping, EMA, a loss CSV,
+-- checkpoints, sample grids, and exact resumption.
+--
+--   local train = require "cunet.train"
+--   local ds = train.dataset("mnist", {size = 28})          -- images [N, 1, 28, 28] in [-1, 1]
+--   local result = train.run{model = net, dataset = ds, steps = 2000, batch_size = 64, out = "runs/mnist",
+--                            checkpoint_every = 500, sample_every = 500}
+--   train.run{model = net, dataset = ds, steps = 4000, out = "runs/mnist", resume = "runs/mnist/checkpoint.safetensors"}
+--
+-- A resumed run is the same run: steps N+1..2N after resuming from step N give the losses and
+-- parameters of an uninterrupted 2N-step run. That holds because every source of state is saved
+-- (model, optimiser moments, EMA shadows, the engine RNG, the data position) and each step draws
+-- its randomness in one fixed order: timesteps, noise, then whatever the model draws (dropout);
+-- the batch order and flips depend only on (seed, epoch, batch) and draw nothing from the stream.
+-- Sampling grids save and restore the RNG, so they change nothing. See docs/training.md.
+
+local cn = require "cunet"
+local optim = require "cunet.optim"
+local diffusion = require "cunet.diffusion"
+local data = require "cunet.data"
+local image = require "cunet.image"
+local progress = require "cunet.progress"
+local checkpoint = require "cunet.checkpoint"
+
+local M = {}
+
+-- The training draws start this far into the seed's Philox stream, so they never reuse the
+-- numbers of a model initialised after cn.seed(seed); sample grids use a second offset.
+M.TRAIN_COUNTER = 1 << 40
+M.SAMPLE_COUNTER = 1 << 41
+
+--- Every option and its default (nil: required or off).
+M.defaults = {
+  model = false,              -- the network: eps (or x0, v) = model(x_t, t), t a tensor [N] in 1..T
+  config = false,             -- the model config stored in checkpoints (default model.config)
+  model_module = "cunet.models.unet", -- the module whose from_config(config) rebuilds the model
+  dataset = false,            -- {images = [N, C, H, W] in [-1, 1]} or that tensor
+  schedule = "linear",        -- a diffusion.schedule name (or a schedule object with schedule_name)
+  schedule_name = false,      -- the name stored for a schedule object
+  T = 1000,                   -- diffusion steps
+  prediction = "eps",         -- "eps" | "x0" | "v"
+  optimizer = "adam",         -- "adam" | "adamw"
+  lr = 2e-4,
+  betas = {0.9, 0.999},
+  eps = 1e-8,
+  weight_decay = 0,
+  warmup = 0,                 -- linear learning-rate warmup steps
+  lr_schedule = "constant",   -- "constant" | "cosine" (after warmup, down to min_lr at `steps`)
+  min_lr = 0,
+  clip = 1.0,                 -- max gradient norm (0 or false: no clipping)
+  ema = 0.9999,               -- EMA decay (0 or false: no EMA)
+  ema_warmup = true,          -- decay_n = min(decay, (1 + n) / (10 + n))
+  batch_size = 64,
+  steps = 1000,               -- the total number of steps (a resumed run continues up to it)
+  seed = 0,                   -- data order and training draws
+  flip = false,               -- random horizontal flips
+  out = false,                -- output directory (nil: write nothing)
+  checkpoint_every = 0,       -- also checkpoint every N steps (the last step always is)
+  keep_checkpoints = false,   -- also write checkpoint_step<N>.safetensors at each checkpoint
+  sample_every = 0,           -- write samples_step<N>.png every N steps (EMA model, DDIM)
+  sample_n = 16,
+  sample_steps = 50,          -- DDIM steps for the grids
+  log_every = 100,            -- plain log lines (when not on a terminal) every N steps
+  progress = "auto",          -- "auto" (a bar on a terminal, lines elsewhere) | "bar" | "lines" | "none"
+  stream = false,             -- where the bar and lines go (default io.stderr / io.stdout)
+  resume = false,             -- a checkpoint to continue from
+  loss_tail = 1000,           -- losses kept in the checkpoint
+  on_step = false,            -- fn(step, info) after each step (info: loss, lr, grad_norm, seconds, state)
+}
+
+local function fail(fmt, ...) error("train: " .. string.format(fmt, ...), 0) end
+
+local function with_defaults(opts)
+  if type(opts) ~= "table" then fail("expected an options table, got %s", type(opts)) end
+  local o = {}
+  for k, v in pairs(opts) do
+    if M.defaults[k] == nil then
+      local known = {}
+      for name in pairs(M.defaults) do known[#known + 1] = name end
+      table.sort(known)
+      fail("unknown option '%s' (known: %s)", tostring(k), table.concat(known, ", "))
+    end
+    o[k] = v
+  end
+  for k, v in pairs(M.defaults) do
+    if o[k] == nil and v ~= false then o[k] = v end
+  end
+  return o
+end
+
+local function finite_or_name(v)
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "+inf" elseif v == -math.huge then return "-inf" end
+  return nil
+end
+
+local function is_int(v, min) return math.type(v) == "integer" and v >= (min or 0) end
+
+local function check(o)
+  if type(o.model) ~= "table" or type(o.model.parameters) ~= "function" then fail("opts.model must be a module") end
+  if not (is_int(o.steps, 1)) then fail("steps must be an integer >= 1, got %s", tostring(o.steps)) end
+  if not (is_int(o.batch_size, 1)) then fail("batch_size must be an integer >= 1, got %s", tostring(o.batch_size)) end
+  for _, k in ipairs{"warmup", "checkpoint_every", "sample_every", "log_every", "loss_tail"} do
+    if not is_int(o[k], 0) then fail("%s must be an integer >= 0, got %s", k, tostring(o[k])) end
+  end
+  if not is_int(o.seed, 0) then fail("seed must be an integer >= 0, got %s", tostring(o.seed)) end
+  if o.optimizer ~= "adam" and o.optimizer ~= "adamw" then fail("optimizer must be 'adam' or 'adamw', got %s", tostring(o.optimizer)) end
+  if o.lr_schedule ~= "constant" and o.lr_schedule ~= "cosine" then fail("lr_schedule must be 'constant' or 'cosine', got %s", tostring(o.lr_schedule)) end
+  if o.prediction ~= "eps" and o.prediction ~= "x0" and o.prediction ~= "v" then fail("prediction must be 'eps', 'x0' or 'v', got %s", tostring(o.prediction)) end
+  local modes = {auto = true, bar = true, lines = true, none = true}
+  if not modes[o.progress] then fail("progress must be auto, bar, lines or none, got %s", tostring(o.progress)) end
+  if o.clip and (type(o.clip) ~= "number" or o.clip < 0) then fail("clip must be a number >= 0 or false") end
+  if o.ema and (type(o.ema) ~= "number" or o.ema < 0 or o.ema > 1) then fail("ema must be a decay in [0, 1] or false") end
+end
+
+-- ---- data -----------------------------------------------------------------------------------------
+
+--- Images in [0, 1] ([N, C, H, W]) → resized to size × size (area averaging down, bilinear up) and
+-- mapped to [-1, 1]; done in chunks. Returns a new tensor.
+function M.prepare_images(images, size)
+  local n, c, h, w = table.unpack(images:shape())
+  size = size or h
+  local out = cn.empty{n, c, size, size}
+  cn.no_grad(function()
+    for first = 1, n, 4096 do
+      local len = math.min(4096, n - first + 1)
+      local x = images:narrow(1, first, len)
+      if size < h or size < w then x = cn.adaptive_avg_pool2d(x, {size, size}) end
+      if x:size(3) ~= size or x:size(4) ~= size then x = cn.upsample(x, {size = {size, size}, mode = "bilinear"}) end
+      out:narrow(1, first, len):copy_(x * 2 - 1)
+    end
+  end)
+  return out
+end
+
+--- A dataset for diffusion training by name: "mnist", "fashion-mnist" or "folder:PATH" (data.load),
+-- opts: split ("train"), size (resize to size², default the dataset's own), limit (the first N
+-- images only). Returns {images = [N, C, size, size] in [-1, 1], name =}.
+function M.dataset(name, opts)
+  opts = opts or {}
+  local load_opts = {split = opts.split or "train"}
+  if type(name) == "string" and name:match("^folder:") then
+    load_opts.size, load_opts.limit = opts.size or 64, opts.limit and opts.limit > 0 and opts.limit or nil
+  end
+  local ds
+  if data.load then
+    ds = data.load(name, load_opts)
+  elseif name == "fashion-mnist" then
+    ds = data.fashion_mnist(load_opts.split)
+  else
+    fail("dataset '%s' needs data.load, which this build lacks (fashion-mnist works)", tostring(name))
+  end
+  local images = ds.images
+  if opts.limit and opts.limit > 0 and opts.limit < images:size(1) then images = images:narrow(1, 1, opts.limit) end
+  return {images = M.prepare_images(images, opts.size), name = name}
+end
+
+-- The batch stream: epoch e's order is DataLoader:order(e) (a function of (seed, e) only);
+-- `position` examples of the current epoch are used; a batch that would not fit starts the next
+-- epoch (drop_last), so every batch has batch_size examples. Flips (data.random_hflip) depend on
+-- (seed, epoch, batch index) only.
+local function batch_stream(images, batch_size, seed, epoch, position, flip)
+  local n = images:size(1)
+  if n < batch_size then fail("the dataset holds %d images, fewer than the batch size %d", n, batch_size) end
+  local loader = data.DataLoader({images = images}, {batch_size = batch_size, shuffle = true, seed = seed})
+  local flipper = flip and data.random_hflip{seed = seed} or nil
+  local s = {epoch = epoch, position = position}
+  local order
+  function s.next()
+    if s.position + batch_size > n then s.epoch, s.position, order = s.epoch + 1, 0, nil end
+    order = order or loader:order(s.epoch)
+    local idx = order:narrow(1, s.position + 1, batch_size)
+    s.position = s.position + batch_size
+    local x = images:index_select(1, idx)
+    if flipper then x = flipper(x, {epoch = s.epoch, index = (s.position + batch_size - 1) // batch_size}) end
+    return x
+  end
+  return s
+end
+
+-- ---- files ----------------------------------------------------------------------------------------
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function mkdir(path)
+  if exists(path .. "/.") then return end
+  local ok = os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
+  if not ok then fail("cannot create the output directory '%s'", path) end
+end
+
+-- Opens out/loss.csv for appending; on resume keeps the rows of steps <= start_step only.
+local function open_csv(path, start_step)
+  local kept = {"step,loss,lr,seconds"}
+  if start_step > 0 and exists(path) then
+    local f = assert(io.open(path, "r"))
+    for line in f:lines() do
+      local step = math.tointeger(tonumber(line:match("^(%d+),")))
+      if step and step <= start_step then kept[#kept + 1] = line end
+    end
+    f:close()
+  end
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if not f then fail("cannot write '%s': %s", tmp, err) end
+  f:write(table.concat(kept, "\n"), "\n")
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then fail("cannot write '%s': %s", path, rerr) end
+  return assert(io.open(path, "a"))
+end
+
+local function format_duration(s)
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%d:%02d:%02d", s // 3600, s % 3600 // 60, s % 60) end
+  return string.format("%d:%02d", s // 60, s % 60)
+end
+
+-- ---- sampling --------------------------------------------------------------------------------------
+
+--- Samples images [shape] from model under sched, in eval mode with grad off. opts: sampler
+-- ("ddim" | "ddpm"), steps (ddim: 50; ddpm: T — fewer steps run DDPM on the respaced schedule of
+-- Nichol & Dhariwal 2021: the DDIM timesteps with betas recomputed from alpha_bar), eta (DDIM),
+-- prediction, clip_x0 (true), seed (draw from this seed; the global RNG is left as it was).
+function M.generate(model, sched, shape, opts)
+  opts = opts or {}
+  local sampler = opts.sampler or "ddim"
+  local sopts = {prediction = opts.prediction, clip_x0 = opts.clip_x0 ~= false, seed = opts.seed, eta = opts.eta}
+  local was_training = model.training
+  model:eval()
+  local ok, x = pcall(function()
+    if sampler == "ddim" then
+      sopts.steps = math.min(opts.steps or 50, sched.T)
+      return (diffusion.sample_ddim(sched, model, shape, sopts))
+    elseif sampler ~= "ddpm" then
+      error("generate: sampler must be 'ddim' or 'ddpm', got " .. tostring(sampler), 0)
+    end
+    sopts.eta = nil
+    local steps = math.min(opts.steps or sched.T, sched.T)
+    if steps == sched.T then return (diffusion.sample_ddpm(sched, model, shape, sopts)) end
+    local ts = diffusion.ddim_timesteps(sched, steps)
+    table.sort(ts)
+    local betas, prev = {}, 1
+    for i, t in ipairs(ts) do
+      betas[i] = 1 - sched.alpha_bar[t] / prev
+      prev = sched.alpha_bar[t]
+    end
+    local respaced = diffusion.schedule(betas)
+    local original_t = cn.tensor(ts)
+    return (diffusion.sample_ddpm(respaced, function(x_t, t) return model(x_t, original_t:index_select(1, t)) end, shape, sopts))
+  end)
+  model:train(was_training)
+  if not ok then error(x, 0) end
+  return x
+end
+
+--- The training grids: M.generate with DDIM from the EMA weights (when given) and a fixed seed,
+-- without disturbing the training (RNG, weights and mode are restored).
+function M.sample(model, sched, shape, opts)
+  opts = opts or {}
+  local saved = cn.rng_state()
+  cn.set_rng_state{seed = opts.seed or 0, counter = M.SAMPLE_COUNTER}
+  if opts.ema then opts.ema:swap(model) end
+  local ok, x = pcall(M.generate, model, sched, shape, {sampler = "ddim", steps = opts.steps, prediction = opts.prediction})
+  if opts.ema then opts.ema:swap(model) end
+  cn.set_rng_state(saved)
+  if not ok then error(x, 0) end
+  return x
+end
+
+-- ---- the loop --------------------------------------------------------------------------------------
+
+local function make_schedule(o)
+  if type(o.schedule) == "string" then
+    return diffusion.schedule(o.schedule, {T = o.T}), o.schedule, o.T
+  end
+  if type(o.schedule) == "table" and o.schedule.T then
+    return o.schedule, o.schedule_name or "custom", o.schedule.T
+  end
+  fail("schedule must be a name or a diffusion.schedule, got %s", type(o.schedule))
+end
+
+local function make_lr_schedule(o)
+  if o.lr_schedule == "cosine" then
+    return optim.schedule.cosine(o.lr, math.max(o.steps, o.warmup + 1), {warmup = o.warmup, min_lr = o.min_lr})
+  end
+  return optim.schedule.linear_warmup(o.lr, o.warmup)
+end
+
+-- The options stored in checkpoints, for the record.
+local function recorded(o, schedule_name)
+  local r = {schedule = schedule_name}
+  for _, k in ipairs{"T", "prediction", "optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "lr_schedule",
+                     "min_lr", "clip", "ema", "ema_warmup", "batch_size", "steps", "seed", "flip"} do
+    r[k] = o[k]
+  end
+  return r
+end
+
+--- Trains; see M.defaults for the options. Returns {step, start_step, losses (step -> loss for
+-- the steps run here), loss (the last), seconds, checkpoint (the last path written), model, ema,
+-- optimizer, schedule}. A NaN or infinite loss or gradient norm raises before the optimiser step
+-- and writes nothing more (the last checkpoint stays as it was).
+function M.run(opts)
+  local o = with_defaults(opts)
+  check(o)
+  local model = o.model
+  local images = cn.is_tensor(o.dataset) and o.dataset or (type(o.dataset) == "table" and o.dataset.images)
+  if not cn.is_tensor(images) or images:dim() ~= 4 then fail("dataset must be {images = [N, C, H, W]} or such a tensor") end
+  local sched, schedule_name, T = make_schedule(o)
+  local config = o.config or model.config or {}
+
+  local params = {}
+  for _, p in ipairs(model:parameters()) do
+    if p:requires_grad() then params[#params + 1] = p end
+  end
+  local opt_args = {lr = o.lr, betas = o.betas, eps = o.eps, weight_decay = o.weight_decay}
+  local opt = o.optimizer == "adamw" and optim.AdamW(params, opt_args) or optim.Adam(params, opt_args)
+  local ema = o.ema and o.ema > 0 and optim.EMA(model, {decay = o.ema, warmup = o.ema_warmup}) or nil
+  local lr_at = make_lr_schedule(o)
+
+  -- start or resume
+  local start_step, epoch, position, seed, seconds0, history = 0, 1, 0, o.seed, 0, {}
+  local last_checkpoint
+  if o.resume then
+    local ck = checkpoint.load(o.resume, {model = model, config = config, ema = ema, optimizer = opt})
+    if ck.schedule and ck.schedule ~= schedule_name then fail("cannot resume '%s': it was trained with the %s schedule, not %s", o.resume, ck.schedule, schedule_name) end
+    if ck.T and ck.T ~= T then fail("cannot resume '%s': it was trained with T = %d, not %d", o.resume, ck.T, T) end
+    if ck.prediction and ck.prediction ~= o.prediction then fail("cannot resume '%s': it predicts %s, not %s", o.resume, ck.prediction, o.prediction) end
+    if ema and not ck.ema then fail("cannot resume '%s': it holds no EMA weights (run with ema = false)", o.resume) end
+    cn.set_rng_state(ck.rng)
+    start_step, seconds0, history = ck.step, ck.seconds, ck.losses
+    epoch, position, seed = ck.data.epoch or 1, ck.data.position or 0, ck.data.seed or o.seed
+    last_checkpoint = o.resume
+  else
+    cn.set_rng_state{seed = o.seed, counter = M.TRAIN_COUNTER}
+  end
+  local stream = batch_stream(images, o.batch_size, seed, epoch, position, o.flip)
+  local sample_shape = {o.sample_n, images:size(2), images:size(3), images:size(4)}
+
+  local out = o.out
+  local csv
+  if out then
+    mkdir(out)
+    csv = open_csv(out .. "/loss.csv", start_step)
+  end
+
+  local mode = o.progress
+  if mode == "auto" then mode = cn.isatty(o.stream or io.stderr) and "bar" or "lines" end
+  local bar = mode == "bar" and progress.new(o.steps - start_step, {label = "train", unit = "step", stream = o.stream or io.stderr, tty = true}) or nil
+  local log_stream = o.stream or io.stdout
+  local function say(text)
+    if mode == "none" then return end
+    if bar then (o.stream or io.stderr):write("\r\27[K") end
+    log_stream:write(text, "\n")
+    log_stream:flush()
+  end
+
+  local step, last_loss = start_step, nil
+  local losses = {}
+  local t0 = cn.time()
+  local window_loss, window_n, window_t = 0, 0, t0
+
+  local function elapsed() return seconds0 + cn.time() - t0 end
+
+  local function save_checkpoint()
+    local tail = {}
+    for i = math.max(1, #history - o.loss_tail + 1), #history do tail[#tail + 1] = history[i] end
+    local state = {
+      model = model, config = config, model_module = o.model_module, ema = ema, optimizer = opt, step = step,
+      rng = cn.rng_state(), schedule = schedule_name, T = T, prediction = o.prediction, losses = tail,
+      data = {seed = seed, epoch = stream.epoch, position = stream.position}, seconds = elapsed(),
+      image_shape = {images:size(2), images:size(3), images:size(4)},
+      train = recorded(o, schedule_name),
+    }
+    if csv then csv:flush() end
+    local path = out .. "/checkpoint.safetensors"
+    checkpoint.save(path, state)
+    last_checkpoint = path
+    if o.keep_checkpoints then
+      checkpoint.save(string.format("%s/checkpoint_step%d.safetensors", out, step), state)
+    end
+    say(string.format("step %d: checkpoint %s", step, path))
+  end
+
+  local function one_step()
+    step = step + 1
+    local lr = optim.schedule.apply(opt, lr_at, step)
+    model:train()
+    local x0 = stream.next()
+    local loss = diffusion.loss(sched, model, x0, {prediction = o.prediction})
+    local value = loss:item()
+    if finite_or_name(value) then
+      fail("the loss is %s at step %d; stopped before the optimizer step%s", finite_or_name(value), step,
+        last_checkpoint and string.format(" (the last checkpoint, '%s', is untouched)", last_checkpoint) or "")
+    end
+    opt:zero_grad()
+    loss:backward()
+    local grad_norm = o.clip and o.clip > 0 and optim.clip_grad_norm(params, o.clip) or optim.grad_norm(params)
+    if finite_or_name(grad_norm) then
+      fail("the gradient norm is %s at step %d (loss %.6g); stopped before the optimizer step%s", finite_or_name(grad_norm),
+        step, value, last_checkpoint and string.format(" (the last checkpoint, '%s', is untouched)", last_checkpoint) or "")
+    end
+    opt:step()
+    opt:zero_grad()
+    if ema then ema:update() end
+    loss, x0 = nil, nil
+
+    losses[step], last_loss = value, value
+    history[#history + 1] = value
+    if #history > 2 * o.loss_tail then history = table.move(history, #history - o.loss_tail + 1, #history, 1, {}) end
+    local now = elapsed()
+    if csv then csv:write(string.format("%d,%.9g,%.9g,%.3f\n", step, value, lr, now)) end
+    window_loss, window_n = window_loss + value, window_n + 1
+
+    local clock = cn.time()
+    local rate = (step - start_step) * o.batch_size / math.max(clock - t0, 1e-9)
+    if bar then
+      bar:update(step - start_step, {loss = value, ["img/s"] = rate})
+    elseif mode == "lines" and o.log_every > 0 and (step % o.log_every == 0 or step == o.steps) then
+      local eta = (o.steps - step) * (clock - t0) / (step - start_step)
+      say(string.format("step %d/%d  loss %.4f  lr %.3g  %.1f img/s  %s < %s", step, o.steps, window_loss / window_n,
+        lr, window_n * o.batch_size / math.max(clock - window_t, 1e-9), format_duration(now), format_duration(eta)))
+      window_loss, window_n, window_t = 0, 0, clock
+    end
+
+    if out and (step == o.steps or (o.checkpoint_every > 0 and step % o.checkpoint_every == 0)) then save_checkpoint() end
+    if out and o.sample_every > 0 and (step % o.sample_every == 0 or step == o.steps) then
+      local x = M.sample(model, sched, sample_shape, {ema = ema, steps = o.sample_steps, prediction = o.prediction, seed = seed})
+      local path = string.format("%s/samples_step%d.png", out, step)
+      image.save_grid(x, path, {range = {-1, 1}, nrow = math.ceil(math.sqrt(o.sample_n))})
+      say(string.format("step %d: samples %s", step, path))
+    end
+    if o.on_step then
+      o.on_step(step, {loss = value, lr = lr, grad_norm = grad_norm, seconds = now, epoch = stream.epoch, position = stream.position})
+    end
+  end
+
+  if start_step >= o.steps then
+    say(string.format("the checkpoint is at step %d already (steps = %d): nothing to do", start_step, o.steps))
+  else
+    say(string.format("training%s: steps %d..%d, batch %d, %d parameters%s", o.resume and " (resumed)" or "",
+      start_step + 1, o.steps, o.batch_size, model:num_parameters(), out and (", writing to " .. out) or ""))
+  end
+  local ok, err = pcall(function()
+    while step < o.steps do
+      one_step()
+      if (step - start_step) % 8 == 0 then collectgarbage("step", 0) end
+    end
+  end)
+  if csv then csv:close() end
+  if bar then bar:finish() end
+  if not ok then error(err, 0) end
+
+  return {
+    step = step, start_step = start_step, losses = losses, loss = last_loss, seconds = elapsed(),
+    checkpoint = last_checkpoint, model = model, ema = ema, optimizer = opt, schedule = sched,
+  }
+end
+
+return M
