@@ -1,0 +1,42 @@
+-- test_classifier.lua — the fast variant of recipes/train_classifier.lua: a short run on a
+-- Fashion-MNIST subset must learn (well above the 10% of chance) and write a loadable checkpoint.
+local lu = require "luaunit"
+local cn = require "cunet"
+
+local EXE = os.getenv("CUNET_EXE") or "./cunet"
+
+TestClassifierRecipe = {}
+
+function TestClassifierRecipe:testShortRunLearnsAndSaves()
+  local f = io.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", "rb")
+  if not f then lu.skip("dataset-fashion-mnist is not installed (make deps)") end
+  f:close()
+  local out = os.tmpname()
+  local cmd = string.format("%s recipes/train_classifier.lua --limit 2000 --test-limit 1000 --epochs 2 --seed 3 --out %s 2>&1",
+    EXE, out)
+  local p = io.popen(cmd)
+  local text = p:read("a")
+  local ok = p:close()
+  lu.assertTrue(ok, text)
+  local acc = tonumber(text:match("test accuracy ([%d.]+)%%"))
+  lu.assertNotNil(acc, text)
+  lu.assertTrue(acc > 65, string.format("a 2-epoch run on 2,000 images reached only %.2f%% (chance is 10%%)", acc))
+  local tensors, meta = cn.load(out)
+  os.remove(out)
+  lu.assertEquals(meta.dataset, "fashion-mnist")
+  lu.assertEquals(tensors["conv1.weight"]:shape(), {32, 1, 3, 3})
+  local clf = require "cunet.models.classifier"
+  local model = clf.Classifier()
+  model:load_state_dict(tensors)
+  local x = cn.zeros{2, 1, 28, 28}
+  model:eval()
+  lu.assertEquals(cn.no_grad(function() return model:features(x) end):shape(), {2, 128})
+end
+
+function TestClassifierRecipe:testHelp()
+  local p = io.popen(EXE .. " recipes/train_classifier.lua --help 2>&1")
+  local text = p:read("a")
+  lu.assertTrue(p:close())
+  lu.assertStrContains(text, "--epochs")
+  lu.assertStrContains(text, "fashion-mnist")
+end
