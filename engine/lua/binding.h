@@ -60,6 +60,7 @@ void cnl_open_io(lua_State *L);       /* l_io.c: safetensors, IDX */
 void cnl_open_image(lua_State *L);    /* l_image.c: PNG */
 void cnl_open_ode(lua_State *L);      /* l_ode.c: ODE solvers */
 void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
+void cnl_open_metrics(lua_State *L);     /* l_metrics.c: SSIM, PSNR, FID, KID */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

@@ -163,6 +163,7 @@ int luaopen_cunet_core(lua_State *L) {
     cnl_open_image(L);
     cnl_open_ode(L);
     cnl_open_sys(L);
+    cnl_open_metrics(L);
     luaL_getmetatable(L, CNL_TENSOR_MT);
     lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
     lua_pushliteral(L, CUNET_VERSION);

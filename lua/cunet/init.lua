@@ -31,5 +31,6 @@ local ode = require "cunet.ode"
 cn.odeint, cn.ode = ode.odeint, ode
 cn.nn = require "cunet.nn" -- layers (docs/nn.md); needs only cunet.core, so no require cycle
 cn.optim = require "cunet.optim" -- replaces core.optim, the kernels it calls
+cn.metrics = require "cunet.metrics" -- replaces core.metrics, the kernels it calls
 
 return cn
