@@ -867,11 +867,20 @@ static cn_tensor *lincomb_forward(int n, cn_tensor *const *ts, const double *coe
         const float *p[LINCOMB_MAX];
         float c[LINCOMB_MAX];
         for (int i = 0; i < n; i++) p[i] = cn_data(dense[i]), c[i] = (float)coeffs[i];
+        /* terms outer, elements inner, over blocks that stay in L1: vectorises, and adds in the
+         * same order as one element at a time */
+        const size_t block = 1024, nblocks = (len + block - 1) / block;
 #pragma omp parallel for schedule(static) if (len > 32768)
-        for (size_t j = 0; j < len; j++) {
-            float acc = c[0] * p[0][j];
-            for (int i = 1; i < n; i++) acc += c[i] * p[i][j];
-            po[j] = acc;
+        for (size_t bi = 0; bi < nblocks; bi++) {
+            size_t j0 = bi * block, j1 = j0 + block < len ? j0 + block : len;
+            float *o = po + j0;
+            const float *p0 = p[0] + j0;
+            for (size_t j = 0; j < j1 - j0; j++) o[j] = c[0] * p0[j];
+            for (int i = 1; i < n; i++) {
+                const float *pi = p[i] + j0;
+                const float ci = c[i];
+                for (size_t j = 0; j < j1 - j0; j++) o[j] += ci * pi[j];
+            }
         }
     }
     for (int i = 0; i < n; i++) cn_release(dense[i]);

@@ -15,10 +15,23 @@ cn_tensor **cnl_newbox(lua_State *L) {
     return box;
 }
 
-/* Tells the collector about fresh storage: a 4-byte box may hold megabytes it cannot see. */
+/* Tells the collector about fresh storage: a 4-byte box may hold megabytes it cannot see.
+ * Each allocation adds to the incremental collector's debt, and once the storage allocated
+ * since the last full collection exceeds what is alive (and at least 64 MB), a full collection
+ * runs: garbage tensors then cost at most about as much memory as live ones, whatever the size
+ * of the Lua heap (the adjoint ODE method's flat memory depends on it). */
+static size_t allocated_since_full_gc;
+
 static void pace_gc(lua_State *L, const cn_tensor *t) {
     if (t->storage->refcount != 1) return; /* a view: no new memory */
-    size_t kb = cn_numel(t) * sizeof(float) / 1024;
+    size_t bytes = cn_numel(t) * sizeof(float), kb = bytes / 1024;
+    allocated_since_full_gc += bytes;
+    size_t live = cn_memory_live(), threshold = live > ((size_t)64 << 20) ? live : ((size_t)64 << 20);
+    if (allocated_since_full_gc > threshold) {
+        allocated_since_full_gc = 0;
+        lua_gc(L, LUA_GCCOLLECT);
+        return;
+    }
     if (kb) lua_gc(L, LUA_GCSTEP, (int)(kb > (size_t)1 << 30 ? (size_t)1 << 30 : kb));
 }
 

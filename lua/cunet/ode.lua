@@ -104,7 +104,17 @@ local function odeint_adjoint(f, z0, ts, opts)
         local wrt = {}
         for k = 1, n do wrt[k] = zr[k] end
         for _, p in ipairs(params) do wrt[#wrt + 1] = p end
-        local vjp = core.autograd_grad(dz, wrt, at, {allow_unused = true})
+        -- only outputs with a graph take part (in x'' = -g, v' depends on nothing)
+        local outs, gouts = {}, {}
+        for k = 1, n do
+          if dz[k]:requires_grad() then outs[#outs + 1], gouts[#gouts + 1] = dz[k], at[k] end
+        end
+        local vjp = {}
+        if #outs > 0 then
+          vjp = core.autograd_grad(outs, wrt, gouts, {allow_unused = true})
+        else
+          for j, w in ipairs(wrt) do vjp[j] = cn.zeros_like(w) end
+        end
         local out = {}
         for k = 1, n do out[k] = dz[k]:detach() end
         for k = 1, n do out[n + k] = -vjp[k] end
