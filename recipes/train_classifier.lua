@@ -18,6 +18,8 @@ local args = cli.parse(arg, {
     {"epochs", 3, "passes over the training set"},
     {"batch", 64, "batch size"},
     {"lr", 1e-3, "Adam learning rate"},
+    {"cosine", false, "decay the learning rate to 0 along a cosine"},
+    {"shift", 0, "augment with random translations of up to N pixels"},
     {"limit", 0, "train on the first N images only (0: all)"},
     {"test-limit", 0, "evaluate on the first N test images only (0: all)"},
     {"seed", 0, "random seed"},
@@ -37,7 +39,8 @@ local model = clf.Classifier({classes = train.num_classes or 10})
 print(model)
 print(string.format("%d parameters", model:num_parameters()))
 local t0 = cn.time()
-local loss = clf.train(model, train, {epochs = args.epochs, batch = args.batch, lr = args.lr, seed = args.seed})
+local loss = clf.train(model, train, {epochs = args.epochs, batch = args.batch, lr = args.lr, seed = args.seed,
+  cosine = args.cosine, shift = args.shift})
 local seconds = cn.time() - t0
 local acc = clf.accuracy(model, test)
 print(string.format("final training loss %.4f, %.1f s; test accuracy %.2f%% on %s", loss, seconds, 100 * acc, args.data))
@@ -45,7 +48,8 @@ if args.out then
   local sd = model:state_dict()
   cn.save(args.out, sd, {
     model = "classifier", dataset = args.data, test_accuracy = string.format("%.4f", acc),
-    epochs = tostring(args.epochs), seed = tostring(args.seed),
+    epochs = tostring(args.epochs), seed = tostring(args.seed), shift = tostring(args.shift),
+    cosine = tostring(args.cosine),
   })
   print("wrote " .. args.out)
 end

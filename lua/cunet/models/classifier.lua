@@ -58,19 +58,39 @@ function M.accuracy(model, ds, batch)
   return correct / n
 end
 
+--- Shifts each image by up to `max_shift` pixels in each direction (zero fill), a fresh offset
+-- per image: the usual translation augmentation for digits.
+function M.random_shift(images, max_shift)
+  local n, _, h, w = table.unpack(images:shape())
+  local padded = cn.pad(images, {max_shift, max_shift, max_shift, max_shift})
+  local offsets = cn.randint(0, 2 * max_shift + 1, {n, 2}):totable()
+  local out = {}
+  for i = 1, n do
+    out[i] = padded[i]:narrow(2, offsets[i][1] + 1, h):narrow(3, offsets[i][2] + 1, w)
+  end
+  return cn.stack(out)
+end
+
 --- Trains with Adam on cross-entropy. opts: epochs (2), batch (64), lr (1e-3), seed (0),
--- log (function(step, loss) or nil), progress (true). Returns the last epoch's mean loss.
+-- cosine (false: cosine decay of the rate to 0 over the run), shift (0: random translations
+-- of up to that many pixels), log (function(step, loss) or nil), progress (true).
+-- Returns the last epoch's mean loss.
 function M.train(model, ds, opts)
   opts = opts or {}
   local loader = data.DataLoader(ds, {batch_size = opts.batch or 64, shuffle = true, seed = opts.seed or 0})
-  local opt = cn.optim.Adam(model, {lr = opts.lr or 1e-3})
+  local lr = opts.lr or 1e-3
+  local opt = cn.optim.Adam(model, {lr = lr})
   model:train()
   local epochs, step, mean = opts.epochs or 2, 0, 0
+  local total = epochs * #loader
+  local schedule = opts.cosine and cn.optim.schedule.cosine(lr, total) or cn.optim.schedule.constant(lr)
   for epoch = 1, epochs do
     local bar = opts.progress ~= false and progress.new(#loader, {label = string.format("epoch %d/%d", epoch, epochs), unit = "batch"})
     local sum, count = 0, 0
     for batch in loader:epoch(epoch) do
-      local loss = cn.cross_entropy(model(batch.images), batch.labels)
+      cn.optim.schedule.apply(opt, schedule, step + 1)
+      local x = (opts.shift or 0) > 0 and M.random_shift(batch.images, opts.shift) or batch.images
+      local loss = cn.cross_entropy(model(x), batch.labels)
       opt:zero_grad()
       loss:backward()
       opt:step()
