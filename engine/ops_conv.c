@@ -16,18 +16,27 @@
  * conv2d takes X = x, Y = out and w [C_out, C_in/G, kH, kW] as is; conv_transpose2d takes
  * X = out, Y = x, and its w [C_in, C_out/G, kH, kW] is already [O, C/G, kH, kW] for that pairing.
  *
- * One driver, run_conv, does any subset of conv / weight / adjoint for a chunk of images at a
- * time, so each backward shares one im2col (or one gather of Y) between dw and dx. Images are
- * taken alone when P is large (one GEMM per image, no copies, Y read and written in place); when
- * P is small they are batched in chunks of about CHUNK_COLS columns — the columns of the chunk's
- * images side by side, Y gathered into / scattered out of a [O, nb·P] buffer — so the GEMMs stay
- * wide enough to run near peak. A 1×1, stride 1, unpadded kernel skips im2col: col(X) is X.
- * Buffers are allocated once per call and reused for every chunk. im2col, col2im, gather and
- * scatter run in OpenMP loops over planes; GEMMs (threaded by OpenBLAS) are called between
- * those loops, never inside one.
+ * One driver, run_conv, does any subset of conv / weight / adjoint image by image, sharing the
+ * im2col of an image between them (conv_transpose2d's backward: dx and dw from one col(g)). With
+ * stride 1 the adjoint runs as a conv by the flipped kernel instead (run_adjoint: a wide GEMM and
+ * no col2im scatter), so conv2d's dx and conv_transpose2d's forward use col2im only when strided.
+ * A conv alone batches small images (P < CHUNK_COLS) in chunks, their columns side by side and
+ * the result scattered out of a [O, nb·P] buffer, so its GEMM stays wide; every other job goes
+ * one image at a time (big images in tiles of output rows), reading and writing Y in place.
+ * A 1×1, stride 1, unpadded kernel skips im2col: col(X) is X. Buffers are allocated once per call
+ * and reused for every image. im2col, col2im, the scatter and the bias sums are loops over planes,
+ * OpenMP-parallel only when that is safe (loops_parallel); GEMMs, threaded by OpenBLAS, are never
+ * called inside them.
+ *
+ * Time goes to the GEMMs (about 80% single-threaded at 3×3, 28², 64 channels, packing included);
+ * im2col is the rest. Tried and dropped, measured on 2 cores: im2col tiles sized for L2 (no
+ * faster), chunking images in the backward (10-30% slower), 9 shifted GEMMs of depth C instead of
+ * im2col (slower with 2 threads).
  */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "alloc.h"
 #include "autograd.h"
@@ -36,13 +45,15 @@
 
 #define CHUNK_COLS 1024          /* images are chunked until a GEMM has about this many columns */
 #define CHUNK_MAX_FLOATS (1 << 24) /* cap on the im2col buffer of a chunk (64 MB) */
+#define TILE_FLOATS (1 << 20)    /* im2col tile of one image: 4 MB (bounds the buffer for big images) */
 #define PARALLEL_MIN 32768       /* element operations below which a loop stays serial */
 
 typedef struct conv_geom {
     int64_t N;
     int C, H, W;    /* image side */
     int O, Ho, Wo;  /* columns side */
-    int kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    int kh, kw, sh, sw, ph, pw, dh, dw, groups; /* padding may be negative (a crop) */
+    bool parallel;  /* OpenMP loops for im2col, col2im, scatter (see loops_parallel) */
 } conv_geom;
 
 /* What run_conv computes; NULL pointers switch parts off. */
@@ -77,35 +88,59 @@ static void valid_range(int64_t off, int stride, int size, int count, int *lo, i
 
 /* ---- im2col / col2im ---------------------------------------------------------------------- */
 
-/* One image plane [H, W] -> its kH·kW rows of col (row stride ld). */
-static void im2col_plane(const conv_geom *g, const float *img, float *col, size_t ld) {
-    int Wo = g->Wo;
+/* Output rows [oy0, oy1) of one image plane [H, W] -> its kH·kW rows of col (row stride ld, column
+ * (oy - oy0)·Wo + ox). Output rows are short (tens of floats) and per-row work dominated, so with
+ * stride 1 and W = Wo ("same" padding, the common case) each tap is one block copy of all its valid
+ * rows, shifted by the tap's offset, after which the columns that wrapped around a row end are
+ * zeroed; otherwise rows are copied one by one with plain loops the compiler vectorises. */
+static void im2col_plane(const conv_geom *g, const float *restrict img, float *restrict col,
+                         size_t ld, int oy0, int oy1) {
+    int Wo = g->Wo, W = g->W;
+    size_t n = (size_t)(oy1 - oy0) * Wo;
     for (int i = 0; i < g->kh; i++)
         for (int j = 0; j < g->kw; j++, col += ld) {
-            int64_t xoff = (int64_t)j * g->dw - g->pw;
-            int lo, hi;
-            valid_range(xoff, g->sw, g->W, Wo, &lo, &hi);
-            for (int oy = 0; oy < g->Ho; oy++) {
-                float *dst = col + (size_t)oy * Wo;
-                int64_t iy = (int64_t)oy * g->sh - g->ph + (int64_t)i * g->dh;
-                if (iy < 0 || iy >= g->H || lo == hi) {
-                    memset(dst, 0, (size_t)Wo * sizeof *dst);
-                    continue;
+            int64_t xoff = (int64_t)j * g->dw - g->pw, yoff = (int64_t)i * g->dh - g->ph;
+            int lo, hi, ylo, yhi;
+            valid_range(xoff, g->sw, W, Wo, &lo, &hi);
+            valid_range(yoff, g->sh, g->H, g->Ho, &ylo, &yhi);
+            ylo = ylo < oy0 ? oy0 : ylo > oy1 ? oy1 : ylo;
+            yhi = yhi > oy1 ? oy1 : yhi < ylo ? ylo : yhi;
+            if (lo == hi) ylo = yhi = oy0;
+            for (size_t k = 0; k < (size_t)(ylo - oy0) * Wo; k++) col[k] = 0.0f;
+            if (g->sw == 1 && g->sh == 1 && W == Wo) {
+                if (yhi > ylo) { /* valid elements: row ylo from column lo .. row yhi-1 to hi-1 */
+                    const float *src = img + (size_t)(ylo + yoff) * W + (xoff + lo);
+                    float *dst = col + (size_t)(ylo - oy0) * Wo + lo;
+                    size_t count = (size_t)(yhi - ylo - 1) * Wo + (size_t)(hi - lo);
+                    for (size_t k = 0; k < count; k++) dst[k] = src[k];
+                    for (int oy = ylo; oy < yhi; oy++) { /* wrapped columns */
+                        float *row = col + (size_t)(oy - oy0) * Wo;
+                        for (int ox = 0; ox < lo; ox++) row[ox] = 0.0f;
+                        for (int ox = hi; ox < Wo; ox++) row[ox] = 0.0f;
+                    }
                 }
-                const float *row = img + (size_t)iy * (size_t)g->W;
-                for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                if (g->sw == 1) {
-                    memcpy(dst + lo, row + (xoff + lo), (size_t)(hi - lo) * sizeof *dst);
-                } else {
-                    for (int ox = lo; ox < hi; ox++) dst[ox] = row[(int64_t)ox * g->sw + xoff];
+            } else {
+                for (int oy = ylo; oy < yhi; oy++) {
+                    float *dst = col + (size_t)(oy - oy0) * Wo;
+                    const float *row = img + (size_t)((int64_t)oy * g->sh + yoff) * W;
+                    for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
+                    if (g->sw == 1) {
+                        const float *src = row + (xoff + lo);
+                        for (int k = 0; k < hi - lo; k++) dst[lo + k] = src[k];
+                    } else {
+                        for (int ox = lo; ox < hi; ox++) dst[ox] = row[(int64_t)ox * g->sw + xoff];
+                    }
+                    for (int ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
                 }
-                for (int ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
             }
+            for (size_t k = (size_t)(yhi - oy0) * Wo; k < n; k++) col[k] = 0.0f;
         }
 }
 
-/* The adjoint: adds the kH·kW rows of col (row stride ld) into one image plane [H, W]. */
-static void col2im_plane(const conv_geom *g, const float *col, size_t ld, float *img) {
+/* The adjoint of im2col_plane: adds the kH·kW rows of col (row stride ld) for output rows
+ * [oy0, oy1) into one image plane [H, W]. */
+static void col2im_plane(const conv_geom *g, const float *restrict col, size_t ld,
+                         float *restrict img, int oy0, int oy1) {
     int Wo = g->Wo;
     for (int i = 0; i < g->kh; i++)
         for (int j = 0; j < g->kw; j++, col += ld) {
@@ -113,11 +148,11 @@ static void col2im_plane(const conv_geom *g, const float *col, size_t ld, float 
             int lo, hi;
             valid_range(xoff, g->sw, g->W, Wo, &lo, &hi);
             if (lo == hi) continue;
-            for (int oy = 0; oy < g->Ho; oy++) {
+            for (int oy = oy0; oy < oy1; oy++) {
                 int64_t iy = (int64_t)oy * g->sh - g->ph + (int64_t)i * g->dh;
                 if (iy < 0 || iy >= g->H) continue;
                 float *row = img + (size_t)iy * (size_t)g->W;
-                const float *src = col + (size_t)oy * Wo;
+                const float *src = col + (size_t)(oy - oy0) * Wo;
                 if (g->sw == 1) {
                     float *dst = row + (xoff + lo);
                     for (int k = 0; k < hi - lo; k++) dst[k] += src[lo + k];
@@ -128,60 +163,59 @@ static void col2im_plane(const conv_geom *g, const float *col, size_t ld, float 
         }
 }
 
-/* col [C·kH·kW, nb·P] (row stride ld) from the nb images at x; image b fills columns b·P.. */
-static void im2col_chunk(const conv_geom *g, const float *x, int nb, float *col, size_t ld) {
-    size_t kk = (size_t)g->kh * g->kw, P = plane_p(g), HW = (size_t)g->H * g->W;
+/* col [C·kH·kW, nb·T] (row stride ld) for output rows [oy0, oy1) of the nb images at x, T the
+ * tile's (oy1 - oy0)·Wo columns; image b fills columns b·T.. */
+static void im2col_chunk(const conv_geom *g, const float *x, int nb, int oy0, int oy1, float *col,
+                         size_t ld) {
+    size_t kk = (size_t)g->kh * g->kw, T = (size_t)(oy1 - oy0) * g->Wo, HW = (size_t)g->H * g->W;
     int planes = nb * g->C;
-    #pragma omp parallel for schedule(static) if ((double)planes * kk * P > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (g->parallel && (double)planes * kk * T > PARALLEL_MIN)
     for (int q = 0; q < planes; q++) {
         int b = q / g->C, c = q % g->C;
-        im2col_plane(g, x + (size_t)q * HW, col + (size_t)c * kk * ld + (size_t)b * P, ld);
+        im2col_plane(g, x + (size_t)q * HW, col + (size_t)c * kk * ld + (size_t)b * T, ld, oy0, oy1);
     }
 }
 
-/* The nb images at x = (bias, or 0) + col2im(col). */
-static void col2im_chunk(const conv_geom *g, const float *col, size_t ld, int nb, const float *bias,
-                         float *x) {
-    size_t kk = (size_t)g->kh * g->kw, P = plane_p(g), HW = (size_t)g->H * g->W;
-    int planes = nb * g->C;
-    #pragma omp parallel for schedule(static) if ((double)planes * (kk * P + HW) > PARALLEL_MIN)
-    for (int q = 0; q < planes; q++) {
-        int b = q / g->C, c = q % g->C;
-        float *img = x + (size_t)q * HW;
-        float init = bias ? bias[c] : 0.0f;
-        for (size_t k = 0; k < HW; k++) img[k] = init;
-        col2im_plane(g, col + (size_t)c * kk * ld + (size_t)b * P, ld, img);
+/* Adds col2im(col) of output rows [oy0, oy1) into the planes of one image x; with init, first sets
+ * them to the bias (or 0). */
+static void col2im_image(const conv_geom *g, const float *col, size_t ld, int oy0, int oy1,
+                         bool init, const float *bias, float *x) {
+    size_t kk = (size_t)g->kh * g->kw, T = (size_t)(oy1 - oy0) * g->Wo, HW = (size_t)g->H * g->W;
+    #pragma omp parallel for schedule(static) \
+        if (g->parallel && (double)g->C * (kk * T + HW) > PARALLEL_MIN)
+    for (int c = 0; c < g->C; c++) {
+        float *img = x + (size_t)c * HW;
+        if (init) {
+            float v = bias ? bias[c] : 0.0f;
+            for (size_t k = 0; k < HW; k++) img[k] = v;
+        }
+        col2im_plane(g, col + (size_t)c * kk * ld, ld, img, oy0, oy1);
     }
 }
 
-/* ---- columns side: gather / scatter / bias ------------------------------------------------- */
-
-/* buf[o, b·P + p] = y[b, o, p] for the nb images at y ([nb, O, P] -> [O, nb·P]). */
-static void gather_chunk(const float *y, int nb, int O, size_t P, float *buf) {
-    int rows = nb * O;
-    #pragma omp parallel for schedule(static) if ((double)rows * P > PARALLEL_MIN)
-    for (int r = 0; r < rows; r++) {
-        int b = r / O, o = r % O;
-        memcpy(buf + (size_t)o * nb * P + (size_t)b * P, y + (size_t)r * P, P * sizeof *buf);
-    }
-}
+/* ---- columns side: scatter, bias ----------------------------------------------------------- */
 
 /* y[b, o, p] = buf[o, b·P + p] + bias[o] (bias may be NULL). With nb == 1, buf may be y itself:
  * the bias is then added in place. */
-static void scatter_chunk(const float *buf, int nb, int O, size_t P, const float *bias, float *y) {
+static void scatter_chunk(const float *buf, int nb, int O, size_t P, const float *bias, float *y,
+                          bool par) {
     int rows = nb * O;
-    #pragma omp parallel for schedule(static) if ((double)rows * P > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (par && (double)rows * P > PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         int b = r / O, o = r % O;
         const float *src = buf + (size_t)o * nb * P + (size_t)b * P;
         float *dst = y + (size_t)r * P, bv = bias ? bias[o] : 0.0f;
-        for (size_t p = 0; p < P; p++) dst[p] = src[p] + bv;
+        if (src == dst) {
+            for (size_t p = 0; p < P; p++) dst[p] += bv;
+        } else {
+            for (size_t p = 0; p < P; p++) dst[p] = src[p] + bv;
+        }
     }
 }
 
 /* out[c] = sum over n, p of t[n, c, p] (t [N, Ch, P]), accumulated in double: the bias gradient. */
-static void sum_channels(const float *t, int64_t N, int Ch, size_t P, float *out) {
-    #pragma omp parallel for schedule(static) if ((double)N * Ch * P > PARALLEL_MIN)
+static void sum_channels(const float *t, int64_t N, int Ch, size_t P, float *out, bool par) {
+    #pragma omp parallel for schedule(static) if (par && (double)N * Ch * P > PARALLEL_MIN)
     for (int c = 0; c < Ch; c++) {
         double lane[8] = {0};
         for (int64_t n = 0; n < N; n++) {
@@ -198,8 +232,17 @@ static void sum_channels(const float *t, int64_t N, int Ch, size_t P, float *out
 
 /* ---- the driver ----------------------------------------------------------------------------- */
 
-/* Images per chunk: 1 when one image already gives a wide GEMM, else enough for CHUNK_COLS
- * columns, within the buffer cap. */
+/* OpenMP loops run between the GEMMs only when idle OpenMP workers sleep (OMP_WAIT_POLICY=passive).
+ * With the default policy they spin after each loop, and on few cores they and OpenBLAS's own
+ * pthreads starve each other: measured on 2 cores, 10-40x slower than the same loops serial.
+ * Serial, they cost 0-20% against passive OpenMP. */
+static bool loops_parallel(void) {
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    return policy && strcasecmp(policy, "passive") == 0;
+}
+
+/* Images per chunk of a conv-only job: 1 when one image already gives a wide GEMM, else enough
+ * for CHUNK_COLS columns, within the buffer cap. */
 static int chunk_images(const conv_geom *g) {
     size_t P = plane_p(g), rows = (size_t)g->C * g->kh * g->kw;
     if (P >= CHUNK_COLS || g->N <= 1) return 1;
@@ -209,20 +252,37 @@ static int chunk_images(const conv_geom *g) {
     return (int)nb;
 }
 
-static int run_conv(const conv_geom *g, const conv_job *job, const char *fname, cn_error *err) {
+/* Output rows per tile of one image: the tile's columns of col, C·kH·kW × rows·Wo floats, stay
+ * within TILE_FLOATS, in tiles of even size. This bounds the buffer for big images; cache-sized
+ * tiles (512 KB) measured no faster than whole images for 28² and 14² planes. */
+static int tile_rows(const conv_geom *g) {
+    size_t per_row = (size_t)g->C * g->kh * g->kw * (size_t)g->Wo;
+    int rows = per_row ? (int)(TILE_FLOATS / per_row) : g->Ho;
+    if (rows < 1) rows = 1;
+    if (rows >= g->Ho) return g->Ho > 0 ? g->Ho : 1;
+    int tiles = (g->Ho + rows - 1) / rows;
+    return (g->Ho + tiles - 1) / tiles;
+}
+
+/* A conv alone over small images runs in chunks of images (chunk_images); everything else goes
+ * image by image, each image in tiles of output rows (tile_rows), reading and writing Y in place. */
+static int run_conv(const conv_geom *geom, const conv_job *job, const char *fname, cn_error *err) {
+    conv_geom gl = *geom;
+    const conv_geom *g = &gl;
+    gl.parallel = loops_parallel();
     int G = g->groups, Og = g->O / G, Cg = g->C / G;
     int K = Cg * g->kh * g->kw;
-    size_t P = plane_p(g), HW = (size_t)g->H * g->W;
+    size_t P = plane_p(g), HW = (size_t)g->H * g->W, rows_all = (size_t)g->C * g->kh * g->kw;
     bool want_col = job->y_out || job->dw, want_y = job->x_out || job->dw;
-    bool pointwise = is_pointwise(g);
-    int nb_max = pointwise ? 1 : chunk_images(g);
-    bool direct = pointwise && nb_max == 1; /* col(X) and the adjoint's target are X itself */
+    bool direct = is_pointwise(g); /* col(X) and the adjoint's target are X itself */
+    int nb_max = direct || want_y ? 1 : chunk_images(g);
+    int tr = direct || nb_max > 1 ? g->Ho : tile_rows(g);
 
     if (job->dw) {
         size_t n = (size_t)g->O * K;
         if (n) memset(job->dw, 0, n * sizeof *job->dw);
     }
-    size_t col_n = direct ? 0 : (size_t)g->C * g->kh * g->kw * nb_max * P;
+    size_t col_n = direct ? 0 : rows_all * nb_max * (size_t)tr * g->Wo;
     size_t ybuf_n = nb_max > 1 ? (size_t)g->O * nb_max * P : 0;
     float *col_buf = col_n ? cn_alloc_floats(col_n) : NULL;
     float *ybuf = ybuf_n ? cn_alloc_floats(ybuf_n) : NULL;
@@ -235,58 +295,102 @@ static int run_conv(const conv_geom *g, const conv_job *job, const char *fname, 
 
     for (int64_t n0 = 0; n0 < g->N; n0 += nb_max) {
         int nb = (int)(g->N - n0 < nb_max ? g->N - n0 : nb_max);
-        int cols = nb * (int)P;
-        const float *col = NULL;
-        int ldc = cols;
-        if (want_col) { /* col(X) of this chunk */
-            if (direct) {
-                col = job->x_in + (size_t)n0 * g->C * HW;
-                ldc = (int)P;
-            } else {
-                im2col_chunk(g, job->x_in + (size_t)n0 * g->C * HW, nb, col_buf, (size_t)cols);
-                col = col_buf;
-            }
-        }
-        if (job->y_out) { /* Y_g = W_g @ col_g */
-            float *yo = nb == 1 ? job->y_out + (size_t)n0 * g->O * P : ybuf;
+        const float *xi = job->x_in ? job->x_in + (size_t)n0 * g->C * HW : NULL;
+        float *yo = job->y_out ? job->y_out + (size_t)n0 * g->O * P : NULL;
+        const float *yi = job->y_in ? job->y_in + (size_t)n0 * g->O * P : NULL;
+        float *xo = job->x_out ? job->x_out + (size_t)n0 * g->C * HW : NULL;
+        if (nb > 1) { /* conv only: [O, nb·P] = W_g @ col of the chunk, scattered out with the bias */
+            int cols = nb * (int)P;
+            im2col_chunk(g, xi, nb, 0, g->Ho, col_buf, (size_t)cols);
             for (int gi = 0; gi < G; gi++)
                 cn_gemm(false, false, Og, cols, K, 1.0f, job->w + (size_t)gi * Og * K, K,
-                        col + (size_t)gi * K * ldc, ldc, 0.0f, yo + (size_t)gi * Og * cols, cols);
-            if (nb > 1 || job->y_bias)
-                scatter_chunk(yo, nb, g->O, P, job->y_bias, job->y_out + (size_t)n0 * g->O * P);
+                        col_buf + (size_t)gi * K * cols, cols, 0.0f, ybuf + (size_t)gi * Og * cols,
+                        cols);
+            scatter_chunk(ybuf, nb, g->O, P, job->y_bias, yo, g->parallel);
+            continue;
         }
-        if (!want_y) continue;
-        const float *ym = job->y_in + (size_t)n0 * g->O * P; /* Y of the chunk as [O, cols] */
-        if (nb > 1) {
-            gather_chunk(ym, nb, g->O, P, ybuf);
-            ym = ybuf;
-        }
-        if (job->dw) /* dW_g += Y_g @ col_g^T */
-            for (int gi = 0; gi < G; gi++)
-                cn_gemm(false, true, Og, K, cols, 1.0f, ym + (size_t)gi * Og * cols, cols,
-                        col + (size_t)gi * K * ldc, ldc, 1.0f, job->dw + (size_t)gi * Og * K, K);
-        if (job->x_out) { /* X = col2im(W_g^T @ Y_g) */
-            float *xo = job->x_out + (size_t)n0 * g->C * HW;
-            if (direct) {
-                if (job->x_bias)
-                    for (int c = 0; c < g->C; c++)
-                        for (size_t k = 0; k < HW; k++) xo[(size_t)c * HW + k] = job->x_bias[c];
-                for (int gi = 0; gi < G; gi++)
-                    cn_gemm(true, false, Cg, cols, Og, 1.0f, job->w + (size_t)gi * Og * K, K,
-                            ym + (size_t)gi * Og * cols, cols, job->x_bias ? 1.0f : 0.0f,
-                            xo + (size_t)gi * Cg * HW, (int)HW);
-            } else {
-                for (int gi = 0; gi < G; gi++)
-                    cn_gemm(true, false, K, cols, Og, 1.0f, job->w + (size_t)gi * Og * K, K,
-                            ym + (size_t)gi * Og * cols, cols, 0.0f, col_buf + (size_t)gi * K * cols,
-                            cols);
-                col2im_chunk(g, col_buf, (size_t)cols, nb, job->x_bias, xo);
+        if (direct) { /* col(X) = X: the jobs are plain GEMMs on the image */
+            for (int gi = 0; gi < G; gi++) {
+                const float *wg = job->w + (size_t)gi * Og * K;
+                if (yo)
+                    cn_gemm(false, false, Og, (int)P, Cg, 1.0f, wg, K, xi + (size_t)gi * Cg * P,
+                            (int)P, 0.0f, yo + (size_t)gi * Og * P, (int)P);
+                if (job->dw)
+                    cn_gemm(false, true, Og, Cg, (int)P, 1.0f, yi + (size_t)gi * Og * P, (int)P,
+                            xi + (size_t)gi * Cg * P, (int)P, 1.0f, job->dw + (size_t)gi * Og * K, K);
+                if (xo) {
+                    if (job->x_bias)
+                        for (int c = gi * Cg; c < (gi + 1) * Cg; c++)
+                            for (size_t k = 0; k < HW; k++) xo[(size_t)c * HW + k] = job->x_bias[c];
+                    cn_gemm(true, false, Cg, (int)P, Og, 1.0f, wg, K, yi + (size_t)gi * Og * P,
+                            (int)P, job->x_bias ? 1.0f : 0.0f, xo + (size_t)gi * Cg * P, (int)P);
+                }
+            }
+        } else {
+            for (int oy0 = 0; oy0 < g->Ho; oy0 += tr) { /* one tile of output rows */
+                int oy1 = oy0 + tr < g->Ho ? oy0 + tr : g->Ho, cols = (oy1 - oy0) * g->Wo;
+                size_t at = (size_t)oy0 * g->Wo; /* the tile's first column in Y */
+                if (want_col) im2col_chunk(g, xi, 1, oy0, oy1, col_buf, (size_t)cols);
+                for (int gi = 0; gi < G; gi++) {
+                    const float *wg = job->w + (size_t)gi * Og * K, *cg = col_buf + (size_t)gi * K * cols;
+                    if (yo) /* Y_g = W_g @ col_g */
+                        cn_gemm(false, false, Og, cols, K, 1.0f, wg, K, cg, cols, 0.0f,
+                                yo + (size_t)gi * Og * P + at, (int)P);
+                    if (job->dw) /* dW_g += Y_g @ col_g^T */
+                        cn_gemm(false, true, Og, K, cols, 1.0f, yi + (size_t)gi * Og * P + at, (int)P,
+                                cg, cols, 1.0f, job->dw + (size_t)gi * Og * K, K);
+                }
+                if (xo) { /* X += col2im(W_g^T @ Y_g), col_buf reused once the tile's col is done */
+                    for (int gi = 0; gi < G; gi++)
+                        cn_gemm(true, false, K, cols, Og, 1.0f, job->w + (size_t)gi * Og * K, K,
+                                yi + (size_t)gi * Og * P + at, (int)P, 0.0f,
+                                col_buf + (size_t)gi * K * cols, cols);
+                    col2im_image(g, col_buf, (size_t)cols, oy0, oy1, oy0 == 0, job->x_bias, xo);
+                }
             }
         }
+        if (yo && job->y_bias) scatter_chunk(yo, 1, g->O, P, job->y_bias, yo, g->parallel);
     }
     cn_free_floats(col_buf, col_n);
     cn_free_floats(ybuf, ybuf_n);
     return 0;
+}
+
+/* X = bias + adjoint(Y). With stride 1 the adjoint is itself a convolution, of Y by the kernel
+ * flipped in space with its channel axes swapped, padding dH (kH - 1) - pH (negative: a crop):
+ *   X[c, y, x] = sum_{o, i, j} w[o, c, i, j] Y[o, y + pH - i dH, x + pW - j dW]
+ *              = sum_{o, i', j'} w'[c, o, i', j'] Y[o, y - p'H + i' dH, x - p'W + j' dW]
+ * with w'[c, o, i', j'] = w[o, c, kH-1-i', kW-1-j'] (per group). That runs as conv GEMMs with
+ * K = O/G·kH·kW, much wider than the adjoint's K = O/G, and needs no col2im scatter. */
+static int run_adjoint(const conv_geom *g, const float *y, const float *w, const float *bias,
+                       float *x, const char *fname, cn_error *err) {
+    if (g->sh != 1 || g->sw != 1 || is_pointwise(g)) {
+        conv_job job = {.y_in = y, .x_out = x, .x_bias = bias, .w = w};
+        return run_conv(g, &job, fname, err);
+    }
+    int G = g->groups, Og = g->O / G, Cg = g->C / G, kh = g->kh, kw = g->kw;
+    size_t wn = (size_t)g->O * Cg * kh * kw;
+    float *wf = cn_alloc_floats(wn ? wn : 1);
+    if (!wf) {
+        cn_error_set(err, "%s: out of memory for a flipped %zu-float weight", fname, wn);
+        return -1;
+    }
+    for (int gi = 0; gi < G; gi++)
+        for (int o = 0; o < Og; o++)
+            for (int c = 0; c < Cg; c++)
+                for (int i = 0; i < kh; i++)
+                    for (int j = 0; j < kw; j++)
+                        wf[((((size_t)gi * Cg + c) * Og + o) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
+                            w[((((size_t)gi * Og + o) * Cg + c) * kh + i) * kw + j];
+    conv_geom f = *g; /* the sides swap: Y is now the image, X the columns */
+    f.C = g->O, f.H = g->Ho, f.W = g->Wo;
+    f.O = g->C, f.Ho = g->H, f.Wo = g->W;
+    f.ph = g->dh * (kh - 1) - g->ph;
+    f.pw = g->dw * (kw - 1) - g->pw;
+    conv_job job = {.x_in = y, .y_out = x, .y_bias = bias, .w = wf};
+    int status = run_conv(&f, &job, fname, err);
+    cn_free_floats(wf, wn ? wn : 1);
+    return status;
 }
 
 /* ---- checks and geometry -------------------------------------------------------------------- */
@@ -450,17 +554,15 @@ static cn_tensor *conv_forward(bool transposed, const cn_tensor *xc, const cn_te
                                cn_error *err) {
     cn_tensor *out = cn_empty(4, out_shape, err);
     if (!out) return NULL;
-    conv_job job = {.w = cn_data(wc)};
+    const float *b = bc ? cn_data(bc) : NULL;
+    int status;
     if (!transposed) {
-        job.x_in = cn_data(xc);
-        job.y_out = cn_data(out);
-        job.y_bias = bc ? cn_data(bc) : NULL;
+        conv_job job = {.x_in = cn_data(xc), .y_out = cn_data(out), .y_bias = b, .w = cn_data(wc)};
+        status = run_conv(g, &job, "conv2d", err);
     } else {
-        job.y_in = cn_data(xc);
-        job.x_out = cn_data(out);
-        job.x_bias = bc ? cn_data(bc) : NULL;
+        status = run_adjoint(g, cn_data(xc), cn_data(wc), b, cn_data(out), "conv_transpose2d", err);
     }
-    if (run_conv(g, &job, transposed ? "conv_transpose2d" : "conv2d", err)) {
+    if (status) {
         cn_release(out);
         return NULL;
     }
@@ -493,24 +595,23 @@ static int conv_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool
         return -1;
     }
     const char *fname = transposed ? "conv_transpose2d backward" : "conv2d backward";
-    conv_job job = {.w = cn_data(w), .dw = gi[1] ? cn_data(gi[1]) : NULL};
-    conv_geom g;
-    if (!transposed) {
-        g = node_geom(x->shape, gc->shape, w, n->ints);
-        job.y_in = cn_data(gc);
-        job.x_out = gi[0] ? cn_data(gi[0]) : NULL;
-        job.x_in = gi[1] ? cn_data(x) : NULL;
-    } else {
-        g = node_geom(gc->shape, x->shape, w, n->ints);
-        job.x_in = cn_data(gc);
-        job.y_out = gi[0] ? cn_data(gi[0]) : NULL;
-        job.y_in = gi[1] ? cn_data(x) : NULL;
-    }
+    float *dw = gi[1] ? cn_data(gi[1]) : NULL;
     int status = 0;
-    if (job.x_out || job.y_out || job.dw) status = run_conv(&g, &job, fname, err);
+    if (!transposed) { /* dw: weight(Y = g, X = x); dx: adjoint(g) */
+        conv_geom g = node_geom(x->shape, gc->shape, w, n->ints);
+        conv_job job = {.x_in = cn_data(x), .y_in = cn_data(gc), .w = cn_data(w), .dw = dw};
+        if (dw) status = run_conv(&g, &job, fname, err);
+        if (!status && gi[0])
+            status = run_adjoint(&g, cn_data(gc), cn_data(w), NULL, cn_data(gi[0]), fname, err);
+    } else { /* one pass: col(g) feeds both dx = conv(g) and dw = weight(Y = x, X = g) */
+        conv_geom g = node_geom(gc->shape, x->shape, w, n->ints);
+        conv_job job = {.x_in = cn_data(gc), .y_out = gi[0] ? cn_data(gi[0]) : NULL,
+                        .y_in = cn_data(x), .w = cn_data(w), .dw = dw};
+        if (job.y_out || dw) status = run_conv(&g, &job, fname, err);
+    }
     if (!status && n->n_inputs > 2 && gi[2]) { /* gi has n_inputs entries */
         size_t P = (size_t)gc->shape[2] * (size_t)gc->shape[3];
-        sum_channels(cn_data(gc), gc->shape[0], (int)gc->shape[1], P, cn_data(gi[2]));
+        sum_channels(cn_data(gc), gc->shape[0], (int)gc->shape[1], P, cn_data(gi[2]), loops_parallel());
     }
     cn_release(gc);
     return status;
