@@ -240,8 +240,10 @@ local function repl_session(steps, history)
             feed[#feed + 1] = "printf '%s' " .. shell_quote(step)
         end
     end
+    -- `exec`: script runs the command through $SHELL -c, and a shell (dash, as CI's /bin/sh) that
+    -- waited for cunet would itself die of the Ctrl-C and report 130.
     local command = "(sleep 0.3; " .. table.concat(feed, "; ") .. ") | env CUNET_HISTORY="
-        .. shell_quote(history) .. " script -qec " .. shell_quote(CUNET) .. " /dev/null"
+        .. shell_quote(history) .. " script -qec " .. shell_quote("exec " .. CUNET) .. " /dev/null"
     local out, _, code = run(command)
     out = out:gsub("\27%[[%d;?]*%a", ""):gsub("\r", "")
     return out, code
