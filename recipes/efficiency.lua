@@ -6,6 +6,7 @@
 --   cunet recipes/efficiency.lua --model unet --preset paper_baseline
 --   cunet recipes/efficiency.lua --model cunet --preset notebook --ablation no_attention --batch 8
 --   cunet recipes/efficiency.lua --all                  -- U-Net, cU-Net and the three ablations at 3×64²
+--   cunet recipes/efficiency.lua --all --unet-preset mnist_small --cunet-preset mnist_small   -- the MNIST models
 
 local cn = require "cunet"
 local cli = require "cunet.cli"
@@ -22,7 +23,9 @@ local args = cli.parse(arg, {
     {"size", nil, "input C,H,W (default: the preset's channels and resolution)", type = "string"},
     {"batch", 1, "batch size of the memory and time measurements (MACs are per image, at batch 1)"},
     {"repeats", 5, "timed forwards (the median is reported)"},
-    {"all", false, "the table for U-Net, cU-Net and the three ablations (paper_baseline, notebook at 3x64x64)"},
+    {"all", false, "the table for U-Net, cU-Net and the three ablations (--unet-preset, --cunet-preset)"},
+    {"unet-preset", "paper_baseline", "--all: the U-Net's preset (mnist_small: the committed MNIST U-Net's)"},
+    {"cunet-preset", "notebook", "--all: the cU-Net's preset, ablated in the other rows"},
     {"ops", true, "print the full count op by op (single model)"},
     {"threads", 0, "threads (0: all cores)"},
   },
@@ -110,18 +113,19 @@ end
 
 if args.all then
   local list = {
-    { "U-Net", "unet", "paper_baseline", "none" },
-    { "cU-Net", "cunet", "notebook", "none" },
-    { "cU-Net w/o attention", "cunet", "notebook", "no_attention" },
-    { "cU-Net w/o resblocks", "cunet", "notebook", "no_resblocks" },
-    { "cU-Net w/o attention and resblocks", "cunet", "notebook", "no_attention_no_resblocks" },
+    { "U-Net", "unet", args.unet_preset, "none" },
+    { "cU-Net", "cunet", args.cunet_preset, "none" },
+    { "cU-Net w/o attention", "cunet", args.cunet_preset, "no_attention" },
+    { "cU-Net w/o resblocks", "cunet", args.cunet_preset, "no_resblocks" },
+    { "cU-Net w/o attention and resblocks", "cunet", args.cunet_preset, "no_attention_no_resblocks" },
   }
   local rows, shape = {}, nil
   for _, e in ipairs(list) do
     local model, make_inputs, s = build(e[2], e[3], e[4], args.size)
     shape = s
     io.stderr:write(string.format("measuring %s ...\n", e[1]))
-    local paper_key = table.concat(s, ",") == "3,64,64" and e[1] or nil
+    local paper_key = table.concat(s, ",") == "3,64,64" and args.unet_preset == "paper_baseline"
+      and args.cunet_preset == "notebook" and e[1] or nil
     rows[#rows + 1] = row(e[1], measure(model, make_inputs), paper_key)
     model = nil
     collectgarbage("collect")
