@@ -110,3 +110,33 @@ function TestCunetRecipes:testBadAblationIsAClearError()
   lu.assertNotEquals(code, 0)
   lu.assertStrContains(log, "no_such")
 end
+
+-- recipes/table1.lua picks each curve's best step count and writes the combined plot's points.
+function TestCunetRecipes:testTable1FromFidCsvs()
+  local curves = { -- backbone dir, sampler, {steps, fid, seconds}
+    { "u", "ddpm", { { 10, 40.5, 0.5 }, { 50, 12.25, 2.5 }, { 100, 13, 5 } } },
+    { "u", "ddim", { { 5, 30, 0.2 }, { 20, 9.5, 0.8 } } },
+    { "c", "ddpm", { { 10, 20, 0.3 }, { 50, 21, 1.5 } } },
+    { "c", "ddim", { { 5, 7.75, 0.1 }, { 20, 8, 0.4 } } },
+  }
+  for _, c in ipairs(curves) do
+    os.execute("mkdir -p " .. shell_quote(self.dir .. "/" .. c[1]))
+    local f = assert(io.open(string.format("%s/%s/fid_vs_steps_%s.csv", self.dir, c[1], c[2]), "w"))
+    f:write("steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint\n")
+    for _, r in ipairs(c[3]) do f:write(string.format("%d,%g,0.01,0.001,%g,500,%s,mnist,train,x\n", r[1], r[2], r[3], c[2])) end
+    f:close()
+  end
+  local png = self.dir .. "/fid.png"
+  local code, out = run("recipes/table1.lua", string.format("--unet %s --cunet %s --out %s",
+    shell_quote(self.dir .. "/u"), shell_quote(self.dir .. "/c"), shell_quote(png)))
+  lu.assertEquals(code, 0, out)
+  lu.assertNotNil(out:find("| U-Net (DDPM) | 12.25 | 50 | 2.500 | 500 | 3.61 / 30 / 3.56 |", 1, true), out)
+  lu.assertNotNil(out:find("| U-Net (DDIM) | 9.50 | 20 | 0.800 |", 1, true), out)
+  lu.assertNotNil(out:find("| cU-Net (DDPM) | 20.00 | 10 | 0.300 |", 1, true), out)
+  lu.assertNotNil(out:find("| cU-Net (DDIM) | 7.75 | 5 | 0.100 |", 1, true), out)
+  local csv = assert(io.open(self.dir .. "/fid.csv")):read("a")
+  lu.assertNotNil(csv:find("cU-Net (DDIM),20,8", 1, true), csv)
+  code, out = run("recipes/table1.lua", "--unet " .. shell_quote(self.dir .. "/nothing"))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(out, "run recipes/fid_vs_steps.lua first")
+end
