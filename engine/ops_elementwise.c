@@ -9,7 +9,9 @@
  * row kernel specialised for strides 1 and 0. Threads split the flat output range evenly.
  *
  * Numerics follow PyTorch's float32 CPU kernels (softplus threshold 20, exact and tanh GELU,
- * NaN-propagating maximum/minimum, round half to even, sign(0) = 0).
+ * NaN-propagating maximum/minimum, round half to even, sign(0) = 0). exp, sigmoid, silu and
+ * softplus and their gradients use vmath.h's exp and log1p (≤ 1 ulp, as PyTorch's SLEEF ones), so
+ * their dense rows vectorise.
  */
 #include <assert.h>
 #include <math.h>
@@ -20,6 +22,7 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "vmath.h"
 
 /* Below this many elements a loop is not worth waking threads for. */
 #define PAR_MIN 32768
@@ -51,15 +54,14 @@ const char *cn_binary_name(cn_binary_op op) {
 
 /* ---- scalar math --------------------------------------------------------------------------- */
 
-/* 1 / (1 + e^-x), without overflow of e^-x for large negative x. */
-static inline float sigmoidf(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
+/* 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below, so that e^-|x| never overflows. */
+CN_VMATH_INLINE float sigmoidf(float x) {
+    float e = cn_vexpf(-fabsf(x));
+    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
 /* log(1 + e^x); torch's softplus with beta 1 returns x itself above the threshold 20. */
-static inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+CN_VMATH_INLINE float softplusf(float x) { return cn_vselectf(x > 20.0f, x, cn_vlog1pf(cn_vexpf(x))); }
 
 /* x Φ(x) = x/2 (1 + erf(x / √2)) */
 static inline float gelu_exactf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
@@ -80,10 +82,12 @@ static inline float clampf(float x, float lo, float hi) {
 
 /* ---- row kernels: out[i] = f(in[i * stride]) for i < n; out is always dense ---------------- */
 
-/* Each op's expression over `x`, specialised for a dense input row. */
+/* Each op's expression over `x`, specialised for a dense input row. The output never overlaps
+ * the input at another index, so dense rows are `omp simd` (no runtime alias check). */
 #define UNARY_ROW(EXPR)                                                                       \
     do {                                                                                      \
         if (sx == 1) {                                                                        \
+            _Pragma("omp simd")                                                               \
             for (size_t i = 0; i < n; i++) {                                                  \
                 float x = px[i];                                                              \
                 out[i] = (EXPR);                                                              \
@@ -99,7 +103,7 @@ static inline float clampf(float x, float lo, float hi) {
 static void unary_row(cn_unary_op op, const float *px, int64_t sx, float *out, size_t n) {
     switch (op) {
     case CN_NEG: UNARY_ROW(-x); break;
-    case CN_EXP: UNARY_ROW(expf(x)); break;
+    case CN_EXP: UNARY_ROW(cn_vexpf(x)); break;
     case CN_LOG: UNARY_ROW(logf(x)); break;
     case CN_SQRT: UNARY_ROW(sqrtf(x)); break;
     case CN_RSQRT: UNARY_ROW(1.0f / sqrtf(x)); break;
@@ -174,7 +178,7 @@ static void binary_row(cn_binary_op op, const float *pu, int64_t su, const float
 }
 
 /* d op(x) / dx times g, from the input x and the output y (formulas as torch's derivatives.yaml). */
-static inline float unary_grad(cn_unary_op op, float g, float x, float y) {
+CN_VMATH_INLINE float unary_grad(cn_unary_op op, float g, float x, float y) {
     switch (op) {
     case CN_NEG: return -g;
     case CN_EXP: return g * y;
@@ -191,7 +195,7 @@ static inline float unary_grad(cn_unary_op op, float g, float x, float y) {
         float sg = sigmoidf(x);
         return g * sg * (1.0f + x * (1.0f - sg));
     }
-    case CN_SOFTPLUS: return x > 20.0f ? g : g * sigmoidf(x);
+    case CN_SOFTPLUS: return cn_vselectf(x > 20.0f, g, g * sigmoidf(x));
     case CN_GELU: {
         float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
         float pdf = expf(-0.5f * x * x) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
@@ -209,6 +213,35 @@ static inline float unary_grad(cn_unary_op op, float g, float x, float y) {
     case CN_SIGN: case CN_FLOOR: case CN_CEIL: case CN_ROUND: case CN_UNARY_COUNT: return 0.0f;
     }
     return 0.0f;
+}
+
+/* out[i] = unary_grad(OP, g[i], x[i], y[i]) with in = g, x, y; OP a constant, so the switch in
+ * unary_grad folds away and a dense row vectorises where the formula allows. */
+#define GRAD_ROW(OP)                                                                          \
+    do {                                                                                      \
+        const float *pg = in[0], *px = in[1], *py = in[2];                                    \
+        if (s[0] == 1 && s[1] == 1 && s[2] == 1) {                                            \
+            _Pragma("omp simd")                                                               \
+            for (size_t i = 0; i < n; i++) out[i] = unary_grad(OP, pg[i], px[i], py[i]);      \
+        } else {                                                                              \
+            for (size_t i = 0; i < n; i++) {                                                  \
+                int64_t j = (int64_t)i;                                                       \
+                out[i] = unary_grad(OP, pg[j * s[0]], px[j * s[1]], py[j * s[2]]);            \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+#define GRAD_CASE(OP) case OP: GRAD_ROW(OP); break
+
+static void unary_grad_row(cn_unary_op op, const float *const *in, const int64_t *s, float *out, size_t n) {
+    switch (op) {
+    GRAD_CASE(CN_NEG); GRAD_CASE(CN_EXP); GRAD_CASE(CN_LOG); GRAD_CASE(CN_SQRT); GRAD_CASE(CN_RSQRT);
+    GRAD_CASE(CN_ABS); GRAD_CASE(CN_SIN); GRAD_CASE(CN_COS); GRAD_CASE(CN_TANH); GRAD_CASE(CN_SIGMOID);
+    GRAD_CASE(CN_RELU); GRAD_CASE(CN_SILU); GRAD_CASE(CN_SOFTPLUS); GRAD_CASE(CN_GELU);
+    GRAD_CASE(CN_GELU_TANH); GRAD_CASE(CN_SIGN); GRAD_CASE(CN_SQUARE); GRAD_CASE(CN_RECIPROCAL);
+    GRAD_CASE(CN_FLOOR); GRAD_CASE(CN_CEIL); GRAD_CASE(CN_ROUND);
+    case CN_UNARY_COUNT: break;
+    }
 }
 
 /* What one iteration computes per element. */
@@ -253,10 +286,7 @@ static void run_row(const kernel *k, float *out, const float *const *in, const i
         break;
     }
     case K_UNARY_GRAD: /* in: g, x, y */
-        for (size_t i = 0; i < n; i++) {
-            int64_t j = (int64_t)i;
-            out[i] = unary_grad((cn_unary_op)k->op, in[0][j * s[0]], in[1][j * s[1]], in[2][j * s[2]]);
-        }
+        unary_grad_row((cn_unary_op)k->op, in, s, out, n);
         break;
     case K_CLAMP_GRAD: /* in: g, x: the gradient passes where lo <= x <= hi */
         for (size_t i = 0; i < n; i++) {
