@@ -21,6 +21,7 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_nn.h"
+#include "vmath.h"
 
 #define PARALLEL_MIN 32768 /* score elements below which the softmax rows stay serial */
 
@@ -143,12 +144,13 @@ static void masked_softmax_row(float *row, int64_t lk, const float *mask_row, in
     float m = -INFINITY;
     for (int64_t j = 0; j < lk; j++)
         if (row[j] > m) m = row[j];
+    /* a vectorised float exp (≤ 1 ulp, engine/vmath.h), the sum and the division in double */
+#pragma omp simd
+    for (int64_t j = 0; j < lk; j++) row[j] = cn_vexpf(row[j] - m);
     double sum = 0.0;
-    for (int64_t j = 0; j < lk; j++) {
-        double e = exp((double)row[j] - m);
-        sum += e;
-        row[j] = (float)e;
-    }
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < lk; j++) sum += row[j];
+#pragma omp simd
     for (int64_t j = 0; j < lk; j++) row[j] = (float)((double)row[j] / sum);
 }
 
