@@ -25,8 +25,10 @@
  * one image at a time (big images in tiles of output rows), reading and writing Y in place.
  * A 1×1, stride 1, unpadded kernel skips im2col: col(X) is X. Buffers are allocated once per call
  * and reused for every image. im2col, col2im, the scatter and the bias sums are loops over planes,
- * OpenMP-parallel only when that is safe (loops_parallel); GEMMs, threaded by OpenBLAS, are never
- * called inside them.
+ * OpenMP-parallel only when that is safe (loops_parallel); GEMMs, threaded by OpenBLAS, are not
+ * called inside them. When the GEMMs are too small for OpenBLAS to thread well (plan_threads), the
+ * chunks themselves go over OpenMP threads instead, each with its own buffers, serial loops and
+ * single-threaded GEMMs, and dW summed from per-thread parts.
  *
  * Time goes to the GEMMs (about 80% single-threaded at 3×3, 28², 64 channels, packing included);
  * im2col is the rest. Tried and dropped, measured on 2 cores: im2col tiles sized for L2 (no
@@ -34,6 +36,7 @@
  * im2col (slower with 2 threads).
  */
 #include <limits.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -47,6 +50,12 @@
 #define CHUNK_MAX_FLOATS (1 << 24) /* cap on the im2col buffer of a chunk (64 MB) */
 #define TILE_FLOATS (1 << 20)    /* im2col tile of one image: 4 MB (bounds the buffer for big images) */
 #define PARALLEL_MIN 32768       /* element operations below which a loop stays serial */
+#define SMALL_GEMM_MACS 2.5e8    /* multiply-adds of a chunk below which chunks go over OpenMP */
+#define THREAD_CHUNK_FLOATS (1 << 18) /* cap on a chunk's im2col buffer on such a thread (1 MB) */
+
+/* OpenBLAS's thread count (process-wide); declared here as in engine/lua/l_sys.c. */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
 
 typedef struct conv_geom {
     int64_t N;
@@ -88,11 +97,26 @@ static void valid_range(int64_t off, int stride, int size, int count, int *lo, i
 
 /* ---- im2col / col2im ---------------------------------------------------------------------- */
 
+/* Zeroes columns [c0, c1) of rows [r0, r1) of a [rows, Wo] block. Border widths are a pixel or two,
+ * so narrow bands are written column by column (strided stores, inline): written row by row, gcc
+ * turns each row's one- or two-float band into a memset call, thousands per image. */
+static void zero_band(float *restrict col, int Wo, int r0, int r1, int c0, int c1) {
+    if (c1 - c0 >= 16) {
+        for (int r = r0; r < r1; r++)
+            memset(col + (size_t)r * Wo + c0, 0, (size_t)(c1 - c0) * sizeof *col);
+        return;
+    }
+    for (int c = c0; c < c1; c++)
+        for (int r = r0; r < r1; r++) col[(size_t)r * Wo + c] = 0.0f;
+}
+
 /* Output rows [oy0, oy1) of one image plane [H, W] -> its kH·kW rows of col (row stride ld, column
- * (oy - oy0)·Wo + ox). Output rows are short (tens of floats) and per-row work dominated, so with
- * stride 1 and W = Wo ("same" padding, the common case) each tap is one block copy of all its valid
- * rows, shifted by the tap's offset, after which the columns that wrapped around a row end are
- * zeroed; otherwise rows are copied one by one with plain loops the compiler vectorises. */
+ * (oy - oy0)·Wo + ox). Per tap: the output rows whose input row lies outside the image are zeroed
+ * as one block, the valid span is copied, then the border columns are zeroed (zero_band). Output
+ * rows are short (tens of floats) and per-row work dominated, so with stride 1 and W = Wo ("same"
+ * padding, the common case) the valid span is one block copy of all its rows, shifted by the tap's
+ * offset, whose columns that wrapped around a row end are then the zeroed border; otherwise rows
+ * are copied one by one. */
 static void im2col_plane(const conv_geom *g, const float *restrict img, float *restrict col,
                          size_t ld, int oy0, int oy1) {
     int Wo = g->Wo, W = g->W;
@@ -106,34 +130,27 @@ static void im2col_plane(const conv_geom *g, const float *restrict img, float *r
             ylo = ylo < oy0 ? oy0 : ylo > oy1 ? oy1 : ylo;
             yhi = yhi > oy1 ? oy1 : yhi < ylo ? ylo : yhi;
             if (lo == hi) ylo = yhi = oy0;
-            for (size_t k = 0; k < (size_t)(ylo - oy0) * Wo; k++) col[k] = 0.0f;
-            if (g->sw == 1 && g->sh == 1 && W == Wo) {
-                if (yhi > ylo) { /* valid elements: row ylo from column lo .. row yhi-1 to hi-1 */
-                    const float *src = img + (size_t)(ylo + yoff) * W + (xoff + lo);
-                    float *dst = col + (size_t)(ylo - oy0) * Wo + lo;
-                    size_t count = (size_t)(yhi - ylo - 1) * Wo + (size_t)(hi - lo);
-                    for (size_t k = 0; k < count; k++) dst[k] = src[k];
-                    for (int oy = ylo; oy < yhi; oy++) { /* wrapped columns */
-                        float *row = col + (size_t)(oy - oy0) * Wo;
-                        for (int ox = 0; ox < lo; ox++) row[ox] = 0.0f;
-                        for (int ox = hi; ox < Wo; ox++) row[ox] = 0.0f;
-                    }
-                }
+            size_t head = (size_t)(ylo - oy0) * Wo, tail = (size_t)(yhi - oy0) * Wo;
+            if (head) memset(col, 0, head * sizeof *col);
+            if (tail < n) memset(col + tail, 0, (n - tail) * sizeof *col);
+            if (yhi == ylo) continue;
+            if (g->sw == 1 && g->sh == 1 && W == Wo) { /* row ylo from column lo .. row yhi-1 to hi-1 */
+                const float *src = img + (size_t)(ylo + yoff) * W + (xoff + lo);
+                size_t count = (size_t)(yhi - ylo - 1) * Wo + (size_t)(hi - lo);
+                memcpy(col + head + lo, src, count * sizeof *col);
             } else {
                 for (int oy = ylo; oy < yhi; oy++) {
                     float *dst = col + (size_t)(oy - oy0) * Wo;
                     const float *row = img + (size_t)((int64_t)oy * g->sh + yoff) * W;
-                    for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
                     if (g->sw == 1) {
-                        const float *src = row + (xoff + lo);
-                        for (int k = 0; k < hi - lo; k++) dst[lo + k] = src[k];
+                        memcpy(dst + lo, row + (xoff + lo), (size_t)(hi - lo) * sizeof *col);
                     } else {
                         for (int ox = lo; ox < hi; ox++) dst[ox] = row[(int64_t)ox * g->sw + xoff];
                     }
-                    for (int ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
                 }
             }
-            for (size_t k = (size_t)(yhi - oy0) * Wo; k < n; k++) col[k] = 0.0f;
+            zero_band(col, Wo, ylo - oy0, yhi - oy0, 0, lo);
+            zero_band(col, Wo, ylo - oy0, yhi - oy0, hi, Wo);
         }
 }
 
@@ -264,95 +281,160 @@ static int tile_rows(const conv_geom *g) {
     return (g->Ho + tiles - 1) / tiles;
 }
 
+/* How run_conv goes through the images. */
+typedef struct conv_plan {
+    int nb_max, tr;  /* images per chunk, output rows per tile */
+    bool direct;     /* col(X) is X (is_pointwise) */
+    int threads;     /* > 1: chunks spread over OpenMP threads, single-threaded GEMMs (plan_threads) */
+} conv_plan;
+
+/* Images n0 .. n0 + nb - 1: every part of the job for them, with col_buf (and ybuf when nb > 1)
+ * as scratch and dW accumulated into dw. */
+static void run_chunk(const conv_geom *g, const conv_job *job, const conv_plan *pl, int64_t n0,
+                      int nb, float *col_buf, float *ybuf, float *dw) {
+    int G = g->groups, Og = g->O / G, Cg = g->C / G, K = Cg * g->kh * g->kw, tr = pl->tr;
+    size_t P = plane_p(g), HW = (size_t)g->H * g->W;
+    const float *xi = job->x_in ? job->x_in + (size_t)n0 * g->C * HW : NULL;
+    float *yo = job->y_out ? job->y_out + (size_t)n0 * g->O * P : NULL;
+    const float *yi = job->y_in ? job->y_in + (size_t)n0 * g->O * P : NULL;
+    float *xo = job->x_out ? job->x_out + (size_t)n0 * g->C * HW : NULL;
+    if (nb > 1) { /* conv only: [O, nb·P] = W_g @ col of the chunk, scattered out with the bias */
+        int cols = nb * (int)P;
+        im2col_chunk(g, xi, nb, 0, g->Ho, col_buf, (size_t)cols);
+        for (int gi = 0; gi < G; gi++)
+            cn_gemm(false, false, Og, cols, K, 1.0f, job->w + (size_t)gi * Og * K, K,
+                    col_buf + (size_t)gi * K * cols, cols, 0.0f, ybuf + (size_t)gi * Og * cols, cols);
+        scatter_chunk(ybuf, nb, g->O, P, job->y_bias, yo, g->parallel);
+        return;
+    }
+    if (pl->direct) { /* col(X) = X: the jobs are plain GEMMs on the image */
+        for (int gi = 0; gi < G; gi++) {
+            const float *wg = job->w + (size_t)gi * Og * K;
+            if (yo)
+                cn_gemm(false, false, Og, (int)P, Cg, 1.0f, wg, K, xi + (size_t)gi * Cg * P, (int)P,
+                        0.0f, yo + (size_t)gi * Og * P, (int)P);
+            if (dw)
+                cn_gemm(false, true, Og, Cg, (int)P, 1.0f, yi + (size_t)gi * Og * P, (int)P,
+                        xi + (size_t)gi * Cg * P, (int)P, 1.0f, dw + (size_t)gi * Og * K, K);
+            if (xo) {
+                if (job->x_bias)
+                    for (int c = gi * Cg; c < (gi + 1) * Cg; c++)
+                        for (size_t k = 0; k < HW; k++) xo[(size_t)c * HW + k] = job->x_bias[c];
+                cn_gemm(true, false, Cg, (int)P, Og, 1.0f, wg, K, yi + (size_t)gi * Og * P, (int)P,
+                        job->x_bias ? 1.0f : 0.0f, xo + (size_t)gi * Cg * P, (int)P);
+            }
+        }
+    } else {
+        for (int oy0 = 0; oy0 < g->Ho; oy0 += tr) { /* one tile of output rows */
+            int oy1 = oy0 + tr < g->Ho ? oy0 + tr : g->Ho, cols = (oy1 - oy0) * g->Wo;
+            size_t at = (size_t)oy0 * g->Wo; /* the tile's first column in Y */
+            if (yo || dw) im2col_chunk(g, xi, 1, oy0, oy1, col_buf, (size_t)cols);
+            for (int gi = 0; gi < G; gi++) {
+                const float *wg = job->w + (size_t)gi * Og * K, *cg = col_buf + (size_t)gi * K * cols;
+                if (yo) /* Y_g = W_g @ col_g */
+                    cn_gemm(false, false, Og, cols, K, 1.0f, wg, K, cg, cols, 0.0f,
+                            yo + (size_t)gi * Og * P + at, (int)P);
+                if (dw) /* dW_g += Y_g @ col_g^T */
+                    cn_gemm(false, true, Og, K, cols, 1.0f, yi + (size_t)gi * Og * P + at, (int)P, cg,
+                            cols, 1.0f, dw + (size_t)gi * Og * K, K);
+            }
+            if (xo) { /* X += col2im(W_g^T @ Y_g), col_buf reused once the tile's col is done */
+                for (int gi = 0; gi < G; gi++)
+                    cn_gemm(true, false, K, cols, Og, 1.0f, job->w + (size_t)gi * Og * K, K,
+                            yi + (size_t)gi * Og * P + at, (int)P, 0.0f,
+                            col_buf + (size_t)gi * K * cols, cols);
+                col2im_image(g, col_buf, (size_t)cols, oy0, oy1, oy0 == 0, job->x_bias, xo);
+            }
+        }
+    }
+    if (yo && job->y_bias) scatter_chunk(yo, 1, g->O, P, job->y_bias, yo, g->parallel);
+}
+
+/* Threads to spread the chunks over (1: the serial loop, each GEMM threaded by OpenBLAS). The
+ * GEMMs of small images (M = O/G, N ≈ CHUNK_COLS, K = C/G·kH·kW) are too small for OpenBLAS to
+ * thread well: its threads wait for each other on every call (32->32 at 14², batch 64, on 2
+ * cores: a third of the time in the scheduler, 2 threads barely faster than 1). So when one chunk
+ * of the serial loop is below SMALL_GEMM_MACS, every thread takes whole chunks instead — its own
+ * im2col, single-threaded GEMMs, scatter. Measured with batch 64 on 2 cores loaded by other jobs:
+ * 0-20% faster up to 128->128 at 28² (2.3e8 per chunk), and no CPU time lost to waiting (the
+ * serial loop's two OpenBLAS threads burn 5-25% more CPU than one). Images too big for one tile
+ * keep the serial loop. */
+static int plan_threads(const conv_geom *g, const conv_plan *pl) {
+    if (!g->parallel || g->N < 2 || omp_in_parallel()) return 1;
+    if (!pl->direct && pl->tr < g->Ho) return 1; /* big images: tiles, wide GEMMs */
+    int threads = omp_get_max_threads();
+    if (threads > g->N) threads = (int)g->N;
+    if (threads < 2) return 1;
+    /* multiply-adds of one chunk's biggest job, all groups */
+    double macs = (double)g->O * (g->C / g->groups) * g->kh * g->kw * (double)plane_p(g) * pl->nb_max;
+    return macs < SMALL_GEMM_MACS ? threads : 1;
+}
+
 /* A conv alone over small images runs in chunks of images (chunk_images); everything else goes
- * image by image, each image in tiles of output rows (tile_rows), reading and writing Y in place. */
+ * image by image, each image in tiles of output rows (tile_rows), reading and writing Y in place.
+ * Chunks run one after the other, or spread over OpenMP threads (plan_threads). */
 static int run_conv(const conv_geom *geom, const conv_job *job, const char *fname, cn_error *err) {
     conv_geom gl = *geom;
     const conv_geom *g = &gl;
     gl.parallel = loops_parallel();
-    int G = g->groups, Og = g->O / G, Cg = g->C / G;
-    int K = Cg * g->kh * g->kw;
-    size_t P = plane_p(g), HW = (size_t)g->H * g->W, rows_all = (size_t)g->C * g->kh * g->kw;
-    bool want_col = job->y_out || job->dw, want_y = job->x_out || job->dw;
-    bool direct = is_pointwise(g); /* col(X) and the adjoint's target are X itself */
-    int nb_max = direct || want_y ? 1 : chunk_images(g);
-    int tr = direct || nb_max > 1 ? g->Ho : tile_rows(g);
+    int K = g->C / g->groups * g->kh * g->kw;
+    size_t P = plane_p(g), rows_all = (size_t)g->C * g->kh * g->kw;
+    conv_plan pl = {.direct = is_pointwise(g)};
+    pl.nb_max = pl.direct || job->x_out || job->dw ? 1 : chunk_images(g);
+    pl.tr = pl.direct || pl.nb_max > 1 ? g->Ho : tile_rows(g);
+    pl.threads = plan_threads(g, &pl);
+    /* A thread's GEMM need not be wide: its chunk stays within about half a core's L2 (measured:
+     * as fast as one image per chunk, faster than the serial loop's wide chunks) */
+    while (pl.threads > 1 && pl.nb_max > 1 && rows_all * pl.nb_max * P > THREAD_CHUNK_FLOATS)
+        pl.nb_max--;
 
-    if (job->dw) {
-        size_t n = (size_t)g->O * K;
-        if (n) memset(job->dw, 0, n * sizeof *job->dw);
-    }
-    size_t col_n = direct ? 0 : rows_all * nb_max * (size_t)tr * g->Wo;
-    size_t ybuf_n = nb_max > 1 ? (size_t)g->O * nb_max * P : 0;
-    float *col_buf = col_n ? cn_alloc_floats(col_n) : NULL;
-    float *ybuf = ybuf_n ? cn_alloc_floats(ybuf_n) : NULL;
-    if ((col_n && !col_buf) || (ybuf_n && !ybuf)) {
-        cn_free_floats(col_buf, col_n);
-        cn_free_floats(ybuf, ybuf_n);
-        cn_error_set(err, "%s: out of memory for a %zu-float im2col buffer", fname, col_n + ybuf_n);
+    size_t dw_n = job->dw ? (size_t)g->O * K : 0;
+    if (dw_n) memset(job->dw, 0, dw_n * sizeof *job->dw);
+    /* per thread: a col buffer, a chunk's output (nb_max > 1) and, but for thread 0, a dW */
+    size_t col_n = pl.direct ? 0 : rows_all * pl.nb_max * (size_t)pl.tr * g->Wo;
+    size_t ybuf_n = pl.nb_max > 1 ? (size_t)g->O * pl.nb_max * P : 0;
+    size_t nt = (size_t)pl.threads, buf_n = (col_n + ybuf_n) * nt + dw_n * (nt - 1);
+    float *buf = buf_n ? cn_alloc_floats(buf_n) : NULL;
+    if (buf_n && !buf) {
+        cn_error_set(err, "%s: out of memory for a %zu-float im2col buffer", fname, buf_n);
         return -1;
     }
+    float *dw_part = buf ? buf + (col_n + ybuf_n) * nt : NULL;
+    if (dw_n && nt > 1) memset(dw_part, 0, dw_n * (nt - 1) * sizeof *dw_part);
 
-    for (int64_t n0 = 0; n0 < g->N; n0 += nb_max) {
-        int nb = (int)(g->N - n0 < nb_max ? g->N - n0 : nb_max);
-        const float *xi = job->x_in ? job->x_in + (size_t)n0 * g->C * HW : NULL;
-        float *yo = job->y_out ? job->y_out + (size_t)n0 * g->O * P : NULL;
-        const float *yi = job->y_in ? job->y_in + (size_t)n0 * g->O * P : NULL;
-        float *xo = job->x_out ? job->x_out + (size_t)n0 * g->C * HW : NULL;
-        if (nb > 1) { /* conv only: [O, nb·P] = W_g @ col of the chunk, scattered out with the bias */
-            int cols = nb * (int)P;
-            im2col_chunk(g, xi, nb, 0, g->Ho, col_buf, (size_t)cols);
-            for (int gi = 0; gi < G; gi++)
-                cn_gemm(false, false, Og, cols, K, 1.0f, job->w + (size_t)gi * Og * K, K,
-                        col_buf + (size_t)gi * K * cols, cols, 0.0f, ybuf + (size_t)gi * Og * cols,
-                        cols);
-            scatter_chunk(ybuf, nb, g->O, P, job->y_bias, yo, g->parallel);
-            continue;
+    if (pl.threads == 1) {
+        for (int64_t n0 = 0; n0 < g->N; n0 += pl.nb_max) {
+            int nb = (int)(g->N - n0 < pl.nb_max ? g->N - n0 : pl.nb_max);
+            run_chunk(g, job, &pl, n0, nb, buf, buf ? buf + col_n : NULL, job->dw);
         }
-        if (direct) { /* col(X) = X: the jobs are plain GEMMs on the image */
-            for (int gi = 0; gi < G; gi++) {
-                const float *wg = job->w + (size_t)gi * Og * K;
-                if (yo)
-                    cn_gemm(false, false, Og, (int)P, Cg, 1.0f, wg, K, xi + (size_t)gi * Cg * P,
-                            (int)P, 0.0f, yo + (size_t)gi * Og * P, (int)P);
-                if (job->dw)
-                    cn_gemm(false, true, Og, Cg, (int)P, 1.0f, yi + (size_t)gi * Og * P, (int)P,
-                            xi + (size_t)gi * Cg * P, (int)P, 1.0f, job->dw + (size_t)gi * Og * K, K);
-                if (xo) {
-                    if (job->x_bias)
-                        for (int c = gi * Cg; c < (gi + 1) * Cg; c++)
-                            for (size_t k = 0; k < HW; k++) xo[(size_t)c * HW + k] = job->x_bias[c];
-                    cn_gemm(true, false, Cg, (int)P, Og, 1.0f, wg, K, yi + (size_t)gi * Og * P,
-                            (int)P, job->x_bias ? 1.0f : 0.0f, xo + (size_t)gi * Cg * P, (int)P);
-                }
-            }
-        } else {
-            for (int oy0 = 0; oy0 < g->Ho; oy0 += tr) { /* one tile of output rows */
-                int oy1 = oy0 + tr < g->Ho ? oy0 + tr : g->Ho, cols = (oy1 - oy0) * g->Wo;
-                size_t at = (size_t)oy0 * g->Wo; /* the tile's first column in Y */
-                if (want_col) im2col_chunk(g, xi, 1, oy0, oy1, col_buf, (size_t)cols);
-                for (int gi = 0; gi < G; gi++) {
-                    const float *wg = job->w + (size_t)gi * Og * K, *cg = col_buf + (size_t)gi * K * cols;
-                    if (yo) /* Y_g = W_g @ col_g */
-                        cn_gemm(false, false, Og, cols, K, 1.0f, wg, K, cg, cols, 0.0f,
-                                yo + (size_t)gi * Og * P + at, (int)P);
-                    if (job->dw) /* dW_g += Y_g @ col_g^T */
-                        cn_gemm(false, true, Og, K, cols, 1.0f, yi + (size_t)gi * Og * P + at, (int)P,
-                                cg, cols, 1.0f, job->dw + (size_t)gi * Og * K, K);
-                }
-                if (xo) { /* X += col2im(W_g^T @ Y_g), col_buf reused once the tile's col is done */
-                    for (int gi = 0; gi < G; gi++)
-                        cn_gemm(true, false, K, cols, Og, 1.0f, job->w + (size_t)gi * Og * K, K,
-                                yi + (size_t)gi * Og * P + at, (int)P, 0.0f,
-                                col_buf + (size_t)gi * K * cols, cols);
-                    col2im_image(g, col_buf, (size_t)cols, oy0, oy1, oy0 == 0, job->x_bias, xo);
-                }
+    } else {
+        /* Chunks of at most nb_max images, as many as a multiple of the thread count, so that a
+         * static schedule balances them (and dW's partial sums do not depend on timing). */
+        int64_t per = (g->N + pl.nb_max - 1) / pl.nb_max;
+        int64_t chunks = (per + pl.threads - 1) / pl.threads * pl.threads;
+        if (chunks > g->N) chunks = g->N;
+        conv_geom gs = gl; /* inside the region the loops stay serial */
+        gs.parallel = false;
+        /* OpenBLAS (pthreads build) serialises threaded GEMMs behind one lock, and its thread
+         * count is process-wide: set to 1, each call runs on its caller's thread, concurrently. */
+        int blas_threads = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+        #pragma omp parallel num_threads(pl.threads)
+        {
+            size_t t = (size_t)omp_get_thread_num();
+            float *col = buf ? buf + (col_n + ybuf_n) * t : NULL;
+            float *dw = job->dw && t ? dw_part + dw_n * (t - 1) : job->dw;
+            #pragma omp for schedule(static)
+            for (int64_t c = 0; c < chunks; c++) {
+                int64_t n0 = g->N * c / chunks, n1 = g->N * (c + 1) / chunks;
+                run_chunk(&gs, job, &pl, n0, (int)(n1 - n0), col, col ? col + col_n : NULL, dw);
             }
         }
-        if (yo && job->y_bias) scatter_chunk(yo, 1, g->O, P, job->y_bias, yo, g->parallel);
+        openblas_set_num_threads(blas_threads);
+        for (size_t t = 1; t < nt && dw_n; t++) /* dW = thread 0's part + the others' in order */
+            for (size_t k = 0; k < dw_n; k++) job->dw[k] += dw_part[dw_n * (t - 1) + k];
     }
-    cn_free_floats(col_buf, col_n);
-    cn_free_floats(ybuf, ybuf_n);
+    cn_free_floats(buf, buf_n);
     return 0;
 }
 
