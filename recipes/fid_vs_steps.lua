@@ -35,6 +35,7 @@ local args = cli.parse(arg, {
     {"ema", true, "the EMA weights (--no-ema: the trained ones)"},
     {"seed", 0, "noise seed (the same for every step count)"},
     {"out", "runs/fid_vs_steps", "output directory for the CSV and the plot"},
+    {"append", false, "extend the CSV already in --out (same checkpoint, sampler and n): its rows are kept, these step counts added or replaced"},
     {"threads", 0, "threads (0: all cores)"},
   },
 })
@@ -94,13 +95,40 @@ for _, count in ipairs(steps) do
   collectgarbage("collect")
 end
 
+os.execute(string.format("mkdir -p %q", args.out))
+local base = string.format("%s/fid_vs_steps_%s", args.out, args.sampler)
+
+-- --append: the earlier rows of the same scan (checkpoint, sampler, n) join these, sorted by steps
+if args.append then
+  local f = io.open(base .. ".csv", "r")
+  if f then
+    local header, measured = f:read("l"), {}
+    if not header or not header:match("^steps,fid_classifier,") then fail(base .. ".csv is not a fid_vs_steps CSV") end
+    for _, r in ipairs(rows) do measured[r.steps] = true end
+    for line in f:lines() do
+      local v = {}
+      for field in line:gmatch("[^,]+") do v[#v + 1] = field end
+      local count = math.tointeger(tonumber(v[1]))
+      if not count or #v < 10 then fail(string.format("%s.csv: bad row '%s'", base, line)) end
+      if v[7] ~= args.sampler or tonumber(v[6]) ~= args.n or v[10] ~= args.ckpt then
+        fail(string.format("%s.csv holds another scan (%s, n = %s, %s); --append needs the same sampler, --n and --ckpt",
+          base, v[7], v[6], v[10]))
+      end
+      if not measured[count] then
+        rows[#rows + 1] = { steps = count, fid = tonumber(v[2]), kid = tonumber(v[3]), kid_std = tonumber(v[4]),
+          seconds = tonumber(v[5]) }
+      end
+    end
+    f:close()
+    table.sort(rows, function(a, b) return a.steps < b.steps end)
+  end
+end
+
 local best = rows[1]
 for _, r in ipairs(rows) do
   if r.fid < best.fid then best = r end
 end
 
-os.execute(string.format("mkdir -p %q", args.out))
-local base = string.format("%s/fid_vs_steps_%s", args.out, args.sampler)
 local f = assert(io.open(base .. ".csv", "w"))
 f:write("steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint\n")
 for _, r in ipairs(rows) do

@@ -154,5 +154,22 @@ function TestFidVsSteps:testTinyCheckpoint()
   if plot.gnuplot() then
     lu.assertEquals(read(dir .. "/out/fid_vs_steps_ddpm.png"):sub(1, 4), "\137PNG")
   end
+  -- --append extends the scan: the earlier rows stay, the new step count joins them in order
+  local scan = string.format("CUNET_CACHE=%s/cache %s recipes/fid_vs_steps.lua --ckpt %s/run/checkpoint.safetensors " ..
+    "--sampler ddpm --batch 8 --dataset %s --split test --out %s/out --append", dir, EXE, dir, env.name, dir)
+  run(scan .. " --steps 2 --n 12")
+  local merged = {}
+  for line in read(dir .. "/out/fid_vs_steps_ddpm.csv"):gmatch("[^\n]+") do merged[#merged + 1] = line end
+  lu.assertEquals(#merged, 4)
+  lu.assertEquals({ merged[2]:match("^%d+"), merged[3]:match("^%d+"), merged[4]:match("^%d+") }, { "1", "2", "3" })
+  lu.assertEquals(merged[2], lines[2])
+  lu.assertEquals(merged[4], lines[3])
+  -- another n is another scan: refused, and the CSV is left as it was
+  local p = io.popen(scan .. " --steps 4 --n 10 2>&1")
+  local refused = p:read("a")
+  lu.assertNil((p:close()))
+  lu.assertStrContains(refused, "another scan")
+  local _, newlines = read(dir .. "/out/fid_vs_steps_ddpm.csv"):gsub("\n", "")
+  lu.assertEquals(newlines, 4)
   os.execute(string.format("rm -rf %q", dir))
 end
