@@ -140,3 +140,26 @@ function TestCunetRecipes:testTable1FromFidCsvs()
   lu.assertNotEquals(code, 0)
   lu.assertStrContains(out, "run recipes/fid_vs_steps.lua first")
 end
+
+-- recipes/plot_losses.lua averages each run's loss.csv over windows of steps.
+function TestCunetRecipes:testPlotLosses()
+  for _, run_dir in ipairs { "a", "b" } do
+    os.execute("mkdir -p " .. shell_quote(self.dir .. "/" .. run_dir))
+    local f = assert(io.open(string.format("%s/%s/loss.csv", self.dir, run_dir), "w"))
+    f:write("step,loss,lr,seconds\n")
+    for step = 1, 7 do f:write(string.format("%d,%g,0.001,%d\n", step, run_dir == "a" and step or 10 * step, step)) end
+    f:close()
+  end
+  local png = self.dir .. "/loss.png"
+  local code, out = run("recipes/plot_losses.lua", string.format("--runs A=%s,B=%s --window 3 --out %s",
+    shell_quote(self.dir .. "/a"), shell_quote(self.dir .. "/b"), shell_quote(png)))
+  lu.assertEquals(code, 0, out)
+  lu.assertStrContains(out, "A: 7 steps, mean loss of the last 3: 5.0000") -- windows 1-3 and 4-6: 2 and 5
+  lu.assertStrContains(out, "B: 7 steps, mean loss of the last 3: 50.0000")
+  local csv = assert(io.open(self.dir .. "/loss.csv")):read("a")
+  lu.assertStrContains(csv, "A,3,2\n")
+  lu.assertStrContains(csv, "B,6,50\n")
+  code, out = run("recipes/plot_losses.lua", "--runs A=" .. shell_quote(self.dir .. "/missing"))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(out, "no " .. self.dir .. "/missing/loss.csv")
+end
