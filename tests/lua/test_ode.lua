@@ -644,3 +644,31 @@ function TestOdeAdjointConstantParts:testFallingBody()
     for i = 1, 2 do lu.assertAlmostEquals(b[i], a[i], 1e-3 * (1 + math.abs(a[i]))) end
   end
 end
+
+TestOdeExamples = {}
+
+-- examples/ode_fit_spiral.lua learns the spiral's dynamics through the solver: 300 iterations
+-- (under a second) must already cut the whole-trajectory loss tenfold; the oscillator example
+-- tracks the exact solution.
+function TestOdeExamples:testFitSpiralLossFallsTenfold()
+  local exe = os.getenv("CUNET_EXE") or "./cunet"
+  local pipe = assert(io.popen(exe .. " examples/ode_fit_spiral.lua 300 2>&1"))
+  local output = pipe:read("a")
+  lu.assertTrue(pipe:close(), output)
+  local ratio = tonumber(output:match("trajectory loss fell ([%d.]+)x"))
+  lu.assertNotNil(ratio, output)
+  lu.assertTrue(ratio >= 10, output)
+end
+
+function TestOdeExamples:testOscillatorRuns()
+  local exe = os.getenv("CUNET_EXE") or "./cunet"
+  local pipe = assert(io.popen(exe .. " examples/ode_oscillator.lua 2>&1"))
+  local output = pipe:read("a")
+  lu.assertTrue(pipe:close(), output)
+  local n = 0
+  for method, err in output:gmatch("\n(%a[%w]*)%s+%b()[^\n]-max error ([%d.e+-]+)") do
+    n = n + 1
+    lu.assertTrue(tonumber(err) < 1e-4, method .. ": " .. err)
+  end
+  lu.assertEquals(n, 2, output) -- rk4 and dopri5 against the exact solution
+end
