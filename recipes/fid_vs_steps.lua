@@ -18,6 +18,7 @@ local diffusion = require "cunet.diffusion"
 local progress = require "cunet.progress"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
+local fs = require "cunet.fs"
 
 local args = cli.parse(arg, {
   name = "fid_vs_steps",
@@ -71,6 +72,21 @@ print(string.format("checkpoint %s: step %d, %s weights, %s, T = %d, %s predicti
   args.ckpt, ck.step, (args.ema and ck.ema) and "EMA" or "trained", ck.schedule or "linear", sched.T, ck.prediction or "eps",
   args.n))
 
+-- --append reads the earlier scan first, so a mismatch is refused before any sampling
+local base = string.format("%s/fid_vs_steps_%s", args.out, args.sampler)
+local earlier = {}
+if args.append and fs.exists(base .. ".csv") then
+  local err
+  earlier, err = fid.read_scan(base .. ".csv")
+  if not earlier then fail(err) end
+  for _, r in ipairs(earlier) do
+    if r.sampler ~= args.sampler or r.n ~= args.n or r.checkpoint ~= args.ckpt then
+      fail(string.format("%s.csv holds another scan (%s, n = %s, %s); --append needs the same sampler, --n and --ckpt",
+        base, r.sampler, r.n, r.checkpoint))
+    end
+  end
+end
+
 local rows = {}
 for _, count in ipairs(steps) do
   if count > sched.T then fail(string.format("%d steps is more than T = %d", count, sched.T)) end
@@ -95,33 +111,14 @@ for _, count in ipairs(steps) do
   collectgarbage("collect")
 end
 
-os.execute(string.format("mkdir -p %q", args.out))
-local base = string.format("%s/fid_vs_steps_%s", args.out, args.sampler)
-
--- --append: the earlier rows of the same scan (checkpoint, sampler, n) join these, sorted by steps
+-- --append: the earlier rows of the same scan, for the step counts not measured again, in step order
 if args.append then
-  local f = io.open(base .. ".csv", "r")
-  if f then
-    local header, measured = f:read("l"), {}
-    if not header or not header:match("^steps,fid_classifier,") then fail(base .. ".csv is not a fid_vs_steps CSV") end
-    for _, r in ipairs(rows) do measured[r.steps] = true end
-    for line in f:lines() do
-      local v = {}
-      for field in line:gmatch("[^,]+") do v[#v + 1] = field end
-      local count = math.tointeger(tonumber(v[1]))
-      if not count or #v < 10 then fail(string.format("%s.csv: bad row '%s'", base, line)) end
-      if v[7] ~= args.sampler or tonumber(v[6]) ~= args.n or v[10] ~= args.ckpt then
-        fail(string.format("%s.csv holds another scan (%s, n = %s, %s); --append needs the same sampler, --n and --ckpt",
-          base, v[7], v[6], v[10]))
-      end
-      if not measured[count] then
-        rows[#rows + 1] = { steps = count, fid = tonumber(v[2]), kid = tonumber(v[3]), kid_std = tonumber(v[4]),
-          seconds = tonumber(v[5]) }
-      end
-    end
-    f:close()
-    table.sort(rows, function(a, b) return a.steps < b.steps end)
+  local measured = {}
+  for _, r in ipairs(rows) do measured[r.steps] = true end
+  for _, r in ipairs(earlier) do
+    if not measured[r.steps] then rows[#rows + 1] = r end
   end
+  table.sort(rows, function(a, b) return a.steps < b.steps end)
 end
 
 local best = rows[1]
@@ -129,8 +126,9 @@ for _, r in ipairs(rows) do
   if r.fid < best.fid then best = r end
 end
 
+fs.mkdir_p(args.out)
 local f = assert(io.open(base .. ".csv", "w"))
-f:write("steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint\n")
+f:write(fid.SCAN_HEADER, "\n")
 for _, r in ipairs(rows) do
   f:write(string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s\n", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
     args.sampler, args.dataset, args.split, args.ckpt))

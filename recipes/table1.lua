@@ -9,6 +9,8 @@
 
 local cli = require "cunet.cli"
 local plot = require "cunet.plot"
+local fid = require "cunet.fid"
+local fs = require "cunet.fs"
 
 local args = cli.parse(arg, {
   name = "table1",
@@ -32,21 +34,11 @@ local function fail(msg)
   os.exit(2)
 end
 
--- The rows of a fid_vs_steps CSV: steps, fid, seconds per sample, n.
+-- The rows of a fid_vs_steps CSV (fid.read_scan), refusing a missing or empty one.
 local function read_csv(path)
-  local f = io.open(path, "r")
-  if not f then fail("no " .. path .. " (run recipes/fid_vs_steps.lua first)") end
-  local header = f:read("l")
-  if not header or not header:match("^steps,fid_classifier,") then fail(path .. " is not a fid_vs_steps CSV") end
-  local rows = {}
-  for line in f:lines() do
-    local fields = {}
-    for v in line:gmatch("[^,]+") do fields[#fields + 1] = v end
-    local steps, fid, sec, n = tonumber(fields[1]), tonumber(fields[2]), tonumber(fields[5]), tonumber(fields[6])
-    if not (steps and fid and sec and n) then fail(string.format("%s: bad row '%s'", path, line)) end
-    rows[#rows + 1] = { steps = steps, fid = fid, seconds = sec, n = n }
-  end
-  f:close()
+  if not fs.exists(path) then fail("no " .. path .. " (run recipes/fid_vs_steps.lua first)") end
+  local rows, err = fid.read_scan(path)
+  if not rows then fail(err) end
   if #rows == 0 then fail(path .. " has no rows") end
   return rows
 end

@@ -7,8 +7,8 @@
 --   cunet recipes/train_cunet.lua --ablation no_attention          -- what the ablation recipes do
 
 local recipe = require "cunet.train_recipe"
-local spec = { name = "train_cunet" }
-for k, v in pairs(recipe.cunet_defaults) do spec[k] = v end
-spec.description = "Train the continuous U-Net (second-order neural-ODE blocks) as a DDPM denoiser;\n"
-  .. "checkpoints, loss.csv and sample grids go to --out."
-recipe.main(arg, spec)
+recipe.main(arg, recipe.cunet_spec {
+  name = "train_cunet",
+  description = "Train the continuous U-Net (second-order neural-ODE blocks) as a DDPM denoiser;\n"
+    .. "checkpoints, loss.csv and sample grids go to --out.",
+})

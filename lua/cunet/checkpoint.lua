@@ -15,6 +15,7 @@
 -- docs/training.md. Writing is atomic (cn.save writes a temporary file and renames it).
 
 local cn = require "cunet"
+local fs = require "cunet.fs"
 
 local M = {}
 
@@ -228,11 +229,6 @@ end
 
 -- ---- loading --------------------------------------------------------------------------------------
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
 
 local function integer_meta(path, meta, key, required)
   local v = meta[key]
@@ -277,7 +273,7 @@ M.config_diff = config_diff
 function M.load(path, opts)
   opts = opts or {}
   if type(path) ~= "string" then error("checkpoint.load: expected a path, got " .. type(path), 2) end
-  if not exists(path) then error(string.format("checkpoint.load: no checkpoint at '%s' (no such file)", path), 2) end
+  if not fs.exists(path) then error(string.format("checkpoint.load: no checkpoint at '%s' (no such file)", path), 2) end
   local ok, tensors, meta = pcall(cn.load, path)
   if not ok then error(string.format("checkpoint.load: '%s' is not a readable safetensors file: %s", path, tostring(tensors)), 2) end
   if meta.format ~= M.FORMAT then

@@ -12,6 +12,7 @@
 -- seed, never from the global generator's state: a resumed run sees the same batches.
 
 local cn = require "cunet"
+local fs = require "cunet.fs"
 
 local M = {}
 
@@ -19,11 +20,6 @@ local FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 local MNIST_IMAGES, MNIST_LABELS = "mnist-images-idx3-ubyte.gz", "mnist-labels-idx1-ubyte.gz"
 local MNIST_TRAIN = 9000 -- data.mnist: the first 9,000 of the 10,000 are "train", the last 1,000 "test"
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
 
 -- Runs fn with the global generator seeded by `seed`, restoring its state afterwards (also on error).
 local function with_seed(seed, fn)
@@ -42,16 +38,13 @@ local function mix(...)
   return h
 end
 
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
 
 --- Loads an IDX image/label pair: images [N, 1, H, W] scaled to [0, 1], labels [N] 1-based.
 -- opts.hint is added to the "missing file" message.
 function M.load_idx_pair(images_path, labels_path, opts)
   opts = opts or {}
   for _, p in ipairs{images_path, labels_path} do
-    if not exists(p) then error("data: missing file " .. p .. (opts.hint and (" (" .. opts.hint .. ")") or ""), 2) end
+    if not fs.exists(p) then error("data: missing file " .. p .. (opts.hint and (" (" .. opts.hint .. ")") or ""), 2) end
   end
   local images = cn.load_idx(images_path)
   local labels = cn.load_idx(labels_path)
@@ -107,7 +100,7 @@ function M.mnist(split, opts)
   local roots = mnist_roots(opts)
   local root
   for _, r in ipairs(roots) do
-    if exists(r .. "/" .. MNIST_IMAGES) and exists(r .. "/" .. MNIST_LABELS) then
+    if fs.exists(r .. "/" .. MNIST_IMAGES) and fs.exists(r .. "/" .. MNIST_LABELS) then
       root = r
       break
     end
@@ -178,9 +171,9 @@ function M.image_folder(path, opts)
   end
   local channels = opts.channels
   if channels ~= nil and channels ~= 1 and channels ~= 3 then error("image_folder: channels must be 1 or 3, got " .. tostring(channels), 2) end
-  if not os.execute("test -d " .. shell_quote(path)) then error("image_folder: " .. path .. " is not a directory", 2) end
+  if not os.execute("test -d " .. fs.shell_quote(path)) then error("image_folder: " .. path .. " is not a directory", 2) end
   local files = {}
-  local p = io.popen("find " .. shell_quote(path) .. " -type f -iname '*.png' 2>/dev/null | LC_ALL=C sort")
+  local p = io.popen("find " .. fs.shell_quote(path) .. " -type f -iname '*.png' 2>/dev/null | LC_ALL=C sort")
   for line in p:lines() do files[#files + 1] = line end
   p:close()
   if opts.limit then

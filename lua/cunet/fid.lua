@@ -18,6 +18,8 @@
 
 local cn = require "cunet"
 local data = require "cunet.data"
+local fs = require "cunet.fs"
+local util = require "cunet.nn.util"
 local metrics = require "cunet.metrics"
 local classifier = require "cunet.models.classifier"
 
@@ -40,29 +42,13 @@ M.defaults = {
 }
 
 local function options(opts, fname)
-  if opts ~= nil and type(opts) ~= "table" then error(fname .. ": options must be a table", 3) end
-  local o = {}
-  for k, v in pairs(M.defaults) do o[k] = v end
-  for k, v in pairs(opts or {}) do
-    if M.defaults[k] == nil then
-      local known = {}
-      for name in pairs(M.defaults) do known[#known + 1] = name end
-      table.sort(known)
-      error(string.format("%s: unknown option '%s' (known: %s)", fname, tostring(k), table.concat(known, ", ")), 3)
-    end
-    o[k] = v
-  end
+  local o = util.options(opts, M.defaults, fname, 4)
   if o.range ~= "pm1" and o.range ~= "01" then
     error(string.format("%s: range must be 'pm1' ([-1, 1]) or '01' ([0, 1]), got %s", fname, tostring(o.range)), 3)
   end
   return o
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
 
 local function repo_root()
   local source = debug.getinfo(1, "S").source
@@ -83,7 +69,7 @@ function M.checkpoint_path(dataset)
   local name = "classifier_" .. dataset .. ".safetensors"
   local candidates = { "checkpoints/" .. name, repo_root() .. "/checkpoints/" .. name }
   for _, p in ipairs(candidates) do
-    if exists(p) then return p end
+    if fs.exists(p) then return p end
   end
   return nil, string.format("fid: no classifier checkpoint for '%s' (looked for %s; train one with " ..
     "cunet recipes/train_classifier.lua --data %s --out checkpoints/%s)", dataset, table.concat(candidates, ", "), dataset, name)
@@ -185,7 +171,7 @@ end
 local function real_stats(dataset, o, net, info)
   local path = cache_path(dataset, o)
   local key = o.split
-  if not o.refresh and exists(path) then
+  if not o.refresh and fs.exists(path) then
     local tensors, meta = cn.load(path)
     if meta[key .. ".fingerprint"] == info.fingerprint and tensors[key .. ".kid"] then
       local stats = metrics.FeatureStats.load(path, key)
@@ -200,7 +186,7 @@ local function real_stats(dataset, o, net, info)
   local stats = metrics.FeatureStats():add(feats)
   local kid = feats:index_select(1, spread(feats:size(1), o.kid_features)):contiguous()
   local dir = path:match("^(.*)/[^/]*$")
-  if dir then os.execute(string.format("mkdir -p %q", dir)) end
+  if dir then fs.mkdir_p(dir) end
   stats:save(path, key)
   local tensors, meta = cn.load(path)
   tensors[key .. ".kid"] = kid
@@ -245,6 +231,35 @@ function M.score(samples, dataset, opts)
   if not ok then error(kid, 0) end
   return { fid = value, kid = kid, kid_std = kid_std, n = n, name = M.NAME, kid_name = M.KID_NAME, dataset = dataset,
     split = info.split, real_count = info.count }
+end
+
+--- The header of the CSV recipes/fid_vs_steps.lua writes, one row per step count.
+M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint"
+
+--- read_scan(path) -> rows {steps=, fid=, kid=, kid_std=, seconds=, n=, sampler=, dataset=, split=, checkpoint=}
+-- of a fid_vs_steps CSV, or nil and a message naming the file (unreadable, another header, a bad row).
+function M.read_scan(path)
+  local f = io.open(path, "r")
+  if not f then return nil, "cannot read " .. path end
+  local header = f:read("l")
+  if not header or not header:match("^steps,fid_classifier,") then
+    f:close()
+    return nil, path .. " is not a fid_vs_steps CSV"
+  end
+  local rows = {}
+  for line in f:lines() do
+    local v = {}
+    for field in line:gmatch("[^,]+") do v[#v + 1] = field end
+    local steps, value, seconds, n = math.tointeger(tonumber(v[1])), tonumber(v[2]), tonumber(v[5]), tonumber(v[6])
+    if #v < 10 or not (steps and value and seconds and n) then
+      f:close()
+      return nil, string.format("%s: bad row '%s'", path, line)
+    end
+    rows[#rows + 1] = { steps = steps, fid = value, kid = tonumber(v[3]), kid_std = tonumber(v[4]), seconds = seconds,
+      n = n, sampler = v[7], dataset = v[8], split = v[9], checkpoint = v[10] }
+  end
+  f:close()
+  return rows
 end
 
 return M

@@ -21,6 +21,7 @@ local data = require "cunet.data"
 local image = require "cunet.image"
 local progress = require "cunet.progress"
 local checkpoint = require "cunet.checkpoint"
+local fs = require "cunet.fs"
 
 local M = {}
 
@@ -180,22 +181,15 @@ end
 
 -- ---- files ----------------------------------------------------------------------------------------
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
 
 local function mkdir(path)
-  if exists(path .. "/.") then return end
-  local ok = os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
-  if not ok then fail("cannot create the output directory '%s'", path) end
+  if not fs.mkdir_p(path) then fail("cannot create the output directory '%s'", path) end
 end
 
 -- Opens out/loss.csv for appending; on resume keeps the rows of steps <= start_step only.
 local function open_csv(path, start_step)
   local kept = {"step,loss,lr,seconds"}
-  if start_step > 0 and exists(path) then
+  if start_step > 0 and fs.exists(path) then
     local f = assert(io.open(path, "r"))
     for line in f:lines() do
       local step = math.tointeger(tonumber(line:match("^(%d+),")))

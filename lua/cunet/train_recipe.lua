@@ -145,15 +145,22 @@ M.ablation_recipes = {
     "with the diffusion time entering only through an embedding added to each block's input" },
 }
 
+--- A cU-Net recipe's spec: cunet_defaults with `fields` on top (a new table).
+function M.cunet_spec(fields)
+  local spec = {}
+  for k, v in pairs(M.cunet_defaults) do spec[k] = v end
+  for k, v in pairs(fields) do spec[k] = v end
+  return spec
+end
+
 --- Runs the ablation recipe `name` (a key of ablation_recipes): the cU-Net defaults, 3000 steps.
 function M.ablation(argv, name)
   local a = M.ablation_recipes[name]
   if not a then error(string.format("train_recipe.ablation: unknown recipe %q", tostring(name)), 2) end
-  local spec = {}
-  for k, v in pairs(M.cunet_defaults) do spec[k] = v end
-  spec.name, spec.ablation, spec.out, spec.steps = name, a[1], "runs/" .. name, 3000
-  spec.description = "Appendix C ablation: the cU-Net " .. a[2] .. ";\ncheckpoints, loss.csv and sample grids go to --out."
-  return M.main(argv, spec)
+  return M.main(argv, M.cunet_spec {
+    name = name, ablation = a[1], out = "runs/" .. name, steps = 3000,
+    description = "Appendix C ablation: the cU-Net " .. a[2] .. ";\ncheckpoints, loss.csv and sample grids go to --out.",
+  })
 end
 
 return M

@@ -7,10 +7,12 @@ local util = {}
 
 --- Merges a user's options table over a module's defaults (one table per class, the single place
 -- where its defaults live) and rejects unknown keys, naming the known ones. A default of `false`
--- stands for PyTorch's None where a nil could not be stored in the table.
-function util.options(opts, defaults, who)
+-- stands for PyTorch's None where a nil could not be stored in the table. Errors point at the
+-- caller's caller (level 3), or at `level` when a wrapper stands in between.
+function util.options(opts, defaults, who, level)
+  level = level or 3
   if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("%s: options must be a table, got %s", who, type(opts)), 3)
+    error(string.format("%s: options must be a table, got %s", who, type(opts)), level)
   end
   local merged = {}
   for k, v in pairs(defaults) do merged[k] = v end
@@ -19,7 +21,7 @@ function util.options(opts, defaults, who)
       local known = {}
       for name in pairs(defaults) do known[#known + 1] = name end
       table.sort(known)
-      error(string.format("%s: unknown option '%s' (known: %s)", who, tostring(k), table.concat(known, ", ")), 3)
+      error(string.format("%s: unknown option '%s' (known: %s)", who, tostring(k), table.concat(known, ", ")), level)
     end
     merged[k] = v
   end

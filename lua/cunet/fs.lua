@@ -1,0 +1,28 @@
+-- fs — the few file-system helpers the library shares (Lua's io/os have no stat or mkdir).
+--
+--   local fs = require "cunet.fs"
+--   if fs.exists(path) then ... end
+--   local ok, err = fs.mkdir_p("runs/a b/c")        -- like `mkdir -p`, with the path shell-quoted
+
+local M = {}
+
+--- exists(path) -> true when path can be opened for reading (a file, or a directory on Linux).
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- shell_quote(s) -> s in single quotes, safe as one word in a POSIX shell command.
+function M.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+--- mkdir_p(path) -> true, or nil and a message: creates path and its parents (`mkdir -p`).
+function M.mkdir_p(path)
+  if M.exists(path .. "/.") then return true end
+  if os.execute("mkdir -p " .. M.shell_quote(path)) then return true end
+  return nil, string.format("cannot create the directory '%s'", path)
+end
+
+return M

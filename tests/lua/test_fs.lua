@@ -1,0 +1,43 @@
+-- test_fs.lua — lua/cunet/fs.lua: exists, shell_quote and mkdir_p with paths a shell would mangle.
+
+local lu = require "luaunit"
+local fs = require "cunet.fs"
+
+TestFs = {}
+
+function TestFs:setUp()
+  self.dir = os.tmpname()
+  os.remove(self.dir)
+end
+
+function TestFs:tearDown()
+  if self.dir:match("^/tmp/") then os.execute("rm -rf " .. fs.shell_quote(self.dir)) end
+end
+
+function TestFs:testMkdirPWithQuotesAndDollars()
+  local path = self.dir .. "/it's $HOME `x`/a b/c"
+  lu.assertFalse(fs.exists(path .. "/."))
+  lu.assertTrue(fs.mkdir_p(path))
+  lu.assertTrue(fs.exists(path .. "/."))
+  lu.assertTrue(fs.mkdir_p(path)) -- already there
+  local f = assert(io.open(path .. "/file", "w"))
+  f:close()
+  lu.assertTrue(fs.exists(path .. "/file"))
+  lu.assertFalse(fs.exists(path .. "/nothing"))
+end
+
+function TestFs:testMkdirPFailureIsAMessage()
+  local f = assert(io.open(self.dir, "w")) -- a file where a directory should go
+  f:close()
+  local ok, err = fs.mkdir_p(self.dir .. "/sub")
+  lu.assertNil(ok)
+  lu.assertStrContains(err, "cannot create the directory '" .. self.dir .. "/sub'")
+end
+
+function TestFs:testShellQuoteRoundTrips()
+  for _, s in ipairs { "plain", "it's", "a b", "$HOME", "`x`", "'", "" } do
+    local p = io.popen("printf '%s' " .. fs.shell_quote(s))
+    lu.assertEquals(p:read("a"), s)
+    p:close()
+  end
+end
