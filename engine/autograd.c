@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "profile.h"
 
 static _Thread_local bool grad_mode = true;
 
@@ -375,7 +376,10 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
             break;
         }
         memset(grad_in, 0, (size_t)n->n_inputs * sizeof *grad_in);
-        if (n->op->backward(n, e->grad, grad_in, err)) {
+        cn_profile_push(n->op->name, CN_PROFILE_BACKWARD);
+        int failed = n->op->backward(n, e->grad, grad_in, err);
+        cn_profile_pop();
+        if (failed) {
             char msg[CN_ERROR_LEN];
             snprintf(msg, sizeof msg, "%s", err->msg);
             cn_error_set(err, "backward of %s: %s", n->op->name, msg);

@@ -864,6 +864,25 @@ struct args {
     int flags;
 };
 
+/* CUNET_PROFILE=1 (any value but "" and "0"): require("cunet.profile")[fn]() around the script,
+ * which prints the per-op table on stderr at the end. Errors here are reported, not fatal. */
+static void profile_hook(lua_State *L, const char *fn)
+{
+    const char *env = getenv("CUNET_PROFILE");
+    if (!env || !*env || strcmp(env, "0") == 0)
+        return;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cunet.profile");
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        lua_getfield(L, -1, fn);
+        lua_remove(L, -2);
+        if (lua_pcall(L, 0, 0, 0) == LUA_OK)
+            return;
+    }
+    print_message(PROGNAME, lua_pushfstring(L, "CUNET_PROFILE: %s", lua_tostring(L, -1)));
+    lua_pop(L, 2);
+}
+
 /* Everything that touches Lua, run in protected mode. Pushes true when all went well. */
 static int pmain(lua_State *L)
 {
@@ -885,8 +904,12 @@ static int pmain(lua_State *L)
         ok = 0;
     if (ok && !run_options(L, a->argv, a->script))
         ok = 0;
-    if (ok && a->script < a->argc && run_script(L, a->argc, a->argv, a->script) != LUA_OK)
-        ok = 0;
+    if (ok && a->script < a->argc) {
+        profile_hook(L, "start");
+        if (run_script(L, a->argc, a->argv, a->script) != LUA_OK)
+            ok = 0;
+        profile_hook(L, "finish");
+    }
     if (ok && (a->flags & HAS_I)) {
         repl(L);
     } else if (ok && a->script == a->argc && !(a->flags & (HAS_E | HAS_V))) {

@@ -18,6 +18,7 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "profile.h"
 
 void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
              const float *b, int ldb, float beta, float *c, int ldc) {
@@ -29,6 +30,7 @@ void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const
         }
         return;
     }
+    cn_profile_add_flops(2.0 * m * n * k);
     /* Matrix-vector products go to sgemv. With beta == 0 the output is zeroed first: some OpenBLAS
      * versions scale y by beta, and 0 * NaN from an uninitialised buffer would stay NaN. */
     if (n == 1) { /* c[:, 0] = op(A) @ b[:, 0] */

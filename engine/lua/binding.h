@@ -40,10 +40,15 @@ int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims);
 int cnl_checkshape(lua_State *L, int arg, int64_t *shape);
 /* Optional boolean at arg (nil/none -> def). */
 int cnl_optbool(lua_State *L, int arg, int def);
+
 /* Raises when t may not be modified in place: grad mode is on and t requires grad (a leaf
  * parameter or part of a graph). fname names the operation in the message. */
 void cnl_check_inplace(lua_State *L, const cn_tensor *t, const char *fname);
-/* Adds methods to the tensor method table and functions to the module table at index -1. */
+/* Sets each entry of regs (static storage, NULL-terminated) into the table at -1 as an op the
+ * profiler can time (l_profile.c). */
+void cnl_setfuncs(lua_State *L, const luaL_Reg *regs);
+/* Adds methods to the tensor method table and functions to the module table at index -1, through
+ * cnl_setfuncs. */
 void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions);
 
 /* Registration entry points of each binding file, called by luaopen_cunet_core. */
@@ -61,6 +66,7 @@ void cnl_open_image(lua_State *L);    /* l_image.c: PNG */
 void cnl_open_ode(lua_State *L);      /* l_ode.c: ODE solvers */
 void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
 void cnl_open_metrics(lua_State *L);     /* l_metrics.c: SSIM, PSNR, FID, KID */
+void cnl_open_profile(lua_State *L);     /* l_profile.c: the per-op profiler */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

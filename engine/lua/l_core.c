@@ -141,11 +141,11 @@ void cnl_check_inplace(lua_State *L, const cn_tensor *t, const char *fname) {
 }
 
 void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions) {
-    if (functions) luaL_setfuncs(L, functions, 0);
+    if (functions) cnl_setfuncs(L, functions);
     if (methods) {
         luaL_getmetatable(L, CNL_TENSOR_MT);
         lua_getfield(L, -1, "__methods");
-        luaL_setfuncs(L, methods, 0);
+        cnl_setfuncs(L, methods);
         lua_pop(L, 2);
     }
 }
@@ -177,6 +177,7 @@ int luaopen_cunet_core(lua_State *L) {
     cnl_open_ode(L);
     cnl_open_sys(L);
     cnl_open_metrics(L);
+    cnl_open_profile(L);
     luaL_getmetatable(L, CNL_TENSOR_MT);
     lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
     lua_pushliteral(L, CUNET_VERSION);

@@ -201,6 +201,6 @@ static const luaL_Reg elementwise_meta[] = {
 void cnl_open_elementwise(lua_State *L) {
     cnl_register(L, elementwise_methods, elementwise_functions);
     luaL_getmetatable(L, CNL_TENSOR_MT);
-    luaL_setfuncs(L, elementwise_meta, 0);
+    cnl_setfuncs(L, elementwise_meta);
     lua_pop(L, 1);
 }

@@ -121,6 +121,7 @@ void cnl_open_optim(lua_State *L) {
         {"sgd_step", l_sgd_step}, {"adam_step", l_adam_step}, {"grad_norm", l_grad_norm},
         {"scale_", l_scale_}, {"ema_update_", l_ema_update_}, {"swap_", l_swap_}, {NULL, NULL},
     };
-    luaL_newlib(L, kernels);
+    lua_newtable(L);
+    cnl_setfuncs(L, kernels);
     lua_setfield(L, -2, "optim");
 }
