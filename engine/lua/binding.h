@@ -40,7 +40,24 @@ int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims);
 int cnl_checkshape(lua_State *L, int arg, int64_t *shape);
 /* Optional boolean at arg (nil/none -> def). */
 int cnl_optbool(lua_State *L, int arg, int def);
+/* Optional tensor at arg (nil/none -> NULL, anything else must be a tensor). */
+cn_tensor *cnl_opttensor(lua_State *L, int arg);
 
+/* Option tables (l_options.c), the one set of readers. cnl_check_keys comes first: it raises
+ * "fname: unknown option 'key' (known: a, b)" for a key not in allowed (NULL-terminated), and
+ * "bad argument #idx" when idx holds neither nil/none nor a table; returns whether a table is there.
+ * The readers return def (NULL, false) when the key is absent or idx holds no table, and raise
+ * "bad argument #idx to 'f' (option 'key' must be ...)" on a value of the wrong type. */
+bool cnl_check_keys(lua_State *L, int idx, const char *const *allowed, const char *fname);
+lua_Number cnl_opt_number(lua_State *L, int idx, const char *key, lua_Number def);
+lua_Integer cnl_opt_integer(lua_State *L, int idx, const char *key, lua_Integer def);
+bool cnl_opt_bool(lua_State *L, int idx, const char *key, bool def);
+/* The string stays valid while the table holds it. */
+const char *cnl_opt_string(lua_State *L, int idx, const char *key, const char *def);
+/* A borrowed tensor (the table keeps its userdata alive), NULL when absent. */
+cn_tensor *cnl_opt_tensor(lua_State *L, int idx, const char *key);
+/* An integer (both) or an {h, w} pair of integers into out; returns false, out untouched, when absent. */
+bool cnl_opt_pair(lua_State *L, int idx, const char *key, int64_t out[2]);
 /* Raises when t may not be modified in place: grad mode is on and t requires grad (a leaf
  * parameter or part of a graph). fname names the operation in the message. */
 void cnl_check_inplace(lua_State *L, const cn_tensor *t, const char *fname);

@@ -258,7 +258,8 @@ static int checktensors(lua_State *L, int arg, cn_tensor ***out, const char *wha
     return n;
 }
 
-/* cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=}]]) -> list */
+/* cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=}]]) -> list
+ * (create_graph=true is refused: backward functions record no graph, so a second order would be silently wrong) */
 static int l_grad(lua_State *L) {
     lua_settop(L, 4);
     cn_tensor **outs, **ins, **gouts = NULL;
@@ -268,14 +269,12 @@ static int l_grad(lua_State *L) {
         int n_g = checktensors(L, 3, &gouts, "tensor or list of gradients");
         if (n_g != n_out) return luaL_error(L, "grad: %d grad_outputs for %d outputs", n_g, n_out);
     }
-    bool retain = false, allow_unused = false;
-    if (lua_istable(L, 4)) {
-        lua_getfield(L, 4, "retain_graph");
-        retain = lua_toboolean(L, -1);
-        lua_getfield(L, 4, "allow_unused");
-        allow_unused = lua_toboolean(L, -1);
-        lua_pop(L, 2);
-    }
+    static const char *const options[] = {"retain_graph", "allow_unused", "create_graph", NULL};
+    cnl_check_keys(L, 4, options, "grad");
+    bool retain = cnl_opt_bool(L, 4, "retain_graph", false);
+    bool allow_unused = cnl_opt_bool(L, 4, "allow_unused", false);
+    if (cnl_opt_bool(L, 4, "create_graph", false))
+        return luaL_error(L, "grad: create_graph is not supported (no double backward yet)");
     lua_createtable(L, n_in, 0); /* boxes first, so results never leak */
     cn_tensor ***boxes = lua_newuserdatauv(L, (size_t)n_in * sizeof *boxes, 0);
     for (int j = 0; j < n_in; j++) {

@@ -8,63 +8,37 @@
  * number. Unknown option names are errors (a typo would otherwise be silently ignored).
  */
 #include <limits.h>
-#include <string.h>
 
 #include "binding.h"
 #include "ops_conv.h"
 
-/* The value at idx as an int: a number with an integral value in int's range. */
-static bool to_int(lua_State *L, int idx, int *out) {
-    int isint;
-    lua_Integer v = lua_tointegerx(L, idx, &isint);
-    if (lua_type(L, idx) != LUA_TNUMBER || !isint || v < INT_MIN || v > INT_MAX) return false;
-    *out = (int)v;
-    return true;
-}
+static const char *const conv_options[] = {"stride", "padding", "dilation", "groups", NULL};
+static const char *const conv_transpose_options[] = {"stride", "padding", "output_padding", "dilation", "groups", NULL};
 
-/* The option at the top of the stack into pair[0..1]: an integer (both) or a {h, w} pair. */
-static void read_pair(lua_State *L, int arg, const char *name, int pair[2]) {
-    if (to_int(L, -1, &pair[0])) {
-        pair[1] = pair[0];
-        return;
+/* Pair option `key` of the table at arg into pair[0..1] (untouched when absent), in int's range. */
+static void read_pair(lua_State *L, int arg, const char *key, int pair[2]) {
+    int64_t v[2];
+    if (!cnl_opt_pair(L, arg, key, v)) return;
+    for (int i = 0; i < 2; i++) {
+        if (v[i] < INT_MIN || v[i] > INT_MAX)
+            luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be an integer in int's range, got %I", key,
+                                                  (lua_Integer)v[i]));
+        pair[i] = (int)v[i];
     }
-    bool ok = lua_istable(L, -1) && luaL_len(L, -1) == 2;
-    for (int i = 0; ok && i < 2; i++) {
-        lua_geti(L, -1, i + 1);
-        ok = to_int(L, -1, &pair[i]);
-        lua_pop(L, 1);
-    }
-    if (!ok)
-        luaL_argerror(L, arg, lua_pushfstring(L, "%s must be an integer or a {h, w} pair of integers",
-                                              name));
 }
 
 /* The options table at arg (nil/none: defaults) into o. */
 static void check_opts(lua_State *L, int arg, bool transposed, cn_conv2d_opts *o) {
     *o = (cn_conv2d_opts)CN_CONV2D_OPTS_DEFAULT;
-    if (lua_isnoneornil(L, arg)) return;
-    luaL_argexpected(L, lua_istable(L, arg), arg, "table of options");
-    lua_pushnil(L);
-    while (lua_next(L, arg)) {
-        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (key && strcmp(key, "stride") == 0) {
-            read_pair(L, arg, key, o->stride);
-        } else if (key && strcmp(key, "padding") == 0) {
-            read_pair(L, arg, key, o->padding);
-        } else if (key && strcmp(key, "dilation") == 0) {
-            read_pair(L, arg, key, o->dilation);
-        } else if (key && transposed && strcmp(key, "output_padding") == 0) {
-            read_pair(L, arg, key, o->output_padding);
-        } else if (key && strcmp(key, "groups") == 0) {
-            if (!to_int(L, -1, &o->groups)) luaL_argerror(L, arg, "groups must be an integer");
-        } else {
-            luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s' (expected stride, padding, %s"
-                                                     "dilation or groups)",
-                                                  key ? key : luaL_typename(L, -2),
-                                                  transposed ? "output_padding, " : ""));
-        }
-        lua_pop(L, 1);
-    }
+    cnl_check_keys(L, arg, transposed ? conv_transpose_options : conv_options,
+                   transposed ? "conv_transpose2d" : "conv2d");
+    read_pair(L, arg, "stride", o->stride);
+    read_pair(L, arg, "padding", o->padding);
+    read_pair(L, arg, "dilation", o->dilation);
+    if (transposed) read_pair(L, arg, "output_padding", o->output_padding);
+    lua_Integer groups = cnl_opt_integer(L, arg, "groups", o->groups);
+    luaL_argcheck(L, groups >= INT_MIN && groups <= INT_MAX, arg, "option 'groups' out of range");
+    o->groups = (int)groups;
 }
 
 /* x, w [, b] [, opts] */

@@ -47,18 +47,12 @@ UNARY(round, CN_ROUND)
 /* t:gelu([{approximate="none"|"tanh"}]) */
 static int l_gelu(lua_State *L) {
     cn_tensor *a = cnl_checktensor(L, 1);
-    cn_unary_op op = CN_GELU;
-    if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-        if (lua_getfield(L, 2, "approximate") != LUA_TNIL) {
-            const char *mode = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-            if (strcmp(mode, "tanh") == 0)
-                op = CN_GELU_TANH;
-            else if (strcmp(mode, "none") != 0)
-                luaL_argerror(L, 2, "approximate must be \"none\" or \"tanh\"");
-        }
-        lua_pop(L, 1);
-    }
+    static const char *const options[] = {"approximate", NULL};
+    cnl_check_keys(L, 2, options, "gelu");
+    const char *mode = cnl_opt_string(L, 2, "approximate", "none");
+    if (strcmp(mode, "tanh") != 0 && strcmp(mode, "none") != 0)
+        luaL_argerror(L, 2, "approximate must be \"none\" or \"tanh\"");
+    cn_unary_op op = strcmp(mode, "tanh") == 0 ? CN_GELU_TANH : CN_GELU;
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
     return cnl_result(L, box, cn_unary(op, a, &err), &err);

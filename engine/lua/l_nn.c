@@ -22,54 +22,6 @@
 
 /* ---- option tables ------------------------------------------------------------------------ */
 
-/* Field `key` of the options table at arg, pushed on the stack; its type (LUA_TNIL when absent). */
-static int opt_field(lua_State *L, int arg, const char *key) {
-    if (!lua_istable(L, arg)) {
-        lua_pushnil(L);
-        return LUA_TNIL;
-    }
-    return lua_getfield(L, arg, key);
-}
-
-static lua_Number opt_number(lua_State *L, int arg, const char *key, lua_Number def) {
-    int type = opt_field(L, arg, key);
-    lua_Number v = def;
-    if (type != LUA_TNIL) {
-        if (type != LUA_TNUMBER)
-            luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a number, got %s", key, luaL_typename(L, -1)));
-        v = lua_tonumber(L, -1);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-static lua_Integer opt_integer(lua_State *L, int arg, const char *key, lua_Integer def) {
-    int type = opt_field(L, arg, key);
-    lua_Integer v = def;
-    if (type != LUA_TNIL) {
-        int isint;
-        v = lua_tointegerx(L, -1, &isint);
-        if (!isint)
-            luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be an integer, got %s", key,
-                                                  type == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1)));
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-/* Tensor option `key` (NULL when absent); the value stays referenced by the options table. */
-static cn_tensor *opt_tensor(lua_State *L, int arg, const char *key) {
-    int type = opt_field(L, arg, key);
-    cn_tensor *t = NULL;
-    if (type != LUA_TNIL) {
-        t = cnl_totensor(L, -1);
-        if (!t)
-            luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a tensor, got %s", key, luaL_typename(L, -1)));
-    }
-    lua_pop(L, 1);
-    return t;
-}
-
 static cn_reduction check_reduction_name(lua_State *L, int arg, const char *name) {
     if (strcmp(name, "mean") == 0) return CN_REDUCTION_MEAN;
     if (strcmp(name, "sum") == 0) return CN_REDUCTION_SUM;
@@ -78,17 +30,11 @@ static cn_reduction check_reduction_name(lua_State *L, int arg, const char *name
     return CN_REDUCTION_MEAN;
 }
 
-/* reduction at arg: nil (mean), a string, or a table with field reduction. */
+/* reduction at arg: nil (mean), a string, or a table with field reduction (keys checked by the caller). */
 static cn_reduction opt_reduction(lua_State *L, int arg) {
     if (lua_type(L, arg) == LUA_TSTRING) return check_reduction_name(L, arg, lua_tostring(L, arg));
-    if (!lua_isnoneornil(L, arg)) luaL_argexpected(L, lua_istable(L, arg), arg, "options table or reduction name");
-    int type = opt_field(L, arg, "reduction");
-    cn_reduction r = CN_REDUCTION_MEAN;
-    if (type == LUA_TSTRING) r = check_reduction_name(L, arg, lua_tostring(L, -1));
-    else if (type != LUA_TNIL)
-        luaL_argerror(L, arg, lua_pushfstring(L, "option 'reduction' must be a string, got %s", luaL_typename(L, -1)));
-    lua_pop(L, 1);
-    return r;
+    const char *name = cnl_opt_string(L, arg, "reduction", NULL);
+    return name ? check_reduction_name(L, arg, name) : CN_REDUCTION_MEAN;
 }
 
 /* ---- 1-based ids --------------------------------------------------------------------------- */
@@ -149,15 +95,12 @@ static int l_log_softmax(lua_State *L) { return softmax_common(L, true); }
 
 static int l_sdpa(lua_State *L) {
     cn_tensor *q = cnl_checktensor(L, 1), *k = cnl_checktensor(L, 2), *v = cnl_checktensor(L, 3);
-    if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
-    cn_tensor *mask = opt_tensor(L, 4, "mask");
-    lua_Number scale = 0.0; /* the engine's default, 1/sqrt(d) */
-    if (opt_field(L, 4, "scale") != LUA_TNIL) {
-        luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > 0, 4,
-                      "option 'scale' must be a positive number");
-        scale = lua_tonumber(L, -1);
-    }
-    lua_pop(L, 1);
+    static const char *const options[] = {"mask", "scale", NULL};
+    cnl_check_keys(L, 4, options, "scaled_dot_product_attention");
+    cn_tensor *mask = cnl_opt_tensor(L, 4, "mask");
+    lua_Number scale = cnl_opt_number(L, 4, "scale", NAN); /* absent: 0, the engine's default 1/sqrt(d) */
+    if (isnan(scale)) scale = 0.0;
+    else luaL_argcheck(L, scale > 0, 4, "option 'scale' must be a positive number");
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
     return cnl_result(L, box, cn_scaled_dot_product_attention(q, k, v, mask, (double)scale, &err), &err);
@@ -195,6 +138,8 @@ static int l_embedding(lua_State *L) {
 
 static int pointwise_loss(lua_State *L, bool l1) {
     cn_tensor *a = cnl_checktensor(L, 1), *b = cnl_checktensor(L, 2);
+    static const char *const options[] = {"reduction", NULL};
+    if (lua_type(L, 3) != LUA_TSTRING) cnl_check_keys(L, 3, options, l1 ? "l1_loss" : "mse_loss");
     cn_reduction reduction = opt_reduction(L, 3);
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
@@ -207,11 +152,12 @@ static int l_l1_loss(lua_State *L) { return pointwise_loss(L, true); }
 
 static int l_cross_entropy(lua_State *L) {
     cn_tensor *logits = cnl_checktensor(L, 1), *target = cnl_checktensor(L, 2);
-    if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TSTRING) luaL_checktype(L, 3, LUA_TTABLE);
-    cn_tensor *weight = opt_tensor(L, 3, "weight");
+    static const char *const options[] = {"weight", "reduction", "ignore_index", "label_smoothing", NULL};
+    if (lua_type(L, 3) != LUA_TSTRING) cnl_check_keys(L, 3, options, "cross_entropy");
+    cn_tensor *weight = cnl_opt_tensor(L, 3, "weight");
     cn_reduction reduction = opt_reduction(L, 3);
-    lua_Integer ignore = opt_integer(L, 3, "ignore_index", -100);
-    lua_Number smoothing = opt_number(L, 3, "label_smoothing", 0.0);
+    lua_Integer ignore = cnl_opt_integer(L, 3, "ignore_index", -100);
+    lua_Number smoothing = cnl_opt_number(L, 3, "label_smoothing", 0.0);
     luaL_argcheck(L, smoothing >= 0 && smoothing <= 1, 3, "option 'label_smoothing' must be in [0, 1]");
     luaL_argcheck(L, ignore > LUA_MININTEGER, 3, "option 'ignore_index' out of range");
     cn_error err;

@@ -17,11 +17,6 @@
 #define DEFAULT_EPS 1e-5
 #define DEFAULT_MOMENTUM 0.1
 
-/* nil/none -> NULL, else a tensor. */
-static cn_tensor *opttensor(lua_State *L, int arg) {
-    return lua_isnoneornil(L, arg) ? NULL : cnl_checktensor(L, arg);
-}
-
 static double checkeps(lua_State *L, int arg, double eps) {
     luaL_argcheck(L, eps >= 0.0 && isfinite(eps), arg, "eps must be a finite non-negative number");
     return eps;
@@ -31,7 +26,7 @@ static int l_group_norm(lua_State *L) {
     cn_tensor *x = cnl_checktensor(L, 1);
     lua_Integer groups = luaL_checkinteger(L, 2);
     luaL_argcheck(L, groups > 0, 2, "num_groups must be positive");
-    cn_tensor *w = opttensor(L, 3), *b = opttensor(L, 4);
+    cn_tensor *w = cnl_opttensor(L, 3), *b = cnl_opttensor(L, 4);
     double eps = checkeps(L, 5, luaL_optnumber(L, 5, DEFAULT_EPS));
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
@@ -40,7 +35,7 @@ static int l_group_norm(lua_State *L) {
 
 static int l_instance_norm(lua_State *L) {
     cn_tensor *x = cnl_checktensor(L, 1);
-    cn_tensor *w = opttensor(L, 2), *b = opttensor(L, 3);
+    cn_tensor *w = cnl_opttensor(L, 2), *b = cnl_opttensor(L, 3);
     double eps = checkeps(L, 4, luaL_optnumber(L, 4, DEFAULT_EPS));
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
@@ -65,39 +60,23 @@ static int l_layer_norm(lua_State *L) {
         return luaL_argerror(L, 2, lua_pushfstring(L, "normalized shape %s does not match the trailing dims of input %s",
                                                    cn_shape_str(a, sizeof a, n, shape),
                                                    cn_shape_str(b, sizeof b, x->ndim, x->shape)));
-    cn_tensor *w = opttensor(L, 3), *bias = opttensor(L, 4);
+    cn_tensor *w = cnl_opttensor(L, 3), *bias = cnl_opttensor(L, 4);
     double eps = checkeps(L, 5, luaL_optnumber(L, 5, DEFAULT_EPS));
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
     return cnl_result(L, box, cn_layer_norm(x, n, w, bias, eps, &err), &err);
 }
 
-/* Field `name` of the options table at arg as a number (def when absent). */
-static double optfield_number(lua_State *L, int arg, const char *name, double def) {
-    if (!lua_istable(L, arg)) return def;
-    lua_getfield(L, arg, name);
-    int isnum;
-    double v = lua_tonumberx(L, -1, &isnum);
-    if (lua_isnil(L, -1)) v = def;
-    else if (!isnum)
-        luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a number, got %s", name, luaL_typename(L, -1)));
-    lua_pop(L, 1);
-    return v;
-}
+static const char *const batch_norm_options[] = {"training", "momentum", "eps", NULL};
 
 static int l_batch_norm(lua_State *L) {
     cn_tensor *x = cnl_checktensor(L, 1);
-    cn_tensor *running_mean = opttensor(L, 2), *running_var = opttensor(L, 3);
-    cn_tensor *w = opttensor(L, 4), *b = opttensor(L, 5);
-    luaL_argexpected(L, lua_isnoneornil(L, 6) || lua_istable(L, 6), 6, "options table");
-    bool training = false;
-    if (lua_istable(L, 6)) {
-        lua_getfield(L, 6, "training");
-        training = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
-    double momentum = optfield_number(L, 6, "momentum", DEFAULT_MOMENTUM);
-    double eps = optfield_number(L, 6, "eps", DEFAULT_EPS);
+    cn_tensor *running_mean = cnl_opttensor(L, 2), *running_var = cnl_opttensor(L, 3);
+    cn_tensor *w = cnl_opttensor(L, 4), *b = cnl_opttensor(L, 5);
+    cnl_check_keys(L, 6, batch_norm_options, "batch_norm");
+    bool training = cnl_opt_bool(L, 6, "training", false);
+    double momentum = cnl_opt_number(L, 6, "momentum", DEFAULT_MOMENTUM);
+    double eps = cnl_opt_number(L, 6, "eps", DEFAULT_EPS);
     luaL_argcheck(L, isfinite(momentum), 6, "momentum must be a finite number");
     checkeps(L, 6, eps);
     if (training) {

@@ -68,12 +68,8 @@ static int dynamics(void *p, double t, int n, cn_tensor *const *z, cn_tensor **d
     return status;
 }
 
-static double optnumber_field(lua_State *L, int idx, const char *name, double def) {
-    lua_getfield(L, idx, name);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
+static const char *const odeint_options[] = {"method", "rtol", "atol", "step_size", "steps", "first_step",
+                                             "max_steps", "safety", NULL};
 
 /* core.odeint(f, z0 (tensor | {tensors}), ts {numbers}, opts) -> solution, stats
  * solution: a tensor [nt, ...] (or a table of them); stats: {nfe=, accepted=, rejected=} */
@@ -113,16 +109,16 @@ static int l_odeint(lua_State *L) {
     cn_ode_opts o;
     cn_ode_default_opts(&o);
     cn_error err;
-    lua_getfield(L, 4, "method");
-    if (!lua_isnil(L, -1) && cn_ode_method_from_name(luaL_checkstring(L, -1), &o.method, &err)) return cnl_raise(L, &err);
-    lua_pop(L, 1);
-    o.rtol = optnumber_field(L, 4, "rtol", o.rtol);
-    o.atol = optnumber_field(L, 4, "atol", o.atol);
-    o.step_size = optnumber_field(L, 4, "step_size", 0);
-    o.steps = (int64_t)optnumber_field(L, 4, "steps", 1);
-    o.first_step = optnumber_field(L, 4, "first_step", 0);
-    o.max_steps = (int64_t)optnumber_field(L, 4, "max_steps", (double)o.max_steps);
-    o.safety = optnumber_field(L, 4, "safety", o.safety);
+    cnl_check_keys(L, 4, odeint_options, "odeint");
+    const char *method = cnl_opt_string(L, 4, "method", NULL);
+    if (method && cn_ode_method_from_name(method, &o.method, &err)) return cnl_raise(L, &err);
+    o.rtol = cnl_opt_number(L, 4, "rtol", o.rtol);
+    o.atol = cnl_opt_number(L, 4, "atol", o.atol);
+    o.step_size = cnl_opt_number(L, 4, "step_size", 0);
+    o.steps = (int64_t)cnl_opt_integer(L, 4, "steps", 1);
+    o.first_step = cnl_opt_number(L, 4, "first_step", 0);
+    o.max_steps = (int64_t)cnl_opt_integer(L, 4, "max_steps", (lua_Integer)o.max_steps);
+    o.safety = cnl_opt_number(L, 4, "safety", o.safety);
     if (o.step_size < 0 || o.steps < 1 || o.max_steps < 1)
         return luaL_error(L, "odeint: step_size must be >= 0, steps and max_steps >= 1");
     if (o.step_size > 0 && o.steps > 1) return luaL_error(L, "odeint: give step_size or steps, not both");

@@ -26,14 +26,10 @@ static cn_tensor *contiguous_grad(lua_State *L, int arg) {
     return c;
 }
 
-static cn_tensor *opttensor(lua_State *L, int arg) {
-    return lua_isnoneornil(L, arg) ? NULL : cnl_checktensor(L, arg);
-}
-
 static int l_sgd_step(lua_State *L) {
     cn_tensor *param = cnl_checktensor(L, 1);
     cnl_checktensor(L, 2);
-    cn_tensor *buf = opttensor(L, 3);
+    cn_tensor *buf = cnl_opttensor(L, 3);
     double lr = luaL_checknumber(L, 4), momentum = luaL_checknumber(L, 5);
     double dampening = luaL_checknumber(L, 6), weight_decay = luaL_checknumber(L, 7);
     bool nesterov = lua_toboolean(L, 8), first_step = lua_toboolean(L, 9);
@@ -50,7 +46,7 @@ static int l_adam_step(lua_State *L) {
     cn_tensor *param = cnl_checktensor(L, 1);
     cnl_checktensor(L, 2);
     cn_tensor *exp_avg = cnl_checktensor(L, 3), *exp_avg_sq = cnl_checktensor(L, 4);
-    cn_tensor *max_exp_avg_sq = opttensor(L, 5);
+    cn_tensor *max_exp_avg_sq = cnl_opttensor(L, 5);
     lua_Integer step = luaL_checkinteger(L, 6);
     double lr = luaL_checknumber(L, 7), beta1 = luaL_checknumber(L, 8), beta2 = luaL_checknumber(L, 9);
     double eps = luaL_checknumber(L, 10), weight_decay = luaL_checknumber(L, 11);

@@ -19,27 +19,6 @@
 #include "binding.h"
 #include "ops_spatial.h"
 
-/* Raises unless every key of the options table at arg is one of allowed (NULL-terminated). */
-static void check_options(lua_State *L, int arg, const char *const *allowed) {
-    lua_pushnil(L);
-    while (lua_next(L, arg)) {
-        lua_pop(L, 1); /* the value; keep the key for lua_next */
-        bool known = false;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *a = allowed; *a && !known; a++) known = strcmp(lua_tostring(L, -1), *a) == 0;
-        if (!known)
-            luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'", luaL_tolstring(L, -1, NULL)));
-    }
-}
-
-/* The options table at arg (absent or nil: none). Returns whether there is one. */
-static bool opt_table(lua_State *L, int arg, const char *const *allowed) {
-    if (lua_isnoneornil(L, arg)) return false;
-    luaL_checktype(L, arg, LUA_TTABLE);
-    check_options(L, arg, allowed);
-    return true;
-}
-
 /* The value at the top of the stack as an integer or an {h, w} pair of integers into out; raises
  * naming `what` at argument arg otherwise. Pops the value. */
 static void pop_pair(lua_State *L, int arg, const char *what, int64_t out[2]) {
@@ -62,27 +41,6 @@ static void pop_pair(lua_State *L, int arg, const char *what, int64_t out[2]) {
     lua_pop(L, 1);
 }
 
-/* Field `name` of the options table at arg as a pair (out untouched when absent). Returns whether given. */
-static bool field_pair(lua_State *L, int arg, bool has_opts, const char *name, int64_t out[2]) {
-    if (!has_opts || lua_getfield(L, arg, name) == LUA_TNIL) {
-        if (has_opts) lua_pop(L, 1);
-        return false;
-    }
-    pop_pair(L, arg, name, out);
-    return true;
-}
-
-/* Field `name` of the options table at arg as a boolean (def when absent). */
-static bool field_bool(lua_State *L, int arg, bool has_opts, const char *name, bool def) {
-    if (!has_opts) return def;
-    int type = lua_getfield(L, arg, name);
-    if (type != LUA_TNIL && type != LUA_TBOOLEAN)
-        luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a boolean, got %s", name, luaL_typename(L, -1)));
-    bool v = type == LUA_TNIL ? def : lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 /* ---- upsample / interpolate ----------------------------------------------------------------- */
 
 static const char *const upsample_options[] = {"size", "scale_factor", "mode", "align_corners",
@@ -92,26 +50,22 @@ static const char *const upsample_options[] = {"size", "scale_factor", "mode", "
 static int l_upsample(lua_State *L) {
     cn_tensor *x = cnl_checktensor(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    check_options(L, 2, upsample_options);
-    int mode_type = lua_getfield(L, 2, "mode");
-    if (mode_type != LUA_TNIL && mode_type != LUA_TSTRING)
-        luaL_argerror(L, 2, lua_pushfstring(L, "option 'mode' must be a string, got %s", luaL_typename(L, -1)));
-    const char *mode = mode_type == LUA_TNIL ? "nearest" : lua_tostring(L, -1);
+    cnl_check_keys(L, 2, upsample_options, "upsample");
+    const char *mode = cnl_opt_string(L, 2, "mode", "nearest");
     bool bilinear = strcmp(mode, "bilinear") == 0;
     if (!bilinear && strcmp(mode, "nearest") != 0)
         luaL_argerror(L, 2, lua_pushfstring(L, "mode must be \"nearest\" or \"bilinear\", got \"%s\"", mode));
-    lua_pop(L, 1);
     lua_getfield(L, 2, "align_corners");
     bool has_align = !lua_isnil(L, -1);
     lua_pop(L, 1);
     if (has_align && !bilinear)
         luaL_argerror(L, 2, "align_corners can only be set with mode \"bilinear\"");
-    bool align_corners = field_bool(L, 2, true, "align_corners", false);
-    bool recompute = field_bool(L, 2, true, "recompute_scale_factor", false);
+    bool align_corners = cnl_opt_bool(L, 2, "align_corners", false);
+    bool recompute = cnl_opt_bool(L, 2, "recompute_scale_factor", false);
 
     int64_t size[2] = {1, 1};
     double scale[2] = {0.0, 0.0};
-    bool has_size = field_pair(L, 2, true, "size", size);
+    bool has_size = cnl_opt_pair(L, 2, "size", size);
     int type = lua_getfield(L, 2, "scale_factor");
     if (has_size == (type != LUA_TNIL))
         luaL_argerror(L, 2, "give exactly one of size and scale_factor");
@@ -158,11 +112,11 @@ static int l_avg_pool2d(lua_State *L) {
     int64_t kernel[2], stride[2], padding[2] = {0, 0};
     lua_pushvalue(L, 2);
     pop_pair(L, 2, "kernel size", kernel);
-    bool has_opts = opt_table(L, 3, avg_pool_options);
-    if (!field_pair(L, 3, has_opts, "stride", stride)) stride[0] = kernel[0], stride[1] = kernel[1];
-    field_pair(L, 3, has_opts, "padding", padding);
-    bool ceil_mode = field_bool(L, 3, has_opts, "ceil_mode", false);
-    bool count_include_pad = field_bool(L, 3, has_opts, "count_include_pad", true);
+    cnl_check_keys(L, 3, avg_pool_options, "avg_pool2d");
+    if (!cnl_opt_pair(L, 3, "stride", stride)) stride[0] = kernel[0], stride[1] = kernel[1];
+    cnl_opt_pair(L, 3, "padding", padding);
+    bool ceil_mode = cnl_opt_bool(L, 3, "ceil_mode", false);
+    bool count_include_pad = cnl_opt_bool(L, 3, "count_include_pad", true);
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
     return cnl_result(L, box, cn_avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, &err), &err);
@@ -174,11 +128,11 @@ static int l_max_pool2d(lua_State *L) {
     int64_t kernel[2], stride[2], padding[2] = {0, 0}, dilation[2] = {1, 1};
     lua_pushvalue(L, 2);
     pop_pair(L, 2, "kernel size", kernel);
-    bool has_opts = opt_table(L, 3, max_pool_options);
-    if (!field_pair(L, 3, has_opts, "stride", stride)) stride[0] = kernel[0], stride[1] = kernel[1];
-    field_pair(L, 3, has_opts, "padding", padding);
-    field_pair(L, 3, has_opts, "dilation", dilation);
-    bool ceil_mode = field_bool(L, 3, has_opts, "ceil_mode", false);
+    cnl_check_keys(L, 3, max_pool_options, "max_pool2d");
+    if (!cnl_opt_pair(L, 3, "stride", stride)) stride[0] = kernel[0], stride[1] = kernel[1];
+    cnl_opt_pair(L, 3, "padding", padding);
+    cnl_opt_pair(L, 3, "dilation", dilation);
+    bool ceil_mode = cnl_opt_bool(L, 3, "ceil_mode", false);
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
     return cnl_result(L, box, cn_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, &err), &err);
@@ -219,7 +173,7 @@ static int l_pad(lua_State *L) {
     /* mode and value: arguments 3 and 4, or fields of an options table at 3 */
     int mode_idx = 3, value_idx = 4, value_arg = 4;
     if (lua_istable(L, 3)) {
-        check_options(L, 3, pad_options);
+        cnl_check_keys(L, 3, pad_options, "pad");
         lua_getfield(L, 3, "mode");
         lua_getfield(L, 3, "value");
         mode_idx = lua_gettop(L) - 1, value_idx = lua_gettop(L), value_arg = 3;

@@ -252,7 +252,9 @@ static int l_rng_state(lua_State *L) {
 }
 
 static int l_set_rng_state(lua_State *L) {
+    static const char *const options[] = {"seed", "counter", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
+    cnl_check_keys(L, 1, options, "set_rng_state");
     cn_rng_state s;
     int ok1, ok2;
     lua_getfield(L, 1, "seed");
@@ -362,12 +364,9 @@ static void push_nested(lua_State *L, const cn_tensor *t, int depth, size_t offs
 static int l_totable(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
     luaL_checkstack(L, t->ndim + 4, "totable");
-    bool flat = false;
-    if (lua_istable(L, 2)) {
-        lua_getfield(L, 2, "flat");
-        flat = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
+    static const char *const options[] = {"flat", NULL};
+    cnl_check_keys(L, 2, options, "totable");
+    bool flat = cnl_opt_bool(L, 2, "flat", false);
     if (flat) {
         size_t n = cn_numel(t);
         float *buf = malloc((n ? n : 1) * sizeof *buf);

@@ -16,8 +16,23 @@
 
 local core = require "cunet.core" -- not "cunet": that one requires this module
 local cn = core
+local options = require "cunet.options"
 
 local M = {}
+
+-- The options the engine's solver reads, and those only this module reads (stripped before the
+-- engine sees the table, which rejects keys it does not know).
+local ENGINE_OPTIONS = {"method", "rtol", "atol", "step_size", "steps", "first_step", "max_steps", "safety"}
+local LUA_OPTIONS = {adjoint = true, params = true, adjoint_method = true, adjoint_rtol = true, adjoint_atol = true}
+local KNOWN = {table.unpack(ENGINE_OPTIONS)}
+for k in pairs(LUA_OPTIONS) do KNOWN[#KNOWN + 1] = k end
+
+-- opts without the keys only this module reads.
+local function engine_options(opts)
+  local o = {}
+  for _, k in ipairs(ENGINE_OPTIONS) do o[k] = opts[k] end
+  return o
+end
 
 local function times_of(ts)
   if cn.is_tensor(ts) then
@@ -51,7 +66,7 @@ local function odeint_adjoint(f, z0, ts, opts)
   local function unwrap(z) if is_table then return z end return {z} end
 
   -- forward: no graph
-  local sol, stats = cn.no_grad(core.odeint, f, z0, ts, opts)
+  local sol, stats = cn.no_grad(core.odeint, f, z0, ts, engine_options(opts))
   if not is_table then sol = {sol} end
   local nt = #ts
 
@@ -67,12 +82,10 @@ local function odeint_adjoint(f, z0, ts, opts)
   for k = 1, n do inputs[#inputs + 1] = zs[k] end
   for _, p in ipairs(params) do inputs[#inputs + 1] = p end
 
-  local backward_opts = {}
-  for k, v in pairs(opts) do backward_opts[k] = v end
+  local backward_opts = engine_options(opts)
   backward_opts.method = opts.adjoint_method or opts.method
   backward_opts.rtol = opts.adjoint_rtol or opts.rtol
   backward_opts.atol = opts.adjoint_atol or opts.atol
-  backward_opts.adjoint = nil
 
   local function backward(g_flat)
     -- per-state views of the incoming gradient at each time
@@ -157,14 +170,16 @@ end
 -- step_size or steps (fixed-step methods; default one step per interval), first_step, max_steps
 -- (100000), adjoint (false), params, adjoint_method / adjoint_rtol / adjoint_atol.
 function M.odeint(f, z0, ts, opts)
-  opts = opts or {}
+  opts = options.check(opts, KNOWN, "odeint")
   if type(f) ~= "function" and not (type(f) == "table" and getmetatable(f) and getmetatable(f).__call) then
     error("odeint: f must be a function or a callable module, got " .. type(f), 2)
   end
   local fn = type(f) == "function" and f or function(t, z) return f(t, z) end
   local times = times_of(ts)
   if opts.adjoint then return odeint_adjoint(fn, z0, times, opts) end
-  return core.odeint(fn, z0, times, opts)
+  local has_lua_option = false
+  for k in pairs(opts) do has_lua_option = has_lua_option or LUA_OPTIONS[k] ~= nil end
+  return core.odeint(fn, z0, times, has_lua_option and engine_options(opts) or opts)
 end
 
 --- Turns a second-order system x'' = accel(t, x, v) into the first-order one on {x, v}.

@@ -217,16 +217,16 @@ function TestConvErrors:testArguments()
   assert_error(function() cn.conv2d(x) end, "bad argument #2 to 'conv2d'", "tensor expected")
   assert_error(function() cn.conv2d(1, w) end, "bad argument #1 to 'conv2d'")
   assert_error(function() cn.conv2d(x, w, 3) end, "bad argument #3 to 'conv2d'")
-  assert_error(function() cn.conv2d(x, w, nil, 3) end, "bad argument #4 to 'conv2d'", "table of options expected")
+  assert_error(function() cn.conv2d(x, w, nil, 3) end, "bad argument #4 to 'conv2d'", "options table expected")
   assert_error(function() cn.conv2d(x, w, {strid = 2}) end,
-    "bad argument #3 to 'conv2d' (unknown option 'strid'")
+    "conv2d: unknown option 'strid' (known: stride, padding, dilation, groups)")
   assert_error(function() cn.conv2d(x, w, {output_padding = 1}) end, "unknown option 'output_padding'")
   assert_error(function() cn.conv2d(x, w, nil, {stride = "2"}) end,
-    "bad argument #4 to 'conv2d' (stride must be an integer or a {h, w} pair of integers)")
-  assert_error(function() cn.conv2d(x, w, {padding = {1, 2, 3}}) end, "padding must be an integer or a {h, w} pair")
-  assert_error(function() cn.conv2d(x, w, {padding = 1.5}) end, "padding must be an integer")
-  assert_error(function() cn.conv2d(x, w, {groups = {1, 1}}) end, "groups must be an integer")
+    "bad argument #4 to 'conv2d' (option 'stride' must be an integer or a {h, w} pair of integers, got string)")
+  assert_error(function() cn.conv2d(x, w, {padding = {1, 2, 3}}) end, "option 'padding' must be an integer or a {h, w} pair")
+  assert_error(function() cn.conv2d(x, w, {padding = 1.5}) end, "option 'padding' must be an integer")
+  assert_error(function() cn.conv2d(x, w, {groups = {1, 1}}) end, "option 'groups' must be an integer")
   assert_error(function() cn.conv2d(x, w, {padding = 1}, {}) end, "bad argument #4 to 'conv2d'")
   assert_error(function() cn.conv_transpose2d(x, w, nil, {stride = 1e12}) end,
-    "bad argument #4 to 'conv_transpose2d' (stride must be an integer")
+    "bad argument #4 to 'conv_transpose2d' (option 'stride' must be an integer")
 end

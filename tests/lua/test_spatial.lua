@@ -183,7 +183,7 @@ function TestSpatialErrors:testUpsample()
   assert_error(function() cn.upsample(x, {size = 8, sizes = 2}) end, "unknown option 'sizes'")
   assert_error(function() cn.upsample(x, {size = 8, mode = 2}) end, "option 'mode' must be a string")
   assert_error(function() cn.upsample(x, {scale_factor = 1e300}) end, "output size too large")
-  assert_error(function() cn.upsample(x, {size = {2, 2.5}}) end, "size must be an integer or a pair")
+  assert_error(function() cn.upsample(x, {size = {2, 2.5}}) end, "option 'size' must be an integer or a {h, w} pair")
   assert_error(function() cn.upsample(x) end, "upsample", "table expected")
 end
 
