@@ -14,7 +14,6 @@ local cn = require "cunet"
 local cli = require "cunet.cli"
 local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
-local diffusion = require "cunet.diffusion"
 local progress = require "cunet.progress"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
@@ -59,7 +58,7 @@ if args.n < 2 then fail("--n must be at least 2 (FID needs a covariance)") end
 
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, { ema = args.ema })
-local sched = diffusion.schedule(ck.schedule or "linear", { T = ck.T or 1000 })
+local sched = checkpoint.schedule(ck) -- its stored beta values: a Lua-made schedule too
 local shape = ck.image_shape or fail(args.ckpt .. " does not record the image shape (image_shape)")
 local net_path = fid.checkpoint_path(args.dataset)
 if not net_path then fail(select(2, fid.checkpoint_path(args.dataset))) end

@@ -8,7 +8,6 @@ local cn = require "cunet"
 local cli = require "cunet.cli"
 local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
-local diffusion = require "cunet.diffusion"
 local image = require "cunet.image"
 
 local args = cli.parse(arg, {
@@ -32,7 +31,7 @@ local args = cli.parse(arg, {
 if args.threads > 0 then cn.set_num_threads(args.threads) end
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, {ema = args.ema})
-local sched = diffusion.schedule(ck.schedule or "linear", {T = ck.T or 1000})
+local sched = checkpoint.schedule(ck) -- its stored beta values: a Lua-made schedule too
 local shape = ck.image_shape
 if not shape then error("sample: " .. args.ckpt .. " does not record the image shape (image_shape)", 0) end
 

@@ -11,7 +11,9 @@
 -- Metadata (strings): "format" = "cunet.checkpoint", "format_version", "step", "rng.seed",
 -- "rng.counter", "model_config" (JSON), "model_module", "schedule", "T", "prediction",
 -- "loss_tail" (JSON), "data.seed", "data.epoch", "data.position", "image_shape", "seconds", "ema.*" and
--- "optim.*" scalars, and "train" (the trainer's options, JSON, for the record). See
+-- "optim.*" scalars, "train" (the trainer's options, JSON: what a resumed run restores),
+-- "schedule.beta" (the schedule's β_1..β_T, JSON: any schedule, a Lua-made one included, rebuilds
+-- from them) and "run" (the run's whole resolved configuration, JSON, as config.lua holds it). See
 -- docs/training.md. Writing is atomic (cn.save writes a temporary file and renames it).
 
 local cn = require "cunet"
@@ -179,9 +181,10 @@ end
 
 --- Writes a checkpoint. state: model (required), config (default model.config), model_module
 -- (the Lua module that rebuilds it, default "cunet.models.unet"), ema, optimizer, step, rng
--- (default cn.rng_state()), schedule (a name), T, prediction, losses (a list: the loss tail),
--- data ({seed=, epoch=, position=}), image_shape ({C, H, W} of the training images), seconds, train (a table of the trainer's options), meta
--- (extra string metadata). Returns path.
+-- (default cn.rng_state()), schedule (a name), schedule_beta (its β list), T, prediction, losses
+-- (a list: the loss tail), data ({seed=, epoch=, position=}), image_shape ({C, H, W} of the
+-- training images), seconds, train (a table of the trainer's options), run (the resolved
+-- configuration), meta (extra string metadata). Returns path.
 function M.save(path, state)
   if type(path) ~= "string" then error("checkpoint.save: expected a path, got " .. type(path), 2) end
   if type(state) ~= "table" or type(state.model) ~= "table" or not state.model.state_dict then
@@ -223,6 +226,8 @@ function M.save(path, state)
   if state.image_shape then meta.image_shape = json.encode(state.image_shape) end
   if state.seconds then meta.seconds = scalar_string(state.seconds) end
   if state.train then meta.train = json.encode(state.train) end
+  if state.schedule_beta then meta["schedule.beta"] = json.encode(state.schedule_beta) end
+  if state.run then meta.run = json.encode(state.run) end
   cn.save(path, tensors, meta)
   return path
 end
@@ -263,15 +268,20 @@ local function config_diff(a, b, prefix, out)
 end
 M.config_diff = config_diff
 
+local function json_meta(path, meta, key)
+  if meta[key] == nil then return nil end
+  local ok, v = pcall(json.decode, meta[key])
+  if not ok then error(string.format("checkpoint.load: '%s' has an unreadable '%s' (%s)", path, key, v), 3) end
+  return v
+end
+
 --- Reads and validates a checkpoint; with opts.model / opts.ema / opts.optimizer, restores their
--- state (after checking everything that can be checked first). opts.config (default
--- opts.model.config) must equal the checkpoint's model config. opts.rng = true also restores the
--- engine RNG. Returns ck: {path, step, config, model_module, model (name -> tensor), ema (name ->
--- tensor, or nil), optim_tensors, optim_scalars, ema_scalars, rng {seed, counter}, schedule, T,
--- prediction, losses, data {seed, epoch, position}, image_shape, seconds, train, meta (all metadata
--- strings)}.
+-- state (after checking everything that can be checked first; see M.restore). Returns ck: {path,
+-- step, config, model_module, model (name -> tensor), ema (name -> tensor, or nil), optim_tensors,
+-- optim_scalars, ema_scalars, rng {seed, counter}, schedule, schedule_beta (β list, or nil), T,
+-- prediction, losses, data {seed, epoch, position}, image_shape, seconds, train, run, meta (all
+-- metadata strings)}.
 function M.load(path, opts)
-  opts = opts or {}
   if type(path) ~= "string" then error("checkpoint.load: expected a path, got " .. type(path), 2) end
   if not fs.exists(path) then error(string.format("checkpoint.load: no checkpoint at '%s' (no such file)", path), 2) end
   local ok, tensors, meta = pcall(cn.load, path)
@@ -321,8 +331,17 @@ function M.load(path, opts)
     local okt, t = pcall(json.decode, meta.train)
     ck.train = okt and t or nil
   end
+  ck.schedule_beta = json_meta(path, meta, "schedule.beta")
+  ck.run = json_meta(path, meta, "run")
+  if opts then M.restore(ck, opts) end
+  return ck
+end
 
-  -- checks before anything is restored
+--- Restores what opts names from a loaded ck: opts.model (weights), opts.ema, opts.optimizer, and the
+-- engine RNG with opts.rng = true. opts.config (default opts.model.config) must equal the
+-- checkpoint's model config; everything is checked before anything is touched. Returns ck.
+function M.restore(ck, opts)
+  local path, config = ck.path, ck.config
   local model = opts.model
   local want = opts.config or (model and model.config)
   if want then
@@ -366,20 +385,134 @@ function M.weights(ck, ema)
   return sd
 end
 
+-- Model files loaded so far (path -> module), so a file is run once per process.
+local model_files = {}
+
+--- The model module `name`: a module name on package.path (require), or a Lua file (a path ending
+-- in ".lua") that returns either a module table or a function(config) -> model (taken as
+-- {from_config = fn}). The table must have from_config(config) (or, for module names, UNet or new);
+-- from_preset(name, overrides) and presets are optional. Raises with the reason otherwise.
+function M.model_module(name)
+  if type(name) ~= "string" or name == "" then
+    error("checkpoint.model_module: expected a module name or a .lua file, got " .. tostring(name), 2)
+  end
+  local mod
+  if name:match("%.lua$") then
+    if model_files[name] then return model_files[name] end
+    local chunk, err = loadfile(name)
+    if not chunk then error(string.format("checkpoint.model_module: cannot load the model file '%s': %s", name, err), 2) end
+    local ok, value = pcall(chunk, name)
+    if not ok then error(string.format("checkpoint.model_module: the model file '%s' failed: %s", name, tostring(value)), 2) end
+    mod = type(value) == "function" and {from_config = value} or value
+    if type(mod) ~= "table" or type(mod.from_config) ~= "function" then
+      error(string.format("checkpoint.model_module: the model file '%s' must return a function(config) -> model or a" ..
+        " table with from_config(config), got %s", name, type(value)), 2)
+    end
+    model_files[name] = mod
+    return mod
+  end
+  local okr
+  okr, mod = pcall(require, name)
+  if not okr then error(string.format("checkpoint.model_module: cannot load the model module '%s': %s", name, tostring(mod)), 2) end
+  if type(mod) ~= "table" or not (mod.from_config or mod.UNet or mod.new) then
+    error(string.format("checkpoint.model_module: module '%s' has no from_config(config) or UNet(config)", name), 2)
+  end
+  return mod
+end
+
 --- Rebuilds the model from a checkpoint (a path or a loaded ck) with its config, through the
--- module named in its metadata (or opts.module; its from_config, UNet or new), and loads its weights (EMA unless
--- opts.ema == false). Returns model, ck.
+-- module named in its metadata (or opts.module; see M.model_module), and loads its weights (EMA
+-- unless opts.ema == false). Returns model, ck.
 function M.build_model(ck, opts)
   opts = opts or {}
   if type(ck) == "string" then ck = M.load(ck) end
-  local name = opts.module or ck.model_module
-  local okr, mod = pcall(require, name)
-  if not okr then error(string.format("checkpoint.build_model: cannot load the model module '%s': %s", tostring(name), tostring(mod)), 2) end
-  local build = type(mod) == "table" and (mod.from_config or mod.UNet or mod.new)
-  if not build then error(string.format("checkpoint.build_model: module '%s' has no from_config(config) or UNet(config)", name), 2) end
+  local mod = M.model_module(opts.module or ck.model_module)
+  local build = mod.from_config or mod.UNet or mod.new
   local model = build(ck.config)
   model:load_state_dict(M.weights(ck, opts.ema))
   return model, ck
+end
+
+--- The diffusion schedule a checkpoint was trained with: from its stored β values (any schedule,
+-- one made by a Lua function included), else by name and T (checkpoints from before the β values
+-- were stored; a custom name then is an error that says so).
+function M.schedule(ck)
+  local diffusion = require "cunet.diffusion"
+  if ck.schedule_beta then return diffusion.schedule(ck.schedule_beta) end
+  local name = ck.schedule or "linear"
+  if not diffusion.betas[name] then
+    error(string.format("checkpoint.schedule: '%s' names its schedule '%s' but holds no β values (schedule.beta);" ..
+      " it predates stored schedules: rebuild it with diffusion.schedule and the code that made it", ck.path, name), 2)
+  end
+  return diffusion.schedule(name, {T = ck.T or 1000})
+end
+
+-- ---- config.lua: a value as readable Lua --------------------------------------------------------
+
+local RESERVED = {}
+for w in ([[and break do else elseif end false for function goto if in local nil not or repeat return
+  then true until while]]):gmatch("%a+") do RESERVED[w] = true end
+
+local function lua_key(k)
+  if type(k) == "string" and k:match("^[%a_][%w_]*$") and not RESERVED[k] then return k end
+  return "[" .. (type(k) == "string" and string.format("%q", k) or encode_number(k)) .. "]"
+end
+
+--- A value (nil, booleans, numbers, strings, tables of them) as Lua source that reads back equal:
+-- keys sorted, numbers exact, nested tables indented, lists of numbers 8 to a line. opts.abbreviate
+-- = n shows lists longer than n as their first and last few items and a count (for printing).
+function M.lua_text(value, opts)
+  local abbreviate = opts and opts.abbreviate
+  local out = {}
+  local function emit(v, indent)
+    local kind = type(v)
+    if kind == "number" then out[#out + 1] = encode_number(v)
+    elseif kind == "string" then out[#out + 1] = string.format("%q", v)
+    elseif kind == "boolean" or kind == "nil" then out[#out + 1] = tostring(v)
+    elseif kind ~= "table" then error("lua_text: cannot write a " .. kind, 0)
+    else
+      local n, count = #v, 0
+      for _ in pairs(v) do count = count + 1 end
+      if count == 0 then out[#out + 1] = "{}" return end
+      local inner = indent .. "  "
+      if count == n then -- a list
+        local scalars = true
+        for i = 1, n do scalars = scalars and type(v[i]) ~= "table" end
+        if scalars and abbreviate and n > abbreviate then
+          local parts = {}
+          for i = 1, 3 do parts[#parts + 1] = M.lua_text(v[i]) end
+          parts[#parts + 1] = string.format("--[[ %d more ]]", n - 5)
+          for i = n - 1, n do parts[#parts + 1] = M.lua_text(v[i]) end
+          out[#out + 1] = "{" .. table.concat(parts, ", ") .. "}"
+        elseif scalars and n <= 8 then
+          local parts = {}
+          for i = 1, n do parts[i] = M.lua_text(v[i]) end
+          out[#out + 1] = "{" .. table.concat(parts, ", ") .. "}"
+        else
+          out[#out + 1] = "{\n"
+          for i = 1, n do
+            if not scalars or (i - 1) % 8 == 0 then out[#out + 1] = inner end
+            emit(v[i], inner)
+            out[#out + 1] = (scalars and i % 8 ~= 0 and i < n) and ", " or ",\n"
+          end
+          out[#out + 1] = indent .. "}"
+        end
+        return
+      end
+      local keys = {}
+      for k in pairs(v) do keys[#keys + 1] = k end
+      table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+      out[#out + 1] = "{\n"
+      for _, k in ipairs(keys) do
+        out[#out + 1] = inner .. lua_key(k) .. " = "
+        emit(v[k], inner)
+        out[#out + 1] = ",\n"
+      end
+      out[#out + 1] = indent .. "}"
+    end
+  end
+  emit(value, "")
+  return table.concat(out)
 end
 
 return M

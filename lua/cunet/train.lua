@@ -64,13 +64,15 @@ M.defaults = {
   log_every = 100,            -- plain log lines (when not on a terminal) every N steps
   progress = "auto",          -- "auto" (a bar on a terminal, lines elsewhere) | "bar" | "lines" | "none"
   stream = false,             -- where the bar and lines go (default io.stderr / io.stdout)
-  resume = false,             -- a checkpoint to continue from
+  resume = false,             -- a checkpoint to continue from (the options not given come from it)
+  recipe = false,             -- the caller's own resolved options (a recipe's), recorded in the run's config
   loss_tail = 1000,           -- losses kept in the checkpoint
   on_step = false,            -- fn(step, info) after each step (info: loss, lr, grad_norm, seconds, state)
 }
 
 local function fail(fmt, ...) error("train: " .. string.format(fmt, ...), 0) end
 
+-- Returns the options over the defaults, and the set of keys the caller gave.
 local function with_defaults(opts)
   if type(opts) ~= "table" then fail("expected an options table, got %s", type(opts)) end
   local o = {}
@@ -86,7 +88,9 @@ local function with_defaults(opts)
   for k, v in pairs(M.defaults) do
     if o[k] == nil and v ~= false then o[k] = v end
   end
-  return o
+  local given = {}
+  for k in pairs(opts) do given[k] = true end
+  return o, given
 end
 
 local function finite_or_name(v)
@@ -186,6 +190,17 @@ local function mkdir(path)
   if not fs.mkdir_p(path) then fail("cannot create the output directory '%s'", path) end
 end
 
+-- Writes text to path atomically: a temporary file renamed over it.
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if not f then fail("cannot write '%s': %s", tmp, err) end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then fail("cannot write '%s': %s", path, rerr) end
+end
+
 -- Opens out/loss.csv for appending; on resume keeps the rows of steps <= start_step only.
 local function open_csv(path, start_step)
   local kept = {"step,loss,lr,seconds"}
@@ -197,13 +212,7 @@ local function open_csv(path, start_step)
     end
     f:close()
   end
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "w")
-  if not f then fail("cannot write '%s': %s", tmp, err) end
-  f:write(table.concat(kept, "\n"), "\n")
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then fail("cannot write '%s': %s", path, rerr) end
+  write_atomic(path, table.concat(kept, "\n") .. "\n")
   return assert(io.open(path, "a"))
 end
 
@@ -269,10 +278,10 @@ end
 
 local function make_schedule(o)
   if type(o.schedule) == "string" then
-    return diffusion.schedule(o.schedule, {T = o.T}), o.schedule, o.T
+    return diffusion.schedule(o.schedule, {T = o.T}), o.schedule
   end
   if type(o.schedule) == "table" and o.schedule.T then
-    return o.schedule, o.schedule_name or "custom", o.schedule.T
+    return o.schedule, o.schedule_name or "custom"
   end
   fail("schedule must be a name or a diffusion.schedule, got %s", type(o.schedule))
 end
@@ -284,27 +293,144 @@ local function make_lr_schedule(o)
   return optim.schedule.linear_warmup(o.lr, o.warmup)
 end
 
--- The options stored in checkpoints, for the record.
-local function recorded(o, schedule_name)
-  local r = {schedule = schedule_name}
-  for _, k in ipairs{"T", "prediction", "optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "lr_schedule",
-                     "min_lr", "clip", "ema", "ema_warmup", "batch_size", "steps", "seed", "flip"} do
-    r[k] = o[k]
+-- ---- the run's configuration, and resuming it ----------------------------------------------------
+
+--- The options a checkpoint records ("train") and a resumed run takes back unless they are given.
+-- A given one that differs from the record is applied with a notice ("resume: lr 0.0002 -> 0.0001
+-- (given on resume)"), except those in FIXED_ON_RESUME, which define the model's task or the run's
+-- random stream and are refused. The schedule and T are the checkpoint's β values (resolve_schedule).
+M.RESTORED = {"prediction", "optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "lr_schedule", "min_lr",
+  "clip", "ema", "ema_warmup", "batch_size", "steps", "seed", "flip", "out", "checkpoint_every", "keep_checkpoints",
+  "sample_every", "sample_n", "sample_steps", "log_every", "loss_tail"}
+M.FIXED_ON_RESUME = {schedule = true, T = true, prediction = true, optimizer = true, seed = true}
+
+local function same(a, b)
+  if type(a) == "table" and type(b) == "table" then
+    if #a ~= #b then return false end
+    for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+    for k in pairs(b) do if a[k] == nil then return false end end
+    return true
   end
+  return a == b
+end
+M.same = same
+
+local function show(v)
+  if type(v) == "table" or type(v) == "number" then return checkpoint.json.encode(v) end
+  return tostring(v)
+end
+
+-- The options stored in checkpoints ("train"): what a resumed run restores.
+local function recorded(o, schedule_name, T)
+  local r = {schedule = schedule_name, T = T}
+  for _, k in ipairs(M.RESTORED) do r[k] = o[k] end
   return r
+end
+
+-- On resume: fills the options not given from the checkpoint's record; returns the notices for the
+-- given ones that differ (and raises for those that cannot change).
+local function resume_options(o, given, ck)
+  local rec, notices = ck.train or {}, {}
+  for _, k in ipairs(M.RESTORED) do
+    local stored = rec[k]
+    if k == "prediction" then stored = ck.prediction or stored end
+    if stored ~= nil then
+      if not given[k] then
+        o[k] = stored
+      elseif not same(o[k], stored) then
+        if k == "prediction" then fail("cannot resume '%s': it predicts %s, not %s", o.resume, stored, tostring(o[k])) end
+        if M.FIXED_ON_RESUME[k] then
+          fail("cannot resume '%s': it was trained with %s = %s, not %s (%s cannot change on resume)", o.resume, k,
+            show(stored), show(o[k]), k)
+        end
+        notices[#notices + 1] = string.format("resume: %s %s -> %s (given on resume)", k, show(stored), show(o[k]))
+      end
+    end
+  end
+  if not given.recipe and ck.run and ck.run.recipe then o.recipe = ck.run.recipe end
+  return notices
+end
+
+-- The run's schedule and its name: from the options, or on resume the checkpoint's (rebuilt from
+-- its β values); a given schedule or T must equal the checkpoint's.
+local function resolve_schedule(o, given, ck)
+  if ck and ck.T and given.schedule and not given.T then o.T = ck.T end -- a named schedule over the run's T
+  if ck and ck.T and given.T and o.T ~= ck.T and not (given.schedule and type(o.schedule) == "table") then
+    fail("cannot resume '%s': it was trained with T = %d, not %s", o.resume, ck.T, tostring(o.T))
+  end
+  if ck and not given.schedule then
+    local ok, sched = pcall(checkpoint.schedule, ck)
+    if not ok then fail("cannot resume '%s': %s", o.resume, tostring(sched)) end
+    return sched, ck.schedule or "linear"
+  end
+  local sched, name = make_schedule(o)
+  if ck then
+    if ck.T and sched.T ~= ck.T then fail("cannot resume '%s': it was trained with T = %d, not %d", o.resume, ck.T, sched.T) end
+    local differs = (ck.schedule_beta and not same(sched.beta, ck.schedule_beta)) or (not ck.schedule_beta and ck.schedule and ck.schedule ~= name)
+    if differs then
+      fail("cannot resume '%s': it was trained with the %s schedule, not %s%s", o.resume, tostring(ck.schedule), name,
+        ck.schedule == name and " (their beta values differ)" or "")
+    end
+  end
+  return sched, name
+end
+
+-- The commit of the cunet sources ("+dirty" when tracked files changed), nil outside a git
+-- checkout; asked once per process.
+local source_commit
+local function commit()
+  if source_commit == nil then
+    source_commit = false
+    local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+    local p = dir and io.popen("git -C " .. fs.shell_quote(dir) .. " rev-parse HEAD 2>/dev/null")
+    local head = p and p:read("l")
+    if p then p:close() end
+    if head and head:match("^%x+$") then
+      p = io.popen("git -C " .. fs.shell_quote(dir) .. " status --porcelain --untracked-files=no 2>/dev/null")
+      local changes = p and p:read("a") or ""
+      if p then p:close() end
+      source_commit = head .. (changes ~= "" and "+dirty" or "")
+    end
+  end
+  return source_commit or nil
+end
+
+-- The run's whole resolved configuration: what config.lua holds and the checkpoint's "run".
+local function run_config(o, model, config, sched, schedule_name, images, data_seed, start_step)
+  local beta = {}
+  for t = 1, sched.T do beta[t] = sched.beta[t] end
+  return {
+    commit = commit(),
+    model = {module = o.model_module, config = config, parameters = model:num_parameters()},
+    schedule = {name = schedule_name, T = sched.T, beta = beta},
+    data = {name = type(o.dataset) == "table" and o.dataset.name or nil, shape = images:shape(), seed = data_seed},
+    train = recorded(o, schedule_name, sched.T),
+    recipe = o.recipe or nil,
+    resumed = o.resume and {from = o.resume, step = start_step} or nil,
+  }
+end
+
+--- The text of config.lua for a run configuration (a Lua chunk returning it; dofile reads it back).
+function M.config_text(cfg)
+  return "-- the resolved configuration of a cunet training run (lua/cunet/train.lua); dofile() reads it\nreturn "
+    .. checkpoint.lua_text(cfg) .. "\n"
 end
 
 --- Trains; see M.defaults for the options. Returns {step, start_step, losses (step -> loss for
 -- the steps run here), loss (the last), seconds, checkpoint (the last path written), model, ema,
--- optimizer, schedule}. A NaN or infinite loss or gradient norm raises before the optimiser step
+-- optimizer, schedule, config (the resolved configuration, as out/config.lua holds it), notices
+-- (the "resume: ..." lines of options changed on resume)}. A NaN or infinite loss or gradient norm raises before the optimiser step
 -- and writes nothing more (the last checkpoint stays as it was).
 function M.run(opts)
-  local o = with_defaults(opts)
+  local o, given = with_defaults(opts)
+  local ck = o.resume and checkpoint.load(o.resume) -- read only: restored below, once everything is checked
+  local notices = ck and resume_options(o, given, ck) or {}
   check(o)
   local model = o.model
   local images = cn.is_tensor(o.dataset) and o.dataset or (type(o.dataset) == "table" and o.dataset.images)
   if not cn.is_tensor(images) or images:dim() ~= 4 then fail("dataset must be {images = [N, C, H, W]} or such a tensor") end
-  local sched, schedule_name, T = make_schedule(o)
+  local sched, schedule_name = resolve_schedule(o, given, ck)
+  local T = sched.T
   local config = o.config or model.config or {}
 
   local params = {}
@@ -319,12 +445,12 @@ function M.run(opts)
   -- start or resume
   local start_step, epoch, position, seed, seconds0, history = 0, 1, 0, o.seed, 0, {}
   local last_checkpoint
-  if o.resume then
-    local ck = checkpoint.load(o.resume, {model = model, config = config, ema = ema, optimizer = opt})
-    if ck.schedule and ck.schedule ~= schedule_name then fail("cannot resume '%s': it was trained with the %s schedule, not %s", o.resume, ck.schedule, schedule_name) end
-    if ck.T and ck.T ~= T then fail("cannot resume '%s': it was trained with T = %d, not %d", o.resume, ck.T, T) end
-    if ck.prediction and ck.prediction ~= o.prediction then fail("cannot resume '%s': it predicts %s, not %s", o.resume, ck.prediction, o.prediction) end
+  if ck then
     if ema and not ck.ema then fail("cannot resume '%s': it holds no EMA weights (run with ema = false)", o.resume) end
+    checkpoint.restore(ck, {model = model, config = config, ema = ema, optimizer = opt})
+    -- the optimiser and the EMA come back with their stored hyperparameters: the run's options win
+    opt.beta1, opt.beta2, opt.eps, opt.weight_decay = o.betas[1], o.betas[2], o.eps, o.weight_decay
+    if ema then ema.decay, ema.warmup = o.ema, o.ema_warmup end
     cn.set_rng_state(ck.rng)
     start_step, seconds0, history = ck.step, ck.seconds, ck.losses
     epoch, position, seed = ck.data.epoch or 1, ck.data.position or 0, ck.data.seed or o.seed
@@ -337,9 +463,11 @@ function M.run(opts)
 
   local out = o.out
   local csv
+  local cfg = run_config(o, model, config, sched, schedule_name, images, seed, start_step)
   if out then
     mkdir(out)
     csv = open_csv(out .. "/loss.csv", start_step)
+    write_atomic(out .. "/config.lua", M.config_text(cfg))
   end
 
   local mode = o.progress
@@ -365,10 +493,10 @@ function M.run(opts)
     for i = math.max(1, #history - o.loss_tail + 1), #history do tail[#tail + 1] = history[i] end
     local state = {
       model = model, config = config, model_module = o.model_module, ema = ema, optimizer = opt, step = step,
-      rng = cn.rng_state(), schedule = schedule_name, T = T, prediction = o.prediction, losses = tail,
-      data = {seed = seed, epoch = stream.epoch, position = stream.position}, seconds = elapsed(),
-      image_shape = {images:size(2), images:size(3), images:size(4)},
-      train = recorded(o, schedule_name),
+      rng = cn.rng_state(), schedule = schedule_name, schedule_beta = cfg.schedule.beta, T = T,
+      prediction = o.prediction, losses = tail, data = {seed = seed, epoch = stream.epoch, position = stream.position},
+      seconds = elapsed(), image_shape = {images:size(2), images:size(3), images:size(4)},
+      train = cfg.train, run = cfg,
     }
     if csv then csv:flush() end
     local path = out .. "/checkpoint.safetensors"
@@ -433,6 +561,9 @@ function M.run(opts)
     end
   end
 
+  say("run configuration" .. (out and (" (" .. out .. "/config.lua)") or "") .. ":\n"
+    .. checkpoint.lua_text(cfg, {abbreviate = 8}))
+  for _, notice in ipairs(notices) do say(notice) end
   if start_step >= o.steps then
     say(string.format("the checkpoint is at step %d already (steps = %d): nothing to do", start_step, o.steps))
   else
@@ -452,6 +583,7 @@ function M.run(opts)
   return {
     step = step, start_step = start_step, losses = losses, loss = last_loss, seconds = elapsed(),
     checkpoint = last_checkpoint, model = model, ema = ema, optimizer = opt, schedule = sched,
+    config = cfg, notices = notices,
   }
 end
 

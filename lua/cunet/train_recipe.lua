@@ -7,13 +7,23 @@
 --   })
 --
 -- The spec sets the recipe's defaults; every one stays an option on the command line (--help lists them).
+--
+-- --resume continues the run as it was: the options not on the command line come from the
+-- checkpoint (the trainer's from its "train" record, the recipe's own from its "run"); one given
+-- that differs is applied with a notice ("resume: lr 0.0002 -> 0.0001 (given on resume)"), except
+-- what makes the model (its module, preset, image size, the cU-Net's ablation and solver) and what
+-- defines the run (schedule, T, prediction, seed, optimizer): those are refused. A checkpoint of
+-- another model family is refused too. --model and --schedule also take Lua files (docs/training.md).
 
 local cn = require "cunet"
 local cli = require "cunet.cli"
 local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
+local diffusion = require "cunet.diffusion"
 
 local M = {}
+
+M.DEFAULT_MODEL = "cunet.models.unet"
 
 --- The option table of a recipe whose defaults come from spec (model, preset, out, ablation, steps, lr...).
 function M.options(spec)
@@ -23,7 +33,7 @@ function M.options(spec)
     {"size", 0, "image size (0: the preset's resolution)"},
     {"limit", 0, "train on the first N images only (0: all)"},
     {"preset", spec.preset or "mnist_small", "model preset (the model module's presets: mnist_small, mnist, ...)"},
-    {"model", spec.model or "cunet.models.unet", "Lua module of the network: from_preset(name, overrides) and from_config or UNet(config)"},
+    {"model", spec.model or M.DEFAULT_MODEL, "the network: a Lua module name or a .lua file (from_config(config), optional from_preset and presets)"},
     {"steps", spec.steps or 5000, "total training steps (a resumed run continues up to it)"},
     {"batch", spec.batch or 64, "batch size"},
     {"lr", spec.lr or 2e-4, "learning rate"},
@@ -33,7 +43,7 @@ function M.options(spec)
     {"warmup", spec.warmup or 200, "linear learning-rate warmup steps"},
     {"ema", spec.ema or 0.9995, "EMA decay (0: no EMA)"},
     {"clip", 1.0, "gradient-norm clipping (0: none)"},
-    {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear (default linear; on --resume the checkpoint's)"},
+    {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear | FILE.lua returning beta(t, T) or a list of betas (default linear)", type = "string"},
     {"T", 0, "diffusion steps (0: 1000; on --resume the checkpoint's)"},
     {"prediction", nil, "eps | x0 | v (default eps; on --resume the checkpoint's)", type = "string"},
     {"flip", false, "random horizontal flips"},
@@ -78,52 +88,185 @@ local function model_overrides(args, spec, size, in_channels, models)
   return overrides
 end
 
+-- The options the command line gave (argv parsed again against the same options without defaults).
+local function given_options(argv, cli_spec)
+  local bare = {}
+  for i, o in ipairs(cli_spec.options) do
+    bare[i] = {o[1], nil, o[3], type = o.type or (o[2] == nil and "string") or type(o[2])}
+  end
+  local given = {}
+  for k in pairs(cli.parse(argv, {name = cli_spec.name, options = bare})) do
+    if k ~= "_positional" then given[k] = true end
+  end
+  return given
+end
+
+-- A model file's path made absolute, so a checkpoint finds it from any directory; module names as they are.
+local function module_path(name)
+  if not name:match("%.lua$") or name:sub(1, 1) == "/" then return name end
+  local p = io.popen("pwd")
+  local cwd = p and p:read("l")
+  if p then p:close() end
+  return cwd and (cwd .. "/" .. name:gsub("^%./", "")) or name
+end
+
+local function show(v) return type(v) == "table" and checkpoint.json.encode(v) or tostring(v) end
+
+-- The cU-Net options that are model config keys (recipe option -> config key).
+local MODEL_KEYS = {ablation = "ablation", method = "method", ode_steps = "steps", adjoint = "adjoint", form = "form"}
+-- Recipe options a resumed run takes back from the checkpoint, or applies with a notice when given.
+local APPLIED = {"data", "limit", "threads"}
+
+-- On --resume: checks the checkpoint against the recipe and the command line, fills the recipe's own
+-- options from it, and returns the model module and the notices (raises for what cannot change).
+local function resume_recipe(name, spec, args, given, ck)
+  local stored = ck.run and ck.run.recipe or {}
+  local function refuse(fmt, ...)
+    error(string.format("%s: cannot resume '%s': ", name, ck.path) .. string.format(fmt, ...), 0)
+  end
+  local expected
+  if given.model then expected = module_path(args.model)
+  elseif stored.name == name and stored.model then expected = stored.model
+  else expected = spec.model or M.DEFAULT_MODEL end
+  if ck.model_module ~= expected and given.model then
+    refuse("it holds a %s model, not %s (--model: the model cannot change on resume)", tostring(ck.model_module), expected)
+  elseif ck.model_module ~= expected then
+    refuse("it holds a %s model%s, and %s trains %s (--model %s continues it here)", tostring(ck.model_module),
+      stored.name and (" (written by " .. stored.name .. ")") or "", name, expected, tostring(ck.model_module))
+  end
+  local notices = {}
+  if given.preset and stored.preset and args.preset ~= stored.preset then
+    refuse("--preset %s differs from its preset %s (the model cannot change on resume)", args.preset, stored.preset)
+  elseif given.preset and not stored.preset then
+    notices[#notices + 1] = "resume: --preset " .. args.preset .. " is not checked: the checkpoint records no preset; the model is its config"
+  end
+  args.preset = stored.preset or args.preset
+  local size = ck.image_shape and ck.image_shape[2] or ck.config.resolution
+  if given.size and args.size > 0 and args.size ~= size then
+    refuse("--size %s differs from its image size %s (the model cannot change on resume)", show(args.size), show(size))
+  end
+  args.size = size
+  if spec.continuous then
+    if spec.ablation and not given.ablation and ck.config.ablation ~= spec.ablation then
+      refuse("%s trains the %s ablation, it holds %s", name, spec.ablation, tostring(ck.config.ablation))
+    end
+    for opt, key in pairs(MODEL_KEYS) do
+      local value = args[opt]
+      if opt == "ode_steps" and value == 0 then value = nil end
+      if given[opt] and value ~= nil and not train.same(value, ck.config[key]) then
+        refuse("--%s %s differs from its model config (%s = %s; the model cannot change on resume)", opt:gsub("_", "-"),
+          show(value), key, show(ck.config[key]))
+      end
+    end
+    args.ablation = ck.config.ablation
+  end
+  for _, k in ipairs(APPLIED) do
+    if stored[k] ~= nil then
+      if not given[k] then args[k] = stored[k]
+      elseif not train.same(args[k], stored[k]) then
+        notices[#notices + 1] = string.format("resume: %s %s -> %s (given on resume)", k, show(stored[k]), show(args[k]))
+      end
+    end
+  end
+  return expected, notices
+end
+
+-- --schedule: a diffusion.schedule name, or a Lua file returning beta(t, T), a list of betas or a
+-- schedule. Returns what train.run takes as schedule, and the name for schedule_name.
+local function schedule_option(name, value, T)
+  if not value then return "linear" end
+  if not value:match("%.lua$") then return value end
+  local chunk, err = loadfile(value)
+  if not chunk then error(string.format("%s: cannot load the schedule file %s", name, err), 0) end
+  local ok, made = pcall(chunk)
+  if ok then ok, made = pcall(diffusion.schedule, made, type(made) == "function" and {T = T} or nil) end
+  if not ok then error(string.format("%s: the schedule file '%s' does not make a schedule: %s", name, value, tostring(made)), 0) end
+  return made, value
+end
+
+-- The train.run options from the command line: all of them for a new run; on resume the given ones,
+-- and the recipe's defaults for what the checkpoint does not record (one written by an older cunet).
+local function train_options(name, args, given, ck)
+  local t, record = {}, ck and ck.train or {}
+  local resuming = ck ~= nil
+  local function put(key, option, value)
+    if not resuming or given[key] or record[option] == nil then t[option] = value end
+  end
+  for _, k in ipairs{"steps", "lr", "optimizer", "warmup", "ema", "clip", "flip", "out", "seed", "checkpoint_every",
+                     "sample_every", "sample_steps", "log_every", "weight_decay"} do
+    put(k, k, args[k])
+  end
+  put("batch", "batch_size", args.batch)
+  put("keep", "keep_checkpoints", args.keep)
+  if not resuming or given.prediction then t.prediction = args.prediction or "eps" end -- else the checkpoint's
+  if not resuming or (given.T and args.T > 0) then t.T = args.T > 0 and math.tointeger(args.T) or 1000 end
+  if not resuming or given.schedule then
+    t.schedule, t.schedule_name = schedule_option(name, args.schedule, t.T or args.T > 0 and args.T or 1000)
+  end
+  if not resuming or given.betas or record.betas == nil then
+    local beta1, beta2 = args.betas:match("^%s*([%d.eE+-]+)%s*,%s*([%d.eE+-]+)%s*$")
+    if not tonumber(beta1) or not tonumber(beta2) then
+      error(string.format("%s: --betas expects two numbers like 0.9,0.999, got %s", name, args.betas), 0)
+    end
+    t.betas = {tonumber(beta1), tonumber(beta2)}
+  end
+  return t
+end
+
 --- Parses argv with the recipe's spec, trains, and prints the final line; returns train.run's result.
 function M.main(argv, spec)
   local name = spec.name
-  local args = cli.parse(argv, {
+  local cli_spec = {
     name = name,
     usage = "cunet recipes/" .. name .. ".lua [options]",
     description = spec.description,
     options = M.options(spec),
     epilog = spec.epilog,
-  })
-  if args.threads > 0 then cn.set_num_threads(args.threads) end
-  local ck = args.resume and checkpoint.load(args.resume) -- on resume the model, schedule and prediction are the checkpoint's
-  local module_name = ck and ck.model_module or args.model
-  local models = require(module_name)
+  }
+  local args = cli.parse(argv, cli_spec)
+  local given = given_options(argv, cli_spec)
+  local ck = args.resume and checkpoint.load(args.resume) -- read only; train.run restores the state
+  local module_name, notices
+  if ck then module_name, notices = resume_recipe(name, spec, args, given, ck)
+  else module_name, notices = module_path(args.model), {} end
+  if args.threads > 0 then cn.set_num_threads(math.tointeger(args.threads)) end
+  local models = checkpoint.model_module(module_name)
   local size = args.size
-  if ck then
-    size = ck.image_shape and ck.image_shape[2] or ck.config.resolution
-  elseif size == 0 then
+  if size == 0 then
     size = models.presets and models.presets[args.preset] and models.presets[args.preset].resolution or 28
   end
+  local options = train_options(name, args, given, ck)
   local ds = train.dataset(args.data, {size = size, limit = args.limit})
   print(string.format("%s: %d images %s", args.data, ds.images:size(1), table.concat(ds.images:shape(), "x", 2)))
-  local model
+  local model, config
   if ck then
     model = checkpoint.build_model(ck, {module = module_name, ema = false})
   else
-    cn.seed(args.seed)
-    model = models.from_preset(args.preset, model_overrides(args, spec, size, ds.images:size(2), models))
+    cn.seed(math.tointeger(args.seed) or 0)
+    local overrides = model_overrides(args, spec, size, ds.images:size(2), models)
+    if models.from_preset then
+      model = models.from_preset(args.preset, overrides)
+    else -- a module with from_config only: the preset's options (when it has presets) and the overrides
+      config = {}
+      for k, v in pairs(models.presets and models.presets[args.preset] or {}) do config[k] = v end
+      for k, v in pairs(overrides) do config[k] = v end
+      model = models.from_config(config)
+    end
+    config = model.config or config
+    if type(config) ~= "table" then
+      error(string.format("%s: the model from %s has no .config, so no checkpoint could rebuild it (docs/training.md)",
+        name, module_name), 0)
+    end
   end
   print(string.format("model %s: %d parameters%s", ck and "from " .. args.resume or args.preset, model:num_parameters(),
-    spec.continuous and not ck and ", ablation " .. args.ablation or ""))
+    spec.continuous and ", ablation " .. args.ablation or ""))
+  for _, notice in ipairs(notices) do print(notice) end
 
-  local beta1, beta2 = args.betas:match("^%s*([%d.eE+-]+)%s*,%s*([%d.eE+-]+)%s*$")
-  if not tonumber(beta1) or not tonumber(beta2) then
-    error(string.format("%s: --betas expects two numbers like 0.9,0.999, got %s", name, args.betas), 0)
-  end
-  local result = train.run{
-    model = model, model_module = module_name, dataset = ds, steps = args.steps, batch_size = args.batch,
-    lr = args.lr, betas = {tonumber(beta1), tonumber(beta2)}, optimizer = args.optimizer, weight_decay = args.weight_decay,
-    warmup = args.warmup, ema = args.ema, clip = args.clip, flip = args.flip, seed = args.seed,
-    schedule = args.schedule or (ck and ck.schedule) or "linear",
-    T = args.T > 0 and args.T or (ck and ck.T) or 1000,
-    prediction = args.prediction or (ck and ck.prediction) or "eps",
-    out = args.out, resume = args.resume, checkpoint_every = args.checkpoint_every, keep_checkpoints = args.keep,
-    sample_every = args.sample_every, sample_steps = args.sample_steps, log_every = args.log_every,
-  }
+  options.model, options.model_module, options.config, options.dataset = model, module_name, config, ds
+  options.resume = args.resume
+  options.recipe = {name = name, model = module_name, preset = args.preset, data = args.data, size = size,
+                    limit = args.limit, threads = args.threads, command = table.concat(argv, " ")}
+  local result = train.run(options)
   print(string.format("step %d: loss %s, %.1f s; checkpoint %s", result.step,
     result.loss and string.format("%.4f", result.loss) or "-", result.seconds, tostring(result.checkpoint)))
   return result

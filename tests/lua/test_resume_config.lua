@@ -1,0 +1,258 @@
+-- tests/lua/test_resume_config.lua — runs describe themselves and resume as they were (issue 11):
+-- config.lua and the checkpoint's "run" hold the resolved configuration; --resume with no options
+-- continues with the stored lr, EMA and schedule (loss.csv of N + resume + N = 2N straight); an
+-- option given on resume is applied with a notice, or refused when it would change the model or
+-- the run; a checkpoint of another model family is refused; a schedule from a Lua file and a model
+-- from a Lua file (the U-Net stand-in below, and examples/cunet_custom_ode.lua) travel with the
+-- checkpoint to recipes/sample.lua. On 8×8 (U-Net stand-in) and 28×28 (cU-Net) folders of 16 PNGs.
+
+local lu = require "luaunit"
+local cn = require "cunet"
+local fs = require "cunet.fs"
+local train = require "cunet.train"
+local checkpoint = require "cunet.checkpoint"
+local diffusion = require "cunet.diffusion"
+
+local EXE = os.getenv("CUNET_EXE") or "./cunet"
+local q = fs.shell_quote
+
+-- A model file in the form the contract allows: a function(config) -> model whose .config rebuilds it.
+local MODEL_FILE = [[
+local nn = require("cunet").nn
+local Net = nn.class("ResumeTestNet", nn.Module)
+function Net:__init(config)
+  nn.Module.__init(self)
+  self.config = config
+  self.temb = nn.SinusoidalTimeEmbedding(8)
+  self.tproj = nn.Linear(8, config.width)
+  self.conv1 = nn.Conv2d(config.in_channels, config.width, 3, {padding = 1})
+  self.conv2 = nn.Conv2d(config.width, config.in_channels, 3, {padding = 1})
+end
+function Net:forward(x, t)
+  local e = self.tproj(self.temb(t)):view{x:size(1), -1, 1, 1}
+  return self.conv2((self.conv1(x) + e):silu())
+end
+return function(config)
+  return Net{in_channels = config.in_channels, resolution = config.resolution, width = config.width or 6}
+end
+]]
+
+local function run(script, args)
+  local p = io.popen(string.format("%s %s %s 2>&1", EXE, script, args))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok and 0 or code, out
+end
+
+-- loss.csv as rows {step, loss, lr} (the texts, compared exactly)
+local function csv(path)
+  local rows = {}
+  for line in io.lines(path) do
+    local step, loss, lr = line:match("^(%d+),([^,]+),([^,]+),")
+    if step then rows[#rows + 1] = {tonumber(step), loss, lr} end
+  end
+  return rows
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function png_folder(dir, size)
+  assert(fs.mkdir_p(dir))
+  cn.seed(5)
+  for i = 1, 16 do cn.save_png(string.format("%s/%02d.png", dir, i), cn.rand{1, size, size}) end
+end
+
+TestResumeConfig = {}
+
+function TestResumeConfig:setUp()
+  self.dir = os.tmpname()
+  os.remove(self.dir)
+  png_folder(self.dir .. "/images", 8)
+  self.model = self.dir .. "/resume_test_net.lua"
+  write(self.model, MODEL_FILE)
+  -- non-default lr, warmup, EMA, clip, batch and schedule: a resume that forgot any of them would differ
+  self.common = string.format("--model %s --size 8 --data folder:%s --batch 4 --lr 7e-4 --warmup 2 --ema 0.9 " ..
+    "--clip 0.5 --schedule cosine --T 60 --sample-every 0 --checkpoint-every 3 --threads 1",
+    q(self.model), q(self.dir .. "/images"))
+end
+
+function TestResumeConfig:tearDown()
+  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. q(self.dir)) end
+end
+
+function TestResumeConfig:testResumeWithNoOptionsIsTheSameRun()
+  local straight, split = self.dir .. "/straight", self.dir .. "/split"
+  local code, log = run("recipes/train_unet.lua", self.common .. " --steps 6 --out " .. q(straight))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_unet.lua", self.common .. " --steps 3 --out " .. q(split))
+  lu.assertEquals(code, 0, log)
+  -- only the checkpoint and the new total: everything else comes back from the checkpoint
+  code, log = run("recipes/train_unet.lua", "--steps 6 --resume " .. q(split .. "/checkpoint.safetensors"))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "training (resumed): steps 4..6")
+  lu.assertStrContains(log, "resume: steps 3 -> 6 (given on resume)")
+  lu.assertNil(log:find("resume: lr", 1, true), log)
+  local a, b = csv(straight .. "/loss.csv"), csv(split .. "/loss.csv")
+  lu.assertEquals(#a, 6)
+  lu.assertEquals(b, a)
+  lu.assertEquals(b[6][3], "0.0007") -- lr: 7e-4 after the 2 warmup steps, not the default 2e-4
+  local ca, cb = checkpoint.load(straight .. "/checkpoint.safetensors"), checkpoint.load(split .. "/checkpoint.safetensors")
+  lu.assertEquals(cb.ema_scalars.decay, ca.ema_scalars.decay)
+  for k, v in pairs(ca.ema) do lu.assertEquals((v - cb.ema[k]):abs():max():item(), 0, k) end
+  lu.assertEquals(cb.schedule_beta, diffusion.schedule("cosine", {T = 60}).beta)
+  lu.assertEquals(cb.train.lr, 7e-4)
+  lu.assertEquals(cb.train.clip, 0.5)
+end
+
+function TestResumeConfig:testChangedOptionIsAppliedWithANotice()
+  local out = self.dir .. "/run"
+  local code, log = run("recipes/train_unet.lua", self.common .. " --steps 3 --out " .. q(out))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_unet.lua", "--steps 5 --lr 1e-4 --ema 0.5 --resume " .. q(out .. "/checkpoint.safetensors"))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "resume: lr 0.0007 -> 0.0001 (given on resume)")
+  lu.assertStrContains(log, "resume: ema 0.9 -> 0.5 (given on resume)")
+  local rows = csv(out .. "/loss.csv")
+  lu.assertEquals(#rows, 5)
+  lu.assertEquals({rows[3][3], rows[4][3], rows[5][3]}, {"0.0007", "0.0001", "0.0001"})
+  local ck = checkpoint.load(out .. "/checkpoint.safetensors")
+  lu.assertEquals({ck.train.lr, ck.train.ema, ck.train.clip, ck.train.batch_size}, {1e-4, 0.5, 0.5, 4})
+  lu.assertEquals(tonumber(ck.ema_scalars.decay), 0.5) -- the EMA runs with the new decay, not the stored one
+  lu.assertEquals(dofile(out .. "/config.lua").train.lr, 1e-4)
+end
+
+function TestResumeConfig:testWhatCannotChangeIsRefused()
+  local out = self.dir .. "/run"
+  local code, log = run("recipes/train_unet.lua", self.common .. " --steps 2 --out " .. q(out))
+  lu.assertEquals(code, 0, log)
+  local ckpt = q(out .. "/checkpoint.safetensors")
+  local before = io.open(out .. "/checkpoint.safetensors", "rb"):read("a")
+  local cases = {
+    {"recipes/train_cunet.lua", "", "and train_cunet trains cunet.models.continuous_unet"},
+    {"recipes/ablation_nores.lua", "", "and ablation_nores trains cunet.models.continuous_unet"},
+    {"recipes/train_unet.lua", "--model cunet.models.unet", "not cunet.models.unet (--model"},
+    {"recipes/train_unet.lua", "--preset mnist", "--preset mnist differs from its preset mnist_small"},
+    {"recipes/train_unet.lua", "--size 16", "--size 16 differs from its image size 8"},
+    {"recipes/train_unet.lua", "--schedule linear", "trained with the cosine schedule, not linear"},
+    {"recipes/train_unet.lua", "--T 100", "trained with T = 60, not 100"},
+    {"recipes/train_unet.lua", "--seed 3", "seed = 0, not 3 (seed cannot change on resume)"},
+    {"recipes/train_unet.lua", "--prediction v", "it predicts eps, not v"},
+    {"recipes/train_unet.lua", "--optimizer adamw", "optimizer = adam, not adamw"},
+  }
+  for _, c in ipairs(cases) do
+    code, log = run(c[1], c[2] .. " --steps 4 --resume " .. ckpt)
+    lu.assertNotEquals(code, 0, c[1] .. " " .. c[2])
+    lu.assertStrContains(log, "cannot resume", c[2])
+    lu.assertStrContains(log, c[3])
+  end
+  lu.assertEquals(io.open(out .. "/checkpoint.safetensors", "rb"):read("a"), before)
+  lu.assertEquals(#csv(out .. "/loss.csv"), 2)
+end
+
+-- The resolved configuration: printed at the start, in out/config.lua and the checkpoint's "run".
+function TestResumeConfig:testConfigFile()
+  local out = self.dir .. "/run"
+  local code, log = run("recipes/train_unet.lua", self.common .. " --steps 2 --out " .. q(out))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "run configuration (" .. out .. "/config.lua):")
+  lu.assertStrContains(log, "lr = 0.0007,")
+  local cfg = dofile(out .. "/config.lua")
+  local ck = checkpoint.load(out .. "/checkpoint.safetensors")
+  lu.assertEquals(ck.run, cfg)
+  lu.assertEquals(cfg.model.module, self.model) -- a model file is stored by its absolute path
+  lu.assertEquals(cfg.model.config, {in_channels = 1, resolution = 8, width = 6})
+  lu.assertEquals(cfg.model.parameters, checkpoint.build_model(ck):num_parameters())
+  lu.assertEquals(cfg.schedule.name, "cosine")
+  lu.assertEquals(cfg.schedule.beta, diffusion.schedule("cosine", {T = 60}).beta)
+  lu.assertEquals({cfg.train.lr, cfg.train.warmup, cfg.train.ema, cfg.train.batch_size, cfg.train.prediction, cfg.train.seed},
+    {7e-4, 2, 0.9, 4, "eps", 0})
+  lu.assertEquals({cfg.recipe.name, cfg.recipe.data, cfg.recipe.size}, {"train_unet", "folder:" .. self.dir .. "/images", 8})
+  lu.assertEquals(cfg.data.shape, {16, 1, 8, 8})
+  local p = io.popen("git rev-parse HEAD 2>/dev/null")
+  local head = p:read("l")
+  p:close()
+  if head then lu.assertEquals(cfg.commit:sub(1, #head), head) end
+  -- the text reads back exactly: numbers, nested tables, odd keys and strings
+  local value = {a = {1, 2.5, 1e-300}, ["odd key"] = "x\n\"y\"", list = {}, nested = {{b = true}, {c = false}}}
+  lu.assertEquals(load(train.config_text(value))(), value)
+end
+
+-- A schedule from a Lua file: its β values are in the checkpoint, so sample.lua and a resume need
+-- nothing else (before: "unknown kind").
+function TestResumeConfig:testScheduleFromAFileTravels()
+  local out = self.dir .. "/run"
+  local example = "examples/schedule_logsnr_linear.lua"
+  local args = self.common:gsub("%-%-schedule cosine %-%-T 60", "--schedule " .. example .. " --T 40")
+  local code, log = run("recipes/train_unet.lua", args .. " --steps 2 --out " .. q(out))
+  lu.assertEquals(code, 0, log)
+  local ck = checkpoint.load(out .. "/checkpoint.safetensors")
+  lu.assertEquals(ck.schedule, example)
+  lu.assertEquals(ck.schedule_beta, diffusion.schedule(dofile(example), {T = 40}).beta)
+  lu.assertEquals(checkpoint.schedule(ck).alpha_bar[40], diffusion.schedule(dofile(example), {T = 40}).alpha_bar[40])
+  local grid = self.dir .. "/grid.png"
+  code, log = run("recipes/sample.lua", string.format("--ckpt %s --n 2 --steps 3 --out %s", q(out .. "/checkpoint.safetensors"), q(grid)))
+  lu.assertEquals(code, 0, log)
+  lu.assertEquals(cn.load_png(grid):size(1), 1)
+  code, log = run("recipes/train_unet.lua", "--steps 3 --resume " .. q(out .. "/checkpoint.safetensors"))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "training (resumed): steps 3..3")
+  -- a checkpoint that names a Lua-made schedule but holds no β values says what is missing
+  ck.schedule_beta, ck.schedule = nil, "logsnr_linear"
+  local ok, err = pcall(checkpoint.schedule, ck)
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "names its schedule 'logsnr_linear' but holds no")
+end
+
+-- The library resumes the same way: options not given come from the checkpoint, given ones are noticed.
+function TestResumeConfig:testTrainRunResumes()
+  local net = checkpoint.model_module(self.model)
+  local images = train.dataset("folder:" .. self.dir .. "/images", {size = 8}).images
+  local function fresh() cn.seed(1) return net.from_config({in_channels = 1, resolution = 8}) end
+  local opts = {dataset = images, batch_size = 4, lr = 5e-4, warmup = 1, ema = 0.8, schedule = "sigmoid", T = 30,
+                progress = "none", model_module = self.model}
+  local function with(extra)
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    for k, v in pairs(extra) do o[k] = v end
+    return o
+  end
+  local straight = train.run(with{model = fresh(), steps = 4, out = self.dir .. "/a"})
+  train.run(with{model = fresh(), steps = 2, out = self.dir .. "/b"})
+  local resumed = train.run{model = fresh(), dataset = images, progress = "none", steps = 4,
+                            resume = self.dir .. "/b/checkpoint.safetensors"}
+  lu.assertEquals(resumed.notices, {"resume: steps 2 -> 4 (given on resume)"})
+  for s = 3, 4 do lu.assertEquals(resumed.losses[s], straight.losses[s], "step " .. s) end
+  lu.assertEquals(resumed.config.train.out, self.dir .. "/b") -- written where the run was
+  lu.assertEquals(csv(self.dir .. "/b/loss.csv"), csv(self.dir .. "/a/loss.csv"))
+  lu.assertEquals(resumed.ema.decay, 0.8)
+end
+
+-- examples/cunet_custom_ode.lua: a cU-Net with its own ODE dynamics, trained by train_cunet.lua
+-- through --model, rebuilt by sample.lua from the checkpoint alone.
+function TestResumeConfig:testCustomOdeModelFile()
+  png_folder(self.dir .. "/digits", 28)
+  local out = self.dir .. "/damped"
+  local code, log = run("recipes/train_cunet.lua", string.format("--model examples/cunet_custom_ode.lua --data folder:%s " ..
+    "--batch 2 --steps 2 --warmup 1 --sample-every 0 --threads 1 --out %s", q(self.dir .. "/digits"), q(out)))
+  lu.assertEquals(code, 0, log)
+  local ck = checkpoint.load(out .. "/checkpoint.safetensors")
+  lu.assertStrContains(ck.model_module, "/examples/cunet_custom_ode.lua")
+  lu.assertEquals(ck.config.damping, 0.5)
+  lu.assertNotNil(ck.model["mid.ode.accel.conv.weight"])
+  lu.assertNil(ck.model["mid.ode.accel.conv1.weight"]) -- the ConvSODEFunc is gone
+  local model = checkpoint.build_model(ck)
+  lu.assertEquals(model:num_parameters(), dofile("examples/cunet_custom_ode.lua").from_preset("mnist_small"):num_parameters())
+  local grid = self.dir .. "/grid.png"
+  code, log = run("recipes/sample.lua", string.format("--ckpt %s --n 2 --steps 2 --out %s", q(out .. "/checkpoint.safetensors"), q(grid)))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_cunet.lua", "--steps 3 --resume " .. q(out .. "/checkpoint.safetensors"))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "training (resumed): steps 3..3")
+  code, log = run("recipes/train_cunet.lua", "--steps 4 --ode-steps 3 --resume " .. q(out .. "/checkpoint.safetensors"))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(log, "--ode-steps 3 differs from its model config (steps = 1")
+end
