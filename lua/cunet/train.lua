@@ -348,6 +348,7 @@ local function resume_options(o, given, ck)
     end
   end
   if not given.recipe and ck.run and ck.run.recipe then o.recipe = ck.run.recipe end
+  if not given.model_module and ck.model_module then o.model_module = ck.model_module end
   return notices
 end
 

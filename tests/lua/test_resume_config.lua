@@ -229,6 +229,7 @@ function TestResumeConfig:testTrainRunResumes()
   lu.assertEquals(resumed.config.train.out, self.dir .. "/b") -- written where the run was
   lu.assertEquals(csv(self.dir .. "/b/loss.csv"), csv(self.dir .. "/a/loss.csv"))
   lu.assertEquals(resumed.ema.decay, 0.8)
+  lu.assertEquals(checkpoint.load(self.dir .. "/b/checkpoint.safetensors").model_module, self.model)
 end
 
 -- examples/cunet_custom_ode.lua: a cU-Net with its own ODE dynamics, trained by train_cunet.lua
