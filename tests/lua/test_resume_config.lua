@@ -257,3 +257,30 @@ function TestResumeConfig:testCustomOdeModelFile()
   lu.assertNotEquals(code, 0)
   lu.assertStrContains(log, "--ode-steps 3 differs from its model config (steps = 1")
 end
+
+-- The cU-Net recipes: an ablation recipe resumes only its own ablation, train_cunet keeps the
+-- checkpoint's, and the cU-Net's model options cannot change on resume.
+function TestResumeConfig:testCunetAblationIsPartOfTheModel()
+  png_folder(self.dir .. "/digits", 28)
+  local out = self.dir .. "/noattn"
+  local code, log = run("recipes/ablation_noattn.lua", string.format("--data folder:%s --batch 2 --steps 1 --warmup 1 --lr 3e-4 " ..
+    "--sample-every 0 --threads 1 --out %s", q(self.dir .. "/digits"), q(out)))
+  lu.assertEquals(code, 0, log)
+  local ckpt = q(out .. "/checkpoint.safetensors")
+  local refused = {
+    {"recipes/ablation_nores.lua", "", "ablation_nores trains the no_resblocks ablation, it holds no_attention"},
+    {"recipes/train_cunet.lua", "--ablation none", "--ablation none differs from its model config (ablation = no_attention;"},
+    {"recipes/train_cunet.lua", "--method euler", "--method euler differs from its model config (method = rk4_38;"},
+  }
+  for _, c in ipairs(refused) do
+    code, log = run(c[1], c[2] .. " --steps 2 --resume " .. ckpt)
+    lu.assertNotEquals(code, 0, c[1] .. " " .. c[2])
+    lu.assertStrContains(log, c[3])
+  end
+  code, log = run("recipes/train_cunet.lua", "--steps 2 --resume " .. ckpt)
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "ablation no_attention")
+  local ck = checkpoint.load(out .. "/checkpoint.safetensors")
+  lu.assertEquals({ck.step, ck.config.ablation, ck.run.recipe.name}, {2, "no_attention", "train_cunet"})
+  lu.assertEquals(ck.train.lr, 3e-4) -- restored, not train_cunet's default 1e-3
+end
