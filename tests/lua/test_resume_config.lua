@@ -60,6 +60,16 @@ local function write(path, text)
   f:close()
 end
 
+-- Each case {recipe, options, message}: resuming ckpt with them fails with "cannot resume" and message.
+local function assert_refused(cases, ckpt)
+  for _, c in ipairs(cases) do
+    local code, log = run(c[1], c[2] .. " --steps 4 --resume " .. ckpt)
+    lu.assertNotEquals(code, 0, c[1] .. " " .. c[2])
+    lu.assertStrContains(log, "cannot resume")
+    lu.assertStrContains(log, c[3])
+  end
+end
+
 local function png_folder(dir, size)
   assert(fs.mkdir_p(dir))
   cn.seed(5)
@@ -143,12 +153,7 @@ function TestResumeConfig:testWhatCannotChangeIsRefused()
     {"recipes/train_unet.lua", "--prediction v", "it predicts eps, not v"},
     {"recipes/train_unet.lua", "--optimizer adamw", "optimizer = adam, not adamw"},
   }
-  for _, c in ipairs(cases) do
-    code, log = run(c[1], c[2] .. " --steps 4 --resume " .. ckpt)
-    lu.assertNotEquals(code, 0, c[1] .. " " .. c[2])
-    lu.assertStrContains(log, "cannot resume", c[2])
-    lu.assertStrContains(log, c[3])
-  end
+  assert_refused(cases, ckpt)
   lu.assertEquals(io.open(out .. "/checkpoint.safetensors", "rb"):read("a"), before)
   lu.assertEquals(#csv(out .. "/loss.csv"), 2)
 end
@@ -267,16 +272,11 @@ function TestResumeConfig:testCunetAblationIsPartOfTheModel()
     "--sample-every 0 --threads 1 --out %s", q(self.dir .. "/digits"), q(out)))
   lu.assertEquals(code, 0, log)
   local ckpt = q(out .. "/checkpoint.safetensors")
-  local refused = {
+  assert_refused({
     {"recipes/ablation_nores.lua", "", "ablation_nores trains the no_resblocks ablation, it holds no_attention"},
     {"recipes/train_cunet.lua", "--ablation none", "--ablation none differs from its model config (ablation = no_attention;"},
     {"recipes/train_cunet.lua", "--method euler", "--method euler differs from its model config (method = rk4_38;"},
-  }
-  for _, c in ipairs(refused) do
-    code, log = run(c[1], c[2] .. " --steps 2 --resume " .. ckpt)
-    lu.assertNotEquals(code, 0, c[1] .. " " .. c[2])
-    lu.assertStrContains(log, c[3])
-  end
+  }, ckpt)
   code, log = run("recipes/train_cunet.lua", "--steps 2 --resume " .. ckpt)
   lu.assertEquals(code, 0, log)
   lu.assertStrContains(log, "ablation no_attention")
