@@ -4,7 +4,7 @@
 -- option given on resume is applied with a notice, or refused when it would change the model or
 -- the run; a checkpoint of another model family is refused; a schedule from a Lua file and a model
 -- from a Lua file (the U-Net stand-in below, and examples/cunet_custom_ode.lua) travel with the
--- checkpoint to recipes/sample.lua. On 8×8 (U-Net stand-in) and 28×28 (cU-Net) folders of 16 PNGs.
+-- checkpoint to recipes/sample.lua and recipes/fid_vs_steps.lua. On 8×8 and 28×28 folders of 16 PNGs.
 
 local lu = require "luaunit"
 local cn = require "cunet"
@@ -37,8 +37,8 @@ return function(config)
 end
 ]]
 
-local function run(script, args)
-  local p = io.popen(string.format("%s %s %s 2>&1", EXE, script, args))
+local function run(script, args, env)
+  local p = io.popen(string.format("%s%s %s %s 2>&1", env or "", EXE, script, args))
   local out = p:read("a")
   local ok, _, code = p:close()
   return ok and 0 or code, out
@@ -283,4 +283,23 @@ function TestResumeConfig:testCunetAblationIsPartOfTheModel()
   local ck = checkpoint.load(out .. "/checkpoint.safetensors")
   lu.assertEquals({ck.step, ck.config.ablation, ck.run.recipe.name}, {2, "no_attention", "train_cunet"})
   lu.assertEquals(ck.train.lr, 3e-4) -- restored, not train_cunet's default 1e-3
+end
+
+-- recipes/fid_vs_steps.lua on a checkpoint of a schedule from a Lua file (28×28: the classifier's size).
+function TestResumeConfig:testFidVsStepsOnAScheduleFromAFile()
+  local fid = require "cunet.fid"
+  local ok, why = pcall(require("cunet.data").load, "fashion-mnist", {split = "test"})
+  if ok then ok, why = fid.checkpoint_path("fashion-mnist") end
+  if not ok then lu.skip("no Fashion-MNIST test split with its classifier: " .. tostring(why)) end
+  png_folder(self.dir .. "/digits", 28)
+  local out = self.dir .. "/run"
+  local code, log = run("recipes/train_unet.lua", string.format("--model %s --size 28 --data folder:%s --batch 4 --steps 2 " ..
+    "--schedule examples/schedule_logsnr_linear.lua --T 20 --sample-every 0 --threads 1 --out %s", q(self.model),
+    q(self.dir .. "/digits"), q(out)))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/fid_vs_steps.lua", string.format("--ckpt %s --n 4 --batch 4 --steps 2 --dataset fashion-mnist " ..
+    "--split test --out %s", q(out .. "/checkpoint.safetensors"), q(self.dir .. "/fid")), "CUNET_CACHE=" .. q(self.dir .. "/cache") .. " ")
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "examples/schedule_logsnr_linear.lua, T = 20")
+  lu.assertStrContains(log, "best: 2 steps")
 end
