@@ -138,8 +138,26 @@ static void set_sigint(void (*handler)(int), int flags, struct sigaction *old)
     sigaction(SIGINT, &sa, old);
 }
 
+/* Whether errors print without a traceback: a recipe has parsed its command line (lua/cunet/cli.lua
+ * sets short_errors), so its errors are a user's to read; CUNET_TRACEBACK=1 brings tracebacks back. */
+static int short_errors(lua_State *L)
+{
+    const char *env = getenv("CUNET_TRACEBACK");
+    if (env && *env && strcmp(env, "0") != 0)
+        return 0;
+    int on = 0;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE &&
+        lua_getfield(L, -1, "cunet.cli") == LUA_TTABLE) {
+        lua_getfield(L, -1, "short_errors");
+        on = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 1);
+    return on;
+}
+
 /* Message handler of every protected call: the message (or a description of a non-string error
- * object) followed by a traceback. */
+ * object) followed by a traceback (none after a recipe's cli.parse: see short_errors). */
 static int message_handler(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
@@ -147,6 +165,8 @@ static int message_handler(lua_State *L)
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
             return 1;
         msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    } else if (short_errors(L)) {
+        return 1;
     }
     luaL_traceback(L, L, msg, 1);
     return 1;

@@ -17,17 +17,17 @@ local args = cli.parse(arg, {
   usage = "cunet recipes/efficiency.lua [options]",
   description = "Parameters, MACs (thop 0.1.1's rules and a full count), peak memory and time of a model.",
   options = {
-    {"model", "unet", "unet | cunet"},
+    {"model", "unet", "unet | cunet", choices = {"unet", "cunet"}},
     {"preset", nil, "a preset of the model (default: paper_baseline for unet, notebook for cunet)", type = "string"},
     {"ablation", "none", "cunet only: none | no_attention | no_resblocks | no_attention_no_resblocks | time_embedding_only"},
     {"size", nil, "input C,H,W (default: the preset's channels and resolution)", type = "string"},
-    {"batch", 1, "batch size of the memory and time measurements (MACs are per image, at batch 1)"},
-    {"repeats", 5, "timed forwards (the median is reported)"},
+    {"batch", 1, "batch size of the memory and time measurements (MACs are per image, at batch 1)", integer = true, min = 1},
+    {"repeats", 5, "timed forwards (the median is reported)", integer = true, min = 1},
     {"all", false, "the table for U-Net, cU-Net and the three ablations (--unet-preset, --cunet-preset)"},
     {"unet-preset", "paper_baseline", "--all: the U-Net's preset (mnist_small: the committed MNIST U-Net's)"},
     {"cunet-preset", "notebook", "--all: the cU-Net's preset, ablated in the other rows"},
     {"ops", true, "print the full count op by op (single model)"},
-    {"threads", 0, "threads (0: all cores)"},
+    {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   },
 })
 

@@ -25,18 +25,18 @@ local args = cli.parse(arg, {
   description = "FID and KID (classifier features) and time per sample against the number of sampling steps.",
   options = {
     {"ckpt", "runs/unet/checkpoint.safetensors", "training checkpoint (recipes/train_unet.lua)"},
-    {"sampler", "ddim", "ddim | ddpm (fewer ddpm steps than T run on the respaced schedule)"},
+    {"sampler", "ddim", "ddim | ddpm (fewer ddpm steps than T run on the respaced schedule)", choices = {"ddim", "ddpm"}},
     {"steps", "1,2,5,10,20,50", "step counts, comma-separated"},
-    {"n", 1000, "samples per step count"},
-    {"batch", 250, "samples generated at once"},
+    {"n", 1000, "samples per step count", integer = true, min = 2},
+    {"batch", 250, "samples generated at once", integer = true, min = 1},
     {"dataset", "mnist", "the data set the checkpoint was trained on: mnist | fashion-mnist (its classifier is the feature network)"},
     {"split", "train", "the real split the statistics come from (mnist: train 9,000 | test 1,000; fashion-mnist: train | test)"},
-    {"eta", 0, "DDIM eta"},
+    {"eta", 0, "DDIM eta", min = 0},
     {"ema", true, "the EMA weights (--no-ema: the trained ones)"},
-    {"seed", 0, "noise seed (the same for every step count)"},
+    {"seed", 0, "noise seed (the same for every step count)", integer = true, min = 0},
     {"out", "runs/fid_vs_steps", "output directory for the CSV and the plot"},
     {"append", false, "extend the CSV already in --out (same checkpoint, sampler and n): its rows are kept, these step counts added or replaced"},
-    {"threads", 0, "threads (0: all cores)"},
+    {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   },
 })
 
@@ -46,7 +46,6 @@ local function fail(msg)
 end
 
 if args.threads > 0 then cn.set_num_threads(args.threads) end
-if args.sampler ~= "ddim" and args.sampler ~= "ddpm" then fail("--sampler must be ddim or ddpm, got " .. args.sampler) end
 local steps = {}
 for s in args.steps:gmatch("[^,]+") do
   local v = math.tointeger(tonumber(s))
@@ -54,7 +53,6 @@ for s in args.steps:gmatch("[^,]+") do
   steps[#steps + 1] = v
 end
 if #steps == 0 then fail("--steps is empty") end
-if args.n < 2 then fail("--n must be at least 2 (FID needs a covariance)") end
 
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, { ema = args.ema })

@@ -12,8 +12,8 @@ local args = cli.parse(arg, {
   description = "Training-loss curves (window means of each run's loss.csv) in one PNG plot.",
   options = {
     {"runs", nil, "the runs: NAME=DIR pairs, comma-separated; DIR holds loss.csv", type = "string"},
-    {"window", 50, "steps per averaged point"},
-    {"max-step", 0, "only steps up to this one (0: all)"},
+    {"window", 50, "steps per averaged point", integer = true, min = 1},
+    {"max-step", 0, "only steps up to this one (0: all)", integer = true, min = 0},
     {"out", "runs/losses.png", "the plot (its points are written as CSV beside it)"},
   },
 })

@@ -16,15 +16,15 @@ local args = cli.parse(arg, {
   description = "Sample images from a checkpoint with DDPM or DDIM and save them as one PNG grid.",
   options = {
     {"ckpt", "runs/unet/checkpoint.safetensors", "training checkpoint"},
-    {"sampler", "ddim", "ddim | ddpm"},
-    {"steps", 0, "sampling steps (0: 50 for ddim, T for ddpm; fewer ddpm steps respace the schedule)"},
-    {"eta", 0, "DDIM eta (0: deterministic, 1: DDPM-like noise)"},
-    {"n", 16, "number of samples"},
-    {"nrow", 0, "images per grid row (0: about sqrt(n))"},
-    {"seed", 0, "random seed"},
+    {"sampler", "ddim", "ddim | ddpm", choices = {"ddim", "ddpm"}},
+    {"steps", 0, "sampling steps (0: 50 for ddim, T for ddpm; fewer ddpm steps respace the schedule)", integer = true, min = 0},
+    {"eta", 0, "DDIM eta (0: deterministic, 1: DDPM-like noise)", min = 0},
+    {"n", 16, "number of samples", integer = true, min = 1},
+    {"nrow", 0, "images per grid row (0: about sqrt(n))", integer = true, min = 0},
+    {"seed", 0, "random seed", integer = true, min = 0},
     {"ema", true, "use the EMA weights (--no-ema: the trained ones)"},
     {"out", "samples.png", "PNG to write"},
-    {"threads", 0, "threads (0: all cores)"},
+    {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   },
 })
 

@@ -18,6 +18,7 @@
 
 local cn = require "cunet"
 local fs = require "cunet.fs"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -268,6 +269,9 @@ local function config_diff(a, b, prefix, out)
 end
 M.config_diff = config_diff
 
+-- The options of load and restore (allow_nonfinite: load NaN or inf weights instead of refusing them).
+local RESTORE_OPTIONS = {"model", "ema", "optimizer", "rng", "config", "allow_nonfinite"}
+
 local function json_meta(path, meta, key)
   if meta[key] == nil then return nil end
   local ok, v = pcall(json.decode, meta[key])
@@ -282,6 +286,7 @@ end
 -- prediction, losses, data {seed, epoch, position}, image_shape, seconds, train, run, meta (all
 -- metadata strings)}.
 function M.load(path, opts)
+  options.check(opts, RESTORE_OPTIONS, "checkpoint.load")
   if type(path) ~= "string" then error("checkpoint.load: expected a path, got " .. type(path), 2) end
   if not fs.exists(path) then error(string.format("checkpoint.load: no checkpoint at '%s' (no such file)", path), 2) end
   local ok, tensors, meta = pcall(cn.load, path)
@@ -339,8 +344,10 @@ end
 
 --- Restores what opts names from a loaded ck: opts.model (weights), opts.ema, opts.optimizer, and the
 -- engine RNG with opts.rng = true. opts.config (default opts.model.config) must equal the
--- checkpoint's model config; everything is checked before anything is touched. Returns ck.
+-- checkpoint's model config; NaN or inf weights are refused unless opts.allow_nonfinite; everything
+-- is checked before anything is touched. Returns ck.
 function M.restore(ck, opts)
+  options.check(opts, RESTORE_OPTIONS, "checkpoint.restore")
   local path, config = ck.path, ck.config
   local model = opts.model
   local want = opts.config or (model and model.config)
@@ -356,7 +363,7 @@ function M.restore(ck, opts)
     error(string.format("checkpoint.load: '%s' holds no optimizer state", path), 2)
   end
   if model then
-    local okl, err = pcall(model.load_state_dict, model, ck.model)
+    local okl, err = pcall(model.load_state_dict, model, ck.model, {allow_nonfinite = opts.allow_nonfinite == true})
     if not okl then error(string.format("checkpoint.load: '%s' does not fit the model: %s", path, tostring(err)), 2) end
   end
   if opts.ema then
@@ -422,14 +429,15 @@ end
 
 --- Rebuilds the model from a checkpoint (a path or a loaded ck) with its config, through the
 -- module named in its metadata (or opts.module; see M.model_module), and loads its weights (EMA
--- unless opts.ema == false). Returns model, ck.
+-- unless opts.ema == false; NaN or inf weights are refused unless opts.allow_nonfinite). Returns model, ck.
 function M.build_model(ck, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"module", "ema", "allow_nonfinite"}, "checkpoint.build_model")
   if type(ck) == "string" then ck = M.load(ck) end
   local mod = M.model_module(opts.module or ck.model_module)
   local build = mod.from_config or mod.UNet or mod.new
   local model = build(ck.config)
-  model:load_state_dict(M.weights(ck, opts.ema))
+  local ok, err = pcall(model.load_state_dict, model, M.weights(ck, opts.ema), {allow_nonfinite = opts.allow_nonfinite == true})
+  if not ok then error(string.format("checkpoint.build_model: '%s': %s", ck.path, tostring(err)), 2) end
   return model, ck
 end
 
@@ -462,7 +470,7 @@ end
 -- keys sorted, numbers exact, nested tables indented, lists of numbers 8 to a line. opts.abbreviate
 -- = n shows lists longer than n as their first and last few items and a count (for printing).
 function M.lua_text(value, opts)
-  local abbreviate = opts and opts.abbreviate
+  local abbreviate = options.check(opts, {"abbreviate"}, "lua_text").abbreviate
   local out = {}
   local function emit(v, indent)
     local kind = type(v)

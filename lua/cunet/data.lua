@@ -13,6 +13,7 @@
 
 local cn = require "cunet"
 local fs = require "cunet.fs"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -42,7 +43,7 @@ end
 --- Loads an IDX image/label pair: images [N, 1, H, W] scaled to [0, 1], labels [N] 1-based.
 -- opts.hint is added to the "missing file" message.
 function M.load_idx_pair(images_path, labels_path, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"hint"}, "load_idx_pair")
   for _, p in ipairs{images_path, labels_path} do
     if not fs.exists(p) then error("data: missing file " .. p .. (opts.hint and (" (" .. opts.hint .. ")") or ""), 2) end
   end
@@ -63,7 +64,7 @@ end
 --- Fashion-MNIST from Debian's dataset-fashion-mnist ("train": 60,000, "test": 10,000).
 -- opts.root: another directory holding the four IDX files.
 function M.fashion_mnist(split, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"root"}, "fashion_mnist")
   local root = opts.root or FASHION_ROOT
   local prefix = split == "test" and "t10k" or split == "train" and "train"
   if not prefix then error("fashion_mnist: split must be 'train' or 'test', got " .. tostring(split), 2) end
@@ -92,7 +93,7 @@ end
 -- (each class within one example of its share in both), "all" = the 10,000.
 -- Looked for in opts.root, else $CUNET_DATA, ./data, and the repository's data/.
 function M.mnist(split, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"root"}, "mnist")
   split = split or "train"
   if split ~= "train" and split ~= "test" and split ~= "all" then
     error("mnist: split must be 'train', 'test' or 'all', got " .. tostring(split), 2)
@@ -161,7 +162,7 @@ end
 -- RGB turned grey with ITU-R 601-2 luma; alpha dropped), limit (at most this many files).
 -- A file that is not a readable PNG raises an error naming it.
 function M.image_folder(path, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"size", "channels", "limit"}, "image_folder")
   if type(path) ~= "string" then error("image_folder: expected a directory path, got " .. type(path), 2) end
   local size = opts.size or 64
   local h, w
@@ -228,7 +229,7 @@ end
 -- depend only on (seed, epoch, batch index) given by the DataLoader, never on the global generator;
 -- called by hand (no info) it counts its calls instead. opts: p, seed (0).
 function M.random_hflip(opts)
-  opts = opts or {}
+  opts = options.check(opts, {"p", "seed"}, "random_hflip")
   local p, seed = opts.p or 0.5, opts.seed or 0
   if type(p) ~= "number" or p < 0 or p > 1 then error("random_hflip: p must be in [0, 1], got " .. tostring(p), 2) end
   if math.type(seed) ~= "integer" then error("random_hflip: seed must be an integer", 2) end
@@ -269,14 +270,20 @@ function M.subset(ds, n, first)
 end
 
 --- A dataset by name: "mnist", "fashion-mnist" (or "fashion_mnist"), or "folder:PATH"
--- (image_folder). opts: split ("train"), and the loader's own options (root, size, channels, limit).
+-- (image_folder). opts: split ("train"), and the loader's own options (root for mnist and
+-- fashion-mnist; size, channels, limit for a folder, which is one split: "train").
 function M.load(name, opts)
-  opts = opts or {}
   if type(name) ~= "string" then error("data.load: expected a dataset name, got " .. type(name), 2) end
-  if name == "mnist" then return M.mnist(opts.split or "train", opts) end
-  if name == "fashion-mnist" or name == "fashion_mnist" then return M.fashion_mnist(opts.split or "train", opts) end
   local folder = name:match("^folder:(.+)$")
-  if folder then return M.image_folder(folder, opts) end
+  opts = options.check(opts, folder and {"split", "size", "channels", "limit"} or {"split", "root"}, "data.load (" .. name .. ")")
+  if name == "mnist" then return M.mnist(opts.split or "train", {root = opts.root}) end
+  if name == "fashion-mnist" or name == "fashion_mnist" then return M.fashion_mnist(opts.split or "train", {root = opts.root}) end
+  if folder then
+    if opts.split ~= nil and opts.split ~= "train" then
+      error("data.load: a folder is one split ('train'), got split '" .. tostring(opts.split) .. "'", 2)
+    end
+    return M.image_folder(folder, {size = opts.size, channels = opts.channels, limit = opts.limit})
+  end
   error("data.load: unknown dataset '" .. name .. "' (mnist, fashion-mnist, folder:PATH)", 2)
 end
 
@@ -291,7 +298,7 @@ DataLoader.__index = DataLoader
 -- never on the global generator's state, so a resumed run sees the same batches as an
 -- uninterrupted one.
 function M.DataLoader(ds, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"batch_size", "shuffle", "seed", "drop_last", "transform"}, "DataLoader")
   if type(ds) ~= "table" then error("DataLoader: expected a dataset table, got " .. type(ds), 2) end
   local n
   for k, v in pairs(ds) do

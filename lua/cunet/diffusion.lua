@@ -11,6 +11,7 @@
 -- tensor [N] of timesteps (it may also predict x0 or v: opts.prediction). See docs/diffusion.md.
 
 local cn = require "cunet"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -21,11 +22,17 @@ local function sigmoid(x) return 1 / (1 + math.exp(-x)) end
 
 local function is_integer(v) return math.type(v) == "integer" or (type(v) == "number" and v == math.floor(v) and v == v and math.abs(v) < 2^53) end
 
---- Beta makers: each returns a Lua array of T betas (computed in double).
+--- Beta makers: each returns a Lua array of T betas (computed in double). A maker added here
+-- lists the options it reads in M.beta_options[name] (schedule refuses any other).
 M.betas = {}
+M.beta_options = {
+  linear = {"beta_start", "beta_end"}, scaled_linear = {"beta_start", "beta_end"},
+  cosine = {"s", "max_beta"}, sigmoid = {"start", "end", "tau", "max_beta"},
+}
 
 --- Ho et al. (2020): linear from 1e-4 to 0.02.
 function M.betas.linear(T, opts)
+  opts = options.check(opts, M.beta_options.linear, "betas.linear")
   local b0, b1 = opts.beta_start or 1e-4, opts.beta_end or 0.02
   local betas = {}
   for i = 1, T do betas[i] = T == 1 and b0 or b0 + (b1 - b0) * (i - 1) / (T - 1) end
@@ -34,6 +41,7 @@ end
 
 --- Stable Diffusion's "scaled linear": linear in sqrt(beta) (defaults 0.00085 -> 0.012).
 function M.betas.scaled_linear(T, opts)
+  opts = options.check(opts, M.beta_options.scaled_linear, "betas.scaled_linear")
   local b0, b1 = math.sqrt(opts.beta_start or 0.00085), math.sqrt(opts.beta_end or 0.012)
   local betas = {}
   for i = 1, T do
@@ -54,6 +62,7 @@ end
 
 --- Nichol & Dhariwal (2021): alpha_bar(u) = cos((u + s) / (1 + s) * pi / 2)^2, s = 0.008, beta <= 0.999.
 function M.betas.cosine(T, opts)
+  opts = options.check(opts, M.beta_options.cosine, "betas.cosine")
   local s = opts.s or 0.008
   return from_alpha_bar(T, function(u) return math.cos((u + s) / (1 + s) * math.pi / 2) ^ 2 end, opts.max_beta or 0.999)
 end
@@ -62,6 +71,7 @@ end
 -- authors' code): start -3, end 3, tau 1, beta <= 0.999. (That code rounds sigmoid(±3) to float32;
 -- we keep double: betas differ by up to 1.3e-5 relative near t = T.)
 function M.betas.sigmoid(T, opts)
+  opts = options.check(opts, M.beta_options.sigmoid, "betas.sigmoid")
   local start, stop, tau = opts.start or -3, opts["end"] or 3, opts.tau or 1
   local v_start, v_end = sigmoid(start / tau), sigmoid(stop / tau)
   return from_alpha_bar(T, function(u)
@@ -92,6 +102,19 @@ end
 -- A schedule given as `kind` is returned as it is.
 function M.schedule(kind, opts)
   if getmetatable(kind) == Schedule then return kind end
+  local known = {"T"}
+  if type(kind) == "string" then
+    for _, name in ipairs(M.beta_options[kind] or {}) do known[#known + 1] = name end
+  elseif type(kind) == "table" then
+    for k in pairs(kind) do
+      if math.type(k) ~= "integer" then
+        error(string.format("schedule: a table of betas holds the key '%s' (options go in argument #2)", tostring(k)), 2)
+      end
+    end
+  end
+  if not (type(kind) == "string" and not M.betas[kind]) then -- an unknown kind is reported below
+    opts = options.check(opts, known, "schedule")
+  end
   opts = opts or {}
   local T = opts.T or (type(kind) == "table" and #kind) or 1000
   if not is_integer(T) or T < 1 then error("schedule: T must be a positive integer, got " .. tostring(T), 2) end
@@ -100,7 +123,11 @@ function M.schedule(kind, opts)
   if type(kind) == "string" then
     local maker = M.betas[kind]
     if not maker then error("schedule: unknown kind '" .. kind .. "' (" .. kinds_list() .. ", a function or a table of betas)", 2) end
-    betas = maker(T, opts)
+    local maker_opts = {}
+    for k, v in pairs(opts) do
+      if k ~= "T" then maker_opts[k] = v end
+    end
+    betas = maker(T, maker_opts)
   elseif type(kind) == "function" then
     betas = {}
     for t = 1, T do betas[t] = kind(t, T) end
@@ -221,7 +248,7 @@ end
 -- Returns loss, and the t used (a tensor [N]).
 function M.loss(sched, model, x0, opts)
   check_schedule(sched, "loss")
-  opts = opts or {}
+  opts = options.check(opts, {"prediction", "t", "noise"}, "loss")
   local prediction = opts.prediction or "eps"
   if not PREDICTIONS[prediction] then error("loss: prediction must be 'eps', 'x0' or 'v', got " .. tostring(prediction), 2) end
   local t = opts.t or M.sample_timesteps(sched, x0:size(1))
@@ -321,8 +348,17 @@ local function with_seed(seed, fn)
   return table.unpack(results, 2, results.n)
 end
 
-local function check_sampler_opts(sched, shape, opts, fname)
+-- The options every sampler takes; each adds its own (sample_ddpm: variance; sample_ddim: steps,
+-- eta, spacing).
+M.sampler_options = {"prediction", "x_t", "t_start", "clip_x0", "seed", "return_trajectory", "return_x0",
+  "callback", "check_finite"}
+
+-- Checks a sampler's opts (unknown keys among them too); returns opts, {} for nil.
+local function check_sampler_opts(sched, shape, opts, fname, own)
   check_schedule(sched, fname)
+  local known = {table.unpack(M.sampler_options)}
+  for _, name in ipairs(own) do known[#known + 1] = name end
+  opts = options.check(opts, known, fname, 4)
   local prediction = opts.prediction or "eps"
   if not PREDICTIONS[prediction] then error(fname .. ": prediction must be 'eps', 'x0' or 'v', got " .. tostring(prediction), 3) end
   if opts.x_t ~= nil and not cn.is_tensor(opts.x_t) then error(fname .. ": x_t must be a tensor", 3) end
@@ -331,10 +367,21 @@ local function check_sampler_opts(sched, shape, opts, fname)
     error(string.format("%s: t_start must be an integer in 1..%d, got %s", fname, sched.T, tostring(opts.t_start)), 3)
   end
   if opts.callback ~= nil and type(opts.callback) ~= "function" then error(fname .. ": callback must be a function", 3) end
+  return opts
+end
+
+-- Raises when x holds NaN or infinite values after step i (timestep t) of n: a broken model or
+-- checkpoint would otherwise give a black image and no error. One reduction per step.
+local function check_finite(x, fname, i, n, t)
+  local bad = cn.count_nonfinite(x)
+  if bad > 0 then
+    error(string.format("%s: %d of %d sample values are NaN or infinite after step %d of %d (t = %d): the model "
+      .. "output is not finite (check the weights; check_finite = false lets it through)", fname, bad, x:numel(), i, n, t), 0)
+  end
 end
 
 -- Shared driver for both samplers: walks `ts` (descending), calls step(x, i, t, eps) -> x.
-local function run_sampler(sched, model, x, ts, opts, step)
+local function run_sampler(sched, model, x, ts, opts, step, fname)
   local trajectory, x0s = opts.return_trajectory and {} or nil, opts.return_x0 and {} or nil
   return cn.no_grad(function()
     for i, t in ipairs(ts) do
@@ -345,6 +392,7 @@ local function run_sampler(sched, model, x, ts, opts, step)
         eps = (x - x0 * math.sqrt(sched.alpha_bar[t])) / math.sqrt(1 - sched.alpha_bar[t])
       end
       x = step(x, i, t, eps)
+      if opts.check_finite ~= false then check_finite(x, fname, i, #ts, t) end
       if trajectory then trajectory[#trajectory + 1] = x end
       if x0s then x0s[#x0s + 1] = x0 end
       if opts.callback then opts.callback(i, t, x, x0) end
@@ -356,11 +404,11 @@ end
 --- Ancestral DDPM sampling. shape: the batch shape {N, C, H, W}. opts: x_t and t_start (start
 -- from a given noisy batch at timestep t_start instead of pure noise at T), variance ("beta" |
 -- "posterior"), prediction, clip_x0, seed (draw every random number from this seed, leaving the
--- global generator as it was), return_trajectory, return_x0, callback(i, t, x_{t-1}, x0_pred).
+-- global generator as it was), return_trajectory, return_x0, callback(i, t, x_{t-1}, x0_pred),
+-- check_finite (true: raise, naming the step and the count, when a step gives NaN or inf).
 -- Returns x_0, and the trajectory (x after each of the t_start steps) and x0 predictions when asked.
 function M.sample_ddpm(sched, model, shape, opts)
-  opts = opts or {}
-  check_sampler_opts(sched, shape, opts, "sample_ddpm")
+  opts = check_sampler_opts(sched, shape, opts, "sample_ddpm", {"variance"})
   local variance = opts.variance or "beta"
   if variance ~= "beta" and variance ~= "posterior" then error("sample_ddpm: variance must be 'beta' or 'posterior', got " .. tostring(variance), 2) end
   local ts = {}
@@ -369,7 +417,7 @@ function M.sample_ddpm(sched, model, shape, opts)
     local x = opts.x_t or cn.randn(shape)
     return run_sampler(sched, model, x, ts, opts, function(xt, _, t, eps)
       return M.ddpm_step(sched, xt, t, eps, t > 1 and cn.randn_like(xt) or nil, variance)
-    end)
+    end, "sample_ddpm")
   end)
 end
 
@@ -391,8 +439,7 @@ end
 -- ("uniform" | "quadratic" | "trailing", see ddim_timesteps); the other options as sample_ddpm.
 -- With t_start, the steps cover t_start..1, the first at t_start (see ddim_sampling_timesteps).
 function M.sample_ddim(sched, model, shape, opts)
-  opts = opts or {}
-  check_sampler_opts(sched, shape, opts, "sample_ddim")
+  opts = check_sampler_opts(sched, shape, opts, "sample_ddim", {"steps", "eta", "spacing"})
   local eta = opts.eta or 0
   if type(eta) ~= "number" or eta < 0 or eta ~= eta then error("sample_ddim: eta must be a number >= 0, got " .. tostring(eta), 2) end
   local steps = opts.steps or 50
@@ -404,7 +451,7 @@ function M.sample_ddim(sched, model, shape, opts)
       local t_prev = ts[i + 1] or 0
       local z = eta > 0 and t_prev > 0 and cn.randn_like(xt) or nil
       return (M.ddim_step(sched, xt, t, t_prev, eps, z, eta))
-    end)
+    end, "sample_ddim")
   end)
 end
 

@@ -27,6 +27,7 @@ local cn = require "cunet"
 local core = require "cunet.core"
 local nn = require "cunet.nn"
 local class = require "cunet.class"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -371,7 +372,7 @@ end
 -- base is what was live before (parameters, inputs, anything else alive); activations = peak − base.
 -- The parameters' gradients are dropped before and after.
 function M.peak_memory(model, inputs, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"train"}, "peak_memory")
   local args, n = args_of(inputs)
   local was_training = {}
   for _, m in ipairs(model:modules()) do was_training[m] = m.training end
@@ -401,7 +402,7 @@ end
 --- time_forward(model, inputs [, {repeats=5, warmup=1}]) -> median seconds of one forward (eval mode,
 -- no_grad), and the list of all timings.
 function M.time_forward(model, inputs, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"repeats", "warmup"}, "time_forward")
   local args, n = args_of(inputs)
   local repeats, warmup = opts.repeats or 5, opts.warmup or 1
   local times = {}
@@ -426,7 +427,7 @@ end
 -- paper's thop count), memory and time opts.batch (1). opts: batch, repeats (5), memory (true),
 -- time (true), full (true).
 function M.profile(model, make_inputs, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"batch", "repeats", "memory", "time", "full"}, "efficiency.profile")
   local batch = opts.batch or 1
   local out = { params = M.parameters(model), batch = batch }
   out.thop = M.thop_macs(model, make_inputs(1))

@@ -93,7 +93,7 @@ end
 -- Raises when there is no checkpoint.
 function M.feature_net(dataset, opts)
   dataset = canonical(dataset)
-  opts = opts or {}
+  opts = util.options(opts, {checkpoint = false}, "fid.feature_net")
   local path = opts.checkpoint
   if not path or path == false then
     local err

@@ -9,6 +9,7 @@
 -- PyTorch's float64 gradcheck; exactness is the job of the PyTorch fixture tests.
 
 local core = require "cunet.core"
+local options = require "cunet.options"
 
 local function flat(t) return t:totable{flat = true} end
 
@@ -21,7 +22,7 @@ end
 --- Returns true, or raises an error naming the input, the element and both values.
 -- opts: eps, rtol, atol, max_elements (per input; a seeded random subset beyond it), seed.
 local function gradcheck(fn, inputs, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"eps", "rtol", "atol", "max_elements", "seed"}, "gradcheck")
   local eps, rtol, atol = opts.eps or 1e-3, opts.rtol or 1e-2, opts.atol or 1e-3
   local max_elements = opts.max_elements or 64
   local saved_rng = core.rng_state()

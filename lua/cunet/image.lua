@@ -8,8 +8,11 @@
 -- make_grid(normalize=True, value_range=...) does.
 
 local cn = require "cunet"
+local options = require "cunet.options"
 
 local M = {}
+
+local GRID_OPTIONS = {"nrow", "padding", "pad_value", "range"}
 
 M.save_png = cn.save_png
 M.load_png = cn.load_png
@@ -25,7 +28,7 @@ end
 -- opts: nrow (8), padding (2), pad_value (1: white), range ({0, 1}: the values shown as black..white).
 function M.make_grid(x, opts)
   check_batch(x, "make_grid")
-  opts = opts or {}
+  opts = options.check(opts, GRID_OPTIONS, "make_grid")
   local nrow, pad = opts.nrow or 8, opts.padding or 2
   local lo, hi = table.unpack(opts.range or {0, 1})
   if type(lo) ~= "number" or type(hi) ~= "number" or not (lo < hi) then
@@ -46,6 +49,7 @@ end
 --- Writes images [N, C, H, W] as a grid PNG (see make_grid for opts).
 function M.save_grid(x, path, opts)
   check_batch(x, "save_grid")
+  options.check(opts, GRID_OPTIONS, "save_grid")
   cn.save_png(path, M.make_grid(x, opts))
   return path
 end
@@ -53,7 +57,7 @@ end
 --- Writes one row per example from a list of batches [N, C, H, W] (e.g. clean, noisy, then the
 -- predictions along the reverse process), as the paper's denoising figures.
 function M.save_strips(columns, path, opts)
-  opts = opts or {}
+  opts = options.check(opts, GRID_OPTIONS, "save_strips")
   if type(columns) ~= "table" or #columns == 0 then error("save_strips: expected a list of image batches", 2) end
   for k, col in ipairs(columns) do
     check_batch(col, "save_strips")

@@ -35,5 +35,7 @@ cn.metrics = require "cunet.metrics" -- replaces core.metrics, the kernels it ca
 --- cn.profile(fn [, opts], ...): per-op times of fn(...) (lua/cunet/profile.lua, docs/benchmarks.md)
 cn.profile = require("cunet.profile").profile
 cn.profile_enable, cn.profile_reset, cn.profile_entries = nil, nil, nil
+--- cn.count_nonfinite(t): the number of NaN and infinite elements of t (lua/cunet/nn/util.lua).
+cn.count_nonfinite = require("cunet.nn.util").count_nonfinite
 
 return cn

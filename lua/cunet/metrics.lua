@@ -15,6 +15,7 @@
 
 local core = require "cunet.core" -- not "cunet": that one may require this module
 local class = require "cunet.class"
+local option_rules = require "cunet.options"
 
 local kernels = core.metrics
 local M = {}
@@ -34,16 +35,7 @@ end
 
 -- opts merged over the defaults of fname; unknown names are errors (a typo never passes silently).
 local function options(fname, opts)
-  local defaults = DEFAULTS[fname]
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("%s: options must be a table, got %s"):format(fname, type(opts)), 3)
-  end
-  local o = {}
-  for k, v in pairs(defaults) do o[k] = v end
-  for k, v in pairs(opts or {}) do
-    if defaults[k] == nil then error(("%s: unknown option '%s'"):format(fname, tostring(k)), 3) end
-    o[k] = v
-  end
+  local o = option_rules.merge(opts, DEFAULTS[fname], fname, 4)
   for k, v in pairs(o) do if v == false and k ~= "return_map" then o[k] = nil end end
   return o
 end

@@ -13,6 +13,8 @@
 -- curves with different x values share one file. A missing gnuplot or a gnuplot error returns nil
 -- and a message (the CSV is written first, so the numbers are kept); wrong arguments raise.
 
+local options = require "cunet.options"
+
 local M = {}
 
 --- Options of plot.lines with their defaults (title, xlabel, ylabel, series, csv, xrange and yrange
@@ -44,14 +46,7 @@ end
 local function check(path, opts)
   if type(path) ~= "string" or path == "" then error("plot.lines: expected a PNG path, got " .. type(path), 3) end
   if type(opts) ~= "table" then error("plot.lines: expected an options table, got " .. type(opts), 3) end
-  for k in pairs(opts) do
-    if not KNOWN[k] then
-      local known = {}
-      for name in pairs(KNOWN) do known[#known + 1] = name end
-      table.sort(known)
-      error(string.format("plot.lines: unknown option '%s' (known: %s)", tostring(k), table.concat(known, ", ")), 3)
-    end
-  end
+  options.check(opts, KNOWN, "plot.lines", 4)
   if type(opts.series) ~= "table" or #opts.series == 0 then
     error("plot.lines: opts.series must be a non-empty list of {name=, x={...}, y={...}}", 3)
   end

@@ -8,6 +8,7 @@
 -- prints a plain line every `every` seconds (default 10) and at the end.
 
 local core = require "cunet.core"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -24,7 +25,7 @@ end
 --- A new bar for `total` items. opts: label, unit ("it"), stream (io.stderr), every (seconds
 -- between plain lines), tty (override terminal detection).
 function M.new(total, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"label", "unit", "stream", "every", "tty"}, "progress.new")
   local stream = opts.stream or io.stderr
   local tty = opts.tty
   if tty == nil then tty = core.isatty(stream) end

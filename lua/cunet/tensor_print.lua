@@ -6,16 +6,16 @@
 -- Same rules as torch._tensor_str: integers print as "1.", fixed 4 decimals unless the range of
 -- magnitudes calls for scientific notation, big tensors summarised with "..." (3 edge items).
 
+local check_options = require("cunet.options").check
+
 local M = {}
 
 local options = { precision = 4, threshold = 1000, edgeitems = 3, linewidth = 80, sci_mode = nil }
 
 --- Changes print options: precision, threshold, edgeitems, linewidth, sci_mode (true/false/nil).
 function M.set_printoptions(opts)
-  for k, v in pairs(opts) do
-    if options[k] == nil and k ~= "sci_mode" then error("set_printoptions: unknown option '" .. tostring(k) .. "'", 2) end
-    options[k] = v
-  end
+  check_options(opts, {"precision", "threshold", "edgeitems", "linewidth", "sci_mode"}, "set_printoptions")
+  for k, v in pairs(opts) do options[k] = v end
 end
 
 local function is_finite(v) return v == v and v ~= math.huge and v ~= -math.huge end

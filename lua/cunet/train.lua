@@ -22,6 +22,7 @@ local image = require "cunet.image"
 local progress = require "cunet.progress"
 local checkpoint = require "cunet.checkpoint"
 local fs = require "cunet.fs"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -75,16 +76,9 @@ local function fail(fmt, ...) error("train: " .. string.format(fmt, ...), 0) end
 -- Returns the options over the defaults, and the set of keys the caller gave.
 local function with_defaults(opts)
   if type(opts) ~= "table" then fail("expected an options table, got %s", type(opts)) end
+  options.check(opts, M.defaults, "train", 0)
   local o = {}
-  for k, v in pairs(opts) do
-    if M.defaults[k] == nil then
-      local known = {}
-      for name in pairs(M.defaults) do known[#known + 1] = name end
-      table.sort(known)
-      fail("unknown option '%s' (known: %s)", tostring(k), table.concat(known, ", "))
-    end
-    o[k] = v
-  end
+  for k, v in pairs(opts) do o[k] = v end
   for k, v in pairs(M.defaults) do
     if o[k] == nil and v ~= false then o[k] = v end
   end
@@ -142,7 +136,7 @@ end
 -- opts: split ("train"), size (resize to size², default the dataset's own), limit (the first N
 -- images only). Returns {images = [N, C, size, size] in [-1, 1], name =}.
 function M.dataset(name, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"split", "size", "limit"}, "train.dataset")
   local load_opts = {split = opts.split or "train"}
   if type(name) == "string" and name:match("^folder:") then
     load_opts.size, load_opts.limit = opts.size or 64, opts.limit and opts.limit > 0 and opts.limit or nil
@@ -229,7 +223,7 @@ end
 -- Nichol & Dhariwal 2021: the DDIM timesteps with betas recomputed from alpha_bar), eta (DDIM),
 -- prediction, clip_x0 (true), seed (draw from this seed; the global RNG is left as it was).
 function M.generate(model, sched, shape, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"sampler", "steps", "eta", "prediction", "clip_x0", "seed"}, "train.generate")
   local sampler = opts.sampler or "ddim"
   local sopts = {prediction = opts.prediction, clip_x0 = opts.clip_x0 ~= false, seed = opts.seed, eta = opts.eta}
   local was_training = model.training
@@ -263,7 +257,7 @@ end
 --- The training grids: M.generate with DDIM from the EMA weights (when given) and a fixed seed,
 -- without disturbing the training (RNG, weights and mode are restored).
 function M.sample(model, sched, shape, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"seed", "ema", "steps", "prediction"}, "train.sample")
   local saved = cn.rng_state()
   cn.set_rng_state{seed = opts.seed or 0, counter = M.SAMPLE_COUNTER}
   if opts.ema then opts.ema:swap(model) end

@@ -9,6 +9,7 @@ local nn = require "cunet.nn"
 local class = require "cunet.class"
 local progress = require "cunet.progress"
 local data = require "cunet.data"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -18,7 +19,7 @@ M.Classifier = Classifier
 --- opts: channels (1), classes (10), width (32), features (128), dropout (0.25), size (28).
 function Classifier:__init(opts)
   nn.Module.__init(self)
-  opts = opts or {}
+  opts = options.check(opts, {"channels", "classes", "width", "features", "dropout", "size"}, "Classifier", 4)
   local c, w, f = opts.channels or 1, opts.width or 32, opts.features or 128
   local size = opts.size or 28
   self.options = {channels = c, classes = opts.classes or 10, width = w, features = f, dropout = opts.dropout or 0.25, size = size}
@@ -76,7 +77,7 @@ end
 -- of up to that many pixels), log (function(step, loss) or nil), progress (true).
 -- Returns the last epoch's mean loss.
 function M.train(model, ds, opts)
-  opts = opts or {}
+  opts = options.check(opts, {"epochs", "batch", "lr", "seed", "cosine", "shift", "log", "progress"}, "classifier.train")
   local loader = data.DataLoader(ds, {batch_size = opts.batch or 64, shuffle = true, seed = opts.seed or 0})
   local lr = opts.lr or 1e-3
   local opt = cn.optim.Adam(model, {lr = lr})

@@ -28,6 +28,7 @@ local cn = require "cunet"
 local nn = require "cunet.nn"
 local class = require "cunet.class"
 local util = require "cunet.nn.util"
+local options = require "cunet.options"
 local blocks = require "cunet.models.continuous_unet_blocks"
 
 local M = {}
@@ -332,10 +333,8 @@ end
 -- atol, adjoint. Returns the model.
 function ContinuousUNet:set_solver(opts)
   local c = self.config
+  options.check(opts, {"method", "steps", "t0", "t1", "rtol", "atol", "adjoint"}, "set_solver")
   for k, v in pairs(opts) do
-    if k ~= "method" and k ~= "steps" and k ~= "t0" and k ~= "t1" and k ~= "rtol" and k ~= "atol" and k ~= "adjoint" then
-      error("set_solver: unknown option '" .. tostring(k) .. "' (method, steps, t0, t1, rtol, atol, adjoint)", 2)
-    end
     if k == "method" and not CHOICES.method[v] then error("set_solver: unknown method '" .. tostring(v) .. "'", 2) end
     c[k] = v
   end

@@ -359,14 +359,21 @@ local function quoted(list)
 end
 
 --- Copies the tensors of sd (name -> tensor) into this module's parameters and buffers, in place
--- and outside autograd. strict (default true): every key must match. Shapes must match always.
--- Nothing is copied when anything is wrong; the error lists the missing, unexpected and
--- wrong-shaped keys. Returns {missing_keys=, unexpected_keys=} (lists, sorted as found).
+-- and outside autograd. strict (default true): every key must match. Shapes must match always, and
+-- values must be finite (NaN or inf weights are a corrupt or diverged checkpoint that would sample
+-- black images). The second argument is strict or a table {strict = true, allow_nonfinite = false}.
+-- Nothing is copied when anything is wrong; the error lists the missing, unexpected,
+-- wrong-shaped and non-finite keys. Returns {missing_keys=, unexpected_keys=} (lists, sorted as found).
 function Module:load_state_dict(sd, strict)
   if type(sd) ~= "table" then error("load_state_dict: expected a table of name -> tensor, got " .. type(sd), 2) end
+  local allow_nonfinite = false
+  if type(strict) == "table" then
+    local o = util.options(strict, {strict = true, allow_nonfinite = false}, "load_state_dict")
+    strict, allow_nonfinite = o.strict, o.allow_nonfinite
+  end
   strict = strict ~= false
   local own, keys = self:state_dict()
-  local missing, unexpected, mismatched = {}, {}, {}
+  local missing, unexpected, mismatched, nonfinite = {}, {}, {}, {}
   for _, key in ipairs(keys) do
     local src = sd[key]
     if src == nil then
@@ -376,17 +383,26 @@ function Module:load_state_dict(sd, strict)
     elseif util.shape_str(src) ~= util.shape_str(own[key]) then
       mismatched[#mismatched + 1] = string.format('"%s": copying a tensor of shape %s from the checkpoint, the shape in the current model is %s',
         key, util.shape_str(src), util.shape_str(own[key]))
+    elseif not allow_nonfinite then
+      local bad = util.count_nonfinite(src)
+      if bad > 0 then
+        nonfinite[#nonfinite + 1] = string.format('"%s": %d of %d values are NaN or infinite', key, bad, src:numel())
+      end
     end
   end
   for key in pairs(sd) do
     if own[key] == nil then unexpected[#unexpected + 1] = tostring(key) end
   end
   table.sort(unexpected)
-  if #mismatched > 0 or (strict and (#missing > 0 or #unexpected > 0)) then
+  if #mismatched > 0 or #nonfinite > 0 or (strict and (#missing > 0 or #unexpected > 0)) then
     local lines = { string.format("load_state_dict: error(s) in loading state_dict for %s:", class.name(self)) }
     if strict and #missing > 0 then lines[#lines + 1] = "  missing key(s): " .. quoted(missing) end
     if strict and #unexpected > 0 then lines[#lines + 1] = "  unexpected key(s): " .. quoted(unexpected) end
     for _, m in ipairs(mismatched) do lines[#lines + 1] = "  size mismatch for " .. m end
+    for _, m in ipairs(nonfinite) do lines[#lines + 1] = "  non-finite values in " .. m end
+    if #nonfinite > 0 then
+      lines[#lines + 1] = "  (a corrupt or diverged checkpoint; load_state_dict(sd, {allow_nonfinite = true}) loads it anyway)"
+    end
     error(table.concat(lines, "\n"), 2)
   end
   core.no_grad(function()

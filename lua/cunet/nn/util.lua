@@ -2,6 +2,7 @@
 -- repr of values, shape strings.
 
 local core = require "cunet.core"
+local options = require "cunet.options"
 
 local util = {}
 
@@ -10,22 +11,18 @@ local util = {}
 -- stands for PyTorch's None where a nil could not be stored in the table. Errors point at the
 -- caller's caller (level 3), or at `level` when a wrapper stands in between.
 function util.options(opts, defaults, who, level)
-  level = level or 3
-  if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("%s: options must be a table, got %s", who, type(opts)), level)
-  end
-  local merged = {}
-  for k, v in pairs(defaults) do merged[k] = v end
-  for k, v in pairs(opts or {}) do
-    if defaults[k] == nil then
-      local known = {}
-      for name in pairs(defaults) do known[#known + 1] = name end
-      table.sort(known)
-      error(string.format("%s: unknown option '%s' (known: %s)", who, tostring(k), table.concat(known, ", ")), level)
-    end
-    merged[k] = v
-  end
-  return merged
+  return options.merge(opts, defaults, who, (level or 3) + 1)
+end
+
+--- The number of NaN and infinite elements of t: one reduction when there are none (a sum in double
+-- is finite exactly when every element is, unless it overflows float32, which the exact count
+-- then sorts out). Outside any graph.
+function util.count_nonfinite(t)
+  return core.no_grad(function()
+    local s = t:sum():item()
+    if s == s and s ~= math.huge and s ~= -math.huge then return 0 end
+    return math.tointeger(t:ne(t):sum():item() + t:abs():eq(math.huge):sum():item())
+  end)
 end
 
 --- A number or a {h, w} table -> {h, w} (PyTorch's _pair).

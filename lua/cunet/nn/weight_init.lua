@@ -7,6 +7,7 @@
 -- Each writes into the tensor outside autograd and returns it.
 
 local core = require "cunet.core"
+local options = require "cunet.options"
 
 local init = {}
 
@@ -71,7 +72,7 @@ function init.zeros_(t) return init.constant_(t, 0) end
 function init.ones_(t) return init.constant_(t, 1) end
 
 local function kaiming_std(t, opts, who)
-  opts = opts or {}
+  opts = options.check(opts, {"a", "mode", "nonlinearity"}, "nn.init." .. who, 4)
   local a, mode, nonlinearity = opts.a or 0, opts.mode or "fan_in", opts.nonlinearity or "leaky_relu"
   local fan_in, fan_out = init.calculate_fan_in_and_fan_out(t)
   local fan = mode == "fan_in" and fan_in or mode == "fan_out" and fan_out or

@@ -2,6 +2,7 @@
 -- option tables with defaults, argument checks, and scalars serialised for safetensors headers.
 
 local core = require "cunet.core"
+local options = require "cunet.options"
 
 local M = {}
 
@@ -52,16 +53,7 @@ end
 
 -- Options: every key must be known; defaults fill the rest.
 local function with_defaults(fname, opts, defaults)
-  if opts ~= nil and type(opts) ~= "table" then fail(fname, "options must be a table, got %s", type(opts)) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if defaults[k] == nil then fail(fname, "unknown option '%s'", tostring(k)) end
-  end
-  local o = {}
-  for k, v in pairs(defaults) do
-    if opts[k] == nil then o[k] = v else o[k] = opts[k] end
-  end
-  return o
+  return options.merge(opts, defaults, fname, 0)
 end
 
 local function check_number(fname, what, v, ok, rule)
