@@ -20,13 +20,19 @@ local cli = require "cunet.cli"
 local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
 local diffusion = require "cunet.diffusion"
+local check_options = require("cunet.options").check
 
 local M = {}
 
 M.DEFAULT_MODEL = "cunet.models.unet"
 
+-- The keys of a recipe's spec (a misspelt one, say `ablaton`, would train another experiment).
+local SPEC_KEYS = {"name", "description", "epilog", "continuous", "data", "preset", "model", "steps", "batch", "lr",
+  "warmup", "ema", "out", "checkpoint_every", "sample_every", "ablation"}
+
 --- The option table of a recipe whose defaults come from spec (model, preset, out, ablation, steps, lr...).
 function M.options(spec)
+  check_options(spec, SPEC_KEYS, "train_recipe")
   local continuous = spec.continuous
   local opts = {
     {"data", spec.data or "mnist", "dataset: mnist | fashion-mnist | folder:PATH"},

@@ -305,6 +305,8 @@ local ROWS = {
     call = function(o) cn.profile(function() end, o) end},
   {who = "set_printoptions", typo = "precison", covers = {"tensor_print.lua:M.set_printoptions"},
     call = function(o) cn.set_printoptions(o) end},
+  {who = "train_recipe", typo = "ablaton", base = {name = "x"}, covers = {},
+    call = function(o) require("cunet.train_recipe").options(o) end},
   {who = "cli.parse", typo = "option", base = {options = {}}, covers = {},
     call = function(o) cli.parse({}, o) end},
 }
