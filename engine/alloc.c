@@ -10,6 +10,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "tensor.h" /* cn_size_mul */
+
 static atomic_size_t live_bytes, peak_bytes, total_bytes;
 static atomic_int malloc_tuned;
 
@@ -21,7 +23,9 @@ static void tune_malloc(void) {
 
 float *cn_alloc_floats(size_t n) {
     if (!atomic_load_explicit(&malloc_tuned, memory_order_relaxed)) tune_malloc();
-    size_t bytes = (n ? n : 1) * sizeof(float);
+    size_t bytes;
+    /* n * 4, rounded up to the alignment, must not wrap into a small block */
+    if (cn_size_mul(n ? n : 1, sizeof(float), &bytes) || bytes > SIZE_MAX - 63) return NULL;
     bytes = (bytes + 63) & ~(size_t)63;
     float *p = aligned_alloc(64, bytes);
     if (!p) return NULL;

@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-/* Allocates n floats, 64-byte aligned; NULL when out of memory. */
+/* Allocates n floats, 64-byte aligned; NULL when out of memory or when n * 4 overflows. */
 float *cn_alloc_floats(size_t n);
 /* Frees a block of n floats from cn_alloc_floats (NULL-safe). */
 void cn_free_floats(float *p, size_t n);

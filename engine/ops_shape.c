@@ -29,8 +29,10 @@ static bool infer_shape(int ndim, const int64_t *shape, size_t numel, int64_t *o
         } else if (shape[i] < 0) {
             cn_error_set(err, "%s: invalid shape %s", fname, cn_shape_str(want, sizeof want, ndim, shape));
             return false;
-        } else {
-            known *= (size_t)shape[i];
+        } else if (shape[i] == 0) {
+            known = 0;
+        } else if (known != 0 && cn_size_mul(known, (size_t)shape[i], &known)) {
+            known = SIZE_MAX; /* saturated: equals no tensor's numel (all are <= CN_MAX_NUMEL) */
         }
         out[i] = shape[i];
     }
@@ -125,10 +127,12 @@ static cn_tensor *permute_raw(cn_tensor *t, const int *perm, cn_error *err) {
 static cn_tensor *narrow_raw(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
     int d = cn_wrap_dim(dim, t->ndim, "narrow", err);
     if (d < 0) return NULL;
-    if (start < 0 || length < 0 || start + length > t->shape[d]) {
+    int64_t end;
+    if (__builtin_add_overflow(start, length, &end)) end = INT64_MAX;
+    if (start < 0 || length < 0 || end > t->shape[d]) {
         char buf[160];
         cn_error_set(err, "narrow: range [%lld, %lld) out of bounds for dim %d of size %lld (shape %s)",
-                     (long long)start, (long long)(start + length), dim, (long long)t->shape[d],
+                     (long long)start, (long long)end, dim, (long long)t->shape[d],
                      cn_shape_str(buf, sizeof buf, t->ndim, t->shape));
         return NULL;
     }
@@ -229,6 +233,7 @@ static cn_tensor *expand_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_er
             goto bad;
         }
     }
+    if (cn_shape_numel_checked(ndim, out_shape, NULL, "expand", err)) return NULL;
     return cn_as_strided(t, ndim, out_shape, out_stride, t->offset, err);
 bad:
     cn_error_set(err, "expand: cannot expand shape %s to %s",

@@ -722,7 +722,12 @@ static int pad_plan_make(const cn_tensor *x, const pad_args *a, pad_plan *p, cn_
         int k = x->ndim - 1 - d; /* pads[2k], pads[2k+1] pad dim d */
         if (k >= a->n_pairs) continue;
         int64_t l = a->pads[2 * k], r = a->pads[2 * k + 1], in = x->shape[d];
-        p->out_shape[d] = in + l + r;
+        if (__builtin_add_overflow(in, l, &p->out_shape[d]) ||
+            __builtin_add_overflow(p->out_shape[d], r, &p->out_shape[d])) {
+            cn_error_set(err, "pad: padding (%lld, %lld) of dim %d of input %s overflows", (ll)l, (ll)r,
+                         d - x->ndim, cn_shape_str(s, sizeof s, x->ndim, x->shape));
+            return -1;
+        }
         if (a->mode == CN_PAD_REFLECT && (l >= in || r >= in)) {
             cn_error_set(err, "pad: reflect padding (%lld, %lld) must be smaller than the size %lld of dim %d of "
                          "input %s", (ll)l, (ll)r, (ll)in, d - x->ndim, cn_shape_str(s, sizeof s, x->ndim, x->shape));
@@ -736,6 +741,8 @@ static int pad_plan_make(const cn_tensor *x, const pad_args *a, pad_plan *p, cn_
         }
         total += (size_t)p->out_shape[d];
     }
+    /* the maps and the output are sized by out_shape: refuse one no tensor can have first */
+    if (cn_shape_numel_checked(p->ndim, p->out_shape, NULL, "pad", err)) return -1;
     p->buf = malloc((total ? total : 1) * sizeof *p->buf);
     if (!p->buf) {
         cn_error_set(err, "pad: out of memory");

@@ -54,6 +54,7 @@ static cn_tensor *tensor_over(cn_storage *s, int ndim, const int64_t *shape, con
 /* A view of t's storage with new geometry (a new reference). */
 static cn_tensor *view_of(const cn_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
                           size_t offset, cn_error *err) {
+    if (cn_shape_numel_checked(ndim, shape, NULL, "view", err)) return NULL;
     t->storage->refcount++;
     return tensor_over(t->storage, ndim, shape, stride, offset, err);
 }
@@ -98,10 +99,51 @@ void cn_release(cn_tensor *t) {
 
 /* ---- facts ------------------------------------------------------------------------------- */
 
+int cn_size_mul(size_t a, size_t b, size_t *out) {
+    size_t product;
+    if (__builtin_mul_overflow(a, b, &product)) return -1;
+    *out = product;
+    return 0;
+}
+
 size_t cn_shape_numel(int ndim, const int64_t *shape) {
     size_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
-    return n;
+    bool saturated = false;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == 0) return 0;
+        if (saturated || cn_size_mul(n, (size_t)shape[i], &n)) saturated = true;
+    }
+    return saturated ? SIZE_MAX : n;
+}
+
+int cn_shape_numel_checked(int ndim, const int64_t *shape, size_t *numel, const char *fname, cn_error *err) {
+    char buf[200];
+    if (ndim < 0 || ndim > CN_MAX_DIMS) {
+        cn_error_set(err, "%s: %d dims requested, at most %d supported", fname, ndim, CN_MAX_DIMS);
+        return -1;
+    }
+    bool has_zero = false;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) {
+            cn_error_set(err, "%s: negative size in shape %s", fname, cn_shape_str(buf, sizeof buf, ndim, shape));
+            return -1;
+        }
+        if (shape[i] == 0) has_zero = true;
+    }
+    /* the span counts a size-0 dim as 1: the strides of the others must still be representable */
+    size_t span = 1;
+    bool too_many = false;
+    for (int i = 0; i < ndim && !too_many; i++) {
+        if (shape[i] != 0 && (cn_size_mul(span, (size_t)shape[i], &span) || span > CN_MAX_NUMEL)) too_many = true;
+    }
+    if (too_many) {
+        cn_error_set(err, "%s: shape %s has too many elements%s (a tensor spans at most 2^44 = %zu)", fname,
+                     cn_shape_str(buf, sizeof buf, ndim, shape),
+                     has_zero ? " for its strides, counting the non-zero sizes" : "", CN_MAX_NUMEL);
+        return -1;
+    }
+    if (numel) *numel = has_zero ? 0 : span;
+    return 0;
 }
 
 size_t cn_numel(const cn_tensor *t) { return cn_shape_numel(t->ndim, t->shape); }
@@ -110,11 +152,13 @@ void cn_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
     int64_t s = 1;
     for (int i = ndim - 1; i >= 0; i--) {
         stride[i] = s;
-        s *= shape[i] > 0 ? shape[i] : 1;
+        if (__builtin_mul_overflow(s, shape[i] > 0 ? shape[i] : 1, &s)) s = INT64_MAX;
     }
 }
 
 bool cn_is_contiguous(const cn_tensor *t) {
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0) return true; /* no elements: any strides will do (found by fuzz_idx) */
     int64_t expected = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->shape[i] == 1) continue;
@@ -150,32 +194,16 @@ int cn_wrap_dim(int dim, int ndim, const char *fname, cn_error *err) {
     return wrapped;
 }
 
-/* Checks a requested shape: rank and non-negative sizes. */
-static bool check_shape(int ndim, const int64_t *shape, const char *fname, cn_error *err) {
-    if (ndim < 0 || ndim > CN_MAX_DIMS) {
-        cn_error_set(err, "%s: %d dims requested, at most %d supported", fname, ndim, CN_MAX_DIMS);
-        return false;
-    }
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) {
-            char buf[128];
-            cn_error_set(err, "%s: negative size in shape %s", fname,
-                         cn_shape_str(buf, sizeof buf, ndim, shape));
-            return false;
-        }
-    }
-    return true;
-}
-
 /* ---- creation ----------------------------------------------------------------------------- */
 
-cn_tensor *cn_empty(int ndim, const int64_t *shape, cn_error *err) {
-    if (!check_shape(ndim, shape, "empty", err)) return NULL;
-    size_t n = cn_shape_numel(ndim, shape);
+/* cn_empty with fname naming the caller in messages. */
+static cn_tensor *empty_as(int ndim, const int64_t *shape, const char *fname, cn_error *err) {
+    size_t n;
+    if (cn_shape_numel_checked(ndim, shape, &n, fname, err)) return NULL;
     cn_storage *s = storage_new(n);
     if (!s) {
         char buf[128];
-        cn_error_set(err, "out of memory allocating a tensor of shape %s (%zu bytes)",
+        cn_error_set(err, "%s: out of memory allocating a tensor of shape %s (%zu bytes)", fname,
                      cn_shape_str(buf, sizeof buf, ndim, shape), n * sizeof(float));
         return NULL;
     }
@@ -184,16 +212,21 @@ cn_tensor *cn_empty(int ndim, const int64_t *shape, cn_error *err) {
     return tensor_over(s, ndim, shape, stride, 0, err);
 }
 
+cn_tensor *cn_empty(int ndim, const int64_t *shape, cn_error *err) { return empty_as(ndim, shape, "empty", err); }
+
 cn_tensor *cn_empty_like(const cn_tensor *t, cn_error *err) { return cn_empty(t->ndim, t->shape, err); }
 
-cn_tensor *cn_full(int ndim, const int64_t *shape, float value, cn_error *err) {
-    cn_tensor *t = cn_empty(ndim, shape, err);
+static cn_tensor *full_as(int ndim, const int64_t *shape, float value, const char *fname, cn_error *err) {
+    cn_tensor *t = empty_as(ndim, shape, fname, err);
     if (t) cn_fill_(t, value);
     return t;
 }
 
-cn_tensor *cn_zeros(int ndim, const int64_t *shape, cn_error *err) { return cn_full(ndim, shape, 0.0f, err); }
-cn_tensor *cn_ones(int ndim, const int64_t *shape, cn_error *err) { return cn_full(ndim, shape, 1.0f, err); }
+cn_tensor *cn_full(int ndim, const int64_t *shape, float value, cn_error *err) {
+    return full_as(ndim, shape, value, "full", err);
+}
+cn_tensor *cn_zeros(int ndim, const int64_t *shape, cn_error *err) { return full_as(ndim, shape, 0.0f, "zeros", err); }
+cn_tensor *cn_ones(int ndim, const int64_t *shape, cn_error *err) { return full_as(ndim, shape, 1.0f, "ones", err); }
 
 cn_tensor *cn_from_data(int ndim, const int64_t *shape, const float *data, cn_error *err) {
     cn_tensor *t = cn_empty(ndim, shape, err);
@@ -213,8 +246,15 @@ cn_tensor *cn_arange(double start, double end, double step, cn_error *err) {
         cn_error_set(err, "arange: step %g goes away from end (start %g, end %g)", step, start, end);
         return NULL;
     }
-    int64_t n = (int64_t)ceil((end - start) / step);
-    cn_tensor *t = cn_empty(1, &n, err);
+    /* compared in double before the cast: arange(0, 1, 1e-300) must not overflow int64 */
+    double count = ceil((end - start) / step);
+    if (!(count <= (double)CN_MAX_NUMEL)) {
+        cn_error_set(err, "arange: [%g, %g) with step %g has %.3g elements: too many (a tensor holds at most "
+                     "2^44 = %zu)", start, end, step, count, CN_MAX_NUMEL);
+        return NULL;
+    }
+    int64_t n = (int64_t)count;
+    cn_tensor *t = empty_as(1, &n, "arange", err);
     if (!t) return NULL;
     float *p = cn_data(t);
     for (int64_t i = 0; i < n; i++) p[i] = (float)(start + (double)i * step);
@@ -226,7 +266,7 @@ cn_tensor *cn_linspace(double start, double end, int64_t steps, cn_error *err) {
         cn_error_set(err, "linspace: number of steps must be non-negative (got %lld)", (long long)steps);
         return NULL;
     }
-    cn_tensor *t = cn_empty(1, &steps, err);
+    cn_tensor *t = empty_as(1, &steps, "linspace", err);
     if (!t) return NULL;
     float *p = cn_data(t);
     double step = steps > 1 ? (end - start) / (double)(steps - 1) : 0;

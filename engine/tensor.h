@@ -52,10 +52,24 @@ void cn_release(cn_tensor *t);
 
 /* ---- facts ------------------------------------------------------------------------------- */
 
+/* The most elements a tensor may span: its number of elements, and also the product of its
+ * non-zero sizes (what its strides must address, so [0, 2^40, 2^40] is refused too), is at most
+ * 2^44 (64 TiB of float32). Below it every element, stride and byte count fits int64 and size_t
+ * with room, so size arithmetic past cn_shape_numel_checked cannot overflow. */
+#define CN_MAX_NUMEL ((size_t)1 << 44)
+
 /* Number of elements (1 for a 0-d tensor). */
 size_t cn_numel(const cn_tensor *t);
-/* Number of elements of a shape. */
+/* Number of elements of a shape; saturates at SIZE_MAX when the product overflows (a shape not
+ * yet checked: any allocation of that size then fails). */
 size_t cn_shape_numel(int ndim, const int64_t *shape);
+/* a * b into *out. Returns 0, or -1 (out untouched) when the product overflows size_t. Every
+ * element, stride and byte product of the engine goes through this or cn_shape_numel_checked. */
+int cn_size_mul(size_t a, size_t b, size_t *out);
+/* Checks a requested shape: 0..CN_MAX_DIMS dims, sizes >= 0, within CN_MAX_NUMEL; stores its
+ * number of elements in *numel (may be NULL). Returns 0, or -1 with err "fname: ..." naming the
+ * shape ("fname: shape [2^62] has too many elements: ..."). */
+int cn_shape_numel_checked(int ndim, const int64_t *shape, size_t *numel, const char *fname, cn_error *err);
 /* True when t's elements are laid out densely in row-major order from its offset. */
 bool cn_is_contiguous(const cn_tensor *t);
 /* Pointer to t's first element (storage data + offset). */
@@ -66,12 +80,14 @@ bool cn_same_shape(const cn_tensor *a, const cn_tensor *b);
 char *cn_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 /* Wraps a possibly negative dim into [0, ndim); returns -1 (and fills err) when out of range. */
 int cn_wrap_dim(int dim, int ndim, const char *fname, cn_error *err);
-/* Row-major contiguous strides for a shape into stride[]. */
+/* Row-major contiguous strides for a shape into stride[] (a size-0 dim counts as 1; a stride that
+ * would overflow saturates at INT64_MAX, for a shape cn_shape_numel_checked refuses anyway). */
 void cn_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 
 /* ---- creation (all return a new reference) ------------------------------------------------ */
 
-/* Uninitialised contiguous tensor. ndim 0 makes a scalar. */
+/* Uninitialised contiguous tensor. ndim 0 makes a scalar. Refuses shapes beyond CN_MAX_NUMEL
+ * (see cn_shape_numel_checked), and every other creation function goes through it. */
 cn_tensor *cn_empty(int ndim, const int64_t *shape, cn_error *err);
 /* Uninitialised tensor with the shape of t. */
 cn_tensor *cn_empty_like(const cn_tensor *t, cn_error *err);
@@ -92,8 +108,8 @@ cn_tensor *cn_linspace(double start, double end, int64_t steps, cn_error *err);
 
 /* ---- views (share storage; return a new reference) ---------------------------------------- */
 
-/* A view of t's storage with the given geometry (no checks: the caller keeps it in bounds);
- * outside any graph. */
+/* A view of t's storage with the given geometry (the caller keeps it in bounds; only the shape
+ * is checked, as cn_shape_numel_checked); outside any graph. */
 cn_tensor *cn_as_strided(cn_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
                          size_t offset, cn_error *err);
 /* View with a new shape; fails when t's strides do not allow it (use cn_reshape). One entry

@@ -112,6 +112,8 @@ static int l_psnr(lua_State *L) {
 static int l_ms_ssim_max_scales(lua_State *L) {
     lua_Integer h = luaL_checkinteger(L, 1), w = luaL_checkinteger(L, 2), win = luaL_checkinteger(L, 3);
     lua_Integer max = luaL_optinteger(L, 4, 5);
+    luaL_argcheck(L, h >= 1, 1, "image height must be positive");
+    luaL_argcheck(L, w >= 1, 2, "image width must be positive");
     luaL_argcheck(L, win >= 1 && win <= CN_SSIM_MAX_WIN, 3, "window size out of range");
     luaL_argcheck(L, max >= 1 && max <= CN_MS_SSIM_MAX_SCALES, 4, "1 to 16 scales expected");
     lua_pushinteger(L, cn_ms_ssim_max_scales(h, w, (int)win, (int)max));

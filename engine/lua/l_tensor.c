@@ -113,10 +113,22 @@ static void fill_with(cn_tensor *t, fill_kind kind) {
     }
 }
 
-static int create(lua_State *L, fill_kind kind) {
+/* Refuses anything after the shape (which ended before arg `next`): a dtype is the usual
+ * mistake, and ignoring it would silently give float32. */
+static void check_no_dtype(lua_State *L, int next) {
+    if (lua_isnoneornil(L, next)) return;
+    if (lua_type(L, next) == LUA_TSTRING)
+        luaL_argerror(L, next, lua_pushfstring(L, "dtype '%s' not supported: cunet tensors are float32 only",
+                                               lua_tostring(L, next)));
+    luaL_argerror(L, next, lua_pushfstring(L, "unexpected %s after the shape", luaL_typename(L, next)));
+}
+
+static int create(lua_State *L, fill_kind kind, const char *fname) {
     int64_t shape[CN_MAX_DIMS];
     int ndim = lua_isnoneornil(L, 1) ? 0 : cnl_checkshape(L, 1, shape);
+    check_no_dtype(L, lua_istable(L, 1) ? 2 : ndim + 1);
     cn_error err;
+    if (cn_shape_numel_checked(ndim, shape, NULL, fname, &err)) return cnl_raise(L, &err);
     cn_tensor **box = cnl_newbox(L);
     cn_tensor *t = cn_empty(ndim, shape, &err);
     if (t) fill_with(t, kind);
@@ -132,11 +144,11 @@ static int create_like(lua_State *L, fill_kind kind) {
     return cnl_result(L, box, t, &err);
 }
 
-static int l_empty(lua_State *L) { return create(L, FILL_EMPTY); }
-static int l_zeros(lua_State *L) { return create(L, FILL_ZEROS); }
-static int l_ones(lua_State *L) { return create(L, FILL_ONES); }
-static int l_rand(lua_State *L) { return create(L, FILL_RAND); }
-static int l_randn(lua_State *L) { return create(L, FILL_RANDN); }
+static int l_empty(lua_State *L) { return create(L, FILL_EMPTY, "empty"); }
+static int l_zeros(lua_State *L) { return create(L, FILL_ZEROS, "zeros"); }
+static int l_ones(lua_State *L) { return create(L, FILL_ONES, "ones"); }
+static int l_rand(lua_State *L) { return create(L, FILL_RAND, "rand"); }
+static int l_randn(lua_State *L) { return create(L, FILL_RANDN, "randn"); }
 static int l_empty_like(lua_State *L) { return create_like(L, FILL_EMPTY); }
 static int l_zeros_like(lua_State *L) { return create_like(L, FILL_ZEROS); }
 static int l_ones_like(lua_State *L) { return create_like(L, FILL_ONES); }
@@ -298,8 +310,13 @@ static int l_shape(lua_State *L) {
     return 1;
 }
 
+/* t:stride() -> table of strides; t:stride(dim) -> the stride of one dim */
 static int l_stride(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
+    if (!lua_isnoneornil(L, 2)) {
+        lua_pushinteger(L, t->stride[cnl_checkdim(L, 2, t->ndim)]);
+        return 1;
+    }
     lua_createtable(L, t->ndim, 0);
     for (int i = 0; i < t->ndim; i++) {
         lua_pushinteger(L, t->stride[i]);

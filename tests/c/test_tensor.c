@@ -3,6 +3,7 @@
 
 #include "alloc.h"
 #include "ctest.h"
+#include "ops_spatial.h"
 #include "rng.h"
 #include "tensor.h"
 
@@ -240,8 +241,94 @@ static void test_shape_str_and_wrap(void) {
     CHECK(cn_wrap_dim(3, 3, "sum", &err) == -1 && strstr(err.msg, "sum: dim 3 out of range for a 3-D tensor"));
 }
 
+/* ---- checked size arithmetic (issue 11): a size that overflows is an error, never a crash ---- */
+
+static void test_size_mul(void) {
+    size_t out = 7;
+    CHECK(cn_size_mul(3, 5, &out) == 0 && out == 15);
+    CHECK(cn_size_mul(0, SIZE_MAX, &out) == 0 && out == 0);
+    CHECK(cn_size_mul(SIZE_MAX, 1, &out) == 0 && out == SIZE_MAX);
+    out = 7;
+    CHECK(cn_size_mul((size_t)1 << 32, (size_t)1 << 32, &out) == -1 && out == 7); /* untouched */
+    CHECK(cn_size_mul(SIZE_MAX, 2, &out) == -1);
+    /* cn_shape_numel saturates instead of wrapping: [2^32, 2^32] once had 0 elements */
+    int64_t wraps[2] = {INT64_C(1) << 32, INT64_C(1) << 32}, wraps0[3] = {INT64_C(1) << 32, INT64_C(1) << 32, 0};
+    CHECK(cn_shape_numel(2, wraps) == SIZE_MAX);
+    CHECK(cn_shape_numel(3, wraps0) == 0);
+}
+
+static void test_shape_numel_checked(void) {
+    cn_error err;
+    size_t n = 99;
+    int64_t at_limit[2] = {INT64_C(1) << 22, INT64_C(1) << 22}, over[3] = {INT64_C(1) << 22, INT64_C(1) << 22, 2};
+    CHECK(cn_shape_numel_checked(2, at_limit, &n, "f", &err) == 0 && n == CN_MAX_NUMEL);
+    CHECK(cn_shape_numel_checked(3, over, &n, "f", &err) == -1);
+    CHECK(strstr(err.msg, "f: shape [4194304, 4194304, 2] has too many elements") != NULL);
+    int64_t huge[1] = {INT64_C(1) << 62};
+    CHECK(cn_shape_numel_checked(1, huge, NULL, "zeros", &err) == -1 && strstr(err.msg, "zeros: shape [4611686018427387904]"));
+    /* a zero dim makes no elements, but the other sizes must still give representable strides */
+    int64_t zero_huge[3] = {0, INT64_C(1) << 40, INT64_C(1) << 40}, zero_ok[3] = {0, INT64_C(1) << 22, INT64_C(1) << 22};
+    CHECK(cn_shape_numel_checked(3, zero_huge, &n, "f", &err) == -1 && strstr(err.msg, "strides"));
+    CHECK(cn_shape_numel_checked(3, zero_ok, &n, "f", &err) == 0 && n == 0);
+    int64_t negative[2] = {2, -1};
+    CHECK(cn_shape_numel_checked(2, negative, &n, "f", &err) == -1 && strstr(err.msg, "negative size in shape [2, -1]"));
+    CHECK(cn_shape_numel_checked(9, at_limit, &n, "f", &err) == -1 && strstr(err.msg, "at most 8"));
+    CHECK(cn_shape_numel_checked(0, NULL, &n, "f", &err) == 0 && n == 1);
+    /* strides of an unchecked shape saturate rather than overflow (UBSan would flag it) */
+    int64_t s3[3] = {INT64_C(1) << 40, INT64_C(1) << 40, INT64_C(1) << 40}, stride[3];
+    cn_contiguous_strides(3, s3, stride);
+    CHECK(stride[2] == 1 && stride[1] == INT64_C(1) << 40 && stride[0] == INT64_MAX);
+}
+
+static void test_hostile_sizes(void) {
+    cn_error err;
+    size_t live = cn_memory_live();
+    cn_memory_reset_peak();
+    int64_t s62[1] = {INT64_C(1) << 62}, s32[2] = {INT64_C(1) << 32, INT64_C(1) << 32};
+    int64_t s31[3] = {INT64_C(1) << 31, INT64_C(1) << 31, 4}, s0[3] = {0, INT64_C(1) << 40, INT64_C(1) << 40};
+    CHECK(cn_zeros(1, s62, &err) == NULL && strstr(err.msg, "zeros: shape [4611686018427387904] has too many"));
+    CHECK(cn_ones(1, s62, &err) == NULL && strstr(err.msg, "ones:"));
+    CHECK(cn_full(1, s62, 2.0f, &err) == NULL && strstr(err.msg, "full:"));
+    CHECK(cn_empty(2, s32, &err) == NULL && strstr(err.msg, "too many elements"));
+    CHECK(cn_empty(3, s31, &err) == NULL && strstr(err.msg, "too many elements"));
+    CHECK(cn_zeros(3, s0, &err) == NULL && strstr(err.msg, "strides"));
+    CHECK(cn_arange(0, 0x1p62, 1, &err) == NULL && strstr(err.msg, "arange:") && strstr(err.msg, "too many"));
+    /* 1e300 elements: compared in double before any cast (once float -> int64 overflow) */
+    CHECK(cn_arange(0, 1, 1e-300, &err) == NULL && strstr(err.msg, "1e+300 elements: too many"));
+    CHECK(cn_arange(-1e308, 1e308, 1e-10, &err) == NULL && strstr(err.msg, "too many"));
+    CHECK(cn_linspace(0, 1, INT64_C(1) << 62, &err) == NULL && strstr(err.msg, "linspace: shape"));
+    CHECK(cn_alloc_floats(SIZE_MAX / 2) == NULL); /* n * 4 once wrapped to a small block */
+    CHECK(cn_alloc_floats(SIZE_MAX) == NULL);
+
+    int64_t s23[2] = {2, 3}, big[3] = {INT64_C(1) << 62, 2, 3}, s2[1] = {2};
+    cn_tensor *x = cn_zeros(2, s23, &err), *v = cn_zeros(1, s2, &err);
+    CHECK(cn_expand(x, 3, big, &err) == NULL && strstr(err.msg, "expand: shape [4611686018427387904, 2, 3]"));
+    int64_t pads[4] = {INT64_C(1) << 62, 0, 0, 0}, pads2[2] = {INT64_C(1) << 62, INT64_C(1) << 62};
+    CHECK(cn_pad(x, 2, pads, CN_PAD_CONSTANT, 0.0f, &err) == NULL && strstr(err.msg, "pad: shape"));
+    CHECK(cn_pad(v, 1, pads2, CN_PAD_CONSTANT, 0.0f, &err) == NULL && strstr(err.msg, "overflows"));
+    CHECK(cn_narrow(v, 0, INT64_C(1) << 62, INT64_C(1) << 62, &err) == NULL && strstr(err.msg, "out of bounds"));
+    int64_t none[1] = {0}, wraps_to_none[3] = {INT64_C(1) << 32, INT64_C(1) << 32, 0};
+    cn_tensor *e = cn_zeros(1, none, &err);
+    CHECK(cn_view(e, 3, wraps_to_none, &err) == NULL && strstr(err.msg, "view: shape"));
+    /* a view of [0, 2^22, 2^22] is fine: no elements, strides in range */
+    int64_t zero_ok[3] = {0, INT64_C(1) << 22, INT64_C(1) << 22};
+    cn_tensor *z = cn_view(e, 3, zero_ok, &err);
+    CHECK(z && cn_numel(z) == 0 && z->stride[0] == INT64_C(1) << 44);
+    /* an empty tensor is contiguous, whatever its strides (IDX [0, 2^24, 2052, 0] once was not) */
+    int64_t empty4[4] = {0, INT64_C(1) << 24, 2052, 0};
+    cn_tensor *e4 = cn_empty(4, empty4, &err);
+    CHECK(e4 && cn_numel(e4) == 0 && cn_is_contiguous(e4));
+    cn_release(e4);
+    cn_release(z), cn_release(e), cn_release(x), cn_release(v);
+    /* nothing was allocated by any refused request */
+    CHECK(cn_memory_live() == live && cn_memory_peak() <= live + 64);
+}
+
 int main(void) {
     RUN(test_create);
+    RUN(test_size_mul);
+    RUN(test_shape_numel_checked);
+    RUN(test_hostile_sizes);
     RUN(test_arange_linspace);
     RUN(test_views_share_storage);
     RUN(test_view_and_reshape);

@@ -305,6 +305,16 @@ end
 
 TestMetricsErrors = {}
 
+-- issue 11: non-positive sizes once returned 0 scales instead of an error
+function TestMetricsErrors:testMaxScalesSizes()
+  local max_scales = require("cunet.core").metrics.ms_ssim_max_scales
+  lu.assertEquals(max_scales(161, 161, 11, 5), 5)
+  lu.assertEquals(max_scales(160, 400, 11, 5), 4)
+  assert_error(function() return max_scales(-1, -1, 11, 5) end, "image height must be positive")
+  assert_error(function() return max_scales(16, 0, 11, 5) end, "image width must be positive")
+  assert_error(function() return max_scales(16, 16, 0, 5) end, "window size out of range")
+end
+
 function TestMetricsErrors:testImages()
   local a, b = cn.rand{1, 1, 16, 16}, cn.rand{1, 1, 16, 15}
   assert_error(function() metrics.ssim(a, b, {data_range = 1}) end,

@@ -313,3 +313,94 @@ function TestIndexSelect:testGradientAddsRepeats()
   lu.assertEquals(x.grad:totable(), {{0, 0}, {2, 2}, {1, 1}})
   lu.assertTrue(cn.gradcheck(function(a) return a:index_select(2, {3, 1, 3}) end, {cn.randn{2, 3}}))
 end
+
+-- ---- hostile sizes (issue 11): a size that overflows is a clear error, never a crash or a ----
+-- ---- memory blow-up; the limit is 2^44 elements (and, for strides, non-zero sizes) per tensor --
+
+TestHostileSizes = {}
+
+local TOO_MANY = "has too many elements"
+
+function TestHostileSizes:testCreation()
+  local before = cn.memory()
+  cn.reset_peak()
+  for _, f in ipairs{"zeros", "ones", "empty", "rand", "randn"} do
+    assert_error(function() return cn[f]{2^62} end, f .. ": shape [4611686018427387904] " .. TOO_MANY)
+    assert_error(function() return cn[f](1 << 31, 1 << 31, 4) end, f .. ": shape [2147483648, 2147483648, 4] " .. TOO_MANY)
+  end
+  assert_error(function() return cn.full({2^62}, 1) end, "full: shape [4611686018427387904] " .. TOO_MANY)
+  -- [2^32, 2^32] once wrapped to 0 elements and "succeeded"
+  assert_error(function() return cn.zeros{2^32, 2^32}:numel() end, TOO_MANY)
+  assert_error(function() return cn.empty{2^31, 2^31, 4} end, TOO_MANY)
+  assert_error(function() return cn.randint(0, 2, {2^40, 2^40}) end, TOO_MANY)
+  assert_error(function() return cn.tensor({}, {2^32, 2^32, 0}) end, TOO_MANY, "strides")
+  assert_error(function() return cn.arange(0, 2^62) end, "arange: [0, 4.61169e+18) with step 1 has 4.61e+18 elements")
+  assert_error(function() return cn.arange(0, 1, 1e-300) end, "arange: [0, 1) with step 1e-300 has 1e+300 elements: too many")
+  assert_error(function() return cn.linspace(0, 1, 2^62) end, "linspace: shape [4611686018427387904] " .. TOO_MANY)
+  local after = cn.memory()
+  lu.assertEquals(after.live, before.live)
+  lu.assertTrue(after.peak <= before.live + 64, "a refused size allocated memory")
+end
+
+function TestHostileSizes:testZeroSizedDims()
+  -- no elements, but the other sizes must still give strides that fit: [0, 2^40, 2^40] is refused
+  assert_error(function() return cn.zeros{0, 2^40, 2^40} end, "zeros: shape [0, 1099511627776, 1099511627776]",
+    "for its strides")
+  local e = cn.zeros{0, 2^22, 2^22}
+  lu.assertEquals(e:numel(), 0)
+  lu.assertEquals(e:stride(), {2^44, 2^22, 1})
+  assert_error(function() return cn.zeros{0}:view{2^32, 2^32, 0} end, "view: shape [4294967296, 4294967296, 0]")
+end
+
+function TestHostileSizes:testViewsAndPadding()
+  local x = cn.zeros{2, 3}
+  assert_error(function() return x:expand{2^62, 2, 3}:contiguous() end, "expand: shape [4611686018427387904, 2, 3] " .. TOO_MANY)
+  assert_error(function() return cn.zeros{2}:expand{2^62, 2} end, "expand:", TOO_MANY)
+  assert_error(function() return cn.pad(x, {2^62, 0, 0, 0}) end, "pad: shape [2, 4611686018427387907] " .. TOO_MANY)
+  assert_error(function() return cn.pad(x, {2^62, 2^62}) end, "pad: padding (4611686018427387904, 4611686018427387904)", "overflows")
+  assert_error(function() return x:narrow(2, 2^62, 2^62) end, "out of bounds")
+  lu.assertEquals(cn.zeros{2}:expand{2^20, 2}:shape(), {2^20, 2}) -- big views are free: no copy
+end
+
+-- The issue's commands, each in its own process: a Lua error (exit status 1), never a signal.
+function TestHostileSizes:testReproducersInAChildProcess()
+  local exe = os.getenv("CUNET_EXE") or "./cunet"
+  local commands = {
+    'require"cunet".zeros{2^62}', 'require"cunet".rand{2^62}', 'require"cunet".full({2^62}, 1)',
+    'require"cunet".arange(0, 2^62)', 'require"cunet".linspace(0, 1, 2^62)',
+    'require"cunet".zeros{2, 3}:expand{2^62, 2, 3}:contiguous()', 'local cn = require"cunet"; cn.pad(cn.zeros{2, 2}, {2^62, 0, 0, 0})',
+    'print(require"cunet".zeros{2^32, 2^32}:numel())', 'require"cunet".empty{2^31, 2^31, 4}',
+    'require"cunet".zeros{0, 2^40, 2^40}', 'require"cunet".arange(0, 1, 1e-300)',
+  }
+  for _, command in ipairs(commands) do
+    local p = io.popen("'" .. exe .. "' -e '" .. command .. "' 2>&1")
+    local out = p:read("a")
+    local ok, how, code = p:close()
+    lu.assertTrue(not ok, command)
+    lu.assertEquals(how, "exit", command .. " died of a signal: " .. out)
+    lu.assertEquals(code, 1, command)
+    lu.assertTrue(out:find("too many", 1, true) ~= nil, command .. ": " .. out)
+  end
+end
+
+-- ---- small API defects (issue 11) -----------------------------------------------------------
+
+TestTensorArgs = {}
+
+function TestTensorArgs:testStrideOfOneDim()
+  local t = cn.zeros{2, 3, 4}
+  lu.assertEquals(t:stride(1), 12)
+  lu.assertEquals(t:stride(-1), 1)
+  lu.assertEquals(t:stride(), {12, 4, 1})
+  assert_error(function() return cn.zeros{2, 3}:stride(9) end, "dim 9 out of range for a 2-D tensor")
+  assert_error(function() return cn.zeros{2, 3}:stride(0) end, "dim 0 is invalid")
+end
+
+function TestTensorArgs:testDtypeIsRefused()
+  for _, f in ipairs{"zeros", "ones", "empty", "rand", "randn"} do
+    assert_error(function() return cn[f]({2}, "float64") end, "dtype 'float64' not supported: cunet tensors are float32 only")
+    assert_error(function() return cn[f](2, 3, "float32") end, "dtype 'float32' not supported")
+    assert_error(function() return cn[f]({2}, {}) end, "unexpected table after the shape")
+  end
+  lu.assertEquals(cn.zeros({2}, nil):shape(), {2})
+end
