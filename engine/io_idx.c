@@ -1,8 +1,10 @@
 /* io_idx.c — IDX arrays (MNIST's format) through zlib, with every size checked against the data.
  *
- * Reading never trusts the header's sizes for an allocation: a plain file's length is compared
- * with them up front, and a gzipped one is read into a buffer that grows only as data actually
- * arrive, so a corrupt header claiming terabytes costs nothing before it is refused.
+ * Reading never trusts the header's sizes for an allocation: the shape must be one a tensor can
+ * have and within cn_idx_max_bytes(); a plain file's length is compared with it up front; a
+ * gzipped file must be big enough to inflate to it (deflate packs at most 1032:1), and is read
+ * into a buffer that grows only as data actually arrive, never past the declared size. So a
+ * corrupt header claiming terabytes, or a small gzip bomb, costs nothing before it is refused.
  */
 #include "io_idx.h"
 
@@ -97,6 +99,19 @@ static float decode(const idx_type *ty, const unsigned char *p) {
 
 /* ---- load --------------------------------------------------------------------------------- */
 
+#define DEFLATE_MAX_RATIO 1032
+
+size_t cn_idx_max_bytes(void) {
+    const char *env = getenv("CUNET_IDX_MAX_BYTES");
+    if (env && *env && env[0] != '-') {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(env, &end, 10);
+        if (!errno && *end == '\0' && v > 0) return v < SIZE_MAX ? (size_t)v : SIZE_MAX;
+    }
+    return CN_IDX_MAX_BYTES;
+}
+
 /* Reads up to n bytes; returns how many arrived. A corrupt stream sets *zerr to zlib's message;
  * a gzip stream cut short is just a short read (zlib's "unexpected end of file"). */
 static size_t gz_read_full(gzFile g, void *buf, size_t n, const char **zerr) {
@@ -179,16 +194,19 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
         goto done;
     }
     int64_t shape[CN_MAX_DIMS];
-    uint64_t numel = 1, expected;
-    bool overflow = false;
-    for (int d = 0; d < ndim; d++) {
-        shape[d] = be32(head + 4 + 4 * d);
-        if (__builtin_mul_overflow(numel, (uint64_t)shape[d], &numel)) overflow = true;
-    }
+    for (int d = 0; d < ndim; d++) shape[d] = be32(head + 4 + 4 * d);
     char shape_buf[160];
     cn_shape_str(shape_buf, sizeof shape_buf, ndim, shape);
-    if (overflow || __builtin_mul_overflow(numel, (uint64_t)ty->size, &expected) || expected > SIZE_MAX / 2) {
-        cn_error_set(err, PATH_FMT ": IDX shape %s of %s is too large", path, shape_buf, ty->name);
+    size_t numel, expected, tensor_bytes, max_bytes = cn_idx_max_bytes();
+    cn_error inner;
+    if (cn_shape_numel_checked(ndim, shape, &numel, "load_idx", &inner)) { /* a shape no tensor can have */
+        cn_error_set(err, PATH_FMT ": IDX shape %s of %s is too large (%s)", path, shape_buf, ty->name, inner.msg);
+        goto done;
+    }
+    expected = numel * ty->size, tensor_bytes = numel * sizeof(float); /* numel <= 2^44: no overflow */
+    if (tensor_bytes > max_bytes) {
+        cn_error_set(err, PATH_FMT ": IDX shape %s of %s is too large: %zu bytes as float32, above the limit of "
+                     "%zu (set CUNET_IDX_MAX_BYTES to raise it)", path, shape_buf, ty->name, tensor_bytes, max_bytes);
         goto done;
     }
     if (gzdirect(g)) { /* a plain file: its length must match before anything is allocated */
@@ -201,6 +219,10 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
                          path, shape_buf, ty->name, (unsigned long long)expected, (unsigned long long)have);
             goto done;
         }
+    } else if (expected / DEFLATE_MAX_RATIO > (uint64_t)st.st_size) {
+        cn_error_set(err, PATH_FMT ": truncated IDX data: shape %s of %s needs %zu bytes, more than a %lld-byte "
+                     "gzip file can hold", path, shape_buf, ty->name, expected, (long long)st.st_size);
+        goto done;
     }
     /* Read the data into a buffer grown as bytes arrive (at most the expected size). */
     size_t cap = expected < ((size_t)1 << 20) ? (size_t)expected : ((size_t)1 << 20);
@@ -244,14 +266,13 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
         cn_error_set(err, PATH_FMT ": corrupt gzip data (%s)", path, zerr);
         goto done;
     }
-    cn_error inner;
     t = cn_empty(ndim, shape, &inner);
     if (!t) {
         cn_error_set(err, PATH_FMT ": %s", path, inner.msg);
         goto done;
     }
     float *dst = cn_data(t);
-    for (size_t k = 0; k < (size_t)numel; k++) dst[k] = decode(ty, data + k * ty->size);
+    for (size_t k = 0; k < numel; k++) dst[k] = decode(ty, data + k * ty->size);
 done:
     free(data);
     gzclose(g); /* closes fd */

@@ -25,8 +25,17 @@
 #define CN_IDX_F64 0x0E
 
 /* Reads an IDX file (gzipped or not) into a float32 tensor of the stored shape (0 to 8 dims);
- * returns a new reference, or NULL with err filled. */
+ * returns a new reference, or NULL with err filled. Memory is bounded by the data: a shape whose
+ * float32 tensor exceeds cn_idx_max_bytes(), or more data than a gzip file of its size can
+ * inflate to, is refused before anything is read; a gzip stream is inflated at most up to the
+ * declared size (one byte more detects trailing data). */
 cn_tensor *cn_idx_load(const char *path, cn_error *err);
+
+/* Default cap of cn_idx_load on the loaded tensor: 4 GiB of float32 (MNIST's training images are
+ * 188 MB); the environment variable CUNET_IDX_MAX_BYTES (a positive integer) replaces it. */
+#define CN_IDX_MAX_BYTES ((size_t)1 << 32)
+/* The cap in force: CUNET_IDX_MAX_BYTES when set to a positive integer, else the default. */
+size_t cn_idx_max_bytes(void);
 
 /* Writes t as IDX with type_code (any CN_IDX_*), gzipped when path ends in ".gz", atomically
  * (see cn_atomic_* in io_safetensors.h). Integer codes round to nearest (halves away from zero)

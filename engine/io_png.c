@@ -13,22 +13,42 @@
 #include <errno.h>
 #include <png.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io_safetensors.h" /* cn_atomic_* */
 
 /* Names in messages are cut to this many bytes, so a long path cannot swamp the message. */
 #define PATH_FMT "%.300s"
 
-/* Reading refuses images of more samples than this (8 GiB of float32): a 50-byte file may claim
- * 65535 x 65535 RGBA. */
-#define MAX_SAMPLES ((size_t)1 << 31)
+/* Reading bounds memory by what the file can hold: a 69-byte header may claim 65535 x 65535 RGBA,
+ * and a 261 KB file of deflated zeros really does hold a 16384 x 16384 image. So, before any
+ * buffer is sized by the header: at most cn_png_max_samples() samples; raw image data no larger
+ * than deflate's best ratio (1032:1) allows for the file's size; the variable-size ancillary
+ * chunks (text, ICC profiles, none of which the reader uses) skipped unread; others capped at
+ * CHUNK_MAX bytes each and CHUNK_COUNT_MAX in number, as libpng recommends for untrusted input. */
+#define DEFLATE_MAX_RATIO 1032
+#define CHUNK_MAX 8000000
+#define CHUNK_COUNT_MAX 1000
+
+size_t cn_png_max_samples(void) {
+    const char *env = getenv("CUNET_PNG_MAX_SAMPLES");
+    if (env && *env) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(env, &end, 10);
+        if (!errno && *end == '\0' && v > 0 && env[0] != '-') return v < CN_MAX_NUMEL ? (size_t)v : CN_MAX_NUMEL;
+    }
+    return CN_PNG_MAX_SAMPLES;
+}
 
 typedef struct {
     char msg[CN_ERROR_LEN];
     cn_atomic_file *af; /* writing only */
+    bool refused;       /* reading: msg is a limit, not a libpng error */
 } png_context;
 
 static void on_png_error(png_structp png, png_const_charp message) {
@@ -81,7 +101,7 @@ int cn_png_write(const char *path, const cn_tensor *t, cn_error *err) {
         free(pixels), free(row);
         return -1;
     }
-    png_context ctx = {{0}, &af};
+    png_context ctx = {{0}, &af, false};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info) {
@@ -141,7 +161,10 @@ cn_tensor *cn_png_read(const char *path, cn_error *err) {
             cn_error_set(err, "load_png: " PATH_FMT " is not a PNG file (bad signature)", path);
         return NULL;
     }
-    png_context ctx = {{0}, NULL};
+    struct stat st;
+    /* a pipe has no size to check against: only the sample cap applies then */
+    size_t file_size = fstat(fileno(fp), &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : SIZE_MAX;
+    png_context ctx = {{0}, NULL, false};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error, on_png_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     cn_tensor *volatile out = NULL;
@@ -155,14 +178,34 @@ cn_tensor *cn_png_read(const char *path, cn_error *err) {
     png_init_io(png, fp);
     png_set_sig_bytes(png, 8);
     png_set_user_limits(png, 1 << 16, 1 << 16);
+    png_set_chunk_cache_max(png, CHUNK_COUNT_MAX);
+    png_set_chunk_malloc_max(png, CHUNK_MAX);
+    /* libpng only warns when a chunk's length exceeds that cap, then allocates it anyway: the
+     * variable-size ancillary chunks (unused here) are skipped unread instead */
+    static const png_byte ignored[] = "tEXt\0zTXt\0iTXt\0iCCP\0sPLT\0eXIf\0pCAL\0sCAL\0hIST";
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, ignored, (int)(sizeof ignored / 5));
     png_read_info(png, info);
+    /* the rows as stored (before palette and bit-depth expansion), filter bytes not counted */
+    size_t stored_row = ((size_t)png_get_image_width(png, info) * png_get_channels(png, info) *
+                         png_get_bit_depth(png, info) + 7) / 8;
+    size_t stored = stored_row * png_get_image_height(png, info); /* <= 2^16 * 8 * 2^16: no overflow */
+    if (stored / DEFLATE_MAX_RATIO > file_size) {
+        snprintf(ctx.msg, sizeof ctx.msg, "image too large for the file: a %u x %u image needs %zu bytes of pixel "
+                 "data, more than a %zu-byte file can hold", (unsigned)png_get_image_width(png, info), (unsigned)png_get_image_height(png, info),
+                 stored, file_size);
+        ctx.refused = true;
+        goto fail;
+    }
     png_set_expand(png);          /* palette -> RGB, grey < 8 bits -> 8, tRNS -> alpha */
     png_set_interlace_handling(png);
     png_read_update_info(png, info);
     int w = (int)png_get_image_width(png, info), h = (int)png_get_image_height(png, info);
     int channels = png_get_channels(png, info), depth = png_get_bit_depth(png, info);
-    if ((size_t)w * (size_t)h * (size_t)channels > MAX_SAMPLES) {
-        snprintf(ctx.msg, sizeof ctx.msg, "image of %d x %d x %d samples is too large", w, h, channels);
+    size_t max_samples = cn_png_max_samples();
+    if ((size_t)w * (size_t)h * (size_t)channels > max_samples) {
+        snprintf(ctx.msg, sizeof ctx.msg, "image of %d x %d x %d samples is too large (limit %zu samples; set "
+                 "CUNET_PNG_MAX_SAMPLES to raise it)", w, h, channels, max_samples);
+        ctx.refused = true;
         goto fail;
     }
     int bytes = depth == 16 ? 2 : 1;
@@ -204,7 +247,10 @@ fail:
     cn_release(out);
     png_destroy_read_struct(png ? &png : NULL, info ? &info : NULL, NULL);
     fclose(fp);
-    cn_error_set(err, "load_png: " PATH_FMT ": corrupt or truncated PNG (libpng: %s)", path,
-                 ctx.msg[0] ? ctx.msg : "unknown error");
+    if (ctx.refused)
+        cn_error_set(err, "load_png: " PATH_FMT ": %s", path, ctx.msg);
+    else
+        cn_error_set(err, "load_png: " PATH_FMT ": corrupt or truncated PNG (libpng: %s)", path,
+                     ctx.msg[0] ? ctx.msg : "unknown error");
     return NULL;
 }

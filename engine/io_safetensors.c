@@ -10,6 +10,8 @@
 #include "io_safetensors.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -19,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__)
@@ -39,6 +43,43 @@ static char *dir_of(const char *path) {
     if (!slash) return strdup(".");
     if (slash == path) return strdup("/");
     return strndup(path, (size_t)(slash - path));
+}
+
+/* True when name is base + ".tmp." + the 6 characters mkstemp puts in place of XXXXXX. */
+static bool is_temp_of(const char *name, const char *base) {
+    size_t n = strlen(base);
+    if (strncmp(name, base, n) != 0 || strncmp(name + n, ".tmp.", 5) != 0) return false;
+    const char *x = name + n + 5;
+    for (int i = 0; i < 6; i++)
+        if (!isalnum((unsigned char)x[i])) return false;
+    return x[6] == '\0';
+}
+
+/* Removes the temp files of path that killed writers left behind (a checkpoint each, every kill).
+ * A temp file is stale when no process holds the flock its writer takes for the file's whole life
+ * (a killed process's locks vanish with it) and it was not modified in the last
+ * CN_ATOMIC_STALE_SECONDS (covering the instants between mkstemp and flock, and between close and
+ * rename). Only exact path.tmp.XXXXXX names are touched; errors are ignored (best effort). */
+static void remove_stale_temps(const char *path, const char *own_temp) {
+    char *dir = dir_of(path);
+    DIR *d = dir ? opendir(dir) : NULL;
+    free(dir);
+    if (!d) return;
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    const char *own_slash = strrchr(own_temp, '/'), *own = own_slash ? own_slash + 1 : own_temp;
+    time_t now = time(NULL);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_temp_of(e->d_name, base) || strcmp(e->d_name, own) == 0) continue;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0) continue;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_mtime + CN_ATOMIC_STALE_SECONDS < now &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0)
+            (void)unlinkat(dirfd(d), e->d_name, 0);
+        close(fd); /* drops the lock taken above */
+    }
+    closedir(d);
 }
 
 int cn_atomic_begin(cn_atomic_file *af, const char *path, cn_error *err) {
@@ -77,7 +118,9 @@ int cn_atomic_begin(cn_atomic_file *af, const char *path, cn_error *err) {
         mode = 0666 & ~mask;
     }
     (void)fchmod(fd, mode);
+    (void)flock(fd, LOCK_EX); /* "in use" for remove_stale_temps, until close or death */
     af->fd = fd;
+    remove_stale_temps(path, af->tmp_path);
     return 0;
 }
 
@@ -497,8 +540,6 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
         return -1;
     }
     e->ndim = ndim;
-    uint64_t numel = 1;
-    bool overflow = false;
     int d = 0;
     char repr[64];
     for (const cJSON *s = shape->child; s; s = s->next, d++) {
@@ -508,14 +549,18 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
                          L, name, d + 1, json_repr(s, repr, sizeof repr));
             return -1;
         }
-        e->shape[d] = (int64_t)v;
-        if (__builtin_mul_overflow(numel, v, &numel)) overflow = true;
+        e->shape[d] = (int64_t)v; /* < 2^53 */
     }
     char shape_buf[200];
     cn_shape_str(shape_buf, sizeof shape_buf, ndim, e->shape);
-    uint64_t nbytes = 0;
-    if (overflow || __builtin_mul_overflow(numel, (uint64_t)e->dtype->size, &nbytes)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has shape %s, whose size overflows", L, name, shape_buf);
+    /* the engine's one size check: a shape no tensor can have ([2^32, 2^32], or [0, 2^53, 2^53]
+     * whose strides overflow) is refused here, before any data are looked at */
+    size_t numel, nbytes = 0;
+    cn_error inner;
+    if (cn_shape_numel_checked(ndim, e->shape, &numel, "load", &inner) ||
+        cn_size_mul(numel, e->dtype->size, &nbytes)) {
+        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has shape %s, whose size overflows the engine's limits (%s)", L, name,
+                     shape_buf, inner.msg);
         return -1;
     }
     if (!cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2 || !json_uint(offsets->child, &e->begin) ||

@@ -86,7 +86,11 @@ const char *cn_safetensors_meta(const cn_safetensors_file *f, const char *key);
  * begin creates path.tmp.XXXXXX (mkstemp, same directory, so rename is atomic) with the mode of
  * the file it replaces, or 0666 less the umask; commit fsyncs and closes it, renames it over
  * path and fsyncs the directory (best effort: some file systems refuse directory fsync). On a
- * failed commit, and on abort, the temp file is removed and path is left as it was. */
+ * failed commit, and on abort, the temp file is removed and path is left as it was.
+ * A writer killed before commit leaves its path.tmp.XXXXXX behind; begin removes those of the same
+ * path that are stale: no live writer holds them (each holds an flock on its temp file) and they
+ * were not modified in the last CN_ATOMIC_STALE_SECONDS. Other names are never touched. */
+#define CN_ATOMIC_STALE_SECONDS 60
 typedef struct cn_atomic_file {
     int fd;          /* the temp file, open for writing */
     char *tmp_path;  /* malloc'd */

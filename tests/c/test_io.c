@@ -7,9 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include "alloc.h"
 #include "ctest.h"
 #include "io_idx.h"
 #include "io_safetensors.h"
@@ -305,7 +311,175 @@ static void test_atomic_save(void) {
     unlink(path);
 }
 
+/* A writer killed mid-save leaves path.tmp.XXXXXX; the next save of path removes it when no live
+ * writer holds it (flock) and it is older than CN_ATOMIC_STALE_SECONDS. (issue 11) */
+static bool exists(const char *path) { return access(path, F_OK) == 0; }
+
+static void age(const char *path, int seconds) {
+    struct timespec ts[2];
+    clock_gettime(CLOCK_REALTIME, &ts[0]);
+    ts[0].tv_sec -= seconds;
+    ts[1] = ts[0];
+    utimensat(AT_FDCWD, path, ts, 0);
+}
+
+static void test_stale_temp_files(void) {
+    cn_error err;
+    int64_t shape[1] = {3};
+    cn_tensor *t = iota(1, shape, 1);
+    const char *names[] = {"w"};
+    const char *path = tmp_path("ckpt.safetensors");
+    /* a real killed writer: a child begins a save, writes, and dies without commit or abort */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        cn_atomic_file af;
+        cn_error child_err;
+        if (cn_atomic_begin(&af, path, &child_err) || cn_atomic_write(&af, "partial", 7, &child_err)) _exit(1);
+        _exit(0); /* as kill -9 would: the temp file stays, its lock dies with the process */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(count_entries(tmpdir) == 1);
+    DIR *d = opendir(tmpdir);
+    char killed[512] = "";
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strncmp(e->d_name, "ckpt.safetensors.tmp.", 21) == 0) snprintf(killed, sizeof killed, "%s/%s", tmpdir, e->d_name);
+    if (d) closedir(d);
+    CHECK(killed[0] && exists(killed));
+    /* fresh: it may still be some writer's, between mkstemp and flock: kept */
+    CHECK(cn_safetensors_save(path, 1, names, &t, 0, NULL, NULL, &err) == 0);
+    CHECK(exists(killed));
+    /* in use: a live writer holds the lock, however old the file: kept */
+    char held[512], other[512], longer[512], plain[512];
+    snprintf(held, sizeof held, "%s.tmp.Held01", path);
+    write_bytes(held, "x", 1);
+    age(held, 3600);
+    int hold_fd = open(held, O_RDONLY);
+    CHECK(hold_fd >= 0 && flock(hold_fd, LOCK_EX) == 0);
+    /* names that are not exactly path.tmp.XXXXXX: never touched */
+    snprintf(other, sizeof other, "%s/other.safetensors.tmp.AbC123", tmpdir);
+    snprintf(longer, sizeof longer, "%s.tmp.AbC1234", path);
+    snprintf(plain, sizeof plain, "%s.tmp", path);
+    const char *keep[] = {other, longer, plain};
+    for (int i = 0; i < 3; i++) write_bytes(keep[i], "x", 1), age(keep[i], 3600);
+    /* stale: old, unlocked: removed by the next save, which itself succeeds */
+    age(killed, CN_ATOMIC_STALE_SECONDS + 5);
+    CHECK(cn_safetensors_save(path, 1, names, &t, 0, NULL, NULL, &err) == 0);
+    CHECK(!exists(killed));
+    CHECK(exists(held));
+    for (int i = 0; i < 3; i++) CHECK(exists(keep[i]));
+    /* the holder gone, the next save (of any writer: PNG, IDX, safetensors) cleans it */
+    close(hold_fd);
+    CHECK(cn_idx_save(path, t, CN_IDX_F32, &err) == 0);
+    CHECK(!exists(held));
+    cn_tensor *back = cn_idx_load(path, &err);
+    CHECK(back && same_values(back, t));
+    cn_release(back);
+    for (int i = 0; i < 3; i++) unlink(keep[i]);
+    unlink(path);
+    CHECK(count_entries(tmpdir) == 0);
+    cn_release(t);
+}
+
 /* ---- IDX ------------------------------------------------------------------------------------ */
+
+static size_t idx_header(unsigned char *out, int code, int ndim, const uint32_t *shape) {
+    out[0] = out[1] = 0, out[2] = (unsigned char)code, out[3] = (unsigned char)ndim;
+    for (int d = 0; d < ndim; d++)
+        out[4 + 4 * d] = (unsigned char)(shape[d] >> 24), out[5 + 4 * d] = (unsigned char)(shape[d] >> 16),
+        out[6 + 4 * d] = (unsigned char)(shape[d] >> 8), out[7 + 4 * d] = (unsigned char)shape[d];
+    return 4 + 4 * (size_t)ndim;
+}
+
+/* Writes an IDX header + n bytes of `fill`, gzipped (level 9). */
+static void write_idx_gz(const char *path, int code, int ndim, const uint32_t *shape, size_t n, int fill) {
+    unsigned char head[64];
+    size_t h = idx_header(head, code, ndim, shape);
+    gzFile g = gzopen(path, "wb9");
+    gzwrite(g, head, (unsigned)h);
+    unsigned char chunk[65536];
+    memset(chunk, fill, sizeof chunk);
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < sizeof chunk ? n - done : sizeof chunk;
+        gzwrite(g, chunk, (unsigned)k);
+        done += k;
+    }
+    gzclose(g);
+}
+
+static bool idx_fails(const char *path, const char *want) {
+    cn_error err = {{0}};
+    cn_tensor *t = cn_idx_load(path, &err);
+    if (t) {
+        cn_release(t);
+        fprintf(stderr, "  %s loaded, expected an error containing \"%s\"\n", path, want);
+        return false;
+    }
+    if (!strstr(err.msg, path) || !strstr(err.msg, want)) {
+        fprintf(stderr, "  got \"%s\", expected \"%s\"\n", err.msg, want);
+        return false;
+    }
+    return true;
+}
+
+/* Memory bounded by the data (issue 11): the header's claim is checked against the cap and against
+ * what the file can hold before anything is read or allocated. */
+static void test_idx_memory_bounds(void) {
+    const char *path = tmp_path("bomb.idx.gz"), *plain = tmp_path("zero.idx");
+    size_t live = cn_memory_live();
+    cn_memory_reset_peak();
+    /* 20 bytes: [0, 2^32 - 1, 2^32 - 1, 1] has no elements, but its strides overflow (once UB) */
+    unsigned char buf[64];
+    uint32_t zero_huge[4] = {0, 0xffffffffu, 0xffffffffu, 1};
+    write_bytes(plain, buf, idx_header(buf, CN_IDX_U8, 4, zero_huge));
+    CHECK(idx_fails(plain, "IDX shape [0, 4294967295, 4294967295, 1] of u8 is too large"));
+    /* a ~5 KB gzip claiming 5.25 GB: above the 4 GiB default cap as float32 */
+    uint32_t claim[2] = {75000, 70000};
+    write_idx_gz(path, CN_IDX_U8, 2, claim, 1 << 22, 0);
+    CHECK(idx_fails(path, "21000000000 bytes as float32, above the limit of 4294967296 (set CUNET_IDX_MAX_BYTES"));
+    /* with the cap raised, the gzip file is still far too small to inflate to 5.25 GB: refused
+     * at once instead of after inflating all of it */
+    setenv("CUNET_IDX_MAX_BYTES", "100000000000", 1);
+    CHECK(cn_idx_max_bytes() == 100000000000u);
+    clock_t start = clock();
+    CHECK(idx_fails(path, "truncated IDX data: shape [75000, 70000] of u8 needs 5250000000 bytes, more than a"));
+    CHECK((double)(clock() - start) / CLOCKS_PER_SEC < 0.2);
+    /* a 4 MB stream under a 1 MB header: inflating stops one byte past the declared size */
+    uint32_t mb[2] = {1024, 1024};
+    write_idx_gz(path, CN_IDX_U8, 2, mb, 4 << 20, 7);
+    CHECK(idx_fails(path, "the file has more"));
+    /* the cap both ways: 1024 x 1024 u8 is 4 MiB as float32 */
+    setenv("CUNET_IDX_MAX_BYTES", "4194303", 1);
+    write_idx_gz(path, CN_IDX_U8, 2, mb, 1 << 20, 7);
+    CHECK(idx_fails(path, "4194304 bytes as float32, above the limit of 4194303"));
+    setenv("CUNET_IDX_MAX_BYTES", "4194304", 1);
+    cn_error err;
+    cn_tensor *t = cn_idx_load(path, &err);
+    CHECK(t && t->ndim == 2 && t->shape[0] == 1024 && cn_data(t)[1024 * 1024 - 1] == 7.0f);
+    cn_release(t);
+    static const char *const ignored[] = {"", "0", "-1", "4k", "x"};
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+        setenv("CUNET_IDX_MAX_BYTES", ignored[i], 1);
+        CHECK(cn_idx_max_bytes() == CN_IDX_MAX_BYTES);
+    }
+    unsetenv("CUNET_IDX_MAX_BYTES");
+    CHECK(cn_memory_live() == live && cn_memory_peak() == live + ((size_t)4 << 20));
+    unlink(path), unlink(plain);
+}
+
+/* safetensors shapes go through the same check as every tensor: [0, 2^53 - 1, 2^53 - 1] (no
+ * bytes, overflowing strides) and [2^32, 2^32] (numel once wrapped to 0) are refused at open. */
+static void test_safetensors_shape_limits(void) {
+    CHECK(fails_with("{\"a\":{\"dtype\":\"F32\",\"shape\":[0,9007199254740991,9007199254740991],"
+                     "\"data_offsets\":[0,0]}}", NULL, 0, "has too many elements for its strides"));
+    CHECK(fails_with("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}",
+                     NULL, 0, "whose size overflows the engine's limits"));
+    CHECK(fails_with("{\"a\":{\"dtype\":\"U8\",\"shape\":[17592186044417],\"data_offsets\":[0,0]}}", NULL, 0,
+                     "too many elements"));
+}
 
 static void test_idx(void) {
     cn_error err;
@@ -499,7 +673,10 @@ int main(void) {
     RUN(test_conversions);
     RUN(test_corrupt);
     RUN(test_atomic_save);
+    RUN(test_stale_temp_files);
     RUN(test_idx);
+    RUN(test_idx_memory_bounds);
+    RUN(test_safetensors_shape_limits);
     RUN(test_fuzz_safetensors);
     RUN(test_fuzz_idx);
     remove_tmpdir();

@@ -13,9 +13,11 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include "alloc.h"
 #include "ctest.h"
 #include "io_png.h"
 #include "tensor.h"
@@ -389,6 +391,101 @@ static void test_crafted_headers(void) {
     unlink(path);
 }
 
+/* ---- memory bounded by the file (issue 11) ---------------------------------------------------- */
+
+/* A w x h 8-bit grey PNG of zeros, deflated at level 9: a decompression bomb when large. */
+static unsigned char *zeros_png(uint32_t w, uint32_t h, size_t *n) {
+    size_t raw = ((size_t)w + 1) * h, cap = raw / 500 + 4096;
+    unsigned char *out = malloc(cap + 64), *row = calloc((size_t)w + 1, 1);
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    memcpy(out, sig, 8);
+    size_t k = 8;
+    put_u32(out + k, 13), memcpy(out + k + 4, "IHDR", 4), put_u32(out + k + 8, w), put_u32(out + k + 12, h);
+    out[k + 16] = 8, out[k + 17] = 0, out[k + 18] = out[k + 19] = out[k + 20] = 0;
+    put_u32(out + k + 21, (uint32_t)crc32(0, out + k + 4, 17));
+    k += 25;
+    z_stream z = {0};
+    deflateInit(&z, 9);
+    z.next_out = out + k + 8, z.avail_out = (uInt)cap;
+    for (uint32_t y = 0; y < h; y++) {
+        z.next_in = row, z.avail_in = w + 1;
+        deflate(&z, y + 1 == h ? Z_FINISH : Z_NO_FLUSH);
+    }
+    size_t zlen = z.total_out;
+    deflateEnd(&z);
+    put_u32(out + k, (uint32_t)zlen), memcpy(out + k + 4, "IDAT", 4);
+    put_u32(out + k + 8 + zlen, (uint32_t)crc32(0, out + k + 4, 4 + (uInt)zlen));
+    k += 12 + zlen;
+    put_u32(out + k, 0), memcpy(out + k + 4, "IEND", 4), put_u32(out + k + 8, (uint32_t)crc32(0, out + k + 4, 4));
+    *n = k + 12;
+    free(row);
+    return out;
+}
+
+static void test_memory_bounds(void) {
+    unsigned char buf[1024];
+    const char *path = tmp_path("bomb.png");
+    size_t live = cn_memory_live();
+    cn_memory_reset_peak();
+    /* a 68-byte header claiming 65535 x 65535 RGBA16: refused by what the file can hold, before
+     * anything is allocated (the sample cap alone would also refuse it) */
+    write_bytes(path, buf, crafted(buf, 65535, 65535, 16, 6, 6));
+    CHECK(read_fails(path, "image too large for the file: a 65535 x 65535 image needs 34358689800 bytes"));
+    /* 1000 x 1000 RGBA announced, 15 bytes of IDAT: 4 MB cannot come out of a ~70-byte file */
+    write_bytes(path, buf, crafted(buf, 1000, 1000, 8, 6, 6));
+    CHECK(read_fails(path, "more than a"));
+    /* a real bomb: 8200 x 8200 zeros deflate to ~65 KB; 67.2 M samples are above the 2^26 cap */
+    size_t n;
+    unsigned char *bomb = zeros_png(8200, 8200, &n);
+    CHECK(n < 100000);
+    write_bytes(path, bomb, n);
+    free(bomb);
+    CHECK(cn_png_max_samples() == CN_PNG_MAX_SAMPLES && CN_PNG_MAX_SAMPLES == (size_t)1 << 26);
+    CHECK(read_fails(path, "image of 8200 x 8200 x 1 samples is too large (limit 67108864 samples; set "
+                           "CUNET_PNG_MAX_SAMPLES to raise it)"));
+    CHECK(cn_memory_live() == live && cn_memory_peak() == live); /* nothing allocated */
+    /* the cap is overridable, both ways; values that are not positive integers are ignored */
+    bomb = zeros_png(100, 30, &n);
+    write_bytes(path, bomb, n);
+    free(bomb);
+    setenv("CUNET_PNG_MAX_SAMPLES", "2999", 1);
+    CHECK(cn_png_max_samples() == 2999);
+    CHECK(read_fails(path, "image of 100 x 30 x 1 samples is too large (limit 2999 samples"));
+    setenv("CUNET_PNG_MAX_SAMPLES", "3000", 1);
+    cn_error err = {{0}};
+    cn_tensor *t = cn_png_read(path, &err);
+    CHECK(has_shape(t, 1, 30, 100) && at(t, 0, 29, 99) == 0.0f);
+    cn_release(t);
+    static const char *const ignored[] = {"", "0", "-5", "12abc", "abc"};
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+        setenv("CUNET_PNG_MAX_SAMPLES", ignored[i], 1);
+        CHECK(cn_png_max_samples() == CN_PNG_MAX_SAMPLES);
+    }
+    unsetenv("CUNET_PNG_MAX_SAMPLES");
+    unlink(path);
+}
+
+/* Text and ICC chunks are skipped unread: one whose length claims 2^31 - 1 bytes (once a 2.1 GB
+ * allocation from a 45-byte file) is just a truncated file, and a zTXt that inflates to 64 MB
+ * costs nothing. (tests/c/test_fuzz_replay.c measures the memory of the same inputs.) */
+static void test_huge_ancillary_chunks(void) {
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    static const char *const kinds[] = {"zTXt", "iTXt", "iCCP", "tEXt"};
+    const char *path = tmp_path("chunk.png");
+    unsigned char buf[128];
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        crafted(buf, 1, 1, 8, 0, 2);
+        size_t k = 8 + 25; /* keep the signature and IHDR, then the huge chunk's first bytes */
+        CHECK(memcmp(buf, sig, 8) == 0 && memcmp(buf + 12, "IHDR", 4) == 0);
+        put_u32(buf + k, 0x7fffffffu), memcpy(buf + k + 4, kinds[i], 4), memcpy(buf + k + 8, "k\0\0x", 4);
+        write_bytes(path, buf, k + 12);
+        clock_t start = clock();
+        CHECK(read_fails(path, "corrupt or truncated PNG"));
+        CHECK((double)(clock() - start) / CLOCKS_PER_SEC < 0.5);
+    }
+    unlink(path);
+}
+
 /* ---- atomic saves ---------------------------------------------------------------------------- */
 
 static int same_file(const char *path, const unsigned char *bytes, size_t n) {
@@ -487,6 +584,8 @@ int main(void) {
     RUN(test_not_png);
     RUN(test_truncations_and_bit_flips);
     RUN(test_crafted_headers);
+    RUN(test_memory_bounds);
+    RUN(test_huge_ancillary_chunks);
     RUN(test_atomic_save);
     RUN(test_file_mode);
     remove_tmpdir();

@@ -202,6 +202,26 @@ function TestImagePng:testAtomicWrite()
   lu.assertNotEquals(read_file(path), before)
 end
 
+-- issue 11: reading bounds memory by what the file holds; the sample cap is CUNET_PNG_MAX_SAMPLES
+function TestImagePng:testLoadLimits()
+  assert_error(function() return cn.load_png(root() .. "/tests/fuzz/crashes/png/bomb_8200x8200_grey.png") end,
+    "image of 8200 x 8200 x 1 samples is too large (limit 67108864 samples; set CUNET_PNG_MAX_SAMPLES")
+  assert_error(function() return cn.load_png(root() .. "/tests/fuzz/crashes/png/header_65535x65535_rgba16.png") end,
+    "image too large for the file")
+  local path = tmp .. "/wide.png"
+  cn.save_png(path, cn.zeros{1, 30, 100})
+  local exe = os.getenv("CUNET_EXE") or (root() .. "/cunet")
+  local function load_with(cap)
+    local p = io.popen(string.format("CUNET_PNG_MAX_SAMPLES=%s '%s' -e 'print(require\"cunet\".load_png(%q):numel())' 2>&1",
+      cap, exe, path))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+  lu.assertStrContains(load_with(2999), "image of 100 x 30 x 1 samples is too large (limit 2999 samples")
+  lu.assertStrContains(load_with(3000), "3000")
+end
+
 -- ---- grids and strips ----------------------------------------------------------------------------
 
 TestImageGrid = {setUp = setup_tmp, tearDown = teardown_tmp}

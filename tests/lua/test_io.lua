@@ -439,6 +439,30 @@ end
 
 TestIdx = with_tmp{}
 
+-- issue 11: the header's claim is checked before any allocation; the cap is CUNET_IDX_MAX_BYTES
+function TestIdx:testLoadLimits()
+  local claim = tmp .. "/claim.idx"
+  write_file(claim, "\0\0\8\2" .. string.pack(">I4I4", 75000, 70000) .. "\0\0\0")
+  assert_error(function() return cn.load_idx(claim) end,
+    "IDX shape [75000, 70000] of u8 is too large: 21000000000 bytes as float32, above the limit of 4294967296")
+  assert_error(function() return cn.load_idx(root() .. "/tests/fuzz/crashes/idx/zero_dim_huge_strides.idx") end,
+    "too many elements for its strides")
+  assert_error(function() return cn.load_idx(root() .. "/tests/fuzz/crashes/idx/gzip_truncated_claims_1gb.idx.gz") end,
+    "more than a 140-byte gzip file can hold")
+  local path = tmp .. "/small.idx"
+  cn.save_idx(path, cn.zeros{10, 10})
+  local exe = os.getenv("CUNET_EXE") or (root() .. "/cunet")
+  local function load_with(cap)
+    local p = io.popen(string.format("CUNET_IDX_MAX_BYTES=%s '%s' -e 'print(require\"cunet\".load_idx(%q):numel())' 2>&1",
+      cap, exe, path))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+  lu.assertStrContains(load_with(399), "400 bytes as float32, above the limit of 399")
+  lu.assertStrContains(load_with(400), "100")
+end
+
 local function pixel_tensor()
   local data = {}
   for i = 1, 60 do data[i] = (i * 37) % 256 end
@@ -544,8 +568,10 @@ function TestIdx:testCorrupt()
   corrupt("\0\0\8\9" .. string.rep("\0\0\0\1", 9) .. "x", "9 dims; cunet supports at most 8")
   corrupt("\0\0\8\3\0\0\0\3\0\0", "truncated IDX header: 3 dims need 12 bytes of sizes, the file has 6")
   -- sizes that claim terabytes: refused from the file length, nothing allocated
-  corrupt("\0\0\8\3" .. string.rep("\0\1\0\0", 3) .. "abc", "truncated IDX data", "needs 281474976710656 bytes",
+  corrupt("\0\0\8\3" .. string.rep("\0\0\1\0", 3) .. "abc", "truncated IDX data", "needs 16777216 bytes",
     "the file has 3")
+  corrupt("\0\0\8\3" .. string.rep("\0\1\0\0", 3) .. "abc", "IDX shape [65536, 65536, 65536] of u8 is too large",
+    "too many elements")
   corrupt("\0\0\8\3" .. string.rep("\255\255\255\255", 3) .. "abc", "IDX shape [4294967295, 4294967295, 4294967295] of u8 is too large")
   corrupt("\0\0\14\8" .. string.rep("\255\255\255\255", 8), "too large")
   -- missing file, directory
@@ -569,8 +595,12 @@ function TestIdx:testCorruptGzip()
   -- a wrong CRC in the gzip trailer
   local crc = string.unpack("<I4", gz, #gz - 7)
   corrupt(gz:sub(1, #gz - 8) .. string.pack("<I4", crc ~ 1) .. gz:sub(#gz - 3), "corrupt gzip data")
-  -- a gzip stream that claims a huge array (2^48 bytes): refused once the data run out
-  write_file(tmp .. "/claim.idx", "\0\0\8\3" .. string.rep("\0\1\0\0", 3) .. "abc")
+  -- a gzip stream that claims a big array (2^24 bytes): refused before inflating, since a file
+  -- this small cannot hold it; one within reach of its size is refused once the data run out
+  write_file(tmp .. "/claim.idx", "\0\0\8\3" .. string.rep("\0\0\1\0", 3) .. "abc")
   assert(os.execute('gzip -c "' .. tmp .. '/claim.idx" > "' .. path .. '"'))
-  assert_error(function() return cn.load_idx(path) end, "truncated IDX data", "the file has 3")
+  assert_error(function() return cn.load_idx(path) end, "truncated IDX data", "gzip file can hold")
+  write_file(tmp .. "/claim.idx", "\0\0\8\3" .. string.rep("\0\0\0\16", 3) .. "abc")
+  assert(os.execute('gzip -c "' .. tmp .. '/claim.idx" > "' .. path .. '"'))
+  assert_error(function() return cn.load_idx(path) end, "truncated IDX data", "needs 4096 bytes, the file has 3")
 end
