@@ -359,6 +359,18 @@ function M.restore(ck, opts)
     end
   end
   if opts.ema and not ck.ema then error(string.format("checkpoint.load: '%s' holds no EMA weights", path), 2) end
+  if opts.ema and not opts.allow_nonfinite then -- the shadows are weights too (the sample grids use them)
+    local names = {}
+    for name in pairs(ck.ema) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local bad = cn.count_nonfinite(ck.ema[name])
+      if bad > 0 then
+        error(string.format("checkpoint.load: '%s': the EMA tensor 'ema.%s' holds %d NaN or infinite values of %d"
+          .. " (opts.allow_nonfinite = true loads it anyway)", path, name, bad, ck.ema[name]:numel()), 2)
+      end
+    end
+  end
   if opts.optimizer and not ck.optim_scalars.type then
     error(string.format("checkpoint.load: '%s' holds no optimizer state", path), 2)
   end

@@ -642,8 +642,18 @@ function TestRecipeGuards:testNanCheckpointIsRefused()
   lu.assertStrContains(out, '"conv.weight": 1 of 9 values are NaN or infinite')
   lu.assertNotStrContains(out, "traceback")
   lu.assertFalse(exists(grid))
-  -- loading the training state refuses it too, naming the checkpoint
+  -- loading the training state refuses it too, naming the checkpoint; the EMA shadows as well
   ok, err = pcall(checkpoint.load, path, {model = tiny.from_config{in_channels = 1}})
   lu.assertFalse(ok)
   lu.assertStrContains(err, "conv.weight")
+  local clean = tiny.from_config{in_channels = 1}
+  local ema = optim.EMA(clean)
+  ok, err = pcall(checkpoint.load, path, {model = clean, ema = ema, allow_nonfinite = false})
+  lu.assertFalse(ok)
+  checkpoint.load(path, {model = clean, ema = ema, allow_nonfinite = true})
+  tensors["model.conv.weight"]:view{-1}[3] = 0.5
+  cn.save(path, tensors, meta)
+  ok, err = pcall(checkpoint.load, path, {model = tiny.from_config{in_channels = 1}, ema = optim.EMA(clean)})
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "the EMA tensor 'ema.conv.weight' holds 1 NaN or infinite values of 9")
 end
