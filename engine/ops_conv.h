@@ -36,4 +36,13 @@ cn_tensor *cn_conv2d(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bi
 cn_tensor *cn_conv_transpose2d(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bias,
                                const cn_conv2d_opts *o, cn_error *err);
 
+/* How conv2d, conv_transpose2d and their gradients compute the products that a direct kernel can
+ * take (a convolution alone, stride 1, dilation 1, one group, padding, kernels up to 7×7):
+ * CN_CONV_AUTO picks the faster route by the operand sizes (measured on this project's reference
+ * machine, see ops_conv.c), the others force one. Everything else always runs as im2col + GEMM. */
+typedef enum { CN_CONV_AUTO = 0, CN_CONV_GEMM = 1, CN_CONV_DIRECT = 2 } cn_conv_route;
+
+/* Sets the route for every later convolution (process-wide); returns the previous one. */
+cn_conv_route cn_conv_set_route(cn_conv_route route);
+
 #endif

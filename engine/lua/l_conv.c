@@ -62,7 +62,23 @@ static int conv(lua_State *L, bool transposed) {
 static int l_conv2d(lua_State *L) { return conv(L, false); }
 static int l_conv_transpose2d(lua_State *L) { return conv(L, true); }
 
+/* cn.conv_route([name]) -> the route before: "auto", "gemm" or "direct" (engine/ops_conv.h);
+ * with a name, sets it for every later convolution. */
+static int l_conv_route(lua_State *L) {
+    static const char *const names[] = {"auto", "gemm", "direct", NULL};
+    cn_conv_route before;
+    if (lua_isnoneornil(L, 1)) {
+        before = cn_conv_set_route(CN_CONV_AUTO);
+        cn_conv_set_route(before);
+    } else {
+        before = cn_conv_set_route((cn_conv_route)luaL_checkoption(L, 1, NULL, names));
+    }
+    lua_pushstring(L, names[before]);
+    return 1;
+}
+
 static const luaL_Reg conv_functions[] = {
-    {"conv2d", l_conv2d}, {"conv_transpose2d", l_conv_transpose2d}, {NULL, NULL}};
+    {"conv2d", l_conv2d}, {"conv_transpose2d", l_conv_transpose2d}, {"conv_route", l_conv_route},
+    {NULL, NULL}};
 
 void cnl_open_conv(lua_State *L) { cnl_register(L, NULL, conv_functions); }

@@ -230,3 +230,66 @@ function TestConvErrors:testArguments()
   assert_error(function() cn.conv_transpose2d(x, w, nil, {stride = 1e12}) end,
     "bad argument #4 to 'conv_transpose2d' (option 'stride' must be an integer")
 end
+
+-- ---- the two routes (cn.conv_route): im2col + GEMM and the direct kernel --------------------------
+-- Every fixture case under each forced route, and random shapes where the direct kernel's blocks
+-- (4 output channels × 64 outputs) do not divide the sizes, against the GEMM route.
+
+TestConvRoutes = {}
+
+local function with_route(route, fn)
+  local before = cn.conv_route(route)
+  local ok, err = pcall(fn)
+  cn.conv_route(before)
+  if not ok then error(err, 0) end
+end
+
+for _, route in ipairs{"gemm", "direct"} do
+  TestConvRoutes["testFixtures_" .. route] = function()
+    with_route(route, function()
+      for _, case in ipairs(fx.load("nn_conv")) do
+        local inputs = fx.inputs(case, true)
+        local out = call(case, inputs)
+        fx.assert_close(out, case.output, {rtol = RTOL, atol = ATOL, label = case.name .. " (" .. route .. ")"})
+        fx.check_grads(case, inputs, out, {rtol = RTOL, atol = ATOL})
+      end
+    end)
+  end
+end
+
+function TestConvRoutes:testDirectAgainstGemm()
+  cn.seed(11)
+  local shapes = { -- N, C, H, W, O, kH, kW, pH, pW
+    {1, 3, 17, 23, 13, 7, 7, 3, 3}, {3, 5, 9, 10, 6, 3, 3, 1, 1}, {2, 16, 28, 28, 8, 3, 3, 1, 1},
+    {2, 8, 7, 7, 5, 3, 3, 0, 0}, {1, 4, 6, 40, 9, 1, 3, 0, 1}, {2, 2, 5, 5, 3, 5, 5, 2, 2},
+    {1, 7, 3, 3, 4, 3, 3, 2, 2},
+  }
+  for _, s in ipairs(shapes) do
+    local x = cn.randn{s[1], s[2], s[3], s[4]}:requires_grad(true)
+    local w = cn.randn{s[5], s[2], s[6], s[7]}:requires_grad(true)
+    local b = cn.randn{s[5]}:requires_grad(true)
+    local results = {}
+    for _, route in ipairs{"gemm", "direct"} do
+      with_route(route, function()
+        local y = cn.conv2d(x, w, b, {padding = {s[8], s[9]}})
+        local g = cn.ones_like(y) * 0.5 + y * 0.1
+        y:backward(g:detach())
+        results[route] = {y = y:detach(), gx = x.grad, gw = w.grad, gb = b.grad}
+        x.grad, w.grad, b.grad = nil, nil, nil
+      end)
+    end
+    local label = table.concat(s, ",")
+    for _, k in ipairs{"y", "gx", "gw", "gb"} do
+      local want = results.gemm[k]
+      fx.assert_close(results.direct[k], {shape = want:shape(), data = want:totable{flat = true}}, {rtol = 1e-4, atol = 1e-4, label = label .. " " .. k})
+    end
+  end
+end
+
+function TestConvRoutes:testRouteNames()
+  local before = cn.conv_route()
+  lu.assertEquals(cn.conv_route("gemm"), before)
+  lu.assertEquals(cn.conv_route(), "gemm")
+  lu.assertEquals(cn.conv_route(before), "gemm")
+  assert_error(function() cn.conv_route("fast") end, "invalid option 'fast'")
+end

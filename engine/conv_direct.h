@@ -1,0 +1,34 @@
+/* conv_direct.h — direct convolution of one image, stride 1, dilation 1, no groups (conv_direct.c).
+ *
+ * For narrow channels the im2col + GEMM route spends a third of its time copying (im2col, GEMM
+ * packing, scatter); this kernel reads the image itself: the image is zero-padded once into a
+ * flat plane of row width Wp = W + 2 pW, where every tap (i, j) of the kernel is the fixed offset
+ * i·Wp + j, so each output vector is a sum of shifted loads times broadcast weights. Internal to
+ * ops_conv.c, which chooses between the two routes.
+ */
+#ifndef CN_CONV_DIRECT_H
+#define CN_CONV_DIRECT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Kernels up to this many taps (7×7). */
+#define CN_DIRECT_MAX_TAPS 49
+
+/* The geometry of one direct convolution: x [C, H, W] -> y [O, Ho, Wo], Ho = H + 2 pH - kH + 1. */
+typedef struct cn_direct_geom {
+    int C, H, W, O, kh, kw, ph, pw;
+} cn_direct_geom;
+
+/* Floats of the packed weight (cn_direct_pack_weight). */
+size_t cn_direct_weight_floats(const cn_direct_geom *g);
+/* Floats of scratch one image needs (padded image and output grid); 64-byte aligned by caller. */
+size_t cn_direct_scratch_floats(const cn_direct_geom *g);
+/* Packs w [O, C, kH, kW] into wp (cn_direct_weight_floats). */
+void cn_direct_pack_weight(const cn_direct_geom *g, const float *w, float *wp);
+/* y [O, Ho, Wo] = conv(x [C, H, W]) + bias (may be NULL); scratch from cn_direct_scratch_floats.
+ * par: spread the output-channel blocks over OpenMP threads (one image alone). */
+void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
+                          float *y, float *scratch, bool par);
+
+#endif
