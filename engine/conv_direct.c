@@ -16,6 +16,9 @@
 #include <omp.h>
 #include <string.h>
 
+#include "ops_conv.h"
+#include "vmath.h"
+
 #define VL 16 /* floats per vector */
 #define OB 4  /* output channels per block */
 #define PB 4  /* vectors per block */
@@ -97,8 +100,25 @@ static void block_rows(const cn_direct_geom *g, const float *xp, size_t Lp, cons
     }
 }
 
+void cn_conv_bias_act_row(float *restrict row, size_t n, float bias, int act) {
+    switch (act) {
+    case CN_ACT_RELU:
+        for (size_t k = 0; k < n; k++) {
+            float v = row[k] + bias;
+            row[k] = v > 0.0f ? v : 0.0f;
+        }
+        break;
+    case CN_ACT_SOFTPLUS:
+        for (size_t k = 0; k < n; k++) row[k] = cn_vsoftplusf(row[k] + bias);
+        break;
+    default:
+        if (bias != 0.0f)
+            for (size_t k = 0; k < n; k++) row[k] += bias;
+    }
+}
+
 void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
-                          float *y, float *scratch, bool par) {
+                          int act, float *y, float *scratch, bool par) {
     int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), nb = blocks_o(g);
     size_t Lp = plane_len(g), L = grid_len(g);
     float *xp = scratch, *grid = scratch + (size_t)g->C * Lp;
@@ -122,7 +142,8 @@ void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *
             const float *src = grid + (size_t)o * L;
             float *dst = y + (size_t)o * Ho * Wo, bv = bias ? bias[o] : 0.0f;
             for (int r = 0; r < Ho; r++)
-                for (int c = 0; c < Wo; c++) dst[(size_t)r * Wo + c] = src[(size_t)r * Wp + c] + bv;
+                memcpy(dst + (size_t)r * Wo, src + (size_t)r * Wp, (size_t)Wo * sizeof *dst);
+            cn_conv_bias_act_row(dst, (size_t)Ho * Wo, bv, act);
         }
     }
 }

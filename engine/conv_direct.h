@@ -26,9 +26,11 @@ size_t cn_direct_weight_floats(const cn_direct_geom *g);
 size_t cn_direct_scratch_floats(const cn_direct_geom *g);
 /* Packs w [O, C, kH, kW] into wp (cn_direct_weight_floats). */
 void cn_direct_pack_weight(const cn_direct_geom *g, const float *w, float *wp);
-/* y [O, Ho, Wo] = conv(x [C, H, W]) + bias (may be NULL); scratch from cn_direct_scratch_floats.
- * par: spread the output-channel blocks over OpenMP threads (one image alone). */
+/* y [O, Ho, Wo] = act(conv(x [C, H, W]) + bias) (bias may be NULL, act a cn_conv_act); scratch
+ * from cn_direct_scratch_floats. par: spread the work over OpenMP threads (one image alone). */
 void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
-                          float *y, float *scratch, bool par);
+                          int act, float *y, float *scratch, bool par);
+/* row[k] = act(row[k] + bias) for k < n, in place (act a cn_conv_act). */
+void cn_conv_bias_act_row(float *row, size_t n, float bias, int act);
 
 #endif

@@ -47,12 +47,13 @@
 #include "conv_direct.h"
 #include "ops.h"
 #include "ops_conv.h"
+#include "profile.h"
+#include "vmath.h"
 
 #define CHUNK_COLS 1024          /* images are chunked until a GEMM has about this many columns */
 #define CHUNK_MAX_FLOATS (1 << 24) /* cap on the im2col buffer of a chunk (64 MB) */
 #define TILE_FLOATS (1 << 20)    /* im2col tile of one image: 4 MB (bounds the buffer for big images) */
 #define PARALLEL_MIN 32768       /* element operations below which a loop stays serial */
-#define SMALL_GEMM_MACS 2.5e8    /* multiply-adds of a chunk below which chunks go over OpenMP */
 #define THREAD_CHUNK_FLOATS (1 << 18) /* cap on a chunk's im2col buffer on such a thread (1 MB) */
 
 /* OpenBLAS's thread count (process-wide); declared here as in engine/lua/l_sys.c. */
@@ -72,6 +73,7 @@ typedef struct conv_job {
     const float *x_in;   /* image side read through im2col (conv, weight) */
     float *y_out;        /* conv: Y = W @ col(X) */
     const float *y_bias; /* [O] added to y_out, or NULL */
+    int y_act;           /* cn_conv_act applied to y_out after the bias */
     const float *y_in;   /* columns side read (weight, adjoint) */
     float *x_out;        /* adjoint: X = col2im(W^T @ Y) */
     const float *x_bias; /* [C] starting value of x_out's planes, or NULL for zeros */
@@ -214,21 +216,18 @@ static void col2im_image(const conv_geom *g, const float *col, size_t ld, int oy
 
 /* ---- columns side: scatter, bias ----------------------------------------------------------- */
 
-/* y[b, o, p] = buf[o, b·P + p] + bias[o] (bias may be NULL). With nb == 1, buf may be y itself:
- * the bias is then added in place. */
-static void scatter_chunk(const float *buf, int nb, int O, size_t P, const float *bias, float *y,
-                          bool par) {
+/* y[b, o, p] = act(buf[o, b·P + p] + bias[o]) (bias may be NULL). With nb == 1, buf may be y
+ * itself: the bias and activation are then applied in place. */
+static void scatter_chunk(const float *buf, int nb, int O, size_t P, const float *bias, int act,
+                          float *y, bool par) {
     int rows = nb * O;
     #pragma omp parallel for schedule(static) if (par && (double)rows * P > PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         int b = r / O, o = r % O;
         const float *src = buf + (size_t)o * nb * P + (size_t)b * P;
         float *dst = y + (size_t)r * P, bv = bias ? bias[o] : 0.0f;
-        if (src == dst) {
-            for (size_t p = 0; p < P; p++) dst[p] += bv;
-        } else {
-            for (size_t p = 0; p < P; p++) dst[p] = src[p] + bv;
-        }
+        if (src != dst) memcpy(dst, src, P * sizeof *dst);
+        cn_conv_bias_act_row(dst, P, bv, act);
     }
 }
 
@@ -306,7 +305,7 @@ static void run_chunk(const conv_geom *g, const conv_job *job, const conv_plan *
         for (int gi = 0; gi < G; gi++)
             cn_gemm(false, false, Og, cols, K, 1.0f, job->w + (size_t)gi * Og * K, K,
                     col_buf + (size_t)gi * K * cols, cols, 0.0f, ybuf + (size_t)gi * Og * cols, cols);
-        scatter_chunk(ybuf, nb, g->O, P, job->y_bias, yo, g->parallel);
+        scatter_chunk(ybuf, nb, g->O, P, job->y_bias, job->y_act, yo, g->parallel);
         return;
     }
     if (pl->direct) { /* col(X) = X: the jobs are plain GEMMs on the image */
@@ -349,7 +348,8 @@ static void run_chunk(const conv_geom *g, const conv_job *job, const conv_plan *
             }
         }
     }
-    if (yo && job->y_bias) scatter_chunk(yo, 1, g->O, P, job->y_bias, yo, g->parallel);
+    if (yo && (job->y_bias || job->y_act))
+        scatter_chunk(yo, 1, g->O, P, job->y_bias, job->y_act, yo, g->parallel);
 }
 
 /* Threads to spread the chunks over (1: the serial loop, each GEMM threaded by OpenBLAS). The
@@ -404,13 +404,15 @@ static int run_direct(const conv_geom *g, const conv_job *job, const char *fname
         cn_error_set(err, "%s: out of memory for a %zu-float direct convolution buffer", fname, total);
         return -1;
     }
+    cn_profile_add_flops(2.0 * (double)g->N * g->O * g->C * g->kh * g->kw * (double)plane_p(g));
     float *wp = buf + sn * (size_t)threads; /* scratch first: 64-byte aligned blocks */
     cn_direct_pack_weight(&dg, job->w, wp);
     size_t in_n = (size_t)g->C * g->H * g->W, out_n = (size_t)g->O * plane_p(g);
     bool inner = g->parallel && threads == 1 && !omp_in_parallel();
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t n = 0; n < g->N; n++)
-        cn_direct_conv_image(&dg, job->x_in + (size_t)n * in_n, wp, job->y_bias, job->y_out + (size_t)n * out_n,
+        cn_direct_conv_image(&dg, job->x_in + (size_t)n * in_n, wp, job->y_bias, job->y_act,
+                             job->y_out + (size_t)n * out_n,
                              buf + sn * (size_t)omp_get_thread_num(), inner);
     cn_free_floats(buf, total);
     return 0;
@@ -564,6 +566,12 @@ static int check_conv(const char *fname, bool transposed, const cn_tensor *x, co
         cn_error_set(err, "%s: groups must be positive, got %d", fname, o->groups);
         return -1;
     }
+    if (o->activation != CN_ACT_NONE && (transposed || (o->activation != CN_ACT_RELU &&
+                                                        o->activation != CN_ACT_SOFTPLUS))) {
+        cn_error_set(err, transposed ? "%s: a fused activation is for conv2d only"
+                                     : "%s: unknown fused activation %d", fname, (int)o->activation);
+        return -1;
+    }
     if (!transposed && (op[0] != 0 || op[1] != 0)) {
         cn_error_set(err, "%s: output_padding is for conv_transpose2d only, got [%d, %d]", fname,
                      op[0], op[1]);
@@ -680,13 +688,14 @@ static conv_geom node_geom(const int64_t *img, const int64_t *cols, const cn_ten
  * xc, wc, bc contiguous. */
 static cn_tensor *conv_forward(bool transposed, const cn_tensor *xc, const cn_tensor *wc,
                                const cn_tensor *bc, const conv_geom *g, const int64_t *out_shape,
-                               cn_error *err) {
+                               cn_conv_act act, cn_error *err) {
     cn_tensor *out = cn_empty(4, out_shape, err);
     if (!out) return NULL;
     const float *b = bc ? cn_data(bc) : NULL;
     int status;
     if (!transposed) {
-        conv_job job = {.x_in = cn_data(xc), .y_out = cn_data(out), .y_bias = b, .w = cn_data(wc)};
+        conv_job job = {.x_in = cn_data(xc), .y_out = cn_data(out), .y_bias = b, .y_act = act,
+                        .w = cn_data(wc)};
         status = run_conv(g, &job, "conv2d", err);
     } else {
         status = run_adjoint(g, cn_data(xc), cn_data(wc), b, cn_data(out), "conv_transpose2d", err);
@@ -699,8 +708,9 @@ static cn_tensor *conv_forward(bool transposed, const cn_tensor *xc, const cn_te
 }
 
 /* ---- autograd ------------------------------------------------------------------------------ */
-/* saved[0] = x, saved[1] = w (both contiguous); ints = stride[2], padding[2], dilation[2],
- * groups; inputs = x, w [, bias]. The backward of each op runs the other direction:
+/* saved[0] = x, saved[1] = w (both contiguous), saved[2] = the output when an activation is fused;
+ * ints = stride[2], padding[2], dilation[2], groups, activation; inputs = x, w [, bias]. A fused
+ * activation's gradient is applied to g first (act_grad); then each op runs the other direction:
  *   conv2d:            dx = adjoint(g), dw = weight(Y = g, X = x), db = sum of g over n, h, w
  *   conv_transpose2d:  dx = conv(X = g), dw = weight(Y = x, X = g), db = the same sum */
 
@@ -715,10 +725,33 @@ static int alloc_grads(cn_node *n, const cn_tensor *x, const cn_tensor *w, cn_te
     return 0;
 }
 
+/* g · act'(z) from the output y = act(z): the gradient at the conv's own output. New reference. */
+static cn_tensor *act_grad(const cn_tensor *gc, const cn_tensor *y, cn_conv_act act, cn_error *err) {
+    cn_tensor *r = cn_empty(gc->ndim, gc->shape, err);
+    if (!r) return NULL;
+    const float *g = cn_data(gc), *yv = cn_data(y);
+    float *out = cn_data(r);
+    size_t n = cn_numel(gc);
+    bool par = loops_parallel() && n > PARALLEL_MIN;
+    if (act == CN_ACT_RELU) {
+        #pragma omp parallel for schedule(static) if (par)
+        for (size_t i = 0; i < n; i++) out[i] = yv[i] > 0.0f ? g[i] : 0.0f;
+    } else {
+        #pragma omp parallel for schedule(static) if (par)
+        for (size_t i = 0; i < n; i++) out[i] = g[i] * cn_vsoftplus_grad_from_y(yv[i]);
+    }
+    return r;
+}
+
 static int conv_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool transposed,
                          cn_error *err) {
     const cn_tensor *x = n->saved[0], *w = n->saved[1];
     cn_tensor *gc = cn_contiguous((cn_tensor *)gout, err);
+    if (gc && n->ints[7] != CN_ACT_NONE) {
+        cn_tensor *gz = act_grad(gc, n->saved[2], (cn_conv_act)n->ints[7], err);
+        cn_release(gc);
+        gc = gz;
+    }
     if (!gc || alloc_grads(n, x, w, gi, err)) {
         cn_release(gc);
         return -1;
@@ -769,7 +802,8 @@ static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *
         xc = cn_contiguous((cn_tensor *)x, err);
         wc = xc ? cn_contiguous((cn_tensor *)w, err) : NULL;
         bc = wc && bias ? cn_contiguous((cn_tensor *)bias, err) : NULL;
-        if (wc && (!bias || bc)) r = conv_forward(transposed, xc, wc, bc, &g, out_shape, err);
+        if (wc && (!bias || bc))
+            r = conv_forward(transposed, xc, wc, bc, &g, out_shape, o->activation, err);
     });
     cn_node *node;
     cn_tensor *ins[3] = {(cn_tensor *)x, (cn_tensor *)w, (cn_tensor *)bias};
@@ -781,6 +815,8 @@ static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *
         const int p[7] = {o->stride[0], o->stride[1], o->padding[0], o->padding[1],
                           o->dilation[0], o->dilation[1], o->groups};
         for (int i = 0; i < 7; i++) node->ints[i] = p[i];
+        node->ints[7] = o->activation;
+        if (o->activation != CN_ACT_NONE) cn_node_save(node, 2, r);
     }
     cn_release(xc), cn_release(wc), cn_release(bc);
     return r;

@@ -18,16 +18,23 @@
 /* Options, each pair {height, width}. stride and dilation >= 1, padding and output_padding >= 0,
  * groups >= 1. output_padding is for conv_transpose2d only (cn_conv2d requires it to be 0) and
  * must be smaller than the stride or the dilation of its dim. */
+/* An activation applied to conv2d's output in the same pass (fused: no separate read and write of
+ * the output, forward or backward). Its gradient is taken from the output: relu's y > 0, softplus's
+ * 1 - e^-y (torch's softplus, beta 1, threshold 20). */
+typedef enum { CN_ACT_NONE = 0, CN_ACT_RELU = 1, CN_ACT_SOFTPLUS = 2 } cn_conv_act;
+
 typedef struct cn_conv2d_opts {
     int stride[2], padding[2], dilation[2], output_padding[2];
     int groups;
+    cn_conv_act activation; /* conv2d only */
 } cn_conv2d_opts;
 
-/* The defaults: stride 1, padding 0, dilation 1, output_padding 0, groups 1 (what NULL opts mean). */
-#define CN_CONV2D_OPTS_DEFAULT {{1, 1}, {0, 0}, {1, 1}, {0, 0}, 1}
+/* The defaults: stride 1, padding 0, dilation 1, output_padding 0, groups 1, no activation (what
+ * NULL opts mean). */
+#define CN_CONV2D_OPTS_DEFAULT {{1, 1}, {0, 0}, {1, 1}, {0, 0}, 1, CN_ACT_NONE}
 
-/* torch.nn.functional.conv2d(x, w, bias, stride, padding, dilation, groups); bias may be NULL,
- * o may be NULL (defaults). Returns a new reference. */
+/* torch.nn.functional.conv2d(x, w, bias, stride, padding, dilation, groups), then o->activation;
+ * bias may be NULL, o may be NULL (defaults). Returns a new reference. */
 cn_tensor *cn_conv2d(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bias,
                      const cn_conv2d_opts *o, cn_error *err);
 

@@ -60,8 +60,6 @@ CN_VMATH_INLINE float sigmoidf(float x) {
     return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
-/* log(1 + e^x); torch's softplus with beta 1 returns x itself above the threshold 20. */
-CN_VMATH_INLINE float softplusf(float x) { return cn_vselectf(x > 20.0f, x, cn_vlog1pf(cn_vexpf(x))); }
 
 /* x Φ(x) = x/2 (1 + erf(x / √2)) */
 static inline float gelu_exactf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
@@ -114,7 +112,7 @@ static void unary_row(cn_unary_op op, const float *px, int64_t sx, float *out, s
     case CN_SIGMOID: UNARY_ROW(sigmoidf(x)); break;
     case CN_RELU: UNARY_ROW(x < 0.0f ? 0.0f : x); break; /* NaN passes through, as torch */
     case CN_SILU: UNARY_ROW(x * sigmoidf(x)); break;
-    case CN_SOFTPLUS: UNARY_ROW(softplusf(x)); break;
+    case CN_SOFTPLUS: UNARY_ROW(cn_vsoftplusf(x)); break;
     case CN_GELU: UNARY_ROW(gelu_exactf(x)); break;
     case CN_GELU_TANH: UNARY_ROW(gelu_tanhf(x)); break;
     case CN_SIGN: UNARY_ROW((float)((0.0f < x) - (x < 0.0f))); break; /* sign(0) = sign(NaN) = 0 */

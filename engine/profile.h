@@ -3,8 +3,9 @@
  * The binding opens a frame around every op it runs (cn_profile_push/pop, name = the Lua name)
  * and autograd around every node's backward (phase CN_PROFILE_BACKWARD, name = the op's). A
  * frame's total time includes the frames opened inside it (an ODE solve's right-hand side), its
- * self time does not. cn_gemm adds each product's 2·m·n·k FLOPs to the innermost open frame, so
- * an op's FLOPs are its matrix products (convolutions, linear layers, attention, matmul).
+ * self time does not. cn_gemm adds each product's 2·m·n·k FLOPs to the innermost open frame, and
+ * the direct convolution its 2·N·O·C·kH·kW·Ho·Wo, so an op's FLOPs are its matrix products
+ * (convolutions, linear layers, attention, matmul).
  *
  * Off by default; when off, push/pop/add_flops return at once. Frames are opened and closed by
  * the thread that runs the Lua state; cn_profile_add_flops may be called from any thread.

@@ -111,4 +111,14 @@ CN_VMATH_INLINE float cn_vlog1pf(float x) {
     return cn_vselectf((x == 0.0f) | (x == (float)INFINITY) | !(x > -1.0f), edge, y);
 }
 
+/* log(1 + e^x) with torch's threshold for beta 1: x itself above 20. */
+CN_VMATH_INLINE float cn_vsoftplusf(float x) { return cn_vselectf(x > 20.0f, x, cn_vlog1pf(cn_vexpf(x))); }
+
+/* The derivative of softplus at x, read from its value y = softplus(x): sigmoid(x) = 1 - e^-y.
+ * Below y = 1/8 the series y (1 - y/2 (1 - y/3 (1 - y/4 (1 - y/5)))) avoids the cancellation. */
+CN_VMATH_INLINE float cn_vsoftplus_grad_from_y(float y) {
+    float series = y * (1.0f - 0.5f * y * (1.0f - y * (1.0f / 3.0f) * (1.0f - 0.25f * y * (1.0f - 0.2f * y))));
+    return cn_vselectf(y < 0.125f, series, 1.0f - cn_vexpf(-y));
+}
+
 #endif

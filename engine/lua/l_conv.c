@@ -1,6 +1,6 @@
 /* l_conv.c — Lua binding of the 2-D convolutions (ops_conv.c).
  *
- *   cn.conv2d(x, w [, b] [, {stride=, padding=, dilation=, groups=}])
+ *   cn.conv2d(x, w [, b] [, {stride=, padding=, dilation=, groups=, activation="relu"|"softplus"}])
  *   cn.conv_transpose2d(x, w [, b] [, {stride=, padding=, output_padding=, dilation=, groups=}])
  *
  * x [N, C, H, W] (or [C, H, W]); b may be nil or left out, and the options table may follow w
@@ -8,11 +8,12 @@
  * number. Unknown option names are errors (a typo would otherwise be silently ignored).
  */
 #include <limits.h>
+#include <string.h>
 
 #include "binding.h"
 #include "ops_conv.h"
 
-static const char *const conv_options[] = {"stride", "padding", "dilation", "groups", NULL};
+static const char *const conv_options[] = {"stride", "padding", "dilation", "groups", "activation", NULL};
 static const char *const conv_transpose_options[] = {"stride", "padding", "output_padding", "dilation", "groups", NULL};
 
 /* Pair option `key` of the table at arg into pair[0..1] (untouched when absent), in int's range. */
@@ -39,6 +40,14 @@ static void check_opts(lua_State *L, int arg, bool transposed, cn_conv2d_opts *o
     lua_Integer groups = cnl_opt_integer(L, arg, "groups", o->groups);
     luaL_argcheck(L, groups >= INT_MIN && groups <= INT_MAX, arg, "option 'groups' out of range");
     o->groups = (int)groups;
+    if (!transposed) {
+        static const char *const acts[] = {"none", "relu", "softplus", NULL};
+        const char *name = cnl_opt_string(L, arg, "activation", "none");
+        int a = 0;
+        while (acts[a] && strcmp(acts[a], name) != 0) a++;
+        luaL_argcheck(L, acts[a] != NULL, arg, "option 'activation' must be \"none\", \"relu\" or \"softplus\"");
+        o->activation = (cn_conv_act)a;
+    }
 }
 
 /* x, w [, b] [, opts] */

@@ -219,7 +219,7 @@ function TestConvErrors:testArguments()
   assert_error(function() cn.conv2d(x, w, 3) end, "bad argument #3 to 'conv2d'")
   assert_error(function() cn.conv2d(x, w, nil, 3) end, "bad argument #4 to 'conv2d'", "options table expected")
   assert_error(function() cn.conv2d(x, w, {strid = 2}) end,
-    "conv2d: unknown option 'strid' (known: stride, padding, dilation, groups)")
+    "conv2d: unknown option 'strid' (known: stride, padding, dilation, groups, activation)")
   assert_error(function() cn.conv2d(x, w, {output_padding = 1}) end, "unknown option 'output_padding'")
   assert_error(function() cn.conv2d(x, w, nil, {stride = "2"}) end,
     "bad argument #4 to 'conv2d' (option 'stride' must be an integer or a {h, w} pair of integers, got string)")
@@ -292,4 +292,73 @@ function TestConvRoutes:testRouteNames()
   lu.assertEquals(cn.conv_route(), "gemm")
   lu.assertEquals(cn.conv_route(before), "gemm")
   assert_error(function() cn.conv_route("fast") end, "invalid option 'fast'")
+end
+
+-- ---- a fused activation (cn.conv2d option activation) --------------------------------------------
+-- Equal to the activation applied after the conv, forward and every gradient, on both routes, for
+-- strided, 1×1 and chunked shapes; the gradient comes from the output (softplus: 1 - e^-y).
+
+TestConvActivation = {}
+
+local function spec_of(t) return {shape = t:shape(), data = t:totable{flat = true}} end
+
+function TestConvActivation:testMatchesSeparateActivation()
+  cn.seed(5)
+  local cases = { -- N, C, H, W, O, k, stride, padding
+    {2, 4, 9, 9, 6, 3, 1, 1}, {3, 5, 8, 7, 4, 3, 2, 1}, {2, 6, 5, 5, 3, 1, 1, 0}, {40, 3, 4, 4, 5, 3, 1, 1},
+  }
+  for _, route in ipairs{"gemm", "direct"} do
+    with_route(route, function()
+      for _, c in ipairs(cases) do
+        for _, act in ipairs{"relu", "softplus"} do
+          -- inputs spread so softplus sees its threshold (20) and relu both signs
+          local x = (cn.randn{c[1], c[2], c[3], c[4]} * 6):requires_grad(true)
+          local w = cn.randn{c[5], c[2], c[6], c[6]}:requires_grad(true)
+          local b = cn.randn{c[5]}:requires_grad(true)
+          local opts = {stride = c[7], padding = c[8]}
+          local function run(fused)
+            local y
+            if fused then
+              y = cn.conv2d(x, w, b, {stride = c[7], padding = c[8], activation = act})
+            else
+              y = cn.conv2d(x, w, b, opts)
+              y = act == "relu" and y:relu() or y:softplus()
+            end
+            local g = cn.randn(y:shape())
+            return y, g
+          end
+          cn.seed(9)
+          local y1, g1 = run(false)
+          y1:backward(g1)
+          local want = {y = spec_of(y1:detach()), x = spec_of(x.grad), w = spec_of(w.grad), b = spec_of(b.grad)}
+          x.grad, w.grad, b.grad = nil, nil, nil
+          cn.seed(9)
+          local y2, g2 = run(true)
+          y2:backward(g2)
+          local label = string.format("%s %s %s", route, act, table.concat(c, ","))
+          fx.assert_close(y2:detach(), want.y, {rtol = 1e-5, atol = 1e-5, label = label .. " y"})
+          fx.assert_close(x.grad, want.x, {rtol = 1e-4, atol = 1e-4, label = label .. " dx"})
+          fx.assert_close(w.grad, want.w, {rtol = 1e-4, atol = 1e-4, label = label .. " dw"})
+          fx.assert_close(b.grad, want.b, {rtol = 1e-4, atol = 1e-4, label = label .. " db"})
+          x.grad, w.grad, b.grad = nil, nil, nil
+        end
+      end
+    end)
+  end
+end
+
+function TestConvActivation:testGradcheck()
+  cn.seed(3)
+  local x = cn.randn{1, 2, 5, 5}:requires_grad(true)
+  local w = cn.randn{3, 2, 3, 3}:requires_grad(true)
+  local b = cn.randn{3}:requires_grad(true)
+  lu.assertTrue(cn.gradcheck(function(a, k, c) return cn.conv2d(a, k, c, {padding = 1, activation = "softplus"}) end,
+    {x, w, b}))
+end
+
+function TestConvActivation:testErrors()
+  local x, w = cn.randn{1, 2, 5, 5}, cn.randn{3, 2, 3, 3}
+  assert_error(function() cn.conv2d(x, w, {activation = "silu"}) end, "'activation' must be")
+  assert_error(function() cn.conv_transpose2d(x, cn.randn{2, 3, 3, 3}, {activation = "relu"}) end,
+    "unknown option 'activation'")
 end

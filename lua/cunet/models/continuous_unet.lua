@@ -34,7 +34,6 @@ local blocks = require "cunet.models.continuous_unet_blocks"
 local M = {}
 for name, block in pairs(blocks) do M[name] = block end
 
-local act = blocks.act
 
 -- ---- options ---------------------------------------------------------------------------------------
 
@@ -287,14 +286,14 @@ function ContinuousUNet:forward(x, t)
   for i, level in ipairs(self.down) do
     h = run_ode(self, level, h, temb)
     skips[i] = h
-    h = act(level.conv(h), c.act)
+    h = blocks.conv_act(level.conv, h, c.act)
     h = cn.upsample(h, { scale_factor = 0.5, mode = "bilinear", align_corners = false })
   end
   h = run_ode(self, self.mid, h, temb)
   for i = #self.up, 1, -1 do
     local level, skip = self.up[i], skips[i]
     h = cn.upsample(h, { size = { skip:size(3), skip:size(4) }, mode = "bilinear", align_corners = false })
-    h = act(level.conv(cn.cat({ h, skip }, 2)), c.act)
+    h = blocks.conv_act(level.conv, cn.cat({ h, skip }, 2), c.act)
     h = run_ode(self, level, h, temb)
   end
   return self.head(h)

@@ -29,6 +29,13 @@ local function act(x, name)
 end
 M.act = act
 
+--- conv_act(conv, x, name): act(conv(x), name), with relu and softplus fused into the convolution.
+local function conv_act(conv, x, name)
+  if name == "softplus" or name == "relu" then return conv(x, name) end
+  return act(conv(x), name)
+end
+M.conv_act = conv_act
+
 local function check_act(name, who)
   if not ACTIVATIONS[name] then
     error(string.format("%s: activation must be 'softplus', 'relu' or 'silu', got %s", who, tostring(name)), 3)
@@ -111,14 +118,14 @@ function ConvSODEFunc:forward(_, a, b, c)
   else
     input, temb = a, b
   end
-  local h = self.norm2(act(self.conv1(self.norm1(input)), self.act))
+  local h = self.norm2(conv_act(self.conv1, self.norm1(input), self.act))
   if self.mlp then
     if not cn.is_tensor(temb) then error("ConvSODEFunc: this function needs the time embedding [N, time_dim]", 2) end
     local n, w = h:size(1), self.width
     local ss = self.mlp(temb)
     h = h * (ss:narrow(2, 1, w):reshape { n, w, 1, 1 } + 1) + ss:narrow(2, w + 1, w):reshape { n, w, 1, 1 }
   end
-  h = act(self.conv2(h), self.act)
+  h = conv_act(self.conv2, h, self.act)
   if self.residual then h = h + (self.res_conv and self.res_conv(input) or input) end
   return h
 end
@@ -149,8 +156,8 @@ function InitialVelocity:__init(in_channels, mid_channels, out_channels, opts)
 end
 
 function InitialVelocity:forward(x)
-  local h = act(self.conv1(self.norm1(x)), self.act)
-  return act(self.conv2(self.norm2(h)), self.act)
+  local h = conv_act(self.conv1, self.norm1(x), self.act)
+  return conv_act(self.conv2, self.norm2(h), self.act)
 end
 
 function InitialVelocity:extra_repr() return "act=" .. self.act end

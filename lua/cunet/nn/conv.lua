@@ -73,7 +73,10 @@ function Conv2d:reset_parameters()
   init.default_affine_(self.weight, self.bias)
 end
 
-function Conv2d:forward(x)
+--- conv(x [, activation]): with activation "relu" or "softplus", the activation of the output is
+-- fused into the convolution (cn.conv2d's option: one pass less over the output, forward and
+-- backward); the result equals conv(x):relu() / :softplus().
+function Conv2d:forward(x, activation)
   util.check_input(x, 4, "Conv2d", "[N, C, H, W]")
   local padding = self.padding
   local explicit -- {left, right, top, bottom} for F.pad, when the conv itself cannot pad
@@ -97,7 +100,7 @@ function Conv2d:forward(x)
     end
   end
   return F.conv2d(x, self.weight, self.bias,
-    { stride = self.stride, padding = padding, dilation = self.dilation, groups = self.groups })
+    { stride = self.stride, padding = padding, dilation = self.dilation, groups = self.groups, activation = activation })
 end
 
 function Conv2d:extra_repr()
