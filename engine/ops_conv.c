@@ -352,17 +352,14 @@ static void run_chunk(const conv_geom *g, const conv_job *job, const conv_plan *
         scatter_chunk(yo, 1, g->O, P, job->y_bias, job->y_act, yo, g->parallel);
 }
 
-/* Threads to spread the chunks over (1: the serial loop, each GEMM threaded by OpenBLAS). The
- * GEMMs of small images (M = O/G, N ≈ CHUNK_COLS, K = C/G·kH·kW) are too small for OpenBLAS to
- * thread well: its threads wait for each other on every call (32->32 at 14², batch 64, on 2
- * cores: a third of the time in the scheduler, 2 threads barely faster than 1). So when one chunk
- * of the serial loop is below SMALL_GEMM_MACS, every thread takes whole chunks instead — its own
- * im2col, single-threaded GEMMs, scatter. Measured with batch 64 on 2 cores loaded by other jobs:
- * 0-20% faster up to 128->128 at 28² (2.3e8 per chunk), and no CPU time lost to waiting (the
- * serial loop's two OpenBLAS threads burn 5-25% more CPU than one). Images too big for one tile
- * keep the serial loop. */
-static int plan_threads(const conv_geom *g, const conv_plan *pl) {
-    (void)pl;
+/* Threads to spread the chunks over (1: the serial loop, each GEMM threaded by OpenBLAS): every
+ * thread takes whole chunks (images, or chunks of small images) — its own im2col, single-threaded
+ * GEMMs, scatter — whenever there are two images or more. OpenBLAS's own threads lose here: for
+ * small images they wait for each other on every call (32->32 at 14², batch 64: a third of the time
+ * in the scheduler), and for the 64² models' GEMMs (M = 32..64, a tile of 2,048 columns) OpenBLAS
+ * ran them on one core (measured: 2 threads as slow as 1; spread by image: 1.9-2.0x). One image
+ * alone keeps the serial loop with threaded GEMMs. */
+static int plan_threads(const conv_geom *g) {
     if (!g->parallel || g->N < 2 || omp_in_parallel()) return 1;
     int threads = omp_get_max_threads();
     if (threads > g->N) threads = (int)g->N;
@@ -431,7 +428,7 @@ static int run_conv(const conv_geom *geom, const conv_job *job, const char *fnam
     conv_plan pl = {.direct = is_pointwise(g)};
     pl.nb_max = pl.direct || job->x_out || job->dw ? 1 : chunk_images(g);
     pl.tr = pl.direct || pl.nb_max > 1 ? g->Ho : tile_rows(g);
-    pl.threads = plan_threads(g, &pl);
+    pl.threads = plan_threads(g);
     /* A thread's GEMM need not be wide: its chunk stays within about half a core's L2 (measured:
      * as fast as one image per chunk, faster than the serial loop's wide chunks) */
     while (pl.threads > 1 && pl.nb_max > 1 && rows_all * pl.nb_max * P > THREAD_CHUNK_FLOATS)
