@@ -100,6 +100,123 @@ static void block_rows(const cn_direct_geom *g, const float *xp, size_t Lp, cons
     }
 }
 
+/* Channel c of x [C, H, W], zero-padded, flat with row width Wp, into dst (Lp floats). */
+static void pad_plane(const cn_direct_geom *g, const float *x, int c, float *dst, size_t Lp) {
+    int Wp = pad_w(g);
+    const float *src = x + (size_t)c * g->H * g->W;
+    memset(dst, 0, Lp * sizeof *dst);
+    for (int r = 0; r < g->H; r++)
+        memcpy(dst + (size_t)(r + g->ph) * Wp + g->pw, src + (size_t)r * g->W, (size_t)g->W * sizeof *dst);
+}
+
+/* ---- the weight gradient -----------------------------------------------------------------------
+ *
+ *   dw[o, c, i, j] += sum_{oy, ox} gy[o, oy, ox] · xp[c, (oy + i)·Wp + ox + j]
+ *
+ * gy laid on the flat grid (zeros in the wasted columns and past the end), so each (o, c, tap) is a
+ * dot product of a grid row with the padded plane shifted by the tap's offset. Blocks of WOB output
+ * channels × WTB taps are WOB·WTB vector accumulators, fed per vector of 16 outputs by WOB + WTB
+ * loads, over a chunk of images; one horizontal sum per (o, c, tap) and chunk at the end. */
+#define WOB 8
+#define WTB 3
+
+size_t cn_direct_weight_scratch_floats(const cn_direct_geom *g) {
+    return (size_t)g->C * plane_len(g) + (size_t)g->O * grid_len(g);
+}
+
+static float hsum(vf v) {
+    float s = 0.0f;
+    for (int k = 0; k < VL; k++) s += v[k];
+    return s;
+}
+
+/* One chunk of nb images laid out as [image][channel][plane] (xp, planes of Lp) and
+ * [image][output channel][grid] (gyp, grids of L). */
+typedef struct weight_chunk {
+    const float *xp, *gyp;
+    size_t Lp, L, x_image, g_image; /* plane and grid lengths, floats per image on each side */
+    int nb;
+} weight_chunk;
+
+/* WTB taps from t0 of output channels [o0, o0 + no) against input channel c, over the chunk's
+ * images: 24 accumulators in registers (no dynamic index into them), 11 loads per 24 FMAs. */
+static void weight_block_full(const weight_chunk *ch, const int *offs, int o0, int no, int c, int t0,
+                              float *dw, size_t ostride) {
+    vf acc[WOB][WTB];
+    #pragma GCC unroll 8
+    for (int k = 0; k < WOB; k++)
+        #pragma GCC unroll 3
+        for (int t = 0; t < WTB; t++) acc[k][t] = (vf){0};
+    int off[WTB];
+    for (int t = 0; t < WTB; t++) off[t] = offs[t0 + t];
+    for (int b = 0; b < ch->nb; b++) {
+        const float *gk[WOB];
+        for (int k = 0; k < WOB; k++) gk[k] = ch->gyp + b * ch->g_image + (size_t)(o0 + (k < no ? k : 0)) * ch->L;
+        const float *xc = ch->xp + b * ch->x_image + (size_t)c * ch->Lp;
+        for (size_t q = 0; q < ch->L; q += VL) {
+            vf v[WTB];
+            #pragma GCC unroll 3
+            for (int t = 0; t < WTB; t++) v[t] = *(const vfu *)(xc + q + off[t]);
+            #pragma GCC unroll 8
+            for (int k = 0; k < WOB; k++) {
+                vf a = *(const vf *)(gk[k] + q);
+                #pragma GCC unroll 3
+                for (int t = 0; t < WTB; t++) acc[k][t] += a * v[t];
+            }
+        }
+    }
+    for (int k = 0; k < no; k++)
+        for (int t = 0; t < WTB; t++) dw[(size_t)(o0 + k) * ostride + t0 + t] += hsum(acc[k][t]);
+}
+
+/* The same for fewer taps (the last group of a kernel whose taps are not a multiple of WTB), one
+ * tap and output channel at a time. */
+static void weight_block_tail(const weight_chunk *ch, const int *offs, int o0, int no, int c, int t0, int nt,
+                              float *dw, size_t ostride) {
+    for (int t = t0; t < t0 + nt; t++)
+        for (int k = 0; k < no; k++) {
+            vf acc = (vf){0};
+            for (int b = 0; b < ch->nb; b++) {
+                const float *gb = ch->gyp + b * ch->g_image + (size_t)(o0 + k) * ch->L;
+                const float *xc = ch->xp + b * ch->x_image + (size_t)c * ch->Lp + offs[t];
+                for (size_t q = 0; q < ch->L; q += VL) acc += *(const vf *)(gb + q) * *(const vfu *)(xc + q);
+            }
+            dw[(size_t)(o0 + k) * ostride + t] += hsum(acc);
+        }
+}
+
+void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
+                                  float *scratch) {
+    int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), T = g->kh * g->kw;
+    size_t Lp = plane_len(g), L = grid_len(g);
+    weight_chunk ch = {.Lp = Lp, .L = L, .x_image = (size_t)g->C * Lp, .g_image = (size_t)g->O * L, .nb = nb};
+    float *xp = scratch, *gyp = scratch + (size_t)nb * ch.x_image;
+    ch.xp = xp, ch.gyp = gyp;
+    int offs[CN_DIRECT_MAX_TAPS];
+    for (int i = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + (size_t)b * g->C * g->H * g->W, *gb = gy + (size_t)b * g->O * Ho * Wo;
+        for (int c = 0; c < g->C; c++) pad_plane(g, xb, c, xp + b * ch.x_image + (size_t)c * Lp, Lp);
+        for (int o = 0; o < g->O; o++) { /* gy on the grid, zeros in the wasted columns */
+            float *dst = gyp + b * ch.g_image + (size_t)o * L;
+            const float *src = gb + (size_t)o * Ho * Wo;
+            memset(dst, 0, L * sizeof *dst);
+            for (int r = 0; r < Ho; r++) memcpy(dst + (size_t)r * Wp, src + (size_t)r * Wo, (size_t)Wo * sizeof *dst);
+        }
+    }
+    size_t ostride = (size_t)g->C * T; /* dw [O, C, T] */
+    for (int o0 = 0; o0 < g->O; o0 += WOB) {
+        int no = g->O - o0 < WOB ? g->O - o0 : WOB;
+        for (int c = 0; c < g->C; c++) {
+            float *dwc = dw + (size_t)c * T;
+            int t0 = 0;
+            for (; t0 + WTB <= T; t0 += WTB) weight_block_full(&ch, offs, o0, no, c, t0, dwc, ostride);
+            if (t0 < T) weight_block_tail(&ch, offs, o0, no, c, t0, T - t0, dwc, ostride);
+        }
+    }
+}
+
 void cn_conv_bias_act_row(float *restrict row, size_t n, float bias, int act) {
     switch (act) {
     case CN_ACT_RELU:
@@ -128,13 +245,7 @@ void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *
     #pragma omp parallel if (par) num_threads(par ? omp_get_max_threads() : 1)
     {
         #pragma omp for schedule(static)
-        for (int c = 0; c < g->C; c++) { /* the padded plane of channel c */
-            float *dst = xp + (size_t)c * Lp;
-            const float *src = x + (size_t)c * g->H * g->W;
-            memset(dst, 0, Lp * sizeof *dst);
-            for (int r = 0; r < g->H; r++)
-                memcpy(dst + (size_t)(r + g->ph) * Wp + g->pw, src + (size_t)r * g->W, (size_t)g->W * sizeof *dst);
-        }
+        for (int c = 0; c < g->C; c++) pad_plane(g, x, c, xp + (size_t)c * Lp, Lp);
         #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) block_rows(g, xp, Lp, wp, b, offs, grid, L);
         #pragma omp for schedule(static)

@@ -30,6 +30,12 @@ void cn_direct_pack_weight(const cn_direct_geom *g, const float *w, float *wp);
  * from cn_direct_scratch_floats. par: spread the work over OpenMP threads (one image alone). */
 void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
                           int act, float *y, float *scratch, bool par);
+/* Floats of scratch the weight gradient needs per image (padded image, gradient on the grid). */
+size_t cn_direct_weight_scratch_floats(const cn_direct_geom *g);
+/* dw [O, C, kH, kW] += the weight gradient of nb images: x [nb, C, H, W], gy [nb, O, Ho, Wo];
+ * scratch of nb · cn_direct_weight_scratch_floats. */
+void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
+                                  float *scratch);
 /* row[k] = act(row[k] + bias) for k < n, in place (act a cn_conv_act). */
 void cn_conv_bias_act_row(float *row, size_t n, float bias, int act);
 
