@@ -465,7 +465,7 @@ static int run_direct(const conv_geom *g, const conv_job *job, const char *fname
     cn_direct_pack_weight(&dg, job->w, wp);
     size_t in_n = (size_t)g->C * g->H * g->W, out_n = (size_t)g->O * plane_p(g);
     bool inner = g->parallel && threads == 1 && !omp_in_parallel();
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int64_t n = 0; n < g->N; n++)
         cn_direct_conv_image(&dg, job->x_in + (size_t)n * in_n, wp, job->y_bias, job->y_act,
                              job->y_out + (size_t)n * out_n,
@@ -529,10 +529,18 @@ static int run_conv(const conv_geom *geom, const conv_job *job, const char *fnam
             size_t t = (size_t)omp_get_thread_num();
             float *col = buf ? buf + (col_n + ybuf_n) * t : NULL;
             float *dw = job->dw && t ? dw_part + dw_n * (t - 1) : job->dw;
-            #pragma omp for schedule(static)
-            for (int64_t c = 0; c < chunks; c++) {
-                int64_t n0 = g->N * c / chunks, n1 = g->N * (c + 1) / chunks;
-                run_chunk(&gs, job, &pl, n0, (int)(n1 - n0), col, col ? col + col_n : NULL, dw);
+            if (job->dw) { /* static: each thread's dW part sums the same images every run */
+                #pragma omp for schedule(static)
+                for (int64_t c = 0; c < chunks; c++) {
+                    int64_t n0 = g->N * c / chunks, n1 = g->N * (c + 1) / chunks;
+                    run_chunk(&gs, job, &pl, n0, (int)(n1 - n0), col, col ? col + col_n : NULL, dw);
+                }
+            } else { /* dynamic: a thread slowed by another job on its core takes fewer chunks */
+                #pragma omp for schedule(dynamic, 1)
+                for (int64_t c = 0; c < chunks; c++) {
+                    int64_t n0 = g->N * c / chunks, n1 = g->N * (c + 1) / chunks;
+                    run_chunk(&gs, job, &pl, n0, (int)(n1 - n0), col, col ? col + col_n : NULL, dw);
+                }
             }
         }
         openblas_set_num_threads(blas_threads);
