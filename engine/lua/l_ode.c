@@ -163,4 +163,11 @@ static int l_odeint(lua_State *L) {
 void cnl_open_ode(lua_State *L) {
     static const luaL_Reg functions[] = {{"odeint", l_odeint}, {NULL, NULL}};
     cnl_register(L, NULL, functions);
+    /* core.odeint_options: the keys odeint reads, so cn.odeint checks against this one list */
+    lua_newtable(L);
+    for (int i = 0; odeint_options[i]; i++) {
+        lua_pushstring(L, odeint_options[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "odeint_options");
 }

@@ -20,9 +20,9 @@ local options = require "cunet.options"
 
 local M = {}
 
--- The options the engine's solver reads, and those only this module reads (stripped before the
--- engine sees the table, which rejects keys it does not know).
-local ENGINE_OPTIONS = {"method", "rtol", "atol", "step_size", "steps", "first_step", "max_steps", "safety"}
+-- The options the engine's solver reads (its list, engine/lua/l_ode.c), and those only this module
+-- reads (stripped before the engine sees the table, which rejects keys it does not know).
+local ENGINE_OPTIONS = core.odeint_options
 local LUA_OPTIONS = {adjoint = true, params = true, adjoint_method = true, adjoint_rtol = true, adjoint_atol = true}
 local KNOWN = {table.unpack(ENGINE_OPTIONS)}
 for k in pairs(LUA_OPTIONS) do KNOWN[#KNOWN + 1] = k end
