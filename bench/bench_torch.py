@@ -1,20 +1,32 @@
 """bench/bench_torch.py — the PyTorch side of `make bench`: the cases of bench/bench.lua, case for
 case (same shapes, same architectures, same timing method).
 
-    /usr/bin/python3 bench/bench_torch.py [out.tsv]
+    /usr/bin/python3 bench/bench_torch.py [out.tsv]                    # the lone-op rows (lone/...)
+    BENCH_PART=model /usr/bin/python3 bench/bench_torch.py [out.tsv]   # the whole models (model/...)
 
-Every case builds its inputs and parameters, runs a few warm-up iterations, then times each of the
-next iterations: the forward pass alone (grad mode on), then y.backward(g) alone with a fixed
-random g of y's shape. Gradients are dropped (set to None) between iterations, outside the timed
-regions. A case reports the median of its timed iterations (at least BENCH_REPS, more for cases
-that take under ~0.3 s). Warm-up: BENCH_WARMUP iterations (2), or one for a case whose iteration
-takes over 0.5 s.
+Lone ops: every case builds its inputs and parameters, runs a few warm-up iterations, then times
+each of the next iterations: the forward pass alone (grad mode on), then y.backward(g) alone with
+a fixed random g of y's shape. Gradients are dropped (set to None) between iterations, outside the
+timed regions. A case reports the median of its timed iterations (at least BENCH_REPS, more for
+cases that take under ~0.3 s). Warm-up: BENCH_WARMUP iterations (2), or one for a case whose
+iteration takes over 0.5 s.
 
-Output: tab-separated "RESULT key op shape fwd_ms bwd_ms" and "INFO name value" lines, to the file
-named by the first argument, stdout otherwise; progress on stderr.
+Whole models (bench/models.lua's cases, built by bench/models_torch.py from the fixture
+generators' modules with the parameter counts of cunet's): "fwd" times model(x, t) in eval mode
+under no_grad; "train" times, in train mode, loss = mse(model(x, t), eps) then loss.backward() and
+one Adam step; repetitions as for the lone ops, except that a case whose iteration takes over 1 s
+gets BENCH_SLOW_REPS (3). BENCH_TORCH_SETTING says how torch runs: "tuned" calls
+torch.set_num_threads(cores) (bench/run.sh also preloads tcmalloc and sets OPENBLAS_NUM_THREADS=1),
+"default" leaves torch as it starts.
 
-Environment: BENCH_THREADS (2) for torch.set_num_threads, BENCH_REPS (5), BENCH_WARMUP (2),
-BENCH_FILTER (only the cases whose key contains this string), BENCH_MIN_TIME (0.3 s).
+Output: tab-separated "RESULT key op shape fwd_ms bwd_ms" (lone ops), "MODEL key label case shape
+ms fwd_ms bwd_ms macs params trainable" (whole models; macs "-": cunet counts them) and "INFO name
+value" lines, to the file named by the first argument, stdout otherwise; progress on stderr.
+
+Environment: BENCH_PART (lone | model), BENCH_THREADS (2) for torch.set_num_threads in the lone-op
+part, BENCH_TORCH_SETTING (tuned | default) in the model part, BENCH_REPS (5), BENCH_SLOW_REPS (3),
+BENCH_WARMUP (2), BENCH_FILTER (only the cases whose key contains this string, or one of several
+separated by commas), BENCH_MIN_TIME (0.3 s).
 """
 import ctypes
 import ctypes.util
@@ -32,11 +44,26 @@ THREADS = int(os.environ.get("BENCH_THREADS") or 2)
 REPS = int(os.environ.get("BENCH_REPS") or 5)
 WARMUP = int(os.environ.get("BENCH_WARMUP") or 2)
 MIN_TIME = float(os.environ.get("BENCH_MIN_TIME") or 0.3)
+SLOW_REPS = int(os.environ.get("BENCH_SLOW_REPS") or 3)
 MAX_REPS = 50
 SLOW = 0.5  # seconds per iteration above which one warm-up iteration is enough
-FILTER = os.environ.get("BENCH_FILTER")
+VERY_SLOW = 1.0  # seconds per iteration above which SLOW_REPS timed iterations are enough
+FILTER = [term for term in (os.environ.get("BENCH_FILTER") or "").split(",") if term]
+PART = os.environ.get("BENCH_PART") or "lone"
+SETTING = os.environ.get("BENCH_TORCH_SETTING") or "tuned"
+if PART not in ("lone", "model") or SETTING not in ("tuned", "default"):
+    raise SystemExit(f"bench: BENCH_PART must be lone or model (got {PART}), "
+                     f"BENCH_TORCH_SETTING tuned or default (got {SETTING})")
 
-torch.set_num_threads(THREADS)
+
+def cores():
+    return len(os.sched_getaffinity(0))
+
+
+if PART == "lone":
+    torch.set_num_threads(THREADS)
+elif SETTING == "tuned":
+    torch.set_num_threads(cores())
 torch.manual_seed(0)
 
 out = open(sys.argv[1], "w") if len(sys.argv) > 1 else sys.stdout
@@ -60,19 +87,28 @@ def openblas():
     return "?", "?"
 
 
+def allocator():
+    """tcmalloc when this process has it loaded (LD_PRELOAD), else glibc's malloc."""
+    with open("/proc/self/maps") as f:
+        return "tcmalloc" if "libtcmalloc" in f.read() else "glibc malloc"
+
+
 core, blas_threads = openblas()
 capability = re.search(r"CPU capability usage: (\S+)", torch.__config__.show())
 info("torch_version", torch.__version__)
 info("torch_openblas_core", core)
 info("torch_threads", f"intra-op {torch.get_num_threads()}, OpenBLAS {blas_threads}")
+info("torch_allocator", allocator())
 info("torch_kernels", f"ATen {capability.group(1) if capability else '?'}, "
      f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}")
 
 
 # ---- measurement -----------------------------------------------------------------------------
 
-def measure(forward, grads=(), backward=None, after=None, forward_only=False):
-    """Median forward and backward ms (backward None when forward_only)."""
+def measure(forward, grads=(), backward=None, after=None, forward_only=False, total=False, slow_reps=False):
+    """Median forward and backward ms (backward None when forward_only); with total=True also the
+    median of the iterations' forward + backward. With slow_reps, a case whose iteration takes over
+    1 s gets SLOW_REPS timed iterations."""
     g = None
 
     def do_backward(y):
@@ -104,13 +140,18 @@ def measure(forward, grads=(), backward=None, after=None, forward_only=False):
     if f0 + b0 < SLOW:
         for _ in range(WARMUP - 1):
             once()
+    # whole models over VERY_SLOW seconds an iteration: SLOW_REPS timed iterations (the median of 3)
+    reps = min(REPS, SLOW_REPS) if slow_reps and f0 + b0 > VERY_SLOW else REPS
     fwd, bwd, spent = [], [], 0.0
-    while len(fwd) < MAX_REPS and (len(fwd) < REPS or spent < MIN_TIME):
+    while len(fwd) < MAX_REPS and (len(fwd) < reps or spent < MIN_TIME):
         f, b = once()
         fwd.append(f)
         bwd.append(b)
         spent += f + b
-    return statistics.median(fwd) * 1e3, None if forward_only else statistics.median(bwd) * 1e3
+    result = statistics.median(fwd) * 1e3, None if forward_only else statistics.median(bwd) * 1e3
+    if total:
+        result += (statistics.median([f + b for f, b in zip(fwd, bwd)]) * 1e3,)
+    return result
 
 
 def fmt(v):
@@ -120,7 +161,7 @@ def fmt(v):
 def report(key, op, shape, fwd_ms, bwd_ms):
     out.write(f"RESULT\t{key}\t{op}\t{shape}\t{fmt(fwd_ms)}\t{fmt(bwd_ms)}\n")
     out.flush()
-    sys.stderr.write(f"  torch  {key:<28} {shape:<24} fwd {fmt(fwd_ms):>9} ms  bwd {fmt(bwd_ms):>9} ms\n")
+    sys.stderr.write(f"  torch  {key:<36} {shape:<24} fwd {fmt(fwd_ms):>9} ms  bwd {fmt(bwd_ms):>9} ms\n")
 
 
 cases = []
@@ -141,7 +182,7 @@ def params_and(module, *tensors):
 # ---- single ops --------------------------------------------------------------------------------
 
 def conv_case(c, hw, n):
-    key = f"conv3x3/c{c}/{hw}/n{n}"
+    key = f"lone/conv3x3/c{c}/{hw}/n{n}"
 
     @case(key)
     def run():
@@ -158,7 +199,7 @@ for c in (32, 64, 128):
 
 
 def groupnorm_case(n, c, hw):
-    key = f"groupnorm/c{c}/{hw}/n{n}"
+    key = f"lone/groupnorm/c{c}/{hw}/n{n}"
 
     @case(key)
     def run():
@@ -197,7 +238,7 @@ class SelfAttention2d(nn.Module):
 
 
 def attention_case(hw):
-    key = f"attention/c64/{hw}/n64"
+    key = f"lone/attention/c64/{hw}/n64"
 
     @case(key)
     def run():
@@ -211,12 +252,12 @@ attention_case(14)
 attention_case(7)
 
 
-@case("linear/512/n64")
+@case("lone/linear/512/n64")
 def linear_case():
     lin = nn.Linear(512, 512)
     x = torch.randn(64, 512, requires_grad=True)
     f, b = measure(lambda: lin(x), params_and(lin, x))
-    report("linear/512/n64", "Linear 512->512", "[64,512]", f, b)
+    report("lone/linear/512/n64", "Linear 512->512", "[64,512]", f, b)
 
 
 # ---- one training step of a small U-Net (the architecture of bench/bench.lua) -------------------
@@ -255,7 +296,7 @@ class SmallUNet(nn.Module):
         return self.out(u1)
 
 
-@case("unet_step/n64")
+@case("lone/unet_step/n64")
 def unet_case():
     net = SmallUNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -268,7 +309,7 @@ def unet_case():
 
     f, b = measure(lambda: F.mse_loss(net(x), target), backward=backward,
                    after=lambda: opt.zero_grad(set_to_none=True))
-    report("unet_step/n64", "U-Net train step (fwd; bwd+Adam)", "[64,1,28,28]", f, b)
+    report("lone/unet_step/n64", "U-Net train step (fwd; bwd+Adam)", "[64,1,28,28]", f, b)
 
 
 # ---- ODE: RK4 over a conv block, written out as tensor ops (cunet: cn.odeint and a Lua loop) ----
@@ -300,16 +341,16 @@ def rk4_by_hand(f, z, t0, t1, steps):
     return z
 
 
-@case("ode_rk4/odeint", "ode_rk4/by_hand")
+@case("lone/ode_rk4/odeint", "lone/ode_rk4/by_hand")
 def ode_case():
     f, z0, grads = ode_setup()
     fwd, bwd = measure(lambda: rk4_by_hand(f, z0, 0.0, 1.0, ODE_STEPS), grads)
     # the same row serves both cunet rows (cn.odeint and the Lua loop): one reference
-    report("ode_rk4/odeint", "RK4 ODE, by hand in torch", "[16,64,14,14] 4 steps", fwd, bwd)
-    report("ode_rk4/by_hand", "RK4 ODE, by hand in torch", "[16,64,14,14] 4 steps", fwd, bwd)
+    report("lone/ode_rk4/odeint", "RK4 ODE, by hand in torch", "[16,64,14,14] 4 steps", fwd, bwd)
+    report("lone/ode_rk4/by_hand", "RK4 ODE, by hand in torch", "[16,64,14,14] 4 steps", fwd, bwd)
 
 
-@case("ode_rk4/odeint_nograd", "ode_rk4/by_hand_nograd")
+@case("lone/ode_rk4/odeint_nograd", "lone/ode_rk4/by_hand_nograd")
 def ode_nograd_case():
     f, z0, _ = ode_setup()
 
@@ -318,13 +359,63 @@ def ode_nograd_case():
             return rk4_by_hand(f, z0, 0.0, 1.0, ODE_STEPS)
 
     fwd, _ = measure(forward, forward_only=True)
-    report("ode_rk4/odeint_nograd", "RK4 ODE, by hand, no_grad", "[16,64,14,14] 4 steps", fwd, None)
-    report("ode_rk4/by_hand_nograd", "RK4 ODE, by hand, no_grad", "[16,64,14,14] 4 steps", fwd, None)
+    report("lone/ode_rk4/odeint_nograd", "RK4 ODE, by hand, no_grad", "[16,64,14,14] 4 steps", fwd, None)
+    report("lone/ode_rk4/by_hand_nograd", "RK4 ODE, by hand, no_grad", "[16,64,14,14] 4 steps", fwd, None)
 
 
-for keys, fn in cases:
-    if FILTER is None or any(FILTER in key for key in keys):
-        fn()
+# ---- whole models (bench/models.lua, bench/models_torch.py) -------------------------------------------
+
+def wanted(key):
+    return not FILTER or any(term in key for term in FILTER)
+
+
+def model_cases(m, selected):
+    """The cases of one described model; the model is built once (with cunet's parameter counts)."""
+    model = models_torch.build(m)
+    total_params, trainable = models_torch.count(model)
+    c, h, w = m["shape"]
+    for cs in selected:
+        n = cs["batch"]
+        x, target = torch.randn(n, c, h, w), torch.randn(n, c, h, w)
+        t = torch.randint(0, m["num_timesteps"], (n,))  # 0-based, as the PyTorch modules take it
+        if cs["mode"] == "fwd":
+            model.eval()
+
+            def forward():
+                with torch.no_grad():
+                    return model(x, t)
+
+            f, b, ms = measure(forward, forward_only=True, total=True, slow_reps=True)
+        else:
+            model.train()
+            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+            def backward(loss):
+                loss.backward()
+                opt.step()
+
+            f, b, ms = measure(lambda: F.mse_loss(model(x, t), target), backward=backward,
+                               after=lambda: opt.zero_grad(set_to_none=True), total=True, slow_reps=True)
+        shape = f"[{n},{c},{h},{w}]"
+        what = "forward" if cs["mode"] == "fwd" else "train step"
+        out.write(f"MODEL\t{cs['key']}\t{m['label']}\t{what}\t{shape}\t{ms:.4f}\t{f:.4f}\t{fmt(b)}\t-\t"
+                  f"{total_params}\t{trainable}\n")
+        out.flush()
+        sys.stderr.write(f"  torch  {cs['key']:<36} {shape:<16} {ms:10.2f} ms ({SETTING})\n")
+
+
+if PART == "lone":
+    for keys, fn in cases:
+        if any(wanted(key) for key in keys):
+            fn()
+else:
+    import models_torch  # noqa: E402  (bench/models_torch.py: this script's directory is on sys.path)
+    info("torch_setting", SETTING)
+    desc = models_torch.describe()
+    for m in desc["models"]:
+        selected = [cs for cs in desc["cases"] if cs["model"] == m["name"] and wanted(cs["key"])]
+        if selected:
+            model_cases(m, selected)
 
 if out is not sys.stdout:
     out.close()
