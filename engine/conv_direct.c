@@ -2,9 +2,11 @@
  *
  *   y[o, oy, ox] = bias[o] + sum_{c, i, j} w[o, c, i, j] · xp[c, (oy + i)·Wp + ox + j]
  *
- * with xp the image zero-padded by (pH, pW) and flattened with row width Wp = W + 2 pW. The
+ * with xp the image zero-padded by (pH, pW) and flattened with row width Wp = W + pW (+ e): a row's
+ * right padding is the next row's left padding, since a tap that runs past the right edge lands
+ * there (e = max(0, pW - kW + 1) extra zero columns only where the output is wider than that). The
  * output is computed on the same flat grid, q = oy·Wp + ox for ox < Wp: the last Wp - Wo columns
- * of each row are wasted work (kW - 1 of Wp), thrown away when the grid is copied out. In exchange
+ * of each row are wasted work (1 of W + 1 for 3×3 "same"), thrown away when the grid is copied out. In exchange
  * every tap is one constant offset, so a block of OB output channels × PB vectors of 16 outputs
  * is OB·PB accumulators fed, per input channel and tap, by PB loads and OB broadcast weights:
  * 16 FMAs for 8 loads at OB = PB = 4, which keeps the FMA units busy from L1/L2.
@@ -29,7 +31,10 @@ typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned loa
 
 static int out_h(const cn_direct_geom *g) { return g->H + 2 * g->ph - g->kh + 1; }
 static int out_w(const cn_direct_geom *g) { return g->W + 2 * g->pw - g->kw + 1; }
-static int pad_w(const cn_direct_geom *g) { return g->W + 2 * g->pw; }
+static int pad_w(const cn_direct_geom *g) {
+    int extra = g->pw - g->kw + 1;
+    return g->W + g->pw + (extra > 0 ? extra : 0);
+}
 static int blocks_o(const cn_direct_geom *g) { return (g->O + OB - 1) / OB; }
 
 /* Outputs on the flat grid, rounded up to whole blocks. */
