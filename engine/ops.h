@@ -83,6 +83,9 @@ cn_tensor *cn_argmax(const cn_tensor *t, bool dim_given, int dim, bool keepdim, 
 /* Matrix product as torch.matmul for 1-d, 2-d and batched (3-d and more, batch dims broadcast)
  * operands, through cblas_sgemm. Messages name both shapes. */
 cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err);
+/* Makes OpenBLAS run every call on its caller's thread (process-wide, once; cn_gemm does it on
+ * first use): the engine's threads are OpenMP's alone. */
+void cn_blas_single_thread(void);
 /* C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C on raw row-major buffers (threaded BLAS;
  * never call from inside an OpenMP parallel region). */
 void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,

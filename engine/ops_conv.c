@@ -56,9 +56,6 @@
 #define PARALLEL_MIN 32768       /* element operations below which a loop stays serial */
 #define THREAD_CHUNK_FLOATS (1 << 18) /* cap on a chunk's im2col buffer on such a thread (1 MB) */
 
-/* OpenBLAS's thread count (process-wide); declared here as in engine/lua/l_sys.c. */
-void openblas_set_num_threads(int num_threads);
-int openblas_get_num_threads(void);
 
 typedef struct conv_geom {
     int64_t N;
@@ -520,10 +517,7 @@ static int run_conv(const conv_geom *geom, const conv_job *job, const char *fnam
         if (chunks > g->N) chunks = g->N;
         conv_geom gs = gl; /* inside the region the loops stay serial */
         gs.parallel = false;
-        /* OpenBLAS (pthreads build) serialises threaded GEMMs behind one lock, and its thread
-         * count is process-wide: set to 1, each call runs on its caller's thread, concurrently. */
-        int blas_threads = openblas_get_num_threads();
-        openblas_set_num_threads(1);
+        /* cn_gemm runs OpenBLAS single-threaded: each call on its caller's thread, concurrently */
         #pragma omp parallel num_threads(pl.threads)
         {
             size_t t = (size_t)omp_get_thread_num();
@@ -543,7 +537,6 @@ static int run_conv(const conv_geom *geom, const conv_job *job, const char *fnam
                 }
             }
         }
-        openblas_set_num_threads(blas_threads);
         for (size_t t = 1; t < nt && dw_n; t++) /* dW = thread 0's part + the others' in order */
             for (size_t k = 0; k < dw_n; k++) job->dw[k] += dw_part[dw_n * (t - 1) + k];
     }

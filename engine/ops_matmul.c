@@ -10,18 +10,43 @@
  * cannot address (e.g. an expanded or doubly strided one) is copied with cn_contiguous.
  * When the right operand has no batch dims and the left one's batch and row dims collapse into one
  * stride, the whole batch is a single GEMM of batch*m rows. Batches otherwise loop here, serially:
- * OpenBLAS threads each GEMM itself.
+ * cn_gemm spreads each big GEMM over the OpenMP threads itself.
  */
 #include <cblas.h>
 #include <limits.h>
+#include <omp.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "autograd.h"
 #include "ops.h"
 #include "profile.h"
 
+/* One threading model: OpenBLAS always runs on its caller's thread (its own pthreads spin in
+ * sched_yield between calls and fight OpenMP's threads for the cores; measured 5-6% of a cU-Net
+ * forward in the scheduler), and a product big enough to share is split here, over OpenMP threads
+ * (passive when idle), into blocks of C's columns or rows, one single-threaded GEMM each. */
+void openblas_set_num_threads(int num_threads);
+
+#define GEMM_SPLIT_MACS 2.0e6 /* multiply-adds below which a product stays on one thread */
+#define GEMM_SPLIT_ALIGN 16   /* block edges on multiples of a vector */
+
+static atomic_int blas_single;
+
+void cn_blas_single_thread(void) {
+    if (!atomic_load_explicit(&blas_single, memory_order_relaxed) && !atomic_exchange(&blas_single, 1))
+        openblas_set_num_threads(1);
+}
+
+static void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                  const float *b, int ldb, float beta, float *c, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m, n,
+                k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
              const float *b, int ldb, float beta, float *c, int ldc) {
+    cn_blas_single_thread();
     if (m <= 0 || n <= 0) return;
     if (k <= 0) { /* BLAS may skip the beta scaling when k == 0: do it here */
         for (int i = 0; i < m; i++) {
@@ -47,8 +72,27 @@ void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const
                     trans_b ? k : n, alpha, b, ldb, a, inca, beta, c, 1);
         return;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    bool by_cols = n >= m;
+    int span = by_cols ? n : m, parts = span / GEMM_SPLIT_ALIGN;
+    if (parts > threads) parts = threads;
+    if (parts < 2 || (double)m * n * k < GEMM_SPLIT_MACS) {
+        sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    int blocks = (span + GEMM_SPLIT_ALIGN - 1) / GEMM_SPLIT_ALIGN;
+    #pragma omp parallel for schedule(static) num_threads(parts)
+    for (int p = 0; p < parts; p++) {
+        int lo = blocks * p / parts * GEMM_SPLIT_ALIGN, hi = blocks * (p + 1) / parts * GEMM_SPLIT_ALIGN;
+        if (hi > span) hi = span;
+        if (lo >= hi) continue;
+        if (by_cols) /* C[:, lo:hi] = op(A) @ op(B)[:, lo:hi] */
+            sgemm(trans_a, trans_b, m, hi - lo, k, alpha, a, lda, trans_b ? b + (size_t)lo * ldb : b + lo, ldb,
+                  beta, c + lo, ldc);
+        else /* C[lo:hi, :] = op(A)[lo:hi, :] @ op(B) */
+            sgemm(trans_a, trans_b, hi - lo, n, k, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b, ldb,
+                  beta, c + (size_t)lo * ldc, ldc);
+    }
 }
 
 /* A matmul operand seen as [batch..., rows, cols] with strides, after 1-D promotion. */

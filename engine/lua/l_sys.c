@@ -7,8 +7,7 @@
 
 #include "binding.h"
 
-/* OpenBLAS's own thread control (declared here: cblas.h does not in every version) */
-void openblas_set_num_threads(int num_threads);
+/* OpenBLAS's own thread count (declared here: cblas.h does not in every version) */
 int openblas_get_num_threads(void);
 
 /* cn.time() -> seconds from a monotonic clock (wall time, unlike os.clock's CPU time) */
@@ -30,16 +29,16 @@ static int l_isatty(lua_State *L) {
     return 1;
 }
 
-/* cn.set_num_threads(n): threads for OpenMP loops and OpenBLAS */
+/* cn.set_num_threads(n): threads for every parallel loop and product (OpenMP; OpenBLAS itself
+ * always runs on its caller's thread: cn_gemm in ops_matmul.c spreads big products) */
 static int l_set_num_threads(lua_State *L) {
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 1 && n <= 1024, 1, "thread count must be in 1..1024");
     omp_set_num_threads((int)n);
-    openblas_set_num_threads((int)n);
     return 0;
 }
 
-/* cn.num_threads() -> OpenMP threads, OpenBLAS threads */
+/* cn.num_threads() -> OpenMP threads, OpenBLAS threads (1: see cn_blas_single_thread) */
 static int l_num_threads(lua_State *L) {
     lua_pushinteger(L, omp_get_max_threads());
     lua_pushinteger(L, openblas_get_num_threads());
@@ -51,5 +50,6 @@ void cnl_open_sys(lua_State *L) {
         {"time", l_time}, {"isatty", l_isatty}, {"set_num_threads", l_set_num_threads},
         {"num_threads", l_num_threads}, {NULL, NULL},
     };
+    cn_blas_single_thread();
     cnl_register(L, NULL, functions);
 }
