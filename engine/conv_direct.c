@@ -51,6 +51,10 @@ static size_t plane_len(const cn_direct_geom *g) {
     return (n + VL - 1) / VL * VL;
 }
 
+double cn_direct_grid_use(const cn_direct_geom *g) {
+    return (double)out_h(g) * out_w(g) / (double)grid_len(g);
+}
+
 size_t cn_direct_weight_floats(const cn_direct_geom *g) {
     return (size_t)blocks_o(g) * OB * g->C * g->kh * g->kw;
 }

@@ -20,6 +20,9 @@ typedef struct cn_direct_geom {
     int C, H, W, O, kh, kw, ph, pw;
 } cn_direct_geom;
 
+/* The share of the kernel's work that is output: Ho·Wo over the flat grid it computes (rows of
+ * Wp, rounded up to whole blocks of 64); small for tiny images (3×3: 9 of 64). */
+double cn_direct_grid_use(const cn_direct_geom *g);
 /* Floats of the packed weight (cn_direct_pack_weight). */
 size_t cn_direct_weight_floats(const cn_direct_geom *g);
 /* Floats of scratch one image needs (padded image and output grid); 64-byte aligned by caller. */

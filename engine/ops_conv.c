@@ -375,6 +375,9 @@ static bool direct_applies(const conv_geom *g, const conv_job *job) {
  * at 70-100 GFLOP/s while the GEMM route's copies hold it to 43-86 up to K = C·kH·kW = 576; at
  * K = 1152 (128 channels, 3×3) the GEMM is ahead (93 against 88 at 16², 89 against 56 at 8²). */
 #define DIRECT_MAX_K 864
+/* Tiny images waste most of the direct kernel's blocks (3×3 planes: 14 GFLOP/s, against 21-31 for
+ * the GEMM route's chunks of images); 7×7 (49 of 64) still gains. */
+#define DIRECT_MIN_GRID_USE 0.5
 #define DIRECT_WEIGHT_CHUNK_FLOATS (1 << 17) /* 512 KB of images per weight-gradient chunk */
 
 static _Atomic cn_conv_route route_choice = CN_CONV_AUTO;
@@ -399,7 +402,9 @@ static bool use_direct(const conv_geom *g, const conv_job *job) {
     if (r == CN_CONV_GEMM || !(direct_applies(g, job) || weight)) return false;
     if (r == CN_CONV_DIRECT) return true;
     if (weight && (plane_p(g) < DIRECT_WEIGHT_MIN_PLANE || g->O < DIRECT_WEIGHT_MIN_OUT)) return false;
-    return g->C * g->kh * g->kw <= DIRECT_MAX_K;
+    cn_direct_geom dg = {.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
+                         .ph = g->ph, .pw = g->pw};
+    return g->C * g->kh * g->kw <= DIRECT_MAX_K && cn_direct_grid_use(&dg) >= DIRECT_MIN_GRID_USE;
 }
 
 /* dW = sum over images of the direct weight gradient: each thread its images and its own partial
