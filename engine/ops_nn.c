@@ -187,16 +187,30 @@ cn_tensor *cn_dropout(const cn_tensor *x, double p, bool training, cn_error *err
     if (!mask) return NULL;
     float *m = cn_data(mask);
     size_t count = cn_numel(mask);
+    cn_tensor *r = NULL;
     if (p == 1.0) {
         memset(m, 0, count * sizeof *m);
     } else {
         cn_rng_uniform(m, count, 0.0f, 1.0f);
         float scale = (float)(1.0 / (1.0 - p));
+        if (cn_is_contiguous(x)) { /* mask and output in one pass */
+            if (!(r = cn_empty(x->ndim, x->shape, err))) {
+                cn_release(mask);
+                return NULL;
+            }
+            const float *xv = cn_data(x);
+            float *y = cn_data(r);
 #pragma omp parallel for schedule(static) if (count > PARALLEL_MIN)
-        for (size_t i = 0; i < count; i++) m[i] = (double)m[i] < p ? 0.0f : scale;
+            for (size_t i = 0; i < count; i++) {
+                m[i] = (double)m[i] < p ? 0.0f : scale;
+                y[i] = xv[i] * m[i];
+            }
+        } else {
+#pragma omp parallel for schedule(static) if (count > PARALLEL_MIN)
+            for (size_t i = 0; i < count; i++) m[i] = (double)m[i] < p ? 0.0f : scale;
+        }
     }
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = cn_binary(CN_MUL, x, mask, err));
+    if (!r) CN_WITHOUT_GRAD(r = cn_binary(CN_MUL, x, mask, err));
     cn_node *node;
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_dropout, 1, &in, &node, err);
