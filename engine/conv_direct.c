@@ -260,7 +260,7 @@ void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *
     {
         #pragma omp for schedule(static)
         for (int c = 0; c < g->C; c++) pad_plane(g, x, c, xp + (size_t)c * Lp, Lp);
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, 1) /* a thread on a shared core takes fewer blocks */
         for (int b = 0; b < nb; b++) block_rows(g, xp, Lp, wp, b, offs, grid, L);
         #pragma omp for schedule(static)
         for (int o = 0; o < g->O; o++) { /* the grid's valid columns out, with the bias */
