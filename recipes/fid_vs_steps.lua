@@ -4,11 +4,17 @@
 --
 --   cunet recipes/fid_vs_steps.lua --ckpt runs/unet/checkpoint.safetensors --sampler ddim --steps 1,2,5,10,20,50 --n 1000
 --   cunet recipes/fid_vs_steps.lua --ckpt runs/cunet/checkpoint.safetensors --sampler ddpm --dataset fashion-mnist
+--   cunet recipes/fid_vs_steps.lua --ckpt C --sampler ddim --spacing trailing --steps 1,2,3,5,10,20,50,100
+--   cunet recipes/fid_vs_steps.lua --ckpt C --sampler dpmpp_2m --steps 5,10,20
+--   cunet recipes/fid_vs_steps.lua --ckpt C --sampler ode --ode-method dopri5 --rtol 1e-2,1e-3,1e-4   -- FID against NFE
 --
 -- For every step count it draws --n samples (the same seeds for every count), scores them against
 -- the cached statistics of the real split with the classifier features (lua/cunet/fid.lua: not
 -- comparable with Inception-FID), and times the generation. Writes <out>/fid_vs_steps_<sampler>.csv
--- and .png, prints the table and the best step count.
+-- and .png (the name also carries a --spacing other than auto, --variance posterior and the ODE's
+-- method: fid_vs_steps_ddim_trailing.csv, fid_vs_steps_ode_dopri5.csv), prints the table and the best
+-- step count. The probability-flow ODE with an adaptive method scans --rtol instead of --steps; its
+-- rows are keyed by the model evaluations (NFE) they took.
 
 local cn = require "cunet"
 local cli = require "cunet.cli"
@@ -18,27 +24,29 @@ local progress = require "cunet.progress"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local fs = require "cunet.fs"
+local diffusion = require "cunet.diffusion"
 
-local args = cli.parse(arg, {
+local spec = {
   name = "fid_vs_steps",
   usage = "cunet recipes/fid_vs_steps.lua --ckpt PATH [options]",
   description = "FID and KID (classifier features) and time per sample against the number of sampling steps.",
   options = {
     {"ckpt", "runs/unet/checkpoint.safetensors", "training checkpoint (recipes/train_unet.lua)"},
-    {"sampler", "ddim", "ddim | ddpm (fewer ddpm steps than T run on the respaced schedule)", choices = {"ddim", "ddpm"}},
-    {"steps", "1,2,5,10,20,50", "step counts, comma-separated"},
+    {"steps", nil, "step counts, comma-separated (default 1,2,5,10,20,50; fewer ddpm steps than T run on the respaced "
+      .. "schedule; ode: the fixed-step solver's steps)", type = "string"},
     {"n", 1000, "samples per step count", integer = true, min = 2},
     {"batch", 250, "samples generated at once", integer = true, min = 1},
     {"dataset", "mnist", "the data set the checkpoint was trained on: mnist | fashion-mnist (its classifier is the feature network)"},
     {"split", "train", "the real split the statistics come from (mnist: train 9,000 | test 1,000; fashion-mnist: train | test)"},
-    {"eta", 0, "DDIM eta", min = 0},
     {"ema", true, "the EMA weights (--no-ema: the trained ones)"},
     {"seed", 0, "noise seed (the same for every step count)", integer = true, min = 0},
     {"out", "runs/fid_vs_steps", "output directory for the CSV and the plot"},
     {"append", false, "extend the CSV already in --out (same checkpoint, sampler and n): its rows are kept, these step counts added or replaced"},
     {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   },
-})
+}
+for i, o in ipairs(train.sampler_cli_options(true)) do table.insert(spec.options, 1 + i, o) end
+local args = cli.parse(arg, spec)
 
 local function fail(msg)
   io.stderr:write("fid_vs_steps: " .. msg .. "\n")
@@ -46,13 +54,34 @@ local function fail(msg)
 end
 
 if args.threads > 0 then cn.set_num_threads(args.threads) end
-local steps = {}
-for s in args.steps:gmatch("[^,]+") do
-  local v = math.tointeger(tonumber(s))
-  if not v or v < 1 then fail("--steps must be positive integers separated by commas, got " .. args.steps) end
-  steps[#steps + 1] = v
+local gen = train.sampler_args(args, fail)
+
+-- a comma-separated list of numbers (integers >= 1 when `integer`)
+local function numbers(flag, text, integer)
+  local out = {}
+  for item in text:gmatch("[^,]+") do
+    local v = tonumber(item)
+    if integer then v = math.tointeger(v) end
+    if not v or not (v > 0) or (integer and v < 1) then
+      fail(string.format("--%s must be %s separated by commas, got %s", flag, integer and "positive integers" or "numbers > 0", text))
+    end
+    out[#out + 1] = v
+  end
+  if #out == 0 then fail("--" .. flag .. " is empty") end
+  return out
 end
-if #steps == 0 then fail("--steps is empty") end
+
+-- the rows to measure: {steps =} each, or {rtol =, atol =} for the ODE with an adaptive method
+local runs = {}
+if gen.rtol then
+  if args.steps then fail("--steps is for the fixed-step --ode-method (rk4, ...), not " .. gen.ode_method .. ": it scans --rtol") end
+  local rtols = numbers("rtol", tostring(gen.rtol))
+  local atols = numbers("atol", tostring(gen.atol))
+  if #atols ~= 1 and #atols ~= #rtols then fail(string.format("--atol gives %d values for %d of --rtol (give one, or one each)", #atols, #rtols)) end
+  for i, r in ipairs(rtols) do runs[i] = { rtol = r, atol = atols[#atols == 1 and 1 or i] } end
+else
+  for i, v in ipairs(numbers("steps", args.steps or "1,2,5,10,20,50", true)) do runs[i] = { steps = v } end
+end
 
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, { ema = args.ema })
@@ -70,40 +99,51 @@ print(string.format("checkpoint %s: step %d, %s weights, %s, T = %d, %s predicti
   args.n))
 
 -- --append reads the earlier scan first, so a mismatch is refused before any sampling
-local base = string.format("%s/fid_vs_steps_%s", args.out, args.sampler)
+local variant = args.sampler .. (gen.spacing and "_" .. gen.spacing or "") .. (gen.variance == "posterior" and "_posterior" or "")
+  .. (gen.ode_method and "_" .. gen.ode_method or "")
+local base = string.format("%s/fid_vs_steps_%s", args.out, variant)
+local spacing = gen.spacing or (args.sampler == "ode" and "-") or diffusion.default_spacing[args.sampler]
 local earlier = {}
 if args.append and fs.exists(base .. ".csv") then
   local err
   earlier, err = fid.read_scan(base .. ".csv")
   if not earlier then fail(err) end
   for _, r in ipairs(earlier) do
-    if r.sampler ~= args.sampler or r.n ~= args.n or r.checkpoint ~= args.ckpt then
-      fail(string.format("%s.csv holds another scan (%s, n = %s, %s); --append needs the same sampler, --n and --ckpt",
-        base, r.sampler, r.n, r.checkpoint))
+    if r.sampler ~= args.sampler or r.n ~= args.n or r.checkpoint ~= args.ckpt or (r.spacing and r.spacing ~= spacing) then
+      fail(string.format("%s.csv holds another scan (%s %s, n = %s, %s); --append needs the same sampler, spacing, --n and --ckpt",
+        base, r.sampler, r.spacing or "", r.n, r.checkpoint))
     end
   end
 end
 
 local rows = {}
-for _, count in ipairs(steps) do
-  if count > sched.T then fail(string.format("%d steps is more than T = %d", count, sched.T)) end
-  local bar = progress.new(args.n, { label = string.format("%s %d steps", args.sampler, count), unit = "img" })
-  local parts, done, seconds = {}, 0, 0
+for _, run in ipairs(runs) do
+  local count = run.steps
+  if count and count > sched.T and args.sampler ~= "ode" then fail(string.format("%d steps is more than T = %d", count, sched.T)) end
+  local label = count and string.format("%s %d steps", variant, count) or string.format("%s rtol %g", variant, run.rtol)
+  local bar = progress.new(args.n, { label = label, unit = "img" })
+  local parts, done, seconds, nfe = {}, 0, 0, 0
   local batch_index = 0
   while done < args.n do
     local b = math.min(args.batch, args.n - done)
     local t0 = cn.time()
-    local x = train.generate(model, sched, { b, shape[1], shape[2], shape[3] }, { sampler = args.sampler, steps = count,
-      eta = args.eta, prediction = ck.prediction, seed = args.seed + batch_index })
+    local opts = {}
+    for k, v in pairs(gen) do opts[k] = v end
+    opts.steps, opts.rtol, opts.atol = count, run.rtol, run.atol
+    opts.prediction, opts.seed = ck.prediction, args.seed + batch_index
+    local x, info = train.generate(model, sched, { b, shape[1], shape[2], shape[3] }, opts)
     seconds = seconds + (cn.time() - t0)
+    nfe = nfe + info.nfe * b
     parts[#parts + 1] = x
     done, batch_index = done + b, batch_index + 1
     bar:update(done)
   end
   bar:finish()
+  nfe = nfe / args.n -- an adaptive solver's count may differ from batch to batch: the mean per sample
   local samples = #parts == 1 and parts[1] or cn.cat(parts, 1)
   local r = fid.score(samples, args.dataset, { split = args.split })
-  rows[#rows + 1] = { steps = count, fid = r.fid, kid = r.kid, kid_std = r.kid_std, seconds = seconds / args.n }
+  rows[#rows + 1] = { steps = count or math.floor(nfe + 0.5), fid = r.fid, kid = r.kid, kid_std = r.kid_std, seconds = seconds / args.n,
+    nfe = nfe, rtol = run.rtol, atol = run.atol }
   samples, parts = nil, nil
   collectgarbage("collect")
 end
@@ -127,28 +167,32 @@ fs.mkdir_p(args.out)
 local f = assert(io.open(base .. ".csv", "w"))
 f:write(fid.SCAN_HEADER, "\n")
 for _, r in ipairs(rows) do
-  f:write(string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s\n", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
-    args.sampler, args.dataset, args.split, args.ckpt))
+  f:write(string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s,%.9g,%s,%s,%s,%s,%s\n", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
+    args.sampler, args.dataset, args.split, args.ckpt, r.nfe or r.steps, spacing, gen.variance or "-", gen.ode_method or "-",
+    r.rtol and string.format("%g", r.rtol) or "-", r.atol and string.format("%g", r.atol) or "-"))
 end
 f:close()
 
 local xs, ys = {}, {}
-for i, r in ipairs(rows) do xs[i], ys[i] = r.steps, r.fid end
+local by_nfe = args.sampler == "ode"
+for i, r in ipairs(rows) do xs[i], ys[i] = by_nfe and (r.nfe or r.steps) or r.steps, r.fid end
 local png, err = plot.lines(base .. ".png", {
-  title = string.format("%s vs sampling steps (%s, %s, n = %d)", fid.NAME, args.sampler:upper(), args.dataset, args.n),
-  xlabel = "sampling steps", ylabel = fid.NAME .. " (lower is better)",
-  series = { { name = args.sampler:upper(), x = xs, y = ys } },
+  title = string.format("%s vs %s (%s, %s, n = %d)", fid.NAME, by_nfe and "model evaluations" or "sampling steps",
+    variant:upper(), args.dataset, args.n),
+  xlabel = by_nfe and "model evaluations (NFE)" or "sampling steps", ylabel = fid.NAME .. " (lower is better)",
+  series = { { name = variant:upper(), x = xs, y = ys } },
   logx = #rows > 1 and rows[#rows].steps / rows[1].steps >= 10, csv = false,
 })
 
 print("")
-print(string.format("%8s  %26s  %26s  %14s", "steps", fid.NAME, fid.KID_NAME, "s per sample"))
+print(string.format("%8s  %8s  %26s  %26s  %14s%s", "steps", "NFE", fid.NAME, fid.KID_NAME, "s per sample",
+  gen.rtol and "  rtol / atol" or ""))
 for _, r in ipairs(rows) do
-  print(string.format("%8d  %26.3f  %17.4f ± %6.4f  %14.4f%s", r.steps, r.fid, r.kid, r.kid_std, r.seconds,
-    r == best and "  <- best" or ""))
+  print(string.format("%8d  %8.1f  %26.3f  %17.4f ± %6.4f  %14.4f%s%s", r.steps, r.nfe or r.steps, r.fid, r.kid, r.kid_std, r.seconds,
+    r.rtol and string.format("  %g / %g", r.rtol, r.atol) or "", r == best and "  <- best" or ""))
 end
 print(string.format("best: %d steps, %s %.3f, %.4f s per sample (%s, %d samples)", best.steps, fid.NAME, best.fid,
-  best.seconds, args.sampler, args.n))
+  best.seconds, variant, args.n))
 print(string.format("%s is not comparable with Inception-FID (the paper's Table 1).", fid.NAME))
 print("wrote " .. base .. ".csv")
 if png then print("wrote " .. png) else print(err) end

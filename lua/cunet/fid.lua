@@ -234,10 +234,14 @@ function M.score(samples, dataset, opts)
 end
 
 --- The header of the CSV recipes/fid_vs_steps.lua writes, one row per step count.
-M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint"
+-- The columns after checkpoint (nfe: model evaluations per sample; spacing, variance, ode_method, rtol,
+-- atol: "-" where the sampler has none) came with the DPM-Solver++ and ODE samplers; older CSVs lack them.
+M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,"
+  .. "nfe,spacing,variance,ode_method,rtol,atol"
 
---- read_scan(path) -> rows {steps=, fid=, kid=, kid_std=, seconds=, n=, sampler=, dataset=, split=, checkpoint=}
--- of a fid_vs_steps CSV, or nil and a message naming the file (unreadable, another header, a bad row).
+--- read_scan(path) -> rows {steps=, fid=, kid=, kid_std=, seconds=, n=, sampler=, dataset=, split=, checkpoint=,
+-- and where the CSV has them nfe=, spacing=, variance=, ode_method=, rtol=, atol=} of a fid_vs_steps CSV,
+-- or nil and a message naming the file (unreadable, another header, a bad row).
 function M.read_scan(path)
   local f = io.open(path, "r")
   if not f then return nil, "cannot read " .. path end
@@ -256,7 +260,8 @@ function M.read_scan(path)
       return nil, string.format("%s: bad row '%s'", path, line)
     end
     rows[#rows + 1] = { steps = steps, fid = value, kid = tonumber(v[3]), kid_std = tonumber(v[4]), seconds = seconds,
-      n = n, sampler = v[7], dataset = v[8], split = v[9], checkpoint = v[10] }
+      n = n, sampler = v[7], dataset = v[8], split = v[9], checkpoint = v[10], nfe = tonumber(v[11]), spacing = v[12],
+      variance = v[13], ode_method = v[14], rtol = tonumber(v[15]), atol = tonumber(v[16]) }
   end
   f:close()
   return rows

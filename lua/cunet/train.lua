@@ -218,40 +218,112 @@ end
 
 -- ---- sampling --------------------------------------------------------------------------------------
 
+--- The samplers train.generate runs, and the options each takes from generate's opts.
+M.SAMPLERS = {"ddim", "ddpm", "dpmpp_2m", "ode"}
+local SAMPLER_OPTIONS = {
+  ddim = {"steps", "eta", "spacing"},
+  ddpm = {"steps", "spacing", "variance"},
+  dpmpp_2m = {"steps", "spacing"},
+  ode = {"steps", "ode_method", "rtol", "atol"},
+}
+
 --- Samples images [shape] from model under sched, in eval mode with grad off. opts: sampler
--- ("ddim" | "ddpm"), steps (ddim: 50; ddpm: T — fewer steps run DDPM on the respaced schedule of
--- Nichol & Dhariwal 2021: the DDIM timesteps with betas recomputed from alpha_bar), eta (DDIM),
--- prediction, clip_x0 (true), seed (draw from this seed; the global RNG is left as it was).
+-- ("ddim" | "ddpm" | "dpmpp_2m" | "ode"; diffusion.sample_* of that name), steps (ddim: 50;
+-- ddpm: T — fewer run DDPM on the respaced schedule; dpmpp_2m: 20; ode: the fixed-step solver's
+-- steps, 10), spacing (ddim, ddpm, dpmpp_2m: diffusion.ddim_timesteps' spacings; the sampler's
+-- default when nil), eta (ddim), variance (ddpm: "beta" | "posterior"), ode_method, rtol, atol
+-- (ode: cn.odeint's method, "rk4" by default; tolerances of an adaptive one), prediction, clip_x0
+-- (true), seed (draw from this seed; the global RNG is left as it was). An option the chosen
+-- sampler does not read is an error. Returns the samples and {nfe = model evaluations}.
 function M.generate(model, sched, shape, opts)
-  opts = options.check(opts, {"sampler", "steps", "eta", "prediction", "clip_x0", "seed"}, "train.generate")
+  opts = options.check(opts, {"sampler", "steps", "eta", "spacing", "variance", "ode_method", "rtol", "atol",
+    "prediction", "clip_x0", "seed"}, "train.generate")
   local sampler = opts.sampler or "ddim"
-  local sopts = {prediction = opts.prediction, clip_x0 = opts.clip_x0 ~= false, seed = opts.seed, eta = opts.eta}
+  local own = SAMPLER_OPTIONS[sampler]
+  if not own then error("generate: sampler must be one of " .. table.concat(M.SAMPLERS, ", ") .. ", got " .. tostring(sampler), 0) end
+  local reads = {}
+  for _, k in ipairs(own) do reads[k] = true end
+  for _, k in ipairs{"eta", "spacing", "variance", "ode_method", "rtol", "atol"} do
+    if opts[k] ~= nil and not reads[k] then
+      error(string.format("generate: option '%s' does not apply to the %s sampler (it reads %s)", k, sampler,
+        table.concat(own, ", ")), 0)
+    end
+  end
+  local sopts = {prediction = opts.prediction, clip_x0 = opts.clip_x0 ~= false, seed = opts.seed}
   local was_training = model.training
   model:eval()
-  local ok, x = pcall(function()
+  local ok, x, nfe = pcall(function()
     if sampler == "ddim" then
-      sopts.steps = math.min(opts.steps or 50, sched.T)
-      return (diffusion.sample_ddim(sched, model, shape, sopts))
-    elseif sampler ~= "ddpm" then
-      error("generate: sampler must be 'ddim' or 'ddpm', got " .. tostring(sampler), 0)
+      sopts.steps, sopts.eta, sopts.spacing = math.min(opts.steps or 50, sched.T), opts.eta, opts.spacing
+      local x = diffusion.sample_ddim(sched, model, shape, sopts)
+      return x, #diffusion.ddim_timesteps(sched, sopts.steps, opts.spacing)
+    elseif sampler == "ddpm" then
+      sopts.steps, sopts.spacing, sopts.variance = math.min(opts.steps or sched.T, sched.T), opts.spacing, opts.variance
+      local x = diffusion.sample_ddpm(sched, model, shape, sopts)
+      return x, #diffusion.ddim_timesteps(sched, sopts.steps, opts.spacing)
+    elseif sampler == "dpmpp_2m" then
+      sopts.steps, sopts.spacing = math.min(opts.steps or 20, sched.T), opts.spacing
+      local x = diffusion.sample_dpmpp_2m(sched, model, shape, sopts)
+      return x, #diffusion.ddim_timesteps(sched, sopts.steps, opts.spacing or diffusion.default_spacing.dpmpp_2m)
     end
-    sopts.eta = nil
-    local steps = math.min(opts.steps or sched.T, sched.T)
-    if steps == sched.T then return (diffusion.sample_ddpm(sched, model, shape, sopts)) end
-    local ts = diffusion.ddim_timesteps(sched, steps)
-    table.sort(ts)
-    local betas, prev = {}, 1
-    for i, t in ipairs(ts) do
-      betas[i] = 1 - sched.alpha_bar[t] / prev
-      prev = sched.alpha_bar[t]
-    end
-    local respaced = diffusion.schedule(betas)
-    local original_t = cn.tensor(ts)
-    return (diffusion.sample_ddpm(respaced, function(x_t, t) return model(x_t, original_t:index_select(1, t)) end, shape, sopts))
+    sopts.method, sopts.steps, sopts.rtol, sopts.atol = opts.ode_method, opts.steps, opts.rtol, opts.atol
+    local x, stats = diffusion.sample_ode(sched, model, shape, sopts)
+    return x, stats.nfe
   end)
   model:train(was_training)
   if not ok then error(x, 0) end
-  return x
+  return x, {nfe = nfe}
+end
+
+--- The samplers' command-line options (recipes/sample.lua, recipes/fid_vs_steps.lua), as cli.parse
+-- specs; with `tolerance_lists`, --rtol and --atol take comma-separated lists (one scan row each).
+-- M.sampler_args turns the parsed values into generate's options.
+M.SPACING_CHOICES = {"auto", "leading", "trailing", "linspace", "quadratic", "logsnr", "uniform"}
+M.ODE_METHODS = {"euler", "midpoint", "heun", "rk4", "rk4_38", "bosh3", "dopri5"}
+function M.sampler_cli_options(tolerance_lists)
+  local tol_type = tolerance_lists and "string" or "number"
+  local list = tolerance_lists and ", comma-separated: one row each" or ""
+  return {
+    {"sampler", "ddim", "ddim | ddpm | dpmpp_2m (DPM-Solver++(2M)) | ode (the probability-flow ODE, cn.odeint)", choices = M.SAMPLERS},
+    {"spacing", "auto", "timesteps of ddim, ddpm, dpmpp_2m: auto (the sampler's default: uniform for ddim and ddpm, "
+      .. "logsnr for dpmpp_2m) | leading | trailing | linspace | quadratic | logsnr | uniform (docs/diffusion.md)", choices = M.SPACING_CHOICES},
+    {"eta", 0, "ddim: eta (0: deterministic, 1: DDPM-like noise)", min = 0},
+    {"variance", "beta", "ddpm: the noise variance, beta | posterior", choices = {"beta", "posterior"}},
+    {"ode-method", "rk4", "ode: the solver, euler | midpoint | heun | rk4 | rk4_38 (fixed: --steps) | bosh3 | dopri5 (adaptive: --rtol, --atol)",
+      choices = M.ODE_METHODS},
+    {"rtol", nil, "ode with bosh3 or dopri5: relative tolerance (default 1e-3" .. list .. ")", type = tol_type},
+    {"atol", nil, "ode with bosh3 or dopri5: absolute tolerance (default: --rtol's" .. list .. ")", type = tol_type},
+  }
+end
+
+local ADAPTIVE = {bosh3 = true, dopri5 = true}
+
+--- generate's options from the parsed sampler flags (M.sampler_cli_options), refusing a flag the
+-- chosen sampler would ignore through fail(message). Tolerances stay as given (numbers, or the
+-- strings of tolerance_lists).
+function M.sampler_args(args, fail)
+  local s = args.sampler
+  local o = {sampler = s}
+  if args.eta ~= 0 and s ~= "ddim" then fail("--eta is for --sampler ddim, not " .. s) end
+  if args.variance ~= "beta" and s ~= "ddpm" then fail("--variance is for --sampler ddpm, not " .. s) end
+  if args.spacing ~= "auto" and s == "ode" then fail("--spacing is for ddim, ddpm and dpmpp_2m (the ODE has no timestep grid)") end
+  if s ~= "ode" and (args.ode_method ~= "rk4" or args.rtol or args.atol) then
+    fail("--ode-method, --rtol and --atol are for --sampler ode, not " .. s)
+  end
+  if s == "ode" and not ADAPTIVE[args.ode_method] and (args.rtol or args.atol) then
+    fail(string.format("--rtol and --atol are for the adaptive --ode-method bosh3 or dopri5, not %s (it takes --steps)", args.ode_method))
+  end
+  if s == "ddim" then o.eta = args.eta end
+  if s == "ddpm" then o.variance = args.variance end
+  if s ~= "ode" and args.spacing ~= "auto" then o.spacing = args.spacing end
+  if s == "ode" then
+    o.ode_method = args.ode_method
+    if ADAPTIVE[args.ode_method] then
+      o.rtol = args.rtol or 1e-3
+      o.atol = args.atol or o.rtol
+    end
+  end
+  return o
 end
 
 --- The training grids: M.generate with DDIM from the EMA weights (when given) and a fixed seed,

@@ -223,6 +223,10 @@ local ROWS = {
     call = function(o) diffusion.sample_ddpm(schedule10(), zero_model, {1, 1, 4, 4}, o) end},
   {who = "sample_ddim", typo = "step", covers = {"diffusion.lua:M.sample_ddim"},
     call = function(o) diffusion.sample_ddim(schedule10(), zero_model, {1, 1, 4, 4}, o) end},
+  {who = "sample_dpmpp_2m", typo = "eta", covers = {"diffusion.lua:M.sample_dpmpp_2m"},
+    call = function(o) diffusion.sample_dpmpp_2m(schedule10(), zero_model, {1, 1, 4, 4}, o) end},
+  {who = "sample_ode", typo = "tol", covers = {"diffusion.lua:M.sample_ode"},
+    call = function(o) diffusion.sample_ode(schedule10(), zero_model, {1, 1, 4, 4}, o) end},
 
   -- train
   {who = "train", typo = "step", covers = {"train.lua:M.run"},
@@ -362,7 +366,12 @@ local function merged(base, typo)
   return o
 end
 
+-- The rows build models (megabytes of tensors) and drop them: collect them here, so a later suite
+-- that measures cn.memory().live does not see them freed in the middle of its measurement.
+local function collect() collectgarbage("collect") end
+
 TestTypoTable = {}
+TestTypoTable.tearDown = collect
 
 function TestTypoTable:testEveryRowRefusesItsTypo()
   lu.assertTrue(#ROWS >= 100, "rows: " .. #ROWS)
@@ -436,6 +445,7 @@ end
 -- ---- the silent cases of the issue, each now an error ----------------------------------------------
 
 TestSilentCases = {}
+TestSilentCases.tearDown = collect
 
 function TestSilentCases:testOdeintMethodTypo()
   local f = function(_, z) return -z end
@@ -497,6 +507,7 @@ end
 -- ---- numerical guards -------------------------------------------------------------------------------
 
 TestNumericalGuards = {}
+TestNumericalGuards.tearDown = collect
 
 function TestNumericalGuards:testCountNonfinite()
   lu.assertEquals(cn.count_nonfinite(cn.randn{100}), 0)
@@ -572,6 +583,7 @@ end
 
 function TestRecipeGuards:tearDown()
   if self.dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(self.dir)) end
+  collect()
 end
 
 local function run_recipe(dir, script, args)
@@ -591,7 +603,7 @@ function TestRecipeGuards:testNumbersAreCheckedFirst()
     {"recipes/train_cunet.lua", "--ode-steps -1 --data /nonexistent", "--ode-steps must be an integer >= 0, got -1"},
     {"recipes/sample.lua", "--steps -3 --ckpt /nonexistent", "--steps must be an integer >= 0, got -3"},
     {"recipes/sample.lua", "--n 0 --ckpt /nonexistent", "--n must be an integer >= 1, got 0"},
-    {"recipes/sample.lua", "--sampler ddmp --ckpt /nonexistent", "--sampler must be one of ddim, ddpm, got 'ddmp'"},
+    {"recipes/sample.lua", "--sampler ddmp --ckpt /nonexistent", "--sampler must be one of ddim, ddpm, dpmpp_2m, ode, got 'ddmp'"},
     {"recipes/fid_vs_steps.lua", "--batch 0 --ckpt /nonexistent", "--batch must be an integer >= 1, got 0"},
     {"recipes/fid_vs_steps.lua", "--n 1 --ckpt /nonexistent", "--n must be an integer >= 2, got 1"},
     {"recipes/train_unet.lua", "--batch 2.5 --data /nonexistent", "--batch must be an integer >= 1, got 2.5"},

@@ -341,7 +341,7 @@ function TestTrainLog:test_generate_samplers()
   lu.assertTrue(model.training) -- the mode is restored
   local ok, err = pcall(train.generate, model, sched, {1, 1, 8, 8}, {sampler = "euler"})
   lu.assertFalse(ok)
-  lu.assertStrContains(err, "sampler must be 'ddim' or 'ddpm'")
+  lu.assertStrContains(err, "sampler must be one of ddim, ddpm, dpmpp_2m, ode")
 end
 
 function TestTrainLog:test_bad_options()
