@@ -383,6 +383,12 @@ M.presets = {
     num_res_blocks = 1, attn_resolutions = { 7 }, dropout = 0.1 },
   mnist = { arch = "ddpm", in_channels = 1, resolution = 28, ch = 64, ch_mult = { 1, 2, 2 },
     num_res_blocks = 2, attn_resolutions = { 14 }, dropout = 0.1 },
+  -- matched with continuous_unet's presets of the same name, by trainable parameters and by MACs
+  -- (within 4%: docs/unet.md): 280,177 parameters, 47.9 M MACs; 1,112,801 and 190.0 M (mnist_small's)
+  mnist_028m = { arch = "ddpm", in_channels = 1, resolution = 28, ch = 16, ch_mult = { 1, 2, 2 },
+    num_res_blocks = 1, attn_resolutions = { 7 }, dropout = 0.1, norm_groups = 8 },
+  mnist_11m = { arch = "ddpm", in_channels = 1, resolution = 28, ch = 32, ch_mult = { 1, 2, 2 },
+    num_res_blocks = 1, attn_resolutions = { 7 }, dropout = 0.1 },
   -- Ho et al.'s model by image size (RGB): the CIFAR-10 network at 32²; at 64² the same network
   -- (levels 64², 32², 16², 8², attention at 16²), the same 35,746,307 parameters
   ["32"] = { arch = "ddpm", in_channels = 3, resolution = 32, ch = 128, ch_mult = { 1, 2, 2, 2 },
