@@ -46,7 +46,7 @@ static size_t grid_len(const cn_direct_geom *g) {
 /* Floats of one padded input plane: the padded image, and room for the last block's reads. */
 static size_t plane_len(const cn_direct_geom *g) {
     size_t Wp = (size_t)pad_w(g), img = (size_t)(g->H + 2 * g->ph) * Wp;
-    size_t reach = grid_len(g) + (size_t)(g->kh - 1) * Wp + (size_t)g->kw;
+    size_t reach = grid_len(g) + (size_t)(g->kh - 1) * Wp + (size_t)g->kw + 8; /* + SPB: see small_block */
     size_t n = img > reach ? img : reach;
     return (n + VL - 1) / VL * VL;
 }
@@ -227,6 +227,106 @@ void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const
             int t0 = 0;
             for (; t0 + WTB <= T; t0 += WTB) weight_block_full(&ch, offs, o0, no, c, t0, dwc, ostride);
             if (t0 < T) weight_block_tail(&ch, offs, o0, no, c, t0, T - t0, dwc, ostride);
+        }
+    }
+}
+
+/* ---- small images: vectors across output channels ---------------------------------------------
+ *
+ * For small planes (7², 14²) a vector of 16 outputs along a row wastes lanes on the wrapped
+ * columns and the rounding of the grid; here a vector holds 16 output channels of one pixel
+ * instead (the layout oneDNN uses), and a block is SPB pixels of one output row × SOB vectors of
+ * channels: per input channel and tap, SOB weight loads and SPB broadcast inputs feed SPB·SOB FMAs.
+ * Rows are cut in segments of SPB pixels (the last one padded by pixels past the row, computed
+ * from the padded plane and dropped). Results go to a [pixel][channel] scratch, transposed into
+ * y with the bias and activation at the end. Weights are packed [O/16][C][kH·kW][16]. */
+#define SPB 8
+#define SOB 2
+
+static int blocks16(const cn_direct_geom *g) { return (g->O + VL - 1) / VL; }
+
+size_t cn_direct_small_weight_floats(const cn_direct_geom *g) {
+    return (size_t)blocks16(g) * VL * g->C * g->kh * g->kw;
+}
+
+size_t cn_direct_small_scratch_floats(const cn_direct_geom *g) {
+    size_t segs = (size_t)(out_w(g) + SPB - 1) / SPB;
+    return (size_t)g->C * plane_len(g) + (size_t)out_h(g) * (segs * SPB + SPB) * blocks16(g) * VL;
+}
+
+void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float *wp) {
+    int T = g->kh * g->kw;
+    for (int b = 0; b < blocks16(g); b++)
+        for (int c = 0; c < g->C; c++)
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < VL; k++) {
+                    int o = b * VL + k;
+                    *wp++ = o < g->O ? w[((size_t)o * g->C + c) * T + t] : 0.0f;
+                }
+}
+
+/* Pixels q0 .. q0 + NP - 1 of the flat grid, channel vectors [b0, b0 + nob) (nob <= SOB), into
+ * out[pixel][channel] rows of ldo floats. One copy per segment length NP (7 divides 28, 14 and 7;
+ * 8 divides 64, 32, 16 and 8), so that the accumulators stay in registers. */
+#define SMALL_BLOCK(NP)                                                                                         \
+    static void small_block##NP(const cn_direct_geom *g, const float *xp, size_t Lp, const float *wp,          \
+                                const int *offs, size_t q0, int b0, int nob, float *out, size_t ldo) {         \
+        int T = g->kh * g->kw, C = g->C;                                                                       \
+        vf acc[NP][SOB];                                                                                       \
+        _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++)                                                   \
+            _Pragma("GCC unroll 2") for (int k = 0; k < SOB; k++) acc[j][k] = (vf){0};                         \
+        const float *w0 = wp + (size_t)b0 * C * T * VL, *w1 = nob > 1 ? w0 + (size_t)C * T * VL : w0;          \
+        for (int c = 0; c < C; c++) {                                                                          \
+            const float *xc = xp + (size_t)c * Lp + q0;                                                        \
+            for (int t = 0; t < T; t++) {                                                                      \
+                const float *src = xc + offs[t];                                                               \
+                vf wa = *(const vf *)(w0 + ((size_t)c * T + t) * VL);                                          \
+                vf wb = *(const vf *)(w1 + ((size_t)c * T + t) * VL);                                          \
+                _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++) {                                         \
+                    vf xv = (vf){0} + src[j];                                                                  \
+                    acc[j][0] += xv * wa;                                                                      \
+                    acc[j][1] += xv * wb;                                                                      \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int j = 0; j < NP; j++)                                                                           \
+            for (int k = 0; k < nob; k++) *(vfu *)(out + (size_t)j * ldo + (size_t)(b0 + k) * VL) = acc[j][k]; \
+    }
+SMALL_BLOCK(7)
+SMALL_BLOCK(8)
+
+/* The segment length for rows of Wo outputs: 7 where it divides Wo, else 8. */
+static int seg_len(int Wo) { return Wo % 7 == 0 ? 7 : 8; }
+
+void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
+                                int act, float *y, float *scratch, bool par) {
+    int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), nb = blocks16(g), np = seg_len(Wo);
+    int segs = (Wo + np - 1) / np, row = segs * np; /* pixels per row of the scratch */
+    size_t Lp = plane_len(g), ldo = (size_t)nb * VL, P = (size_t)Ho * Wo;
+    float *xp = scratch, *tmp = scratch + (size_t)g->C * Lp; /* tmp [Ho][row][nb·16] */
+    int offs[CN_DIRECT_MAX_TAPS];
+    for (int i = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    int jobs = Ho * segs * ((nb + SOB - 1) / SOB);
+    #pragma omp parallel if (par) num_threads(par ? omp_get_max_threads() : 1)
+    {
+        #pragma omp for schedule(static)
+        for (int c = 0; c < g->C; c++) pad_plane(g, x, c, xp + (size_t)c * Lp, Lp);
+        #pragma omp for schedule(dynamic, 4)
+        for (int job = 0; job < jobs; job++) {
+            int bg = job / (Ho * segs), rs = job % (Ho * segs), oy = rs / segs, sg = rs % segs;
+            int b0 = bg * SOB, nob = nb - b0 < SOB ? nb - b0 : SOB;
+            size_t q0 = (size_t)oy * Wp + (size_t)sg * np;
+            float *out = tmp + ((size_t)oy * row + (size_t)sg * np) * ldo;
+            if (np == 7) small_block7(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+            else small_block8(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+        }
+        #pragma omp for schedule(static)
+        for (int o = 0; o < g->O; o++) { /* transpose out, with the bias and activation */
+            float *dst = y + (size_t)o * P;
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) dst[(size_t)oy * Wo + ox] = tmp[((size_t)oy * row + ox) * ldo + o];
+            cn_conv_bias_act_row(dst, P, bias ? bias[o] : 0.0f, act);
         }
     }
 }

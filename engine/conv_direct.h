@@ -39,6 +39,13 @@ size_t cn_direct_weight_scratch_floats(const cn_direct_geom *g);
  * scratch of nb · cn_direct_weight_scratch_floats. */
 void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
                                   float *scratch);
+/* The same convolution with vectors across 16 output channels (for small planes): its packed
+ * weight and scratch sizes, the packing, and one image. */
+size_t cn_direct_small_weight_floats(const cn_direct_geom *g);
+size_t cn_direct_small_scratch_floats(const cn_direct_geom *g);
+void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float *wp);
+void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
+                                int act, float *y, float *scratch, bool par);
 /* row[k] = act(row[k] + bias) for k < n, in place (act a cn_conv_act). */
 void cn_conv_bias_act_row(float *row, size_t n, float bias, int act);
 

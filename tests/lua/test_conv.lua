@@ -263,6 +263,8 @@ function TestConvRoutes:testDirectAgainstGemm()
     {1, 3, 17, 23, 13, 7, 7, 3, 3}, {3, 5, 9, 10, 6, 3, 3, 1, 1}, {2, 16, 28, 28, 8, 3, 3, 1, 1},
     {2, 8, 7, 7, 5, 3, 3, 0, 0}, {1, 4, 6, 40, 9, 1, 3, 0, 1}, {2, 2, 5, 5, 3, 5, 5, 2, 2},
     {1, 7, 3, 3, 4, 3, 3, 2, 2}, {1, 3, 4, 5, 2, 3, 3, 3, 3}, {2, 3, 6, 4, 5, 1, 3, 2, 4},
+    -- small planes with 32 or more outputs: the kernel with vectors across output channels
+    {2, 8, 7, 7, 40, 3, 3, 1, 1}, {1, 5, 14, 14, 33, 3, 3, 1, 1}, {2, 3, 9, 11, 32, 5, 5, 2, 2},
   }
   for _, s in ipairs(shapes) do
     local x = cn.randn{s[1], s[2], s[3], s[4]}:requires_grad(true)
