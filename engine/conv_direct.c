@@ -242,6 +242,7 @@ void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const
  * y with the bias and activation at the end. Weights are packed [O/16][C][kH·kW][16]. */
 #define SPB 8
 #define SOB 2
+#define WTB9 9 /* taps per group in the weight gradient */
 
 static int blocks16(const cn_direct_geom *g) { return (g->O + VL - 1) / VL; }
 
@@ -328,6 +329,67 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
                 for (int ox = 0; ox < Wo; ox++) dst[(size_t)oy * Wo + ox] = tmp[((size_t)oy * row + ox) * ldo + o];
             cn_conv_bias_act_row(dst, P, bias ? bias[o] : 0.0f, act);
         }
+    }
+}
+
+/* The weight gradient in the same layout: gy transposed to [pixel][output channel], so that for an
+ * input channel c and a group of taps, SOB vectors of 16 output channels accumulate
+ * gy[pixel] · x[c, pixel + tap] over every valid pixel of a chunk of images — WTB·SOB accumulators,
+ * no horizontal sums, no wasted columns. */
+size_t cn_direct_small_weight_scratch_floats(const cn_direct_geom *g) {
+    return (size_t)g->C * plane_len(g) + (size_t)out_h(g) * out_w(g) * blocks16(g) * VL;
+}
+
+void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
+                                   float *scratch) {
+    int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), T = g->kh * g->kw, n16 = blocks16(g);
+    size_t Lp = plane_len(g), P = (size_t)Ho * Wo, ldo = (size_t)n16 * VL;
+    size_t x_image = (size_t)g->C * Lp, g_image = P * ldo, per = x_image + g_image;
+    int offs[CN_DIRECT_MAX_TAPS];
+    for (int i = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    for (int b = 0; b < nb; b++) {
+        float *xp = scratch + b * per, *gt = xp + x_image;
+        const float *xb = x + (size_t)b * g->C * g->H * g->W, *gb = gy + (size_t)b * g->O * P;
+        for (int c = 0; c < g->C; c++) pad_plane(g, xb, c, xp + (size_t)c * Lp, Lp);
+        memset(gt, 0, g_image * sizeof *gt);
+        for (int o = 0; o < g->O; o++)
+            for (size_t q = 0; q < P; q++) gt[q * ldo + o] = gb[(size_t)o * P + q];
+    }
+    size_t ostride = (size_t)g->C * T; /* dw [O, C, T] */
+    for (int b0 = 0; b0 < n16; b0 += SOB) {
+        int nob = n16 - b0 < SOB ? n16 - b0 : SOB;
+        for (int c = 0; c < g->C; c++)
+            for (int t0 = 0; t0 < T; t0 += WTB9) {
+                int nt = T - t0 < WTB9 ? T - t0 : WTB9;
+                vf acc[WTB9][SOB];
+                for (int t = 0; t < WTB9; t++) acc[t][0] = acc[t][1] = (vf){0};
+                int off[WTB9];
+                for (int t = 0; t < WTB9; t++) off[t] = offs[t0 + (t < nt ? t : 0)];
+                for (int b = 0; b < nb; b++) {
+                    const float *xc = scratch + b * per + (size_t)c * Lp;
+                    const float *gt = scratch + b * per + x_image + (size_t)b0 * VL;
+                    const size_t g_other = nob > 1 ? VL : 0;
+                    for (int oy = 0; oy < Ho; oy++)
+                        for (int ox = 0; ox < Wo; ox++) {
+                            const float *gp = gt + ((size_t)oy * Wo + ox) * ldo;
+                            vf g0 = *(const vf *)gp, g1 = *(const vf *)(gp + g_other);
+                            const float *xq = xc + (size_t)oy * Wp + ox;
+                            #pragma GCC unroll 9
+                            for (int t = 0; t < WTB9; t++) {
+                                vf xv = (vf){0} + xq[off[t]];
+                                acc[t][0] += g0 * xv;
+                                acc[t][1] += g1 * xv;
+                            }
+                        }
+                }
+                for (int k = 0; k < nob; k++)
+                    for (int l = 0; l < VL; l++) {
+                        int o = (b0 + k) * VL + l;
+                        if (o >= g->O) break;
+                        for (int t = 0; t < nt; t++) dw[(size_t)o * ostride + (size_t)c * T + t0 + t] += acc[t][k][l];
+                    }
+            }
     }
 }
 

@@ -46,6 +46,11 @@ size_t cn_direct_small_scratch_floats(const cn_direct_geom *g);
 void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float *wp);
 void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
                                 int act, float *y, float *scratch, bool par);
+/* The weight gradient in that layout: scratch floats per image, and dw += the gradient of nb images
+ * (x [nb, C, H, W], gy [nb, O, Ho, Wo]) with nb · cn_direct_small_weight_scratch_floats of scratch. */
+size_t cn_direct_small_weight_scratch_floats(const cn_direct_geom *g);
+void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
+                                   float *scratch);
 /* row[k] = act(row[k] + bias) for k < n, in place (act a cn_conv_act). */
 void cn_conv_bias_act_row(float *row, size_t n, float bias, int act);
 
