@@ -84,6 +84,7 @@ void cnl_open_ode(lua_State *L);      /* l_ode.c: ODE solvers */
 void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
 void cnl_open_metrics(lua_State *L);     /* l_metrics.c: SSIM, PSNR, FID, KID */
 void cnl_open_profile(lua_State *L);     /* l_profile.c: the per-op profiler */
+void cnl_open_bm3d(lua_State *L);        /* l_bm3d.c: BM3D denoising */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

@@ -107,6 +107,8 @@ local ROWS = {
     call = function(o) local saved = cn.rng_state(); local ok, err = pcall(cn.set_rng_state, o); cn.set_rng_state(saved); if not ok then error(err, 0) end end},
   {who = "totable", typo = "flt", covers = {"c:totable"},
     call = function(o) cn.randn{2}:totable(o) end},
+  {who = "bm3d", typo = "ht_blocksize", covers = {"c:bm3d"},
+    call = function(o) cn.bm3d(cn.rand{16, 16}, 0.1, o) end},
 
   -- nn modules and functions (lua/cunet/nn)
   {who = "Conv2d", typo = "strde", covers = {"nn/conv.lua:Conv2d:__init"},
