@@ -123,3 +123,15 @@ function TestProfile:testEnvironmentVariable()
   lu.assertStrContains(text, "CUNET_PROFILE")
   lu.assertTrue(text:match("ones%s+forward%s+5%s") ~= nil, text)
 end
+
+-- examples/profile_model.lua runs and prints the table of a model's ops.
+function TestProfile:testProfileModelExample()
+  local exe = os.getenv("CUNET_EXE") or "./cunet"
+  local p = io.popen(exe .. " examples/profile_model.lua --batch 2 --iters 1 --mode train --limit 5 2>&1")
+  local text = p:read("a")
+  local ok = p:close()
+  lu.assertTrue(ok, text)
+  lu.assertStrContains(text, "cU-Net `mnist_small`, training step, batch 2")
+  lu.assertTrue(text:match("conv2d%s+backward%s+%d+") ~= nil, text)
+  lu.assertStrContains(text, "ms per iteration")
+end
