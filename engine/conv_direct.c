@@ -243,6 +243,7 @@ void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const
 #define SPB 8
 #define SOB 2
 #define WTB9 9 /* taps per group in the weight gradient */
+#define SWB 2  /* vectors of 16 output channels per weight-gradient block */
 
 static int blocks16(const cn_direct_geom *g) { return (g->O + VL - 1) / VL; }
 
@@ -275,18 +276,19 @@ void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float 
         int T = g->kh * g->kw, C = g->C;                                                                       \
         vf acc[NP][SOB];                                                                                       \
         _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++)                                                   \
-            _Pragma("GCC unroll 2") for (int k = 0; k < SOB; k++) acc[j][k] = (vf){0};                         \
-        const float *w0 = wp + (size_t)b0 * C * T * VL, *w1 = nob > 1 ? w0 + (size_t)C * T * VL : w0;          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++) acc[j][k] = (vf){0};                         \
+        const float *wk[SOB];                                                                                  \
+        for (int k = 0; k < SOB; k++) wk[k] = wp + (size_t)(b0 + (k < nob ? k : 0)) * C * T * VL;               \
         for (int c = 0; c < C; c++) {                                                                          \
             const float *xc = xp + (size_t)c * Lp + q0;                                                        \
             for (int t = 0; t < T; t++) {                                                                      \
                 const float *src = xc + offs[t];                                                               \
-                vf wa = *(const vf *)(w0 + ((size_t)c * T + t) * VL);                                          \
-                vf wb = *(const vf *)(w1 + ((size_t)c * T + t) * VL);                                          \
+                vf wv[SOB];                                                                                    \
+                _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++)                                          \
+                    wv[k] = *(const vf *)(wk[k] + ((size_t)c * T + t) * VL);                                   \
                 _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++) {                                         \
                     vf xv = (vf){0} + src[j];                                                                  \
-                    acc[j][0] += xv * wa;                                                                      \
-                    acc[j][1] += xv * wb;                                                                      \
+                    _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++) acc[j][k] += xv * wv[k];             \
                 }                                                                                              \
             }                                                                                                  \
         }                                                                                                      \
@@ -357,12 +359,12 @@ void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, cons
             for (size_t q = 0; q < P; q++) gt[q * ldo + o] = gb[(size_t)o * P + q];
     }
     size_t ostride = (size_t)g->C * T; /* dw [O, C, T] */
-    for (int b0 = 0; b0 < n16; b0 += SOB) {
-        int nob = n16 - b0 < SOB ? n16 - b0 : SOB;
+    for (int b0 = 0; b0 < n16; b0 += SWB) {
+        int nob = n16 - b0 < SWB ? n16 - b0 : SWB;
         for (int c = 0; c < g->C; c++)
             for (int t0 = 0; t0 < T; t0 += WTB9) {
                 int nt = T - t0 < WTB9 ? T - t0 : WTB9;
-                vf acc[WTB9][SOB];
+                vf acc[WTB9][SWB];
                 for (int t = 0; t < WTB9; t++) acc[t][0] = acc[t][1] = (vf){0};
                 int off[WTB9];
                 for (int t = 0; t < WTB9; t++) off[t] = offs[t0 + (t < nt ? t : 0)];
