@@ -371,14 +371,7 @@ static bool direct_applies(const conv_geom *g, const conv_job *job) {
            !is_pointwise(g);
 }
 
-/* Measured per core on 2 cores (AMD EPYC, AVX-512; docs/benchmarks.md): the direct kernel runs
- * at 70-100 GFLOP/s while the GEMM route's copies hold it to 43-86 up to K = C·kH·kW = 576; at
- * K = 1152 (128 channels, 3×3) the GEMM is ahead (93 against 88 at 16², 89 against 56 at 8²). */
-#define DIRECT_MAX_K 864
-/* Tiny images waste most of the direct kernel's blocks (3×3 planes: 14 GFLOP/s, against 21-31 for
- * the GEMM route's chunks of images); 7×7 (49 of 64) still gains. */
-#define DIRECT_MIN_GRID_USE 0.5
-#define DIRECT_WEIGHT_CHUNK_FLOATS (1 << 19) /* 2 MB of images per weight-gradient chunk (measured: 12% faster than 512 KB at 28²) */
+#define DIRECT_WEIGHT_CHUNK_FLOATS (1 << 19) /* 2 MB of images per weight-gradient chunk (12% faster than 512 KB) */
 
 static _Atomic cn_conv_route route_choice = CN_CONV_AUTO;
 
@@ -390,31 +383,28 @@ static bool direct_weight_applies(const conv_geom *g, const conv_job *job) {
     return job->dw && job->x_in && job->y_in && !job->y_out && !job->x_out && direct_applies(g, &as_conv);
 }
 
-/* The weight gradient's direct kernel (1.2-1.5x the GEMM route's speed at 28² and up with 16 or more
- * output channels) loses on small planes (0.75-0.85x at 14² and 7²), where the wasted grid columns
- * and the per-image set-up weigh more. */
-#define DIRECT_WEIGHT_MIN_PLANE 784
-#define DIRECT_WEIGHT_MIN_OUT 16
-
-/* Small planes take the direct kernel with vectors across output channels (conv_direct.c): rows of
- * 7 or 14 outputs fill its blocks exactly where the flat grid wastes a quarter (7²: 49 of 64).
- * Measured per core at 64 channels: 14² 72 -> 83 GFLOP/s, 7² 74 -> 85; at 28² the grid kernel is
- * ahead (93 against 83). Its blocks hold 32 output channels, so fewer would be mostly waste. */
+/* Which kernel, measured per core (AMD EPYC, AVX-512; docs/benchmarks.md):
+ * - convolutions (and input gradients, the same kernel on flipped weights): rows of 7 to 16 outputs
+ *   with 32 output channels or more take the kernel with vectors across output channels (64 channels
+ *   at 14²: 83 GFLOP/s, at 7²: 85; 91-94 with 128-192 inputs, where GEMM gave 50-57); everything else
+ *   the flat-grid kernel (102-105 from 28² to 64² at any K, against 72-89 for GEMM), unless the plane
+ *   is so small that less than half its blocks is output (3×3: 14 GFLOP/s, GEMM 21-31);
+ * - weight gradients: 32 output channels or more, the kernel with vectors across output channels
+ *   (82-97 from 3² to 64², GEMM 44-91) up to K = C·kH·kW = 2304 (512 -> 512 at 8²: GEMM 98 against
+ *   83); 16 to 31 output channels on planes of 28² and up, the flat-grid one (1.2-1.5x GEMM; 0.75-0.85x
+ *   below 28²); the rest GEMM. */
+#define DIRECT_MIN_GRID_USE 0.5
+#define SMALL_MIN_WIDTH 7
 #define SMALL_MAX_WIDTH 16
 #define SMALL_MIN_OUT 32
-
-#define SMALL_MIN_WIDTH 7
+#define SMALL_WEIGHT_MAX_K 2304
+#define DIRECT_WEIGHT_MIN_PLANE 784
+#define DIRECT_WEIGHT_MIN_OUT 16
 
 static bool use_small(const cn_direct_geom *dg) {
     int Wo = dg->W + 2 * dg->pw - dg->kw + 1;
     return Wo >= SMALL_MIN_WIDTH && Wo <= SMALL_MAX_WIDTH && dg->O >= SMALL_MIN_OUT;
 }
-
-/* The weight gradient with vectors across output channels (conv_direct.c): 82-97 GFLOP/s per core
- * from 3² to 64² planes with 32 output channels or more, against 44-91 for GEMM and 50-75 for the
- * flat-grid kernel; GEMM is ahead again only for the widest layers (512 -> 512 at 8²: 98 against
- * 83), hence the cap on K. */
-#define SMALL_WEIGHT_MAX_K 2304
 
 static bool use_small_weight(const cn_direct_geom *dg) {
     return dg->O >= SMALL_MIN_OUT && dg->C * dg->kh * dg->kw <= SMALL_WEIGHT_MAX_K;
@@ -429,8 +419,8 @@ static bool use_direct(const conv_geom *g, const conv_job *job) {
                          .ph = g->ph, .pw = g->pw};
     if (weight && use_small_weight(&dg)) return true;
     if (weight && (plane_p(g) < DIRECT_WEIGHT_MIN_PLANE || g->O < DIRECT_WEIGHT_MIN_OUT)) return false;
-    if (!weight && use_small(&dg)) return true; /* 94-100 GFLOP/s at any K, against 50-88 by GEMM */
-    return g->C * g->kh * g->kw <= DIRECT_MAX_K && cn_direct_grid_use(&dg) >= DIRECT_MIN_GRID_USE;
+    if (!weight && use_small(&dg)) return true;
+    return cn_direct_grid_use(&dg) >= DIRECT_MIN_GRID_USE;
 }
 
 /* dW = sum over images of the direct weight gradient: each thread its images and its own partial
