@@ -276,8 +276,19 @@ static cn_tensor *cat_raw(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     }
     cn_tensor *out = cn_empty(first->ndim, shape, err);
     if (!out) return NULL;
-    int64_t at = 0;
+    int64_t at = 0, outer = 1, inner = 1;
+    for (int j = 0; j < d; j++) outer *= shape[j];
+    for (int j = d + 1; j < first->ndim; j++) inner *= shape[j];
     for (int i = 0; i < n; i++) {
+        if (cn_is_contiguous(ts[i])) { /* block copies: outer blocks of shape[d]·inner floats each */
+            size_t blk = (size_t)(ts[i]->shape[d] * inner), row = (size_t)(shape[d] * inner);
+            const float *src = cn_data(ts[i]);
+            float *dst = cn_data(out) + (size_t)(at * inner);
+            #pragma omp parallel for schedule(static) if ((size_t)outer * blk > 262144 && outer > 1)
+            for (int64_t o = 0; o < outer; o++) memcpy(dst + (size_t)o * row, src + (size_t)o * blk, blk * sizeof *dst);
+            at += ts[i]->shape[d];
+            continue;
+        }
         cn_tensor *part = narrow_raw(out, d, at, ts[i]->shape[d], err);
         if (!part) {
             cn_release(out);
