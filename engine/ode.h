@@ -7,10 +7,16 @@
  * method is built on top (lua/cunet/ode.lua) from this solver and cn_grad.
  *
  * Methods: fixed-step euler, midpoint, heun, rk4 (classic) and rk4_38 (the 3/8 rule, torchdiffeq's
- * "rk4"), over opts.steps equal steps per interval or steps of opts.step_size (the last one
- * shortened to land on the output time); adaptive bosh3 (3(2)) and dopri5 (Dormand–Prince 5(4)),
- * both first-same-as-last, with Hairer's PI step control, RMS error norm over the whole state
- * scaled by atol + rtol·max(|z|, |z_new|), and Hairer's automatic first step.
+ * "rk4"), over opts.steps equal steps over the whole span [ts[0], ts[nt-1]], steps of
+ * opts.step_size (the last one shortened to land on ts[nt-1]), or by default one step per output
+ * interval; adaptive bosh3 (3(2)) and dopri5 (Dormand–Prince 5(4)), both first-same-as-last, with
+ * Hairer's PI step control, RMS error norm over the state scaled by atol + rtol·max(|z|, |z_new|),
+ * and Hairer's automatic first step.
+ *
+ * Output times never change the steps: the solver steps over the whole span and evaluates each
+ * output on the interpolant of the step it falls in (dopri5: its 4th-order continuous extension;
+ * bosh3 and the fixed-step methods: the cubic Hermite interpolant of the step's ends), a
+ * differentiable linear combination of the step's stages.
  */
 #ifndef CN_ODE_H
 #define CN_ODE_H
@@ -28,19 +34,21 @@ typedef enum {
 typedef struct cn_ode_opts {
     cn_ode_method method;
     double step_size;   /* fixed-step methods: the step (0: use steps) */
-    int64_t steps;      /* fixed-step methods: equal steps per output interval (default 1) */
+    int64_t steps;      /* fixed-step methods: equal steps over the whole span (0: one per output interval) */
     double rtol, atol;  /* adaptive methods */
     double first_step;  /* adaptive: 0 = automatic */
     int64_t max_steps;  /* adaptive: accepted + rejected steps allowed over the whole solve */
     double safety, min_factor, max_factor;
+    double pi_beta;     /* adaptive: the PI controller's β (< 0: the method's, 0.04 dopri5, 0 bosh3; 0 = SciPy's) */
+    int norm_states;    /* adaptive: the error norm covers state tensors [0, norm_states) only (0: all) */
 } cn_ode_opts;
 
 typedef struct cn_ode_stats {
     int64_t nfe, accepted, rejected;
 } cn_ode_stats;
 
-/* Fills o with the defaults: dopri5, rtol 1e-7, atol 1e-9 (torchdiffeq's), 1 step per interval,
- * max_steps 100000, safety 0.9, step factors in [0.2, 10]. */
+/* Fills o with the defaults: dopri5, rtol 1e-7, atol 1e-9 (torchdiffeq's), one fixed step per output
+ * interval, max_steps 100000, safety 0.9, step factors in [0.2, 10], the method's PI β, full norm. */
 void cn_ode_default_opts(cn_ode_opts *o);
 /* The method called name ("dopri5", "rk4", ...); returns 0, or -1 with err listing the names. */
 int cn_ode_method_from_name(const char *name, cn_ode_method *method, cn_error *err);
@@ -49,7 +57,7 @@ const char *cn_ode_method_name(cn_ode_method method);
 /* True for the adaptive methods (bosh3, dopri5). */
 bool cn_ode_is_adaptive(cn_ode_method method);
 /* Solves from z0 (n tensors) at ts[0] through ts[1..nt); out[i * n + k] receives state k at ts[i]
- * (out[k] is z0[k] itself, retained). stats may be NULL. Returns 0, or -1 with err (every out
+ * (out[k] is z0[k] itself, retained; an output between steps is interpolated). stats may be NULL. Returns 0, or -1 with err (every out
  * entry released and NULL). */
 int cn_odeint(cn_ode_fn f, void *ctx, int n, cn_tensor *const *z0, int nt, const double *ts,
               const cn_ode_opts *opts, cn_tensor **out, cn_ode_stats *stats, cn_error *err);

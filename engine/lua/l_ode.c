@@ -69,7 +69,7 @@ static int dynamics(void *p, double t, int n, cn_tensor *const *z, cn_tensor **d
 }
 
 static const char *const odeint_options[] = {"method", "rtol", "atol", "step_size", "steps", "first_step",
-                                             "max_steps", "safety", NULL};
+                                             "max_steps", "safety", "pi_beta", "norm_states", NULL};
 
 /* core.odeint(f, z0 (tensor | {tensors}), ts {numbers}, opts) -> solution, stats
  * solution: a tensor [nt, ...] (or a table of them); stats: {nfe=, accepted=, rejected=} */
@@ -115,13 +115,23 @@ static int l_odeint(lua_State *L) {
     o.rtol = cnl_opt_number(L, 4, "rtol", o.rtol);
     o.atol = cnl_opt_number(L, 4, "atol", o.atol);
     o.step_size = cnl_opt_number(L, 4, "step_size", 0);
-    o.steps = (int64_t)cnl_opt_integer(L, 4, "steps", 1);
+    bool has_steps = lua_getfield(L, 4, "steps") != LUA_TNIL;
+    lua_pop(L, 1);
+    o.steps = (int64_t)cnl_opt_integer(L, 4, "steps", 0); /* 0: one step per output interval */
     o.first_step = cnl_opt_number(L, 4, "first_step", 0);
     o.max_steps = (int64_t)cnl_opt_integer(L, 4, "max_steps", (lua_Integer)o.max_steps);
     o.safety = cnl_opt_number(L, 4, "safety", o.safety);
-    if (o.step_size < 0 || o.steps < 1 || o.max_steps < 1)
+    o.pi_beta = cnl_opt_number(L, 4, "pi_beta", o.pi_beta);
+    o.norm_states = (int)cnl_opt_integer(L, 4, "norm_states", 0);
+    if (o.step_size < 0 || (has_steps && o.steps < 1) || o.max_steps < 1)
         return luaL_error(L, "odeint: step_size must be >= 0, steps and max_steps >= 1");
     if (o.step_size > 0 && o.steps > 1) return luaL_error(L, "odeint: give step_size or steps, not both");
+    bool has_beta = lua_getfield(L, 4, "pi_beta") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (has_beta && !(o.pi_beta >= 0 && o.pi_beta <= 0.2))
+        return luaL_error(L, "odeint: pi_beta must be in [0, 0.2], got %f", o.pi_beta);
+    if (o.norm_states < 0 || o.norm_states > n)
+        return luaL_error(L, "odeint: norm_states must be in [0, %d] (0: every state tensor), got %d", n, o.norm_states);
     /* results: n boxes for the stacked solutions, created before any engine object */
     lua_createtable(L, n, 0);
     int results = lua_gettop(L);

@@ -5,7 +5,8 @@
 -- f(t, z) returns dz/dt; z is a tensor or a table of tensors (the state), t a number. ts is a
 -- table (or 1-D tensor) of times, increasing or decreasing; the solution stacks the state at every
 -- time along a new first dim ([#ts, ...], or a table of such tensors). stats = {nfe, accepted,
--- rejected}.
+-- rejected}. The solver steps over the whole span [ts[1], ts[#ts]] with its own step control and
+-- interpolates the outputs between steps (dense output): output times never change the steps.
 --
 -- Gradients: by default through the solver's operations (memory grows with the steps). With
 -- opts.adjoint = true, by the adjoint sensitivity method (Chen et al. 2018): the forward solve keeps
@@ -13,6 +14,11 @@
 -- vector-Jacobian products of f, in memory independent of the number of steps. The parameters
 -- theta are opts.params: a list of tensors, or anything with :parameters() (an nn module); list
 -- there every tensor f uses that needs a gradient (non-leaf tensors such as a time embedding too).
+-- opts.adjoint_norm = "seminorm" leaves the parameter gradients out of the backward solve's error
+-- norm (Kidger et al. 2021): the same gradients for fewer backward evaluations.
+--
+-- cn.ode.trace_estimate(f_out, z, opts): Hutchinson's unbiased estimate of tr(∂f_out/∂z) from
+-- vector-Jacobian products (FFJORD's divergence estimate).
 
 local core = require "cunet.core" -- not "cunet": that one requires this module
 local cn = core
@@ -23,7 +29,9 @@ local M = {}
 -- The options the engine's solver reads (its list, engine/lua/l_ode.c), and those only this module
 -- reads (stripped before the engine sees the table, which rejects keys it does not know).
 local ENGINE_OPTIONS = core.odeint_options
-local LUA_OPTIONS = {adjoint = true, params = true, adjoint_method = true, adjoint_rtol = true, adjoint_atol = true}
+local LUA_OPTIONS = {adjoint = true, params = true, adjoint_method = true, adjoint_rtol = true, adjoint_atol = true,
+  adjoint_norm = true}
+local ADJOINT_NORMS = {full = true, seminorm = true}
 local KNOWN = {table.unpack(ENGINE_OPTIONS)}
 for k in pairs(LUA_OPTIONS) do KNOWN[#KNOWN + 1] = k end
 
@@ -86,6 +94,14 @@ local function odeint_adjoint(f, z0, ts, opts)
   backward_opts.method = opts.adjoint_method or opts.method
   backward_opts.rtol = opts.adjoint_rtol or opts.rtol
   backward_opts.atol = opts.adjoint_atol or opts.atol
+  if opts.steps and not opts.step_size then
+    -- fixed steps: `steps` spans the whole forward solve, and the backward one runs interval by
+    -- interval, so it takes steps of the forward size
+    backward_opts.steps = nil
+    backward_opts.step_size = math.abs(ts[nt] - ts[1]) / opts.steps
+  end
+  -- the seminorm: the error norm covers z and a_z, not a_theta
+  if opts.adjoint_norm == "seminorm" then backward_opts.norm_states = 2 * n end
 
   local function backward(g_flat)
     -- per-state views of the incoming gradient at each time
@@ -137,12 +153,15 @@ local function odeint_adjoint(f, z0, ts, opts)
     end
     local a_theta = {}
     for j, p in ipairs(params) do a_theta[j] = cn.zeros_like(p) end
+    local counts = {nfe = 0, accepted = 0, rejected = 0}
+    stats.backward = counts
     for i = nt, 2, -1 do
       aug = {}
       for k = 1, n do aug[k] = z[k] end
       for k = 1, n do aug[n + k] = a[k] end
       for j = 1, #params do aug[2 * n + j] = a_theta[j] end
-      local back = core.odeint(aug_dynamics, aug, {ts[i], ts[i - 1]}, backward_opts)
+      local back, back_stats = core.odeint(aug_dynamics, aug, {ts[i], ts[i - 1]}, backward_opts)
+      for k, v in pairs(back_stats) do counts[k] = counts[k] + v end
       z = state_at(i - 1) -- the forward solution at t_{i-1}, as torchdiffeq does
       local g_prev = grad_at(i - 1)
       for k = 1, n do a[k] = back[n + k][2] + g_prev[k] end
@@ -167,10 +186,15 @@ end
 
 --- cn.odeint(f, z0, ts [, opts]) -> solution, stats (see the top of this file).
 -- opts: method ("dopri5"; euler, midpoint, heun, rk4, rk4_38, bosh3), rtol (1e-7), atol (1e-9),
--- step_size or steps (fixed-step methods; default one step per interval), first_step, max_steps
--- (100000), adjoint (false), params, adjoint_method / adjoint_rtol / adjoint_atol.
+-- step_size or steps (fixed-step methods: steps over the whole span; default one step per output
+-- interval), first_step, max_steps (100000), safety, pi_beta, norm_states, adjoint (false),
+-- params, adjoint_method / adjoint_rtol / adjoint_atol, adjoint_norm ("full" or "seminorm"). With
+-- the adjoint, stats.backward = {nfe, accepted, rejected} of the backward solve once it has run.
 function M.odeint(f, z0, ts, opts)
   opts = options.check(opts, KNOWN, "odeint")
+  if opts.adjoint_norm ~= nil and not ADJOINT_NORMS[opts.adjoint_norm] then
+    error(string.format("odeint: adjoint_norm must be \"full\" or \"seminorm\", got %s", tostring(opts.adjoint_norm)), 2)
+  end
   if type(f) ~= "function" and not (type(f) == "table" and getmetatable(f) and getmetatable(f).__call) then
     error("odeint: f must be a function or a callable module, got " .. type(f), 2)
   end
@@ -180,6 +204,52 @@ function M.odeint(f, z0, ts, opts)
   local has_lua_option = false
   for k in pairs(opts) do has_lua_option = has_lua_option or LUA_OPTIONS[k] ~= nil end
   return core.odeint(fn, z0, times, has_lua_option and engine_options(opts) or opts)
+end
+
+local TRACE_DEFAULTS = {samples = 1, distribution = "rademacher", per_sample = false}
+
+--- cn.ode.trace_estimate(f_out, z [, opts]) -> estimate: Hutchinson's estimate of tr(∂f_out/∂z),
+-- the mean over opts.samples of vᵀ (∂f_out/∂z) v with v random of z's shape ("rademacher": ±1,
+-- the lower-variance default; "gaussian": N(0, 1)), each by one vector-Jacobian product
+-- (cn.autograd.grad; the graph is kept for the caller). f_out must have z's shape and a graph to
+-- z. Returns a 0-d tensor, or with per_sample = true a [B] tensor for a batch along z's first dim
+-- (the trace of each sample's block: FFJORD's divergence, when f treats samples independently).
+-- Unbiased: E[vᵀJv] = tr J for any v with E[v vᵀ] = I. The estimate carries no graph (that
+-- needs double backward).
+function M.trace_estimate(f_out, z, opts)
+  local o = options.merge(opts, TRACE_DEFAULTS, "trace_estimate")
+  if not cn.is_tensor(f_out) or not cn.is_tensor(z) then error("trace_estimate: f_out and z must be tensors", 2) end
+  local fs, zs = f_out:shape(), z:shape()
+  if table.concat(fs, ",") ~= table.concat(zs, ",") then
+    error(string.format("trace_estimate: f_out [%s] must have z's shape [%s] (a square Jacobian)",
+      table.concat(fs, ", "), table.concat(zs, ", ")), 2)
+  end
+  if math.type(o.samples) ~= "integer" or o.samples < 1 then
+    error("trace_estimate: samples must be an integer >= 1, got " .. tostring(o.samples), 2)
+  end
+  local draw
+  if o.distribution == "rademacher" then
+    draw = function() return cn.randint(0, 2, zs) * 2 - 1 end
+  elseif o.distribution == "gaussian" then
+    draw = function() return cn.randn(zs) end
+  else
+    error("trace_estimate: distribution must be \"rademacher\" or \"gaussian\", got " .. tostring(o.distribution), 2)
+  end
+  if o.per_sample and #zs < 1 then error("trace_estimate: per_sample needs a batch dim", 2) end
+  if not f_out:requires_grad() then
+    error("trace_estimate: f_out has no graph (compute it from z with z:requires_grad(true), grad mode on)", 2)
+  end
+  return cn.no_grad(function()
+    local total
+    for _ = 1, o.samples do
+      local v = draw()
+      local vjp = core.autograd_grad({f_out}, {z}, {v}, {retain_graph = true, allow_unused = true})[1]
+      local term = vjp and vjp * v or cn.zeros_like(v)
+      term = o.per_sample and term:reshape{zs[1], -1}:sum(2) or term:sum()
+      total = total and total + term or term
+    end
+    return total / o.samples
+  end)
 end
 
 --- Turns a second-order system x'' = accel(t, x, v) into the first-order one on {x, v}.

@@ -182,7 +182,7 @@ static double fixed_step_error(problem prob, cn_ode_method method, int64_t steps
         z0 = circle();
     }
     cn_ode_opts o = opts_of(method);
-    o.steps = steps;
+    o.steps = steps * (nt - 1); /* steps span the whole solve: every output time on the grid */
     cn_tensor *out[64];
     cn_ode_stats st;
     cn_error err;
@@ -317,7 +317,7 @@ static void test_backwards_in_time(void) {
         dyn d = {.kind = DYN_MATRIX, .param = mat};
         double ts[3] = {10, 5, 0};
         cn_ode_opts o = opts_of((cn_ode_method)method);
-        o.steps = 200, o.rtol = 1e-6, o.atol = 1e-9;
+        o.steps = 400, o.rtol = 1e-6, o.atol = 1e-9; /* 200 per interval, as the whole span */
         cn_ode_stats st;
         cn_error err;
         CHECK(cn_odeint(dynamics, &d, 1, &z0, 3, ts, &o, out, &st, &err) == 0);
@@ -453,10 +453,17 @@ static void test_errors(void) {
     for (int m = CN_ODE_EULER; m < CN_ODE_METHOD_COUNT; m++)
         for (int fail_at = 1; fail_at <= 9; fail_at++) { /* euler makes 9 calls in all */
             cn_ode_opts om = opts_of((cn_ode_method)m);
-            om.steps = 3;
+            om.steps = 9; /* over the whole span: 3 per interval */
             dyn fl = {.kind = DYN_FAIL, .fail_at = fail_at};
             double many[4] = {0, 0.5, 1, 1.5};
             CHECK(cn_odeint(dynamics, &fl, 1, &z0, 4, many, &om, out, NULL, &err) == -1);
+            CHECK(mentions(&err, "dynamics failed on call"));
+            for (int i = 0; i < 4; i++) CHECK(out[i] == NULL);
+            /* output times off the grid: interpolated (euler evaluates f at the ends of the steps
+             * that hold them as the next steps' first stages, still 9 calls) */
+            dyn fl2 = {.kind = DYN_FAIL, .fail_at = fail_at};
+            double off_grid[4] = {0, 0.4, 1.1, 1.5};
+            CHECK(cn_odeint(dynamics, &fl2, 1, &z0, 4, off_grid, &om, out, NULL, &err) == -1);
             CHECK(mentions(&err, "dynamics failed on call"));
             for (int i = 0; i < 4; i++) CHECK(out[i] == NULL);
         }
@@ -489,7 +496,8 @@ static void test_method_table(void) {
     }
     cn_ode_opts o;
     cn_ode_default_opts(&o);
-    CHECK(o.method == CN_ODE_DOPRI5 && o.rtol == 1e-7 && o.atol == 1e-9 && o.steps == 1);
+    CHECK(o.method == CN_ODE_DOPRI5 && o.rtol == 1e-7 && o.atol == 1e-9 && o.steps == 0 && o.pi_beta < 0 &&
+          o.norm_states == 0);
 }
 
 /* Every solve releases everything it made: with grad on, once the outputs and the graph are gone. */

@@ -174,11 +174,13 @@ local CONVERGENCE_PROBLEMS = {
   spiral = linear_system(A_SPIRAL, exp_spiral, 12),
 }
 
+-- `steps` spans the whole solve: n steps per interval are n·(#ts - 1) steps, which put every
+-- output time on the grid (no interpolation here; that is TestOdeDenseOutput's).
 local function measured_order(problem, method, steps)
   local ts = output_times(problem.T)
   local errs = {}
   for k, n in ipairs{steps, 2 * steps} do
-    local sol, stats = cn.odeint(problem.f, problem.z0(), ts, {method = method, steps = n})
+    local sol, stats = cn.odeint(problem.f, problem.z0(), ts, {method = method, steps = n * (#ts - 1)})
     lu.assertEquals(stats.accepted, n * (#ts - 1))
     lu.assertEquals(stats.nfe, STAGES[method] * n * (#ts - 1))
     lu.assertEquals(stats.rejected, 0)
@@ -239,6 +241,13 @@ end
 -- (the step sequences are identical), a property of the method, not of the solver.
 local function tolerance_factor(problem, method)
   if problem == "linear" and method == "bosh3" then return 13 end
+  return 10
+end
+
+-- At interpolated outputs: the same, but bosh3 on the spiral reaches 13.5x at rtol 1e-6 between
+-- steps (the global error of that horizon again; 13.5x at the step ends nearby too).
+local function dense_tolerance_factor(problem, method)
+  if problem == "linear" and method == "bosh3" then return 15 end
   return 10
 end
 
@@ -306,7 +315,7 @@ function TestOdeScipy:testBackwardsInTime()
         back_ts[#back_ts + 1] = case.ts[i]
         back_ref[#back_ref + 1] = case.reference[i]
       end
-      for _, opts in ipairs{{method = "dopri5", rtol = 1e-6, atol = 1e-9}, {method = "rk4", steps = 40}} do
+      for _, opts in ipairs{{method = "dopri5", rtol = 1e-6, atol = 1e-9}, {method = "rk4", steps = 200}} do
         local f, z_end = fixture_problem(case.name, back_ref[1])
         local sol, stats = cn.odeint(f, z_end, back_ts, opts)
         for i = 2, #back_ts do
@@ -317,6 +326,164 @@ function TestOdeScipy:testBackwardsInTime()
         lu.assertTrue(stats.accepted > 0)
       end
     end
+  end
+end
+
+-- ---- dense output -----------------------------------------------------------------------------
+
+local DENSE = fx.load("ode_dense_scipy")
+
+TestOdeDenseOutput = {}
+
+function TestOdeDenseOutput:testFixtureShape()
+  lu.assertEquals(#DENSE, 4)
+  for _, c in ipairs(DENSE) do
+    lu.assertEquals(#c.ts, 41, c.name)
+    lu.assertEquals(#c.runs, 4, c.name)
+  end
+end
+
+-- Every problem × tolerance × method with SciPy's 41 output times (tests/tools/fixtures_ode_dense.py):
+-- the steps and evaluations are exactly those of the same solve with only {t0, t1} (output times
+-- never change the steps); bosh3 takes exactly RK23's steps and evaluations, and its interpolated
+-- outputs are SciPy's (same steps, same Hermite interpolant: within 0.05x the tolerance at rtol
+-- 1e-4, measured <= 0.014; within 3x at 1e-6, where float32 rounding of the 150-660 steps shows,
+-- measured <= 2.3); dopri5 with pi_beta = 0 (SciPy's I-controller) takes exactly RK45's accepted
+-- steps at rtol 1e-4 (10, 22, 28, 39), its evaluations within one rejected step, and within 5% at
+-- 1e-6 (a borderline error ratio rounds differently in float32: 54 vs 52 on the oscillator); every
+-- interpolated output meets the tolerance against DOP853 as the step ends do (TestOdeScipy).
+for _, case in ipairs(DENSE) do
+  for _, run in ipairs(case.runs) do
+    TestOdeDenseOutput[string.format("test_%s_%s_rtol%.0e", case.name, run.method, run.rtol)] = function()
+      local base = {method = run.method, rtol = run.rtol, atol = run.atol}
+      local f, z0 = fixture_problem(case.name, case.y0)
+      local sol, stats = cn.odeint(f, z0, case.ts, base)
+      local _, plain = cn.odeint(f, z0, {case.ts[1], case.ts[#case.ts]}, base)
+      local label = string.format("%s %s rtol %g: %d output times %d steps / %d nfe, two times %d / %d, scipy %d / %d",
+        case.name, run.method, run.rtol, #case.ts, stats.accepted, stats.nfe, plain.accepted, plain.nfe, run.steps,
+        run.nfev)
+      lu.assertEquals({stats.accepted, stats.rejected, stats.nfe}, {plain.accepted, plain.rejected, plain.nfe}, label)
+      local worst_scipy = 0
+      for i = 1, #case.ts do
+        local got = state_at(sol, i)
+        local e = error_vs_tolerance(got, case.reference[i], run.rtol, run.atol)
+        lu.assertTrue(e <= dense_tolerance_factor(case.name, run.method),
+          string.format("%s: at t = %g error %.3g x tolerance", label, case.ts[i], e))
+        worst_scipy = math.max(worst_scipy, error_vs_tolerance(got, run.values[i], run.rtol, run.atol))
+      end
+      if run.method == "bosh3" then
+        lu.assertEquals({stats.accepted, stats.nfe}, {run.steps, run.nfev}, label)
+        lu.assertTrue(worst_scipy <= (run.rtol >= 1e-4 and 0.05 or 3),
+          string.format("%s: %.3g x tolerance from SciPy's interpolant", label, worst_scipy))
+      else
+        local _, scipy_like = cn.odeint(f, z0, case.ts, copy(base, {pi_beta = 0}))
+        label = string.format("%s; pi_beta = 0: %d / %d", label, scipy_like.accepted, scipy_like.nfe)
+        if run.rtol >= 1e-4 then
+          lu.assertEquals(scipy_like.accepted, run.steps, label)
+          lu.assertTrue(math.abs(scipy_like.nfe - run.nfev) <= 6, label)
+        else
+          lu.assertTrue(math.abs(scipy_like.accepted - run.steps) <= 0.05 * run.steps, label)
+        end
+      end
+    end
+  end
+end
+
+-- The interpolants against the exact solution where outputs fall densely inside long steps
+-- (201 output times, 8-125 steps): the worst error over the interpolated points is that of the
+-- step ends, the interpolant adding under half the tolerance (measured, in tolerance units:
+-- dopri5 0.69-0.95 between steps against 0.48-0.95 at t_end; bosh3, whose global error is larger,
+-- 5.3-13.2 against 5.1-12.9). z' = -z on [0, 5] and x'' = -x on [0, 2π].
+function TestOdeDenseOutput:testInterpolantAgainstExactSolution()
+  local problems = {
+    {name = "decay", T = 5, f = function(t, z) return -z end, z0 = function() return cn.tensor{1.0} end,
+     exact = function(t) return {math.exp(-t)} end},
+    {name = "oscillator", T = 2 * math.pi, f = cn.ode.second_order(function(t, x, v) return -x end),
+     z0 = function() return {cn.tensor{1.0}, cn.tensor{0.0}} end,
+     exact = function(t) return {math.cos(t), -math.sin(t)} end},
+  }
+  for _, p in ipairs(problems) do
+    local ts = {}
+    for i = 0, 200 do ts[#ts + 1] = p.T * i / 200 end
+    for _, method in ipairs{"dopri5", "bosh3"} do
+      for _, tol in ipairs{{1e-3, 1e-6}, {1e-5, 1e-8}} do
+        local sol, stats = cn.odeint(p.f, p.z0(), ts, {method = method, rtol = tol[1], atol = tol[2]})
+        lu.assertTrue(stats.accepted < 200)
+        local worst = 0
+        for i = 1, #ts do worst = math.max(worst, error_vs_tolerance(state_at(sol, i), p.exact(ts[i]), tol[1], tol[2])) end
+        local final = error_vs_tolerance(state_at(sol, #ts), p.exact(p.T), tol[1], tol[2])
+        local label = string.format("%s %s rtol %g (%d steps): error %.3g x tolerance, %.3g at t_end", p.name, method,
+          tol[1], stats.accepted, worst, final)
+        lu.assertTrue(worst <= 1.2 * final + 0.5 and worst <= (method == "dopri5" and 2 or 15), label)
+      end
+    end
+  end
+end
+
+-- Fixed steps: `steps` spans [t0, tN] whatever the output times (the issue's example: 16 rk4 steps
+-- over {0, π/8, ..., π} are 16 steps, not 16 per interval = 128), and outputs between grid points
+-- come from the cubic Hermite interpolant of the step's ends, whose O(h^4) error keeps rk4's order
+-- 4 at the off-grid outputs. f at a step's end is the next step's first stage, so the only extra
+-- evaluation is one inside the last step.
+function TestOdeDenseOutput:testFixedStepsSpanTheWholeSolve()
+  local f = cn.ode.second_order(function(t, x, v) return -x end)
+  local z0 = function() return {cn.tensor{1.0}, cn.tensor{0.0}} end
+  local ts = {}
+  for i = 0, 8 do ts[#ts + 1] = math.pi * i / 8 end
+  local _, stats = cn.odeint(f, z0(), ts, {method = "rk4", steps = 16})
+  lu.assertEquals({stats.accepted, stats.nfe}, {16, 64}) -- every output on the grid
+  -- the default: one step per output interval (torchdiffeq's grid)
+  _, stats = cn.odeint(f, z0(), ts, {method = "rk4"})
+  lu.assertEquals(stats.accepted, 8)
+  -- off-grid outputs (0.3 + 0.9 k, and 5.9 inside the last step): order 4 at the outputs
+  local off = {0}
+  for k = 0, 6 do off[#off + 1] = 0.3 + 0.9 * k end
+  off[#off + 1] = 5.9
+  off[#off + 1] = 6
+  local errs = {}
+  for i, n in ipairs{12, 24} do
+    local sol, st = cn.odeint(f, z0(), off, {method = "rk4", steps = n})
+    lu.assertEquals({st.accepted, st.nfe}, {n, 4 * n + 1})
+    local worst = 0
+    for j = 2, #off do
+      worst = math.max(worst, math.abs(sol[1][j]:item() - math.cos(off[j])), math.abs(sol[2][j]:item() + math.sin(off[j])))
+    end
+    errs[i] = worst
+  end
+  local order = math.log(errs[1] / errs[2], 2)
+  lu.assertTrue(errs[1] < 1e-2 and math.abs(order - 4) <= 0.3,
+    string.format("rk4 interpolated: errors %.3g -> %.3g, order %.2f", errs[1], errs[2], order))
+  -- step_size spans the whole solve too: ceil(6 / 0.5) = 12 steps
+  _, stats = cn.odeint(f, z0(), off, {method = "rk4", step_size = 0.5})
+  lu.assertEquals(stats.accepted, 12)
+end
+
+-- Central differences through cn.odeint on a tiny block z' = tanh(W z + b) (W, b, z0 drawn from
+-- `seed`), with the solver options `solver` at the times ts: true, or false and gradcheck's message.
+-- Returns also the forward solve's stats.
+local function gradcheck_tiny_block(seed, ts, solver)
+  cn.seed(seed)
+  local W = cn.randn{2, 2} * 0.5
+  local b = cn.randn{2} * 0.1
+  local x0 = cn.randn{2}
+  local _, stats = cn.odeint(function(t, z) return (W:matmul(z) + b):tanh() end, x0, ts, copy(solver, {adjoint = false}))
+  local ok, err = pcall(cn.gradcheck, function(x, w, bias)
+    local f = function(t, z) return (w:matmul(z) + bias):tanh() end
+    return cn.odeint(f, x, ts, copy(solver, {params = {w, bias}}))
+  end, {x0:clone(), W:clone(), b:clone()}, {eps = 1e-2})
+  return ok, err, stats
+end
+
+-- Gradients through interpolated outputs (linear combinations of the stages, differentiable)
+-- against central differences: dopri5 (Shampine's interpolant; a tolerance tight enough that the
+-- step sequence is the same under ±eps), bosh3 and rk4 (Hermite), output times inside steps.
+function TestOdeDenseOutput:testGradcheckThroughInterpolation()
+  local ts = {0, 0.37, 0.81, 1.3}
+  for _, solver in ipairs{{method = "dopri5", rtol = 1e-4, atol = 1e-6}, {method = "rk4", steps = 3},
+                          {method = "bosh3", rtol = 1e-4, atol = 1e-6}} do
+    local ok, err, stats = gradcheck_tiny_block(21, ts, solver)
+    lu.assertTrue(stats.accepted < #ts - 1 + 6, solver.method) -- few steps: most outputs interpolated
+    lu.assertTrue(ok, solver.method .. ": " .. tostring(err))
   end
 end
 
@@ -353,9 +520,12 @@ function TestOdeInterface:testFixedStepOptions()
   lu.assertEquals(stats.nfe, 16)
   local r = function(h) return 1 - h + h ^ 2 / 2 - h ^ 3 / 6 + h ^ 4 / 24 end
   lu.assertAlmostEquals(sol[2][1]:item(), r(0.3) ^ 3 * r(0.1), 1e-6)
-  -- steps per interval, and the default of one step per interval
+  -- steps over the whole span (t = 1 falls inside the step [0.6, 1.2]: interpolated, and f at
+  -- 1.2 is the next step's first stage, so no extra evaluation), and the default of one step per
+  -- output interval
   sol, stats = cn.odeint(f, cn.tensor{1.0}, {0, 1, 3}, {method = "heun", steps = 5})
-  lu.assertEquals(stats.accepted, 10)
+  lu.assertEquals(stats.accepted, 5)
+  lu.assertEquals(stats.nfe, 10)
   sol, stats = cn.odeint(f, cn.tensor{1.0}, {0, 0.5, 1}, {method = "euler"})
   lu.assertEquals(stats.nfe, 2)
   lu.assertAlmostEquals(sol[3][1]:item(), 0.25, 1e-7)
@@ -422,7 +592,7 @@ function TestOdeInterface:testErrorInsideDynamics()
         if calls == fail_at then error("boom at call " .. calls) end
         return -s
       end
-      assert_error(function() cn.odeint(f, cn.tensor{1.0}, {0, 1, 2}, {method = method, steps = 3}) end,
+      assert_error(function() cn.odeint(f, cn.tensor{1.0}, {0, 1, 2}, {method = method, steps = 6}) end,
         "boom at call " .. fail_at)
     end
   end
@@ -542,16 +712,9 @@ end
 -- Central differences on a tiny block, through the solver and through the adjoint, fixed-step
 -- and adaptive (at a tolerance tight enough that the step sequence is the same under ±eps).
 function TestOdeGradients:testGradcheck()
-  cn.seed(15)
-  local W = cn.randn{2, 2} * 0.5
-  local b = cn.randn{2} * 0.1
-  local x0 = cn.randn{2}
   for _, solver in ipairs{{method = "rk4", steps = 4}, {method = "dopri5", rtol = 1e-7, atol = 1e-9}} do
     for _, adjoint in ipairs{false, true} do
-      local ok, err = pcall(cn.gradcheck, function(x, w, bias)
-        local f = function(t, z) return (w:matmul(z) + bias):tanh() end
-        return cn.odeint(f, x, {0, 0.5, 1}, copy(solver, {adjoint = adjoint, params = {w, bias}}))
-      end, {x0:clone(), W:clone(), b:clone()}, {eps = 1e-2})
+      local ok, err = gradcheck_tiny_block(15, {0, 0.5, 1}, copy(solver, {adjoint = adjoint}))
       lu.assertTrue(ok, string.format("%s adjoint=%s: %s", solver.method, tostring(adjoint), tostring(err)))
     end
   end

@@ -203,6 +203,8 @@ local ROWS = {
   -- ode
   {who = "odeint", typo = "metod", covers = {"ode.lua:M.odeint"},
     call = function(o) cn.odeint(function(_, z) return -z end, cn.ones{2}, {0, 1}, o) end},
+  {who = "trace_estimate", typo = "sample", covers = {"ode.lua:M.trace_estimate"},
+    call = function(o) local z = leaf(); cn.ode.trace_estimate(z * 2, z, o) end},
 
   -- diffusion
   {who = "schedule", typo = "beta_strat", covers = {"diffusion.lua:M.schedule"},
