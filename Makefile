@@ -19,7 +19,27 @@ ifeq ($(SAN),1)
 endif
 ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(OPT) $(SAN_FLAGS) -I engine -I $(LUA_INC) \
               -DCUNET_VERSION='"$(VERSION)"' -DCUNET_LUADIR='"$(PREFIX)/share/cunet/lua"' $(CFLAGS)
-LIBS        = $(BLAS_LIB) -lpng -lz -lcjson -lm -fopenmp $(SAN_FLAGS)
+LIBS        = $(BLAS_LIB) -lpng -lz -lcjson -lm -fopenmp $(SAN_FLAGS) $(MPI_LIBS)
+
+# MPI (cn.distributed, docs/distributed.md): auto uses Open MPI or MPICH when `mpicc` (or pkg-config
+# ompi-c / mpich) is found and builds without it otherwise; MPI=1 requires it, MPI=0 leaves it out.
+# Only engine/distributed.c sees mpi.h; the executable, the module and the C tests link libmpi.
+MPI       ?= auto
+ifneq ($(MPI),0)
+  MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null || mpicc -compile_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep '^-I' | tr '\n' ' ')
+  MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null || mpicc -link_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' ')
+  ifeq ($(strip $(MPI_LIBS)),)
+    MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null || pkg-config --cflags mpich 2>/dev/null)
+    MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null || pkg-config --libs mpich 2>/dev/null)
+  endif
+  ifeq ($(strip $(MPI_LIBS)),)
+    ifeq ($(MPI),1)
+      $(error MPI=1 but neither mpicc nor pkg-config ompi-c/mpich was found: install libopenmpi-dev (make deps))
+    endif
+  else
+    MPI_DEFS := -DCUNET_MPI
+  endif
+endif
 
 ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
 BIND_SRC   := $(wildcard engine/lua/*.c)
@@ -40,6 +60,7 @@ help:
 	@echo "make            build ./cunet, the engine library and the Lua module"
 	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make MPI=0|1    build without MPI / insist on it (default auto: cn.distributed when mpicc is found)"
 	@echo "make fuzz       libFuzzer (clang) on the safetensors, PNG and IDX readers, FUZZ_SECONDS each (600)"
 	@echo "make bench      engine vs PyTorch timings"
 	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
@@ -51,6 +72,8 @@ help:
 $(BUILD)/%.o: %.c $(wildcard engine/*.h engine/lua/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/engine/distributed.o: ALL_CFLAGS += $(MPI_DEFS) $(MPI_CFLAGS)
 
 # The direct convolution's vector code wants fused multiply-adds, which -std=c11 leaves off.
 $(BUILD)/engine/conv_direct.o: ALL_CFLAGS += -ffp-contract=fast

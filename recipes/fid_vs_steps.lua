@@ -25,6 +25,8 @@ local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local fs = require "cunet.fs"
 local diffusion = require "cunet.diffusion"
+local dist = require "cunet.distributed"
+local print = dist.print -- under mpirun, rank 0 speaks, scores and writes
 
 local spec = {
   name = "fid_vs_steps",
@@ -53,6 +55,7 @@ local function fail(msg)
   os.exit(2)
 end
 
+dist.setup()
 if args.threads > 0 then cn.set_num_threads(args.threads) end
 local gen = train.sampler_args(args, fail)
 
@@ -91,9 +94,11 @@ local net_path = fid.checkpoint_path(args.dataset)
 if not net_path then fail(select(2, fid.checkpoint_path(args.dataset))) end
 
 -- the real statistics first (computed once, then cached), so the timings below are generation only
-local _, _, real = fid.real_stats(args.dataset, { split = args.split })
-print(string.format("%s: %s split, %d real images (%s %s)", fid.NAME, args.split, real.count,
-  real.cached and "cached in" or "computed and cached in", real.cache))
+if dist.rank() == 0 then
+  local _, _, real = fid.real_stats(args.dataset, { split = args.split })
+  print(string.format("%s: %s split, %d real images (%s %s)", fid.NAME, args.split, real.count,
+    real.cached and "cached in" or "computed and cached in", real.cache))
+end
 print(string.format("checkpoint %s: step %d, %s weights, %s, T = %d, %s prediction; %d samples per step count",
   args.ckpt, ck.step, (args.ema and ck.ema) and "EMA" or "trained", ck.schedule or "linear", sched.T, ck.prediction or "eps",
   args.n))
@@ -121,32 +126,38 @@ for _, run in ipairs(runs) do
   local count = run.steps
   if count and count > sched.T and args.sampler ~= "ode" then fail(string.format("%d steps is more than T = %d", count, sched.T)) end
   local label = count and string.format("%s %d steps", variant, count) or string.format("%s rtol %g", variant, run.rtol)
-  local bar = progress.new(args.n, { label = label, unit = "img" })
-  local parts, done, seconds, nfe = {}, 0, 0, 0
-  local batch_index = 0
-  while done < args.n do
-    local b = math.min(args.batch, args.n - done)
-    local t0 = cn.time()
+  local bar = dist.rank() == 0 and progress.new(args.n, { label = label, unit = "img" }) or nil
+  -- batch c is drawn from seed + c - 1; under mpirun rank r draws batches r + 1, r + 1 + N, ... and
+  -- rank 0 gathers them (docs/distributed.md): the same samples, and so the same scores, as one process
+  local sizes = {}
+  for first = 1, args.n, args.batch do sizes[#sizes + 1] = math.min(args.batch, args.n - first + 1) end
+  local parts, done, nfe = {}, 0, 0
+  local t0 = cn.time()
+  for _, c in ipairs(dist.my_chunks(#sizes)) do
     local opts = {}
     for k, v in pairs(gen) do opts[k] = v end
     opts.steps, opts.rtol, opts.atol = count, run.rtol, run.atol
-    opts.prediction, opts.seed = ck.prediction, args.seed + batch_index
-    local x, info = train.generate(model, sched, { b, shape[1], shape[2], shape[3] }, opts)
-    seconds = seconds + (cn.time() - t0)
-    nfe = nfe + info.nfe * b
+    opts.prediction, opts.seed = ck.prediction, args.seed + c - 1
+    local x, info = train.generate(model, sched, { sizes[c], shape[1], shape[2], shape[3] }, opts)
+    nfe = nfe + info.nfe * sizes[c]
     parts[#parts + 1] = x
-    done, batch_index = done + b, batch_index + 1
-    bar:update(done)
+    done = done + sizes[c] * dist.world_size() -- about: the other ranks keep pace
+    if bar then bar:update(math.min(done, args.n)) end
   end
-  bar:finish()
+  local samples = dist.gather_chunks(parts, sizes, shape)
+  local seconds = cn.time() - t0 -- wall time: with N ranks, N batches at once
+  if dist.world_size() > 1 then nfe = dist.all_reduce(cn.tensor{nfe}, "sum"):item() end
+  if bar then bar:finish() end
   nfe = nfe / args.n -- an adaptive solver's count may differ from batch to batch: the mean per sample
-  local samples = #parts == 1 and parts[1] or cn.cat(parts, 1)
-  local r = fid.score(samples, args.dataset, { split = args.split })
-  rows[#rows + 1] = { steps = count or math.floor(nfe + 0.5), fid = r.fid, kid = r.kid, kid_std = r.kid_std, seconds = seconds / args.n,
-    nfe = nfe, rtol = run.rtol, atol = run.atol }
+  if dist.rank() == 0 then
+    local r = fid.score(samples, args.dataset, { split = args.split })
+    rows[#rows + 1] = { steps = count or math.floor(nfe + 0.5), fid = r.fid, kid = r.kid, kid_std = r.kid_std,
+      seconds = seconds / args.n, nfe = nfe, rtol = run.rtol, atol = run.atol }
+  end
   samples, parts = nil, nil
   collectgarbage("collect")
 end
+if dist.rank() > 0 then return end
 
 -- --append: the earlier rows of the same scan, for the step counts not measured again, in step order
 if args.append then

@@ -85,6 +85,7 @@ void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
 void cnl_open_metrics(lua_State *L);     /* l_metrics.c: SSIM, PSNR, FID, KID */
 void cnl_open_profile(lua_State *L);     /* l_profile.c: the per-op profiler */
 void cnl_open_bm3d(lua_State *L);        /* l_bm3d.c: BM3D denoising */
+void cnl_open_distributed(lua_State *L); /* l_distributed.c: MPI collectives (cn.distributed) */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

@@ -179,6 +179,7 @@ int luaopen_cunet_core(lua_State *L) {
     cnl_open_metrics(L);
     cnl_open_profile(L);
     cnl_open_bm3d(L);
+    cnl_open_distributed(L);
     luaL_getmetatable(L, CNL_TENSOR_MT);
     lua_setfield(L, -2, "Tensor"); /* the metatable, for Lua-side extensions (printing, autograd) */
     lua_pushliteral(L, CUNET_VERSION);

@@ -32,6 +32,7 @@ cn.odeint, cn.ode = ode.odeint, ode
 cn.nn = require "cunet.nn" -- layers (docs/nn.md); needs only cunet.core, so no require cycle
 cn.optim = require "cunet.optim" -- replaces core.optim, the kernels it calls
 cn.metrics = require "cunet.metrics" -- replaces core.metrics, the kernels it calls
+cn.distributed = require "cunet.distributed" -- adds the data-parallel helpers to core.distributed
 --- cn.profile(fn [, opts], ...): per-op times of fn(...) (lua/cunet/profile.lua, docs/benchmarks.md)
 cn.profile = require("cunet.profile").profile
 cn.profile_enable, cn.profile_reset, cn.profile_entries = nil, nil, nil

@@ -23,6 +23,7 @@ local progress = require "cunet.progress"
 local checkpoint = require "cunet.checkpoint"
 local fs = require "cunet.fs"
 local options = require "cunet.options"
+local distributed = require "cunet.distributed"
 
 local M = {}
 
@@ -157,8 +158,9 @@ end
 -- The batch stream: epoch e's order is DataLoader:order(e) (a function of (seed, e) only);
 -- `position` examples of the current epoch are used; a batch that would not fit starts the next
 -- epoch (drop_last), so every batch has batch_size examples. Flips (data.random_hflip) depend on
--- (seed, epoch, batch index) only.
-local function batch_stream(images, batch_size, seed, epoch, position, flip)
+-- (seed, epoch, batch index) only. With shard = {first, count} (data parallelism) the stream keeps
+-- the global order and position, and returns this rank's rows of each global batch only.
+local function batch_stream(images, batch_size, seed, epoch, position, flip, shard)
   local n = images:size(1)
   if n < batch_size then fail("the dataset holds %d images, fewer than the batch size %d", n, batch_size) end
   local loader = data.DataLoader({images = images}, {batch_size = batch_size, shuffle = true, seed = seed})
@@ -170,8 +172,10 @@ local function batch_stream(images, batch_size, seed, epoch, position, flip)
     order = order or loader:order(s.epoch)
     local idx = order:narrow(1, s.position + 1, batch_size)
     s.position = s.position + batch_size
+    if shard and not flipper then idx = idx:narrow(1, shard.first, shard.count) end
     local x = images:index_select(1, idx)
     if flipper then x = flipper(x, {epoch = s.epoch, index = (s.position + batch_size - 1) // batch_size}) end
+    if shard and flipper then x = x:narrow(1, shard.first, shard.count) end -- the flips draw for the whole batch
     return x
   end
   return s
@@ -474,6 +478,7 @@ local function run_config(o, model, config, sched, schedule_name, images, data_s
     train = recorded(o, schedule_name, sched.T),
     recipe = o.recipe or nil,
     resumed = o.resume and {from = o.resume, step = start_step} or nil,
+    ranks = distributed.world_size() > 1 and distributed.world_size() or nil,
   }
 end
 
@@ -504,6 +509,19 @@ function M.run(opts)
   for _, p in ipairs(model:parameters()) do
     if p:requires_grad() then params[#params + 1] = p end
   end
+  -- Data parallelism (docs/distributed.md): under mpirun each of the N ranks trains on its
+  -- batch_size / N rows of every global batch, from parameters broadcast by rank 0; the gradients
+  -- are averaged in buckets before clipping, so every rank takes the same optimizer step.
+  local world, rank = distributed.world_size(), distributed.rank()
+  local shard, buckets
+  if world > 1 then
+    if o.batch_size % world ~= 0 then
+      fail("batch_size %d does not split over %d ranks (make it a multiple of %d)", o.batch_size, world, world)
+    end
+    shard = {first = rank * (o.batch_size // world) + 1, count = o.batch_size // world}
+    buckets = distributed.Buckets(params)
+    buckets:broadcast(0)
+  end
   local opt_args = {lr = o.lr, betas = o.betas, eps = o.eps, weight_decay = o.weight_decay}
   local opt = o.optimizer == "adamw" and optim.AdamW(params, opt_args) or optim.Adam(params, opt_args)
   local ema = o.ema and o.ema > 0 and optim.EMA(model, {decay = o.ema, warmup = o.ema_warmup}) or nil
@@ -525,10 +543,10 @@ function M.run(opts)
   else
     cn.set_rng_state{seed = o.seed, counter = M.TRAIN_COUNTER}
   end
-  local stream = batch_stream(images, o.batch_size, seed, epoch, position, o.flip)
+  local stream = batch_stream(images, o.batch_size, seed, epoch, position, o.flip, shard)
   local sample_shape = {o.sample_n, images:size(2), images:size(3), images:size(4)}
 
-  local out = o.out
+  local out = rank == 0 and o.out or nil -- rank 0 alone writes
   local csv
   local cfg = run_config(o, model, config, sched, schedule_name, images, seed, start_step)
   if out then
@@ -539,6 +557,7 @@ function M.run(opts)
 
   local mode = o.progress
   if mode == "auto" then mode = cn.isatty(o.stream or io.stderr) and "bar" or "lines" end
+  if rank > 0 then mode = "none" end
   local bar = mode == "bar" and progress.new(o.steps - start_step, {label = "train", unit = "step", stream = o.stream or io.stderr, tty = true}) or nil
   local log_stream = o.stream or io.stdout
   local function say(text)
@@ -575,19 +594,39 @@ function M.run(opts)
     say(string.format("step %d: checkpoint %s", step, path))
   end
 
+  -- The loss of this rank's rows. With several ranks, each draws the timesteps and noise of the
+  -- whole global batch, as one rank would, and keeps its rows: the N-rank run sees the numbers of
+  -- the 1-rank run. What the model draws (dropout) comes from a stream of its own per (seed, step,
+  -- rank), and the shared stream is put back after, so every rank's generator stays the same.
+  local function shard_loss(x0)
+    if not shard then return (diffusion.loss(sched, model, x0, {prediction = o.prediction})) end
+    local t = diffusion.sample_timesteps(sched, o.batch_size)
+    local noise = cn.randn{o.batch_size, x0:size(2), x0:size(3), x0:size(4)}
+    local shared = cn.rng_state()
+    cn.set_rng_state{seed = (seed * 0x9E3779B97F4A7C15) ~ (step * 0xBF58476D1CE4E5B9) ~ (rank + 1), counter = M.TRAIN_COUNTER}
+    local ok, loss = pcall(diffusion.loss, sched, model, x0, {prediction = o.prediction,
+      t = t:narrow(1, shard.first, shard.count), noise = noise:narrow(1, shard.first, shard.count)})
+    cn.set_rng_state(shared)
+    if not ok then error(loss, 0) end
+    local mean = cn.tensor{loss:item()}
+    distributed.all_reduce(mean, "mean") -- the global batch's loss, the same on every rank
+    return loss, mean:item()
+  end
+
   local function one_step()
     step = step + 1
     local lr = optim.schedule.apply(opt, lr_at, step)
     model:train()
     local x0 = stream.next()
-    local loss = diffusion.loss(sched, model, x0, {prediction = o.prediction})
-    local value = loss:item()
+    local loss, global_value = shard_loss(x0)
+    local value = global_value or loss:item()
     if finite_or_name(value) then
       fail("the loss is %s at step %d; stopped before the optimizer step%s", finite_or_name(value), step,
         last_checkpoint and string.format(" (the last checkpoint, '%s', is untouched)", last_checkpoint) or "")
     end
     opt:zero_grad()
     loss:backward()
+    if buckets then buckets:average_grads() end
     local grad_norm = o.clip and o.clip > 0 and optim.clip_grad_norm(params, o.clip) or optim.grad_norm(params)
     if finite_or_name(grad_norm) then
       fail("the gradient norm is %s at step %d (loss %.6g); stopped before the optimizer step%s", finite_or_name(grad_norm),
@@ -634,8 +673,9 @@ function M.run(opts)
   if start_step >= o.steps then
     say(string.format("the checkpoint is at step %d already (steps = %d): nothing to do", start_step, o.steps))
   else
-    say(string.format("training%s: steps %d..%d, batch %d, %d parameters%s", o.resume and " (resumed)" or "",
-      start_step + 1, o.steps, o.batch_size, model:num_parameters(), out and (", writing to " .. out) or ""))
+    say(string.format("training%s: steps %d..%d, batch %d%s, %d parameters%s", o.resume and " (resumed)" or "",
+      start_step + 1, o.steps, o.batch_size, world > 1 and string.format(" over %d ranks", world) or "",
+      model:num_parameters(), out and (", writing to " .. out) or ""))
   end
   local ok, err = pcall(function()
     while step < o.steps do

@@ -21,6 +21,8 @@ local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
 local diffusion = require "cunet.diffusion"
 local check_options = require("cunet.options").check
+local distributed = require "cunet.distributed"
+local print = distributed.print -- under mpirun, rank 0 speaks for the job
 
 local M = {}
 
@@ -219,8 +221,7 @@ local function train_options(name, args, given, ck)
   return t
 end
 
---- Parses argv with the recipe's spec, trains, and prints the final line; returns train.run's result.
-function M.main(argv, spec)
+local function main(argv, spec)
   local name = spec.name
   local cli_spec = {
     name = name,
@@ -276,6 +277,14 @@ function M.main(argv, spec)
   print(string.format("step %d: loss %s, %.1f s; checkpoint %s", result.step,
     result.loss and string.format("%.4f", result.loss) or "-", result.seconds, tostring(result.checkpoint)))
   return result
+end
+
+--- Parses argv with the recipe's spec, trains, and prints the final line; returns train.run's result.
+-- Started by mpirun or srun, it trains data-parallel (docs/distributed.md): MPI starts first, and
+-- an error on any rank then ends the whole job at once with that rank's message.
+function M.main(argv, spec)
+  distributed.setup()
+  return distributed.main(main, argv, spec)
 end
 
 --- The cU-Net comparison's training settings (docs/results.md): the same optimizer, batch and
