@@ -40,7 +40,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "alloc.h"
 #include "autograd.h"
@@ -247,14 +246,12 @@ static void sum_channels(const float *t, int64_t N, int Ch, size_t P, float *out
 
 /* ---- the driver ----------------------------------------------------------------------------- */
 
-/* OpenMP loops run between the GEMMs only when idle OpenMP workers sleep (OMP_WAIT_POLICY=passive).
- * With the default policy they spin after each loop, and on few cores they and OpenBLAS's own
- * pthreads starve each other: measured on 2 cores, 10-40x slower than the same loops serial.
- * Serial, they cost 0-20% against passive OpenMP. */
-static bool loops_parallel(void) {
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    return policy && strcasecmp(policy, "passive") == 0;
-}
+/* Whether the loops around the products may use OpenMP threads. Round 1 allowed it only under
+ * OMP_WAIT_POLICY=passive: with spinning OpenMP workers, OpenBLAS's own pthreads were starved (10-40x
+ * slower on 2 cores). OpenBLAS now always runs on its caller's thread (cn_blas_single_thread), so
+ * OpenMP's threads are the engine's only ones and the loops are parallel under any policy (a Lua
+ * module user who keeps libgomp's default spinning gets every core, as PyTorch does). */
+static bool loops_parallel(void) { return true; }
 
 /* Images per chunk of a conv-only job: 1 when one image already gives a wide GEMM, else enough
  * for CHUNK_COLS columns, within the buffer cap. */
