@@ -139,16 +139,22 @@ local function each_bucket(self, pack, collective, unpack)
   end)
 end
 
---- Replaces every parameter's gradient by its mean over the ranks (a parameter without a gradient
--- counts as zeros, and gets the mean too). No-op on one rank.
+--- Replaces every parameter's gradient by its mean over the ranks. A parameter without a gradient
+-- on some ranks counts as zeros there and gets the mean; one without a gradient on every rank keeps
+-- none (as on one process, where the optimizer skips it). No-op on one rank.
 function Buckets:average_grads()
   if M.world_size() <= 1 then return end
+  local has = {}
+  for i, p in ipairs(self.params) do has[i] = p.grad and 1 or 0 end
+  local anywhere = M.all_reduce(core.tensor(has), "max"):totable() -- one small collective
+  local index = {}
+  for i, p in ipairs(self.params) do index[p] = i end
   each_bucket(self, function(p, slice)
     local g = p.grad
     if g then slice:copy_(g:reshape{-1}) else slice:zero_() end
   end, function(flat) M.all_reduce(flat, "mean") end, function(p, slice)
     local g = p.grad
-    if g then g:copy_(slice) else p.grad = slice:clone() end
+    if g then g:copy_(slice) elseif anywhere[index[p]] > 0 then p.grad = slice:clone() end
   end)
 end
 

@@ -184,6 +184,12 @@ for _, c in ipairs(dist.my_chunks(#sizes)) do parts[#parts + 1] = cn.full({sizes
 local chunks = {}
 for i, v in ipairs(dist.gather_chunks(parts, sizes, {1}):view{-1}:totable()) do chunks[i] = string.format("%g", v) end
 say("chunks %s", table.concat(chunks, ","))
+-- gradients: averaged; a parameter with a gradient on rank 0 only gets half of it, one with none anywhere keeps none
+local used, partly, unused = cn.ones{3}:requires_grad(true), cn.ones{2}:requires_grad(true), cn.ones{2}:requires_grad(true)
+used.grad = cn.full({3}, r + 1)
+if r == 0 then partly.grad = cn.full({2}, 4) end
+dist.Buckets({used, partly, unused}, 8):average_grads()
+say("grads %g %g %s", used.grad:sum():item(), partly.grad:sum():item(), tostring(unused.grad))
 -- a model with dropout: every rank keeps the same parameters and generator through training
 local net = require("cunet_test_distnet").from_config{in_channels = 1, dropout = 0.5}
 local result = require("cunet.train").run{model = net, dataset = cn.rand{8, 1, 8, 8} * 2 - 1, steps = 3, batch_size = 4,
@@ -214,6 +220,7 @@ dist.finalize()
     lu.assertStrContains(out, p .. "gather mismatch cn.distributed.all_gather: the ranks passed different shapes " ..
       "(only dim 1 may differ): rank 0 has [1, 2], rank 1 has [1, 3]")
     lu.assertStrContains(out, p .. "chunks 1,1,2,3,3")
+    lu.assertStrContains(out, p .. "grads 4.5 4 nil")
     lu.assertStrContains(out, p .. "params same true, rng same true")
   end
   local l0, l1 = out:match("rank0 loss (%S+)"), out:match("rank1 loss (%S+)")
