@@ -250,6 +250,26 @@ static cn_tensor *contiguous_raw(cn_tensor *t, cn_error *err) {
     return c;
 }
 
+/* Whether t is, for cat along dim d, a sequence of contiguous blocks of shape[d..] (those dims
+ * row-major) at equal steps for the outer index over dims 0..d-1: a contiguous tensor, or a narrow of
+ * one along dim d or before (the halves of an ODE state). *step receives the floats between blocks. */
+static bool block_layout(const cn_tensor *t, int d, int64_t *step) {
+    int64_t span = 1;
+    for (int j = t->ndim - 1; j >= d; j--) {
+        if (t->shape[j] != 1 && t->stride[j] != span) return false;
+        span *= t->shape[j];
+    }
+    *step = span; /* no outer dim larger than 1: one block */
+    int64_t expect = 0;           /* the stride the next outer dim (going left) must have */
+    for (int k = d - 1; k >= 0; k--) {
+        if (t->shape[k] == 1) continue;
+        if (expect == 0) *step = t->stride[k];
+        else if (t->stride[k] != expect) return false;
+        expect = t->stride[k] * t->shape[k];
+    }
+    return true;
+}
+
 static cn_tensor *cat_raw(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     if (n <= 0) {
         cn_error_set(err, "cat: expected a non-empty list of tensors");
@@ -280,12 +300,14 @@ static cn_tensor *cat_raw(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     for (int j = 0; j < d; j++) outer *= shape[j];
     for (int j = d + 1; j < first->ndim; j++) inner *= shape[j];
     for (int i = 0; i < n; i++) {
-        if (cn_is_contiguous(ts[i])) { /* block copies: outer blocks of shape[d]·inner floats each */
+        int64_t src_step;
+        if (block_layout(ts[i], d, &src_step)) { /* outer blocks of shape[d]·inner floats each */
             size_t blk = (size_t)(ts[i]->shape[d] * inner), row = (size_t)(shape[d] * inner);
             const float *src = cn_data(ts[i]);
             float *dst = cn_data(out) + (size_t)(at * inner);
             #pragma omp parallel for schedule(static) if ((size_t)outer * blk > 262144 && outer > 1)
-            for (int64_t o = 0; o < outer; o++) memcpy(dst + (size_t)o * row, src + (size_t)o * blk, blk * sizeof *dst);
+            for (int64_t o = 0; o < outer; o++)
+                memcpy(dst + (size_t)o * row, src + (size_t)o * (size_t)src_step, blk * sizeof *dst);
             at += ts[i]->shape[d];
             continue;
         }

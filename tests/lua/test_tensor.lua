@@ -404,3 +404,28 @@ function TestTensorArgs:testDtypeIsRefused()
   end
   lu.assertEquals(cn.zeros({2}, nil):shape(), {2})
 end
+
+-- cat copies contiguous parts, and narrows along the cat dim or before it, block by block; any
+-- other view through the strided copy. Every case against the same cat of contiguous copies.
+TestCatBlocks = {}
+
+function TestCatBlocks:testViewsAgainstContiguous()
+  cn.seed(3)
+  local x = cn.randn{4, 6, 5, 3}
+  local cases = {
+    {x:narrow(2, 3, 4), x:narrow(2, 1, 2), dim = 2},     -- ODE state halves
+    {x:narrow(1, 2, 2), x:narrow(1, 1, 1), dim = 1},
+    {x:narrow(1, 2, 2), x:narrow(1, 1, 2), dim = 2},     -- narrowed before the cat dim
+    {x:transpose(3, 4), x:transpose(3, 4), dim = 2},     -- not blocks: strided path
+    {x:narrow(3, 2, 2), x:narrow(3, 1, 2), dim = 2},     -- narrowed after the cat dim
+    {x:select(1, 2), x:select(1, 3), dim = 1},
+    {x:narrow(2, 1, 0), x, dim = 2},                     -- an empty part
+    {cn.randn{1, 6, 1, 3}:expand{4, 6, 5, 3}, x, dim = 2},
+  }
+  for i, c in ipairs(cases) do
+    local got = cn.cat({c[1], c[2]}, c.dim)
+    local want = cn.cat({c[1]:contiguous(), c[2]:contiguous()}, c.dim)
+    lu.assertEquals(got:shape(), want:shape(), "case " .. i)
+    lu.assertEquals((got - want):abs():max():item(), 0, "case " .. i)
+  end
+end
