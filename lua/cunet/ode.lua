@@ -184,6 +184,20 @@ local function odeint_adjoint(f, z0, ts, opts)
   return wrap(result), stats
 end
 
+-- The initial state made contiguous once (a no-op for a contiguous one, differentiable): every
+-- stage combines it with the stage values, and a strided z0 (the halves of a cU-Net level's
+-- features) was copied again in each of those combinations.
+local function contiguous_state(z0)
+  if cn.is_tensor(z0) then return z0:is_contiguous() and z0 or z0:contiguous() end
+  if type(z0) ~= "table" then return z0 end
+  local out, changed = {}, false
+  for i, z in ipairs(z0) do
+    out[i] = z
+    if cn.is_tensor(z) and not z:is_contiguous() then out[i], changed = z:contiguous(), true end
+  end
+  return changed and out or z0
+end
+
 --- cn.odeint(f, z0, ts [, opts]) -> solution, stats (see the top of this file).
 -- opts: method ("dopri5"; euler, midpoint, heun, rk4, rk4_38, bosh3), rtol (1e-7), atol (1e-9),
 -- step_size or steps (fixed-step methods: steps over the whole span; default one step per output
@@ -200,6 +214,7 @@ function M.odeint(f, z0, ts, opts)
   end
   local fn = type(f) == "function" and f or function(t, z) return f(t, z) end
   local times = times_of(ts)
+  z0 = contiguous_state(z0)
   if opts.adjoint then return odeint_adjoint(fn, z0, times, opts) end
   local has_lua_option = false
   for k in pairs(opts) do has_lua_option = has_lua_option or LUA_OPTIONS[k] ~= nil end
