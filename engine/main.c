@@ -6,7 +6,8 @@
  * The command line, the global `arg`, LUA_INIT and LUA_PATH behave as in the stand-alone lua5.4, so a
  * script moves between the two unchanged. On top of that, `require "cunet.core"` is the binding linked
  * into this executable, and `require "cunet"` finds the Lua library beside the executable (see
- * find_luadir). The REPL prints expression values through tostring, keeps its history in
+ * find_luadir). The REPL prints expression values (plain tables as Lua source, through
+ * lua/cunet/repl.lua), completes names along metatables' __index chains, keeps its history in
  * ~/.cunet_history and stops a running computation on Ctrl-C without leaving. docs/cli.md is the manual.
  */
 #include <errno.h>
@@ -587,8 +588,106 @@ static int incomplete(lua_State *L, int status)
     return 1;
 }
 
+/* The level of a long bracket `[==[` starting at code[i] (the count of '='), or -1. */
+static int long_bracket(const char *code, size_t len, size_t i)
+{
+    size_t j = i + 1;
+    if (code[i] != '[')
+        return -1;
+    while (j < len && code[j] == '=')
+        j++;
+    return j < len && code[j] == '[' ? (int)(j - i - 1) : -1;
+}
+
+/* The offset just past the long string or comment body opened by a bracket of this level at i. */
+static size_t skip_long(const char *code, size_t len, size_t i, int level)
+{
+    for (i += (size_t)level + 2; i < len; i++) {
+        size_t j = i + 1;
+        if (code[i] != ']')
+            continue;
+        while (j < len && code[j] == '=')
+            j++;
+        if (j < len && code[j] == ']' && (int)(j - i - 1) == level)
+            return j + 1;
+    }
+    return len;
+}
+
+#define MAX_SPLITS 64
+
+/* Fills at[] with the offsets of the `;` of code outside strings and comments (the last MAX_SPLITS
+ * of them, in a ring) and returns how many there were. */
+static size_t statement_ends(const char *code, size_t len, size_t *at)
+{
+    size_t count = 0;
+    size_t i = 0;
+    while (i < len) {
+        char c = code[i];
+        int level;
+        if (c == '-' && i + 1 < len && code[i + 1] == '-') {  /* a comment, long or to the line's end */
+            i += 2;
+            level = i < len ? long_bracket(code, len, i) : -1;
+            if (level >= 0) {
+                i = skip_long(code, len, i, level);
+            } else {
+                while (i < len && code[i] != '\n')
+                    i++;
+            }
+        } else if (c == '"' || c == '\'') {
+            for (i++; i < len && code[i] != c && code[i] != '\n'; i++)
+                if (code[i] == '\\')
+                    i++;
+            i++;
+        } else if ((level = long_bracket(code, len, i)) >= 0) {
+            i = skip_long(code, len, i, level);
+        } else {
+            if (c == ';')
+                at[count++ % MAX_SPLITS] = i;
+            i++;
+        }
+    }
+    return count;
+}
+
+/* `a = f(); a`: statements, then an expression after a `;`. Lua reads the trailing `a` as the start
+ * of a statement and asks for more (`x + y` there is an error, and `f()` runs unseen); the REPL
+ * compiles `<statements>; return a` instead, so the line runs and shows a's value, as the same
+ * expression alone on a line would. Splits only at a `;` outside strings and comments, the last
+ * first. Pushes the function and returns 1, or pushes nothing. */
+static int load_trailing_expression(lua_State *L, const char *code, size_t len)
+{
+    size_t at[MAX_SPLITS];
+    size_t count = statement_ends(code, len, at);
+    size_t k;
+    for (k = count; k > 0 && count - k < MAX_SPLITS; k--) {
+        size_t i = at[(k - 1) % MAX_SPLITS];
+        size_t chunk_len;
+        const char *chunk;
+        int status;
+        /* the statements must be complete on their own, or the `return` would land inside a block
+         * (`for i = 1, 3 do x = i; f(i) end` must not become one iteration returning f(1)) */
+        status = luaL_loadbuffer(L, code, i + 1, "=stdin");
+        lua_pop(L, 1);
+        if (status != LUA_OK)
+            continue;
+        lua_pushlstring(L, code, i + 1);
+        lua_pushliteral(L, " return ");
+        lua_pushlstring(L, code + i + 1, len - i - 1);
+        lua_concat(L, 3);
+        chunk = lua_tolstring(L, -1, &chunk_len);
+        status = luaL_loadbuffer(L, chunk, chunk_len, "=stdin");
+        lua_remove(L, -2);
+        if (status == LUA_OK)
+            return 1;
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
 /* Reads one statement and leaves its compiled function (status LUA_OK) or error message on the
- * stack. The first line is tried as `return <line>` so that an expression shows its value; a
+ * stack. The first line is tried as `return <line>` so that an expression shows its value, then as
+ * statements followed by an expression (load_trailing_expression), then as statements; a
  * statement that is incomplete reads more lines. May return READ_EOF or READ_INTERRUPTED, with
  * nothing pushed. */
 static int read_statement(struct repl *r)
@@ -614,6 +713,10 @@ static int read_statement(struct repl *r)
         size_t len;
         const char *code = lua_tolstring(L, base + 1, &len);
         int more;
+        if (load_trailing_expression(L, code, len)) {
+            status = LUA_OK;
+            break;
+        }
         status = luaL_loadbuffer(L, code, len, "=stdin");
         if (!incomplete(L, status))
             break;
@@ -636,16 +739,51 @@ static int read_statement(struct repl *r)
 
 /* ---------------------------------------------------------------- REPL: printing and completion */
 
-/* print_values(...): `_` = the first value, then every value through tostring, tab-separated. */
+/* Pushes require("cunet.repl").pretty, or nil when the library cannot give it (-E, a broken
+ * path): the REPL then prints through tostring alone. Tried once per session. */
+static void push_formatter(lua_State *L)
+{
+    static int unavailable;
+    int top = lua_gettop(L);
+    if (!unavailable) {
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "cunet.repl");
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1) &&
+            lua_getfield(L, -1, "pretty") == LUA_TFUNCTION) {
+            lua_remove(L, -2);
+            return;
+        }
+        unavailable = 1;
+        lua_settop(L, top);
+    }
+    lua_pushnil(L);
+}
+
+/* print_values(...): `_` = the first value, then every value tab-separated, each through
+ * cunet.repl's pretty (a plain table as `{2, 3}` or `{live = 1024, peak = 2048}`; anything else
+ * through tostring, so tensors and modules print as print shows them). */
 static int print_values(lua_State *L)
 {
     int n = lua_gettop(L);
+    int formatter;
     int i;
     lua_pushvalue(L, 1);
     lua_setglobal(L, "_");
+    push_formatter(L);
+    formatter = lua_gettop(L);
     for (i = 1; i <= n; i++) {
         size_t len;
-        const char *s = luaL_tolstring(L, i, &len);
+        const char *s = NULL;
+        if (!lua_isnil(L, formatter)) {
+            lua_pushvalue(L, formatter);
+            lua_pushvalue(L, i);
+            if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING)
+                lua_pop(L, 1);
+            else
+                s = lua_tolstring(L, -1, &len);
+        }
+        if (s == NULL)
+            s = luaL_tolstring(L, i, &len);
         if (i > 1)
             fputc('\t', stdout);
         fwrite(s, 1, len, stdout);
@@ -657,8 +795,10 @@ static int print_values(lua_State *L)
 }
 
 /* Appends to the table at index t the string keys of the table at index src that start with part,
- * prefixed by prefix (prefix_len bytes) — only keys that are identifiers. */
-static void add_matches(lua_State *L, int t, int src, const char *prefix, size_t prefix_len, const char *part)
+ * prefixed by prefix (prefix_len bytes) — only keys that are identifiers, each once (the table at
+ * index seen remembers them), and names starting with `_` only when part does. */
+static void add_matches(lua_State *L, int t, int seen, int src, const char *prefix, size_t prefix_len,
+                        const char *part)
 {
     size_t part_len = strlen(part);
     lua_pushnil(L);
@@ -667,46 +807,102 @@ static void add_matches(lua_State *L, int t, int src, const char *prefix, size_t
             size_t len;
             const char *key = lua_tolstring(L, -2, &len);
             size_t j;
-            int ident = len > 0 && strncmp(key, part, part_len) == 0;
+            int ident = len > 0 && strncmp(key, part, part_len) == 0 && (key[0] != '_' || part[0] == '_');
             for (j = 0; ident && j < len; j++) {
                 unsigned char c = (unsigned char)key[j];
                 ident = c == '_' || (c >= '0' && c <= '9' && j > 0) || ((c | 32) >= 'a' && (c | 32) <= 'z');
             }
-            if (ident) {
-                lua_pushlstring(L, prefix, prefix_len);
+            lua_pushvalue(L, -2);
+            if (ident && lua_rawget(L, seen) == LUA_TNIL) {
                 lua_pushvalue(L, -3);
+                lua_pushboolean(L, 1);
+                lua_rawset(L, seen);
+                lua_pushlstring(L, prefix, prefix_len);
+                lua_pushvalue(L, -4);
                 lua_concat(L, 2);
                 lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
             }
+            lua_pop(L, 1);
         }
         lua_pop(L, 1);
     }
 }
 
-/* Pushes the tables where the names of the value at idx live: the value itself when a table, then
- * from its metatable the __index table (methods of class instances, of strings) and, where __index is
- * a function, the __methods and __properties tables it serves from (cunet tensors). Returns how many
- * were pushed. */
-static int push_scopes(lua_State *L, int idx)
+/* A cunet nn.Module keeps its children, parameters and buffers in registries, not in the instance
+ * (lua/cunet/nn/module.lua): pushes each registry's `value` table of the table at idx. */
+static int push_registries(lua_State *L, int idx)
 {
-    static const char *const fields[] = {"__index", "__methods", "__properties"};
+    static const char *const names[] = {"_modules", "_parameters", "_buffers"};
     int n = 0;
     size_t i;
+    for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+        lua_pushstring(L, names[i]);
+        if (lua_rawget(L, idx) == LUA_TTABLE) {
+            lua_pushliteral(L, "value");
+            if (lua_rawget(L, -2) == LUA_TTABLE) {
+                lua_remove(L, -2);
+                n++;
+                continue;
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return n;
+}
+
+/* Pushes the tables where the names of the value at idx live: the value itself when a table (and a
+ * module's registries), then along its metatables' __index chain: an __index table and whatever
+ * that table's own metatable leads to (a class, then its parents; string methods); where __index
+ * is a function, the metatable itself (a class whose __index function falls back to it, as
+ * nn.Module's does) with its __methods and __properties tables (cunet tensors), then the
+ * metatable's own metatable (the parent classes). Returns how many were pushed. */
+static int push_scopes(lua_State *L, int idx)
+{
+    static const char *const served[] = {"__methods", "__properties"};
+    int n = 0;
+    int depth;
     idx = lua_absindex(L, idx);
     if (lua_type(L, idx) == LUA_TTABLE) {
         lua_pushvalue(L, idx);
-        n++;
+        n += 1 + push_registries(L, idx);
     }
     if (!lua_getmetatable(L, idx))
         return n;
-    for (i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        lua_pushstring(L, fields[i]);
-        if (lua_rawget(L, -2) == LUA_TTABLE) {  /* the metatable stays on top, under the key */
-            lua_insert(L, -2);  /* keep the metatable on top */
-            n++;
-        } else {
+    for (depth = 0; depth < 32; depth++) {  /* the current metatable is on top */
+        int kind;
+        lua_pushliteral(L, "__index");
+        kind = lua_rawget(L, -2);
+        if (kind == LUA_TTABLE) {
+            lua_insert(L, -2);  /* index, mt */
             lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_insert(L, -2);  /* index (a scope), index */
+            n++;
+        } else if (kind == LUA_TFUNCTION) {
+            size_t i;
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_insert(L, -2);  /* mt (a scope), mt */
+            n++;
+            for (i = 0; i < sizeof served / sizeof served[0]; i++) {
+                lua_pushstring(L, served[i]);
+                if (lua_rawget(L, -2) == LUA_TTABLE) {
+                    lua_insert(L, -2);
+                    n++;
+                } else {
+                    lua_pop(L, 1);
+                }
+            }
+        } else {
+            lua_pop(L, 2);
+            return n;
         }
+        if (!lua_getmetatable(L, -1)) {
+            lua_pop(L, 1);
+            return n;
+        }
+        lua_remove(L, -2);
     }
     lua_pop(L, 1);
     return n;
@@ -726,13 +922,14 @@ static int completions(lua_State *L)
 
     lua_newtable(L);
     result = lua_gettop(L);
+    lua_newtable(L);  /* the names already offered */
     lua_pushglobaltable(L);  /* the value being walked */
     for (p = text; (sep = strpbrk(p, ".:")) != NULL; p = sep + 1) {
         int found = 0;
         int k;
         int n = push_scopes(L, -1);
         last = sep;
-        for (k = 0; k < n && !found; k++) {
+        for (k = n - 1; k >= 0 && !found; k--) {  /* nearest scope first */
             lua_pushlstring(L, p, (size_t)(sep - p));
             lua_rawget(L, -2 - k);
             found = !lua_isnil(L, -1);
@@ -747,8 +944,8 @@ static int completions(lua_State *L)
         lua_pop(L, n);
     }
     nscopes = push_scopes(L, -1);
-    for (i = 0; i < nscopes; i++)
-        add_matches(L, result, lua_gettop(L) - i, text, last ? (size_t)(last - text + 1) : 0, p);
+    for (i = nscopes - 1; i >= 0; i--)  /* nearest scope first */
+        add_matches(L, result, result + 1, lua_gettop(L) - i, text, last ? (size_t)(last - text + 1) : 0, p);
     lua_settop(L, result);
     return 1;
 }

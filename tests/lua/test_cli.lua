@@ -318,3 +318,92 @@ function TestRepl:testUnwritableHistoryIsNoError()
     lu.assertStrContains(out, "\n42\n")
     lu.assertNotStrContains(out, "nonexistent")
 end
+
+function TestRepl:testPrettyPrintsTables()
+    local out, code = repl_session({
+        "cn.zeros{2, 3}:shape()\n",                    -- a shape, not table: 0x...
+        "{peak = 2 * 1024, live = 1024}\n",           -- a stats table, keys sorted
+        "{a = {b = {c = {d = 1}}}, s = 'q' .. 'uoted'}\n",  -- nested: cut at depth 3; strings quoted
+        "t = {1}; t.self = t; t\n",                     -- a table inside itself
+        "cn.ones{2}\n",                                 -- tensors as print shows them
+    }, self.history)
+    lu.assertEquals(code, 0)
+    lu.assertStrContains(out, "\n{2, 3}\n")
+    lu.assertStrContains(out, "\n{live = 1024, peak = 2048}\n")
+    lu.assertStrContains(out, '\n{a = {b = {c = {…}}}, s = "quoted"}\n')
+    lu.assertStrContains(out, "\n{1, self = <cycle>}\n")
+    lu.assertStrContains(out, "\ntensor([1., 1.], shape=[2])\n")
+    lu.assertNotStrContains(out, "table: 0x")
+end
+
+function TestRepl:testTabCompletesMethodsThroughIndexChains()
+    local out, code = repl_session({
+        "m = cn.nn.Linear(2, 3)\n",
+        "m:num_par\t()\n", 0.2,                         -- nn.Module's method, two classes up
+        "s = cn.nn.Sequential{{'proj', m}}\n",
+        "s.pr\t.out_features * 10\n", 0.2,              -- a child, from the module's registry
+        "m:\t\t", 0.3, "\21",                           -- list every name, then drop the line
+        "print('after ' .. 'listing')\n",
+    }, self.history)
+    lu.assertEquals(code, 0)
+    lu.assertStrContains(out, "m:num_parameters()\n9\n")
+    lu.assertStrContains(out, "s.proj.out_features * 10\n30\n")
+    lu.assertStrContains(out, "m:forward")
+    lu.assertStrContains(out, "m:zero_grad")
+    lu.assertNotStrContains(out, "m:_buffers")      -- private names only when `_` is typed
+    lu.assertNotStrContains(out, "m:__index")
+    lu.assertStrContains(out, "\nafter listing\n")
+end
+
+function TestRepl:testStatementThenExpressionOnOneLine()
+    local out, code = repl_session({
+        "a = 6 * 7; a\n",
+        "x, y = 1, 2; x + y * 100\n",
+        "m = cn.nn.Linear(2, 3); m.weight:shape()\n",   -- a call shows its value, as on its own line
+        "s = 'a;' .. 'b'; s -- c; d\n",                  -- `;` in strings and comments do not split
+        "for i = 1, 3 do z = i; print('it ' .. i) end\n",  -- nor one inside a block
+        "print('next ' .. 'line')\n",
+    }, self.history)
+    lu.assertEquals(code, 0)
+    lu.assertStrContains(out, "a = 6 * 7; a\n42\n")
+    lu.assertStrContains(out, "\n201\n")
+    lu.assertStrContains(out, "\n{3, 2}\n")
+    lu.assertStrContains(out, "\na;b\n")
+    lu.assertStrContains(out, "\nit 1\nit 2\nit 3\n")
+    lu.assertStrContains(out, "\nnext line\n")
+    lu.assertNotStrContains(out, ">> ")             -- no continuation line swallowed the next one
+end
+
+-- cunet.repl.pretty, the REPL's printer, on its own.
+TestReplPretty = {}
+
+function TestReplPretty:testForms()
+    local repl = require "cunet.repl"
+    local pretty = repl.pretty
+    lu.assertEquals(pretty({2, 3}), "{2, 3}")
+    lu.assertEquals(pretty({}), "{}")
+    lu.assertEquals(pretty({"a\n", true, 1.5, [10] = 2, ["not id"] = 1, ["end"] = 2}),
+        '{"a\\n", true, 1.5, [10] = 2, ["end"] = 2, ["not id"] = 1}')
+    lu.assertEquals(pretty({a = {b = {c = {d = 1}}}}), "{a = {b = {c = {…}}}}")
+    lu.assertEquals(pretty("top level"), "top level")
+    lu.assertEquals(pretty(nil), "nil")
+    local cn = require "cunet"
+    lu.assertEquals(pretty({x = cn.zeros{2, 3}}), "{x = tensor(shape=[2, 3])}")
+    lu.assertEquals(pretty(cn.zeros{2}), tostring(cn.zeros{2}))
+end
+
+function TestReplPretty:testLongTablesWrapAndCut()
+    local repl = require "cunet.repl"
+    local list = {}
+    for i = 1, 60 do list[i] = i end
+    local lines = {}
+    for l in repl.pretty(list):gmatch("[^\n]+") do lines[#lines + 1] = l end
+    lu.assertEquals(lines[1], "{")
+    lu.assertEquals(lines[#lines], "}")
+    lu.assertEquals(lines[#lines - 1], "  … (10 more)")
+    for _, l in ipairs(lines) do lu.assertTrue(#l <= repl.settings.width, l) end
+    local saved = repl.settings.depth
+    repl.settings.depth = 1
+    lu.assertEquals(repl.pretty({a = {1}}), "{a = {…}}")
+    repl.settings.depth = saved
+end
