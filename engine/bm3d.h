@@ -19,8 +19,9 @@
  *
  * Work is spread over OpenMP threads by rows of reference blocks; each row's contributions are
  * accumulated apart and added to the image in row order, so the result does not depend on the
- * number of threads (bit for bit). Memory: about 4 N1^2 bytes per pixel for the table of block
- * spectra (256 B at N1 = 8), per stage.
+ * number of threads (bit for bit). Memory: two tables of block spectra at a time (stage 1: the
+ * noisy one and, when lambda_2d > 0, its thresholded copy; stage 2: noisy and basic estimate),
+ * about 8 N1^2 bytes per pixel: 512 B at N1 = 8, 1152 B at N1 = 12 (75 MB for 256 x 256).
  */
 #ifndef CN_BM3D_H
 #define CN_BM3D_H
