@@ -8,13 +8,14 @@
 --
 -- A value with a __tostring (a tensor, a module: the tree) prints through it, as print would; a
 -- string at the top prints as it is, and quoted inside a table. Keys come sorted: the list part
--- first, then numbers, then names. Tables deeper than `depth` (3) or beyond `items` (50) entries
--- are cut with `…`; a table inside itself prints as `<cycle>`. A result longer than `width` (100)
--- goes one entry per line, indented. The three limits are `M.settings`.
+-- first, then numbers, then names. Tables deeper than `depth` (3), and entries beyond `items` (50)
+-- in one table or beyond `total` (100) in the whole value, are cut with `…`; a table inside itself
+-- prints as `<cycle>`. A result wider than `width` (100) goes on several lines, indented. The
+-- limits are `M.settings`.
 
 local M = {}
 
-M.settings = { depth = 3, items = 50, width = 100 }
+M.settings = { depth = 3, items = 50, total = 100, width = 100 }
 
 local function is_identifier(k)
   return type(k) == "string" and k:match("^[%a_][%w_]*$") ~= nil and not ({
@@ -64,23 +65,31 @@ local function format_table(t, o, level, seen, indent)
   if seen[t] then return "<cycle>" end
   if level > o.depth then return next(t) == nil and "{}" or "{…}" end
   seen[t] = true
-  local parts, n = {}, #t
-  for i = 1, n do parts[#parts + 1] = format(rawget(t, i), o, level + 1, seen, indent .. "  ") end
+  local n = #t
   local keys = {}
+  for i = 1, n do keys[i] = i end
+  local named = {}
   for k in next, t do
-    if not (math.type(k) == "integer" and k >= 1 and k <= n) then keys[#keys + 1] = k end
+    if not (math.type(k) == "integer" and k >= 1 and k <= n) then named[#named + 1] = k end
   end
-  table.sort(keys, key_less)
-  for _, k in ipairs(keys) do
-    local name = is_identifier(k) and k or "[" .. format(k, o, o.depth + 1, seen, indent) .. "]"
-    parts[#parts + 1] = name .. " = " .. format(rawget(t, k), o, level + 1, seen, indent .. "  ")
+  table.sort(named, key_less)
+  for _, k in ipairs(named) do keys[#keys + 1] = k end
+  -- at most `items` entries here, and `total` in the whole value
+  local shown = math.min(#keys, o.items, math.max(o.left, 0))
+  o.left = o.left - shown
+  local parts = {}
+  for i = 1, shown do
+    local k = keys[i]
+    local value = format(rawget(t, k), o, level + 1, seen, indent .. "  ")
+    if i <= n then
+      parts[i] = value
+    else
+      local name = is_identifier(k) and k or "[" .. format(k, o, o.depth + 1, seen, indent) .. "]"
+      parts[i] = name .. " = " .. value
+    end
   end
   seen[t] = nil
-  if #parts > o.items then
-    local extra = #parts - o.items
-    for i = #parts, o.items + 1, -1 do parts[i] = nil end
-    parts[#parts + 1] = string.format("… (%d more)", extra)
-  end
+  if shown < #keys then parts[#parts + 1] = string.format("… (%d more)", #keys - shown) end
   local mt = debug.getmetatable(t)
   local prefix = mt and type(rawget(mt, "__name")) == "string" and rawget(mt, "__name") .. " " or ""
   local one = prefix .. "{" .. table.concat(parts, ", ") .. "}"
@@ -107,10 +116,12 @@ function format(v, o, level, seen, indent)
   return inline(v)
 end
 
---- pretty(v) -> the string the REPL prints for v, cut at M.settings (depth, items, width), which
--- a session may change: require("cunet.repl").settings.depth = 5.
+--- pretty(v) -> the string the REPL prints for v, cut at M.settings (depth, items, total, width),
+-- which a session may change: require("cunet.repl").settings.depth = 5.
 function M.pretty(v)
-  local o = M.settings
+  local o = {}
+  for k, x in pairs(M.settings) do o[k] = x end
+  o.left = o.total
   if type(v) == "table" and not has_tostring(v) then return format_table(v, o, 1, {}, "") end
   return tostring(v)
 end

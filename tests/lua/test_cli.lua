@@ -402,6 +402,7 @@ function TestReplPretty:testLongTablesWrapAndCut()
     lu.assertEquals(lines[#lines], "}")
     lu.assertEquals(lines[#lines - 1], "  … (10 more)")
     for _, l in ipairs(lines) do lu.assertTrue(#l <= repl.settings.width, l) end
+    lu.assertStrContains(repl.pretty({list, list, list}), "{… (60 more)}")  -- 100 entries in all
     local saved = repl.settings.depth
     repl.settings.depth = 1
     lu.assertEquals(repl.pretty({a = {1}}), "{a = {…}}")
