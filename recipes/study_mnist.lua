@@ -1,0 +1,679 @@
+-- recipes/study_mnist.lua — the MNIST study of issue 12 (item 3), one command that drives it all and
+-- continues where it stopped: train the ten runs below (recipes/train_unet.lua / train_cunet.lua as
+-- subprocesses, resumed from their checkpoints), scan FID against sampling steps
+-- (recipes/fid_vs_steps.lua), and write the tables and plots for docs/results.md. See docs/study.md.
+--
+--   cunet recipes/study_mnist.lua --list                       -- the matrix and where each run stands
+--   cunet recipes/study_mnist.lua --train --max-minutes 170    -- train (or resume) in order; stop in time
+--   cunet recipes/study_mnist.lua --train --only authors_unet_11m_s0
+--   cunet recipes/study_mnist.lua --scan --max-minutes 170     -- FID scans of the finished runs (resumable)
+--   cunet recipes/study_mnist.lua --report                     -- runs/study/report.md and the plots
+--   cunet recipes/study_mnist.lua --dry-run                    -- every command it would run, run nothing
+--
+-- Everything goes under --out (runs/study): <run>/ holds the training recipe's checkpoint.safetensors,
+-- loss.csv, config.lua and sample grids, train.log / scan.log (the subprocesses' output) and scan/
+-- (the fid_vs_steps CSVs); study_state.json holds each run's wall and CPU seconds (written atomically).
+-- A session may be killed at any moment: the checkpoints are written atomically every 250 steps, the
+-- scans one step count at a time, so the next call loses at most what ran since.
+
+local cn = require "cunet"
+local cli = require "cunet.cli"
+local fs = require "cunet.fs"
+local fid = require "cunet.fid"
+local plot = require "cunet.plot"
+local json = require("cunet.checkpoint").json
+
+local M = {}
+
+-- ---- the run matrix ------------------------------------------------------------------------------
+-- Both setups share the optimizer settings of the earlier comparison (docs/results.md: Adam lr 1e-3,
+-- 100 warmup steps, clipping 1.0, batch 64), so they differ only in what issue 12 names.
+--
+-- authors: the setup of the paper's code (lucidrains' denoising-diffusion-pytorch trainer): v-prediction,
+--   the sigmoid schedule, Adam betas (0.9, 0.99), random horizontal flips, EMA 0.9999 every 10 steps.
+--   Our trainer updates the EMA every step with decay min(d, (1 + n) / (10 + n)) (optim.EMA's warmup,
+--   always on in the recipes): d = 0.99999 is 0.9999 per 10 steps as a per-step decay, but over 6,000
+--   steps the warmup term governs (0.9985 at the end: the shadow weights the last ~10% of the steps),
+--   where ema_pytorch's own warmup (power 2/3) would average over ~3,000. Closer needs an
+--   --ema-warmup/--ema-every option in train_recipe.lua. Flips: the authors' trainer flips by default;
+--   MNIST digits are not mirror-symmetric, so a flipped model also learns mirrored digits, which the
+--   classifier-feature FID counts against it (both families alike).
+-- ho: Ho et al. 2020: eps-prediction, the linear schedule, Adam betas (0.9, 0.999), EMA 0.9999 per step
+--   (the same warmup-governed shadow over 6,000 steps), no flips.
+M.STEPS, M.BATCH, M.CHECKPOINT_EVERY = 6000, 64, 250
+
+M.SETUPS = {
+  authors = {"--prediction", "v", "--schedule", "sigmoid", "--betas", "0.9,0.99", "--flip", "--ema", "0.99999"},
+  ho = {"--prediction", "eps", "--schedule", "linear", "--betas", "0.9,0.999", "--no-flip", "--ema", "0.9999"},
+}
+M.COMMON = {"--data", "mnist", "--batch", tostring(M.BATCH), "--lr", "1e-3", "--warmup", "100", "--clip", "1",
+  "--sample-every", "1000", "--sample-steps", "50", "--log-every", "250"}
+
+M.FAMILIES = {
+  unet = {recipe = "recipes/train_unet.lua", label = "U-Net"},
+  cunet = {recipe = "recipes/train_cunet.lua", label = "cU-Net"},
+}
+M.SIZES = {["028m"] = "mnist_028m", ["11m"] = "mnist_11m"} -- the matched presets (docs/unet.md, docs/cunet.md)
+M.SIZE_LABEL = {["028m"] = "0.28 M", ["11m"] = "1.1 M"}
+
+-- In training order: one seed of every authors' model first, then the second seed, then Ho's.
+M.RUNS = {}
+local function add(setup, family, size, seed)
+  M.RUNS[#M.RUNS + 1] = {name = string.format("%s_%s_%s_s%d", setup, family, size, seed), setup = setup,
+    family = family, size = size, preset = M.SIZES[size], seed = seed}
+end
+for _, seed in ipairs{0, 1} do
+  for _, size in ipairs{"028m", "11m"} do
+    for _, family in ipairs{"unet", "cunet"} do add("authors", family, size, seed) end
+  end
+end
+for _, family in ipairs{"unet", "cunet"} do add("ho", family, "11m", 0) end
+
+-- ---- the scan -------------------------------------------------------------------------------------
+-- n = 1,024 samples (16 batches of 64, so the time per sample is at batch 64), noise seed 0 for every
+-- run; DDIM and DDPM on the trailing grid (it starts at T: issue 12), DPM-Solver++(2M) on its default
+-- logSNR grid, the probability-flow ODE with dopri5 at four tolerances (rows keyed by their NFE).
+M.SCAN_N, M.SCAN_BATCH, M.SCAN_SEED = 1024, 64, 0
+M.SCAN_STEPS = {1, 2, 3, 5, 10, 20, 50, 100}
+M.SCAN_RTOLS = {1e-1, 1e-2, 1e-3, 1e-4}
+M.SAMPLERS = {
+  {variant = "ddim_trailing", label = "DDIM (trailing)", flags = {"--sampler", "ddim", "--spacing", "trailing"}},
+  {variant = "dpmpp_2m", label = "DPM-Solver++(2M)", flags = {"--sampler", "dpmpp_2m"}},
+  {variant = "ddpm_trailing", label = "DDPM (trailing)", flags = {"--sampler", "ddpm", "--spacing", "trailing"}},
+  {variant = "ode_dopri5", label = "PF-ODE (dopri5)", flags = {"--sampler", "ode", "--ode-method", "dopri5"}, rtol = true},
+}
+-- ε-MSE bands (timesteps, inclusive) for the paired eval-mode comparison in --report
+M.BANDS = {{1, 100}, {101, 300}, {301, 600}, {601, 1000}}
+
+-- ---- helpers --------------------------------------------------------------------------------------
+
+local function fail(msg)
+  io.stderr:write("study_mnist: " .. msg .. "\n")
+  os.exit(2)
+end
+
+-- A word as the shell needs it: plain words bare, others single-quoted.
+local function word(s)
+  s = tostring(s)
+  if s:match("^[%w%._/,:=+-]+$") then return s end
+  return fs.shell_quote(s)
+end
+
+local function command_text(list)
+  local out = {}
+  for i, w in ipairs(list) do out[i] = word(w) end
+  return table.concat(out, " ")
+end
+
+local function append(list, more)
+  for _, v in ipairs(more) do list[#list + 1] = v end
+  return list
+end
+
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if not f then fail("cannot write " .. tmp .. ": " .. tostring(err)) end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then fail("cannot write " .. path .. ": " .. tostring(rerr)) end
+end
+
+-- The step of a checkpoint, from its safetensors header alone (8-byte length, then JSON): cheap.
+function M.checkpoint_step(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local head = f:read(8)
+  local len = head and #head == 8 and string.unpack("<I8", head)
+  local text = len and len < (1 << 26) and f:read(len)
+  f:close()
+  if not text then return nil end
+  local ok, header = pcall(json.decode, text)
+  local meta = ok and type(header) == "table" and header.__metadata__
+  return meta and math.tointeger(tonumber(meta.step)) or nil
+end
+
+-- CPU seconds of the waited-for children of this process (Linux: /proc/self/stat cutime + cstime).
+local clock_ticks
+local function children_cpu()
+  local f = io.open("/proc/self/stat", "r")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  local fields = {}
+  for v in text:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = v end
+  if not clock_ticks then
+    local p = io.popen("getconf CLK_TCK 2>/dev/null")
+    clock_ticks = tonumber(p and p:read("l") or "") or 100
+    if p then p:close() end
+  end
+  return (tonumber(fields[14]) + tonumber(fields[15])) / clock_ticks -- fields 16, 17 of stat(5)
+end
+
+-- ---- the driver -----------------------------------------------------------------------------------
+
+local Study = {}
+Study.__index = Study
+
+--- A study over the directory out. opts: exe (the cunet executable), steps (total per run),
+-- limit (training images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()).
+function M.new(out, opts)
+  local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or M.STEPS, limit = opts.limit or 0,
+    n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline or math.huge, failed = {}}, Study)
+  self.checkpoint_every = math.min(M.CHECKPOINT_EVERY, self.steps)
+  self.state_path = out .. "/study_state.json"
+  self.state = {runs = {}}
+  local f = io.open(self.state_path, "r")
+  if f then
+    local ok, s = pcall(json.decode, f:read("a"))
+    f:close()
+    if ok and type(s) == "table" and type(s.runs) == "table" then self.state = s end
+  end
+  return self
+end
+
+function Study:dir(run) return self.out .. "/" .. run.name end
+function Study:ckpt(run) return self:dir(run) .. "/checkpoint.safetensors" end
+function Study:done_steps(run) return M.checkpoint_step(self:ckpt(run)) or 0 end
+
+function Study:record(run)
+  local r = self.state.runs[run.name]
+  if not r then
+    r = {train_wall = 0, train_cpu = 0, train_steps = 0, scan_wall = 0, scan_cpu = 0, calls = 0}
+    self.state.runs[run.name] = r
+  end
+  return r
+end
+
+function Study:save_state()
+  if self.dry then return end
+  fs.mkdir_p(self.out)
+  write_atomic(self.state_path, json.encode(self.state) .. "\n")
+end
+
+--- The training command of run: a fresh start, or (when a checkpoint exists) its resumption, up to target steps.
+function Study:train_command(run, target)
+  local c = {self.exe, M.FAMILIES[run.family].recipe}
+  if fs.exists(self:ckpt(run)) then
+    return append(c, {"--resume", self:ckpt(run), "--steps", tostring(target)})
+  end
+  append(c, {"--preset", run.preset, "--seed", tostring(run.seed)})
+  append(c, M.SETUPS[run.setup])
+  append(c, M.COMMON)
+  append(c, {"--steps", tostring(target), "--checkpoint-every", tostring(self.checkpoint_every), "--out", self:dir(run)})
+  if self.limit > 0 then append(c, {"--limit", tostring(self.limit)}) end
+  if self.steps ~= M.STEPS then append(c, {"--sample-every", "0"}) end -- a test's few steps: no grids
+  return c
+end
+
+local function remaining(self) return self.deadline - cn.time() end
+
+-- Runs a command with its output appended to log, killed at the deadline (the checkpoints on disk stay).
+-- Returns ok, wall seconds, CPU seconds (nil where /proc is missing), timed_out.
+function Study:execute(cmd, log, limit)
+  local text = command_text(cmd)
+  local f = io.open(log, "a")
+  if f then f:write(string.format("\n# %s  %s\n", os.date("!%Y-%m-%d %H:%M:%S UTC"), text)) f:close() end
+  local wrapped = text .. " >> " .. word(log) .. " 2>&1"
+  if limit < math.huge then wrapped = string.format("timeout -s TERM %d %s", math.max(1, math.floor(limit)), wrapped) end
+  local cpu0, t0 = children_cpu(), cn.time()
+  local ok, _, code = os.execute(wrapped)
+  local wall, cpu1 = cn.time() - t0, children_cpu()
+  return ok == true, wall, cpu0 and cpu1 and cpu1 - cpu0, code == 124
+end
+
+-- The steps run's next training call should reach before the deadline (nil: no time for one checkpoint).
+function Study:next_target(run, done)
+  if self.deadline == math.huge then return self.steps end
+  local rec = self.state.runs[run.name]
+  local rate = rec and rec.train_steps > 0 and rec.train_wall / rec.train_steps
+  local every = self.checkpoint_every
+  if not rate then return math.min(self.steps, (done // every + 1) * every) end -- measure on one interval
+  local fit = math.floor((remaining(self) - 30) / rate) -- 30 s: loading data and the model
+  if done + fit >= self.steps then return self.steps end
+  local target = (done + fit) // every * every
+  return target > done and target or nil
+end
+
+--- Trains (or resumes) each run in order up to self.steps; stops before the deadline.
+function Study:train(runs)
+  for _, run in ipairs(runs) do
+    while true do
+      local done = self:done_steps(run)
+      if done >= self.steps then
+        if self.dry then print(string.format("# %s: trained (%d/%d steps)", run.name, done, self.steps)) end
+        break
+      end
+      local target = self:next_target(run, done)
+      if not target or remaining(self) < 60 then
+        print(string.format("study: stopping before the deadline (%s at step %d/%d)", run.name, done, self.steps))
+        return false
+      end
+      local cmd = self:train_command(run, target)
+      if self.dry then print(command_text(cmd)) break end
+      fs.mkdir_p(self:dir(run))
+      print(string.format("study: %s steps %d..%d (%s)", run.name, done + 1, target, os.date("!%H:%M UTC")))
+      io.stdout:flush()
+      local ok, wall, cpu, timed_out = self:execute(cmd, self:dir(run) .. "/train.log", remaining(self))
+      local now = self:done_steps(run)
+      local rec = self:record(run)
+      rec.train_wall, rec.train_cpu = rec.train_wall + wall, rec.train_cpu + (cpu or 0)
+      rec.train_steps, rec.calls = rec.train_steps + math.max(0, now - done), rec.calls + 1
+      self:save_state()
+      print(string.format("study: %s at step %d, %.0f s wall, %s CPU%s", run.name, now, wall,
+        cpu and string.format("%.0f s", cpu) or "?", timed_out and " (stopped at the deadline)" or ""))
+      if timed_out then return false end
+      if not ok or now <= done then
+        self.failed[#self.failed + 1] = run.name
+        print(string.format("study: %s failed (see %s/train.log); going on with the next run", run.name, self:dir(run)))
+        break
+      end
+    end
+  end
+  return true
+end
+
+-- The scan's rows of run that exist: variant -> set of step counts (or "rtol:<r>").
+function Study:scanned(run)
+  local have = {}
+  for _, s in ipairs(M.SAMPLERS) do
+    have[s.variant] = {}
+    local rows = fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(run), s.variant)) or {}
+    for _, r in ipairs(rows) do
+      if r.n == self.n then have[s.variant][s.rtol and ("rtol:" .. string.format("%g", r.rtol or -1)) or r.steps] = true end
+    end
+  end
+  return have
+end
+
+--- The scan items of run still missing: {sampler =, steps = or rtol =, command =}.
+function Study:scan_items(run)
+  local have, items = self:scanned(run), {}
+  for _, s in ipairs(M.SAMPLERS) do
+    for _, v in ipairs(s.rtol and M.SCAN_RTOLS or M.SCAN_STEPS) do
+      local key = s.rtol and ("rtol:" .. string.format("%g", v)) or v
+      if not have[s.variant][key] then
+        local c = append({self.exe, "recipes/fid_vs_steps.lua", "--ckpt", self:ckpt(run)}, s.flags)
+        append(c, s.rtol and {"--rtol", string.format("%g", v)} or {"--steps", tostring(v)})
+        append(c, {"--n", tostring(self.n), "--batch", tostring(M.SCAN_BATCH), "--seed", tostring(M.SCAN_SEED),
+          "--out", self:dir(run) .. "/scan", "--append"})
+        items[#items + 1] = {sampler = s, value = v, command = c}
+      end
+    end
+  end
+  return items
+end
+
+-- A guess of a scan cell's seconds from the run's rows so far (seconds per sample per model evaluation;
+-- the ODE's NFE guessed as twice the largest seen, or 300), plus the recipe's start; nil before any row.
+function Study:cell_seconds(run, item)
+  local per_eval, ode_nfe = nil, nil
+  for _, s in ipairs(M.SAMPLERS) do
+    for _, r in ipairs(fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(run), s.variant)) or {}) do
+      local nfe = r.nfe or r.steps
+      if nfe and nfe > 0 then per_eval = math.max(per_eval or 0, r.seconds / nfe) end
+      if s.rtol and nfe then ode_nfe = math.max(ode_nfe or 0, nfe) end
+    end
+  end
+  if not per_eval then return nil end
+  local nfe = item.sampler.rtol and (ode_nfe and 2 * ode_nfe or 300) or item.value
+  return 30 + self.n * nfe * per_eval
+end
+
+--- Scans the runs whose training finished, one step count (or tolerance) per call; stops before the
+-- deadline, skipping the cells that would not fit (a later call runs them).
+function Study:scan(runs)
+  for _, run in ipairs(runs) do
+    local done = self:done_steps(run)
+    local items = self:scan_items(run)
+    if done < self.steps and self.dry then
+      print(string.format("# %s: training not finished (%d/%d steps); once it is:", run.name, done, self.steps))
+    end
+    if done >= self.steps or self.dry then
+      for _, item in ipairs(items) do
+        if self.dry then
+          print(command_text(item.command))
+        else
+          if remaining(self) < 120 then
+            print(string.format("study: stopping the scan before the deadline (%s)", run.name))
+            return false
+          end
+          local guess = self:cell_seconds(run, item)
+          if guess and guess > remaining(self) - 60 then
+            print(string.format("study: %s %s %s skipped: it needs ~%.0f min", run.name, item.sampler.variant,
+              tostring(item.value), guess / 60))
+            goto continue
+          end
+          print(string.format("study: %s %s %s (%s)", run.name, item.sampler.variant,
+            item.sampler.rtol and ("rtol " .. item.value) or (item.value .. " steps"), os.date("!%H:%M UTC")))
+          io.stdout:flush()
+          local ok, wall, cpu, timed_out = self:execute(item.command, self:dir(run) .. "/scan.log", remaining(self))
+          local rec = self:record(run)
+          rec.scan_wall, rec.scan_cpu = rec.scan_wall + wall, rec.scan_cpu + (cpu or 0)
+          self:save_state()
+          if timed_out then return false end
+          if not ok then
+            self.failed[#self.failed + 1] = run.name .. " (scan)"
+            print(string.format("study: the scan of %s failed (see %s/scan.log)", run.name, self:dir(run)))
+            break
+          end
+        end
+        ::continue::
+      end
+    end
+  end
+  return true
+end
+
+function Study:list(runs)
+  print(string.format("%-22s %-7s %-6s %-11s %4s  %11s  %8s  %8s  %10s", "run", "setup", "model", "preset", "seed",
+    "steps", "train h", "CPU h", "scan rows"))
+  local total_items = #M.SCAN_STEPS * (#M.SAMPLERS - 1) + #M.SCAN_RTOLS
+  for _, run in ipairs(runs) do
+    local rec = self.state.runs[run.name] or {}
+    local missing = #self:scan_items(run)
+    print(string.format("%-22s %-7s %-6s %-11s %4d  %5d/%-5d  %8.2f  %8.2f  %4d/%-5d", run.name, run.setup, run.family,
+      run.preset, run.seed, self:done_steps(run), self.steps, (rec.train_wall or 0) / 3600,
+      ((rec.train_cpu or 0) + (rec.scan_cpu or 0)) / 3600, total_items - missing, total_items))
+  end
+  print(string.format("(options of every run: %s; %s: see recipes/study_mnist.lua; state in %s)",
+    command_text(M.COMMON), "authors / ho", self.state_path))
+end
+
+-- ---- the report -----------------------------------------------------------------------------------
+
+local function model_key(run) return run.setup .. "_" .. run.family .. "_" .. run.size end
+local function model_label(run)
+  return string.format("%s %s %s", run.setup == "ho" and "Ho" or "authors'", M.FAMILIES[run.family].label, M.SIZE_LABEL[run.size])
+end
+
+-- mean and half the range (the spread of 2 seeds) of a list
+local function stats(xs)
+  if #xs == 0 then return nil end
+  local sum, lo, hi = 0, math.huge, -math.huge
+  for _, x in ipairs(xs) do sum, lo, hi = sum + x, math.min(lo, x), math.max(hi, x) end
+  return sum / #xs, (hi - lo) / 2, lo, hi
+end
+
+local function show(xs, fmt)
+  local mean, spread = stats(xs)
+  if not mean then return "–" end
+  if #xs == 1 then return string.format(fmt, mean) end
+  return string.format(fmt .. " ± " .. fmt, mean, spread)
+end
+
+-- Paired eval-mode ε-MSE by timestep band on the 1,000 held-out digits (the same images, timesteps and
+-- noise for every run; EMA weights), cached in <run>/eps_mse_step<N>.csv. Returns {band -> mse}.
+function Study:eps_mse(run)
+  local path = string.format("%s/eps_mse_step%d.csv", self:dir(run), self:done_steps(run))
+  local cached = {}
+  local f = io.open(path, "r")
+  if f then
+    for line in f:lines() do
+      local i, v = line:match("^(%d+),%d+,%d+,([%d.eE+-]+)$")
+      if i then cached[tonumber(i)] = tonumber(v) end
+    end
+    f:close()
+    if #cached == #M.BANDS then return cached end
+  end
+  local checkpoint, diffusion, train = require "cunet.checkpoint", require "cunet.diffusion", require "cunet.train"
+  local ck = checkpoint.load(self:ckpt(run))
+  local model = checkpoint.build_model(ck, {ema = true})
+  model:eval()
+  local sched = checkpoint.schedule(ck)
+  local x0 = train.dataset("mnist", {split = "test", size = 28}).images
+  local n, out = x0:size(1), {}
+  local lines = {"band,t_min,t_max,eps_mse"}
+  for b, band in ipairs(M.BANDS) do
+    cn.seed(1000 + b) -- the same draws for every run
+    local t = cn.randint(band[1], band[2] + 1, {n})
+    local noise = cn.randn_like(x0)
+    local sum = 0
+    cn.no_grad(function()
+      for first = 1, n, 250 do
+        local len = math.min(250, n - first + 1)
+        local xs, ts, es = x0:narrow(1, first, len), t:narrow(1, first, len), noise:narrow(1, first, len)
+        local x_t = diffusion.q_sample(sched, xs, ts, es)
+        local eps = diffusion.split_prediction(sched, x_t, ts, model(x_t, ts), ck.prediction or "eps")
+        sum = sum + ((eps - es) * (eps - es)):mean():item() * len
+      end
+    end)
+    out[b] = sum / n
+    lines[#lines + 1] = string.format("%d,%d,%d,%.9g", b, band[1], band[2], out[b])
+  end
+  write_atomic(path, table.concat(lines, "\n") .. "\n")
+  return out
+end
+
+-- gnuplot: FID against steps per model, the seed band (min..max) shaded, one PNG per sampler.
+local function band_plot(png, title, xlabel, models, gnuplot)
+  local dat = png:gsub("%.png$", "") .. ".dat"
+  local f = assert(io.open(dat, "w"))
+  local plots = {}
+  for i, m in ipairs(models) do
+    f:write(string.format("# %s\n", m.label))
+    for _, p in ipairs(m.points) do f:write(string.format("%g %g %g %g\n", p.x, p.mean, p.lo, p.hi)) end
+    f:write("\n\n")
+    plots[#plots + 1] = string.format("'%s' index %d using 1:3:4 with filledcurves fs transparent solid 0.2 lc %d notitle", dat, i - 1, i)
+    plots[#plots + 1] = string.format("'%s' index %d using 1:2 with linespoints lc %d lw 2 title \"%s\"", dat, i - 1, i, m.label)
+  end
+  f:close()
+  local script = table.concat({
+    "set terminal pngcairo size 900,560", string.format("set output '%s'", png), string.format("set title \"%s\"", title),
+    string.format("set xlabel '%s'", xlabel), string.format("set ylabel '%s (lower is better)'", fid.NAME),
+    "set logscale x", "set logscale y", "set key top right", "set grid", "plot " .. table.concat(plots, ", \\\n  "),
+  }, "\n") .. "\n"
+  local gp = png:gsub("%.png$", "") .. ".gp"
+  write_atomic(gp, script)
+  return gp, gnuplot and os.execute(gnuplot .. " " .. word(gp) .. " 2>/dev/null")
+end
+
+--- Writes <out>/report.md (the tables for docs/results.md) and the plots under <out>/plots.
+function Study:report(runs)
+  local groups, order = {}, {}
+  for _, run in ipairs(runs) do
+    local k = model_key(run)
+    if not groups[k] then groups[k] = {label = model_label(run), runs = {}} order[#order + 1] = k end
+    table.insert(groups[k].runs, run)
+  end
+  local md = {"# The MNIST study: tables (recipes/study_mnist.lua --report)", "",
+    string.format("%s, n = %d samples per cell (batch %d), against the 9,000 training digits; mean ± half the " ..
+      "range over the seeds (one seed: the value). s/sample: wall time at batch %d, on the machine the scan ran on.",
+      fid.NAME, self.n, M.SCAN_BATCH, M.SCAN_BATCH), ""}
+  if self.dry then
+    print("# report: reads " .. self.out .. "/<run>/scan/fid_vs_steps_*.csv, writes " .. self.out
+      .. "/report.md and " .. self.out .. "/plots/*.png (gnuplot), then:")
+  end
+  -- the floor: the 1,000 held-out digits against the same statistics
+  if not self.dry then
+    local train = require "cunet.train"
+    local real = train.dataset("mnist", {split = "test", size = 28}).images
+    local r = fid.score(real, "mnist", {split = "train"})
+    md[#md + 1] = string.format("Floor: the 1,000 held-out test digits (the real images a perfect model would match) " ..
+      "score %.3f against the same statistics.", r.fid)
+    md[#md + 1] = ""
+  end
+  if not self.dry then fs.mkdir_p(self.out .. "/plots") end
+  local gnuplot = plot.gnuplot()
+  for _, s in ipairs(M.SAMPLERS) do
+    local values = s.rtol and M.SCAN_RTOLS or M.SCAN_STEPS
+    local head = {"| model | seeds |"}
+    local rule = {"|---|---:|"}
+    for _, v in ipairs(values) do
+      head[#head + 1] = string.format(" %s |", s.rtol and string.format("rtol %g (NFE)", v) or tostring(v))
+      rule[#rule + 1] = "---:|"
+    end
+    head[#head + 1] = " best | fewest steps ≤ 1.1 × best | s/sample there |"
+    rule[#rule + 1] = "---:|---:|---:|"
+    md[#md + 1] = "## " .. s.label .. (s.rtol and ": FID by tolerance (mean NFE in brackets)" or ": FID by steps")
+    md[#md + 1] = ""
+    md[#md + 1] = table.concat(head)
+    md[#md + 1] = table.concat(rule)
+    local models = {}
+    for _, k in ipairs(order) do
+      local g = groups[k]
+      local cells, seeds, points = {}, 0, {}
+      local per = {} -- value index -> {fids, nfes, seconds}
+      for _, run in ipairs(g.runs) do
+        local rows = fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(run), s.variant))
+        if rows then
+          seeds = seeds + 1
+          for i, v in ipairs(values) do
+            for _, r in ipairs(rows) do
+              if r.n == self.n and ((s.rtol and r.rtol and math.abs(r.rtol - v) <= 1e-12 * v) or (not s.rtol and r.steps == v)) then
+                per[i] = per[i] or {fid = {}, nfe = {}, seconds = {}}
+                table.insert(per[i].fid, r.fid)
+                table.insert(per[i].nfe, r.nfe or r.steps)
+                table.insert(per[i].seconds, r.seconds)
+              end
+            end
+          end
+        end
+      end
+      local best, best_i
+      for i in ipairs(values) do
+        local p = per[i]
+        cells[i] = p and (show(p.fid, "%.2f") .. (s.rtol and string.format(" (%.0f)", (stats(p.nfe)))) or "") or "–"
+        local mean = p and stats(p.fid)
+        if mean then
+          local _, _, lo, hi = stats(p.fid)
+          points[#points + 1] = {x = s.rtol and stats(p.nfe) or values[i], mean = mean, lo = lo, hi = hi}
+          if not best or mean < best then best, best_i = mean, i end
+        end
+      end
+      local fewest, fewest_i
+      for i in ipairs(values) do
+        local mean = per[i] and stats(per[i].fid)
+        local x = per[i] and (s.rtol and stats(per[i].nfe) or values[i])
+        if mean and mean <= 1.1 * best and (not fewest or x < fewest) then fewest, fewest_i = x, i end
+      end
+      md[#md + 1] = string.format("| %s | %d | %s | %s | %s | %s |", g.label, seeds, table.concat(cells, " | "),
+        best and string.format("%.2f", best) or "–", fewest and string.format("%.0f", fewest) or "–",
+        fewest_i and string.format("%.4f", (stats(per[fewest_i].seconds))) or "–")
+      if #points > 0 then table.sort(points, function(a, b) return a.x < b.x end) models[#models + 1] = {label = g.label, points = points} end
+    end
+    md[#md + 1] = ""
+    local png = string.format("%s/plots/fid_vs_steps_%s.png", self.out, s.variant)
+    if self.dry then
+      print(string.format("gnuplot %s  # FID vs %s, seed bands", png:gsub("%.png$", ".gp"), s.rtol and "NFE" or "steps"))
+    elseif #models > 0 then
+      local gp, ok = band_plot(png, s.label .. ": FID vs " .. (s.rtol and "NFE" or "steps") .. " (seed range shaded)",
+        s.rtol and "model evaluations (NFE)" or "sampling steps", models, gnuplot)
+      md[#md + 1] = ok and string.format("![%s](%s)", s.label, png) or ("(plot: gnuplot " .. gp .. ")")
+      md[#md + 1] = ""
+    end
+  end
+  -- loss curves, one plot per size (window means of loss.csv)
+  for _, size in ipairs{"028m", "11m"} do
+    local pairs_ = {}
+    for _, run in ipairs(runs) do
+      if run.size == size and fs.exists(self:dir(run) .. "/loss.csv") or (self.dry and run.size == size) then
+        pairs_[#pairs_ + 1] = run.name .. "=" .. self:dir(run)
+      end
+    end
+    if #pairs_ > 0 then
+      local cmd = {self.exe, "recipes/plot_losses.lua", "--runs", table.concat(pairs_, ","), "--window", self.steps >= 1000 and "100" or "1",
+        "--out", string.format("%s/plots/loss_%s.png", self.out, size)}
+      if self.dry then print(command_text(cmd))
+      elseif os.execute(command_text(cmd) .. " > /dev/null 2>&1") then
+        md[#md + 1] = string.format("![training loss, %s](%s/plots/loss_%s.png)", M.SIZE_LABEL[size], self.out, size)
+        md[#md + 1] = ""
+      end
+    end
+  end
+  -- paired ε-MSE by band, finished runs only
+  if self.dry then
+    print("# report: eval-mode ε-MSE by timestep band of each finished run (in-process, cached in <run>/eps_mse_step<N>.csv)")
+    return
+  end
+  md[#md + 1] = "## Paired eval-mode ε-MSE by timestep band"
+  md[#md + 1] = ""
+  md[#md + 1] = "The 1,000 held-out digits, the same timesteps and noise for every run, EMA weights, dropout off; "
+    .. "a v-prediction converted to ε. The setups' schedules differ, so compare within a setup."
+  md[#md + 1] = ""
+  local head, rule = {"| model | seeds |"}, {"|---|---:|"}
+  for _, b in ipairs(M.BANDS) do head[#head + 1] = string.format(" t %d–%d |", b[1], b[2]) rule[#rule + 1] = "---:|" end
+  md[#md + 1] = table.concat(head)
+  md[#md + 1] = table.concat(rule)
+  for _, k in ipairs(order) do
+    local g, per, seeds = groups[k], {}, 0
+    for _, run in ipairs(g.runs) do
+      if self:done_steps(run) >= self.steps then
+        seeds = seeds + 1
+        for b, v in ipairs(self:eps_mse(run)) do per[b] = per[b] or {} table.insert(per[b], v) end
+        collectgarbage("collect")
+      end
+    end
+    local cells = {}
+    for b in ipairs(M.BANDS) do cells[b] = per[b] and show(per[b], "%.5f") or "–" end
+    md[#md + 1] = string.format("| %s | %d | %s |", g.label, seeds, table.concat(cells, " | "))
+  end
+  md[#md + 1] = ""
+  md[#md + 1] = "## Training cost"
+  md[#md + 1] = ""
+  md[#md + 1] = "| run | steps | train wall h | train CPU h | scan CPU h |"
+  md[#md + 1] = "|---|---:|---:|---:|---:|"
+  for _, run in ipairs(runs) do
+    local rec = self.state.runs[run.name] or {}
+    md[#md + 1] = string.format("| %s | %d | %.2f | %.2f | %.2f |", run.name, self:done_steps(run), (rec.train_wall or 0) / 3600,
+      (rec.train_cpu or 0) / 3600, (rec.scan_cpu or 0) / 3600)
+  end
+  fs.mkdir_p(self.out)
+  write_atomic(self.out .. "/report.md", table.concat(md, "\n") .. "\n")
+  print("wrote " .. self.out .. "/report.md")
+end
+
+-- ---- the command line -----------------------------------------------------------------------------
+
+function M.main(argv)
+  local args = cli.parse(argv, {
+    name = "study_mnist",
+    usage = "cunet recipes/study_mnist.lua [--list | --train | --scan | --report] [--only NAME,...] [--max-minutes M] [--dry-run]",
+    description = "The MNIST study of issue 12: 10 training runs (the matrix is in this file), FID scans, the report.\n"
+      .. "Re-run it at any time: it continues from the checkpoints and the scan CSVs under --out.",
+    options = {
+      {"list", false, "the matrix with each run's steps (from its checkpoint), hours and scan rows (the default)"},
+      {"train", false, "start or resume the runs in order (recipes/train_unet.lua, train_cunet.lua)"},
+      {"scan", false, "FID scans of the runs whose training finished (recipes/fid_vs_steps.lua, one row per call)"},
+      {"report", false, "write <out>/report.md and <out>/plots/ from the scans"},
+      {"dry-run", false, "print the commands --train / --scan / --report would run (all three when none is given)"},
+      {"only", nil, "the runs to act on, comma-separated names (default: all, in the matrix's order)", type = "string"},
+      {"max-minutes", 0, "stop before this many minutes, with the checkpoints on disk (0: no limit)", min = 0},
+      {"out", "runs/study", "the study's directory"},
+      {"steps-override", 0, "tests only: train each run for N steps instead of 6,000, without sample grids (0: the study's)",
+        integer = true, min = 0},
+      {"limit", 0, "tests only: train on the first N images (0: all)", integer = true, min = 0},
+      {"n", M.SCAN_N, "samples per scan cell", integer = true, min = 2},
+    },
+  })
+  local t0 = cn.time()
+  local exe = (arg and arg[-1]) or "./cunet"
+  local runs = M.RUNS
+  if args.only then
+    local by_name, picked = {}, {}
+    for _, run in ipairs(M.RUNS) do by_name[run.name] = run end
+    for name in args.only:gmatch("[^,%s]+") do
+      if not by_name[name] then
+        local names = {}
+        for _, run in ipairs(M.RUNS) do names[#names + 1] = run.name end
+        fail(string.format("--only: no run named '%s' (the runs: %s)", name, table.concat(names, ", ")))
+      end
+      picked[#picked + 1] = by_name[name]
+    end
+    runs = picked
+  end
+  local study = M.new(args.out, {exe = exe, steps = args.steps_override > 0 and math.tointeger(args.steps_override) or nil,
+    limit = math.tointeger(args.limit), n = math.tointeger(args.n), dry = args.dry_run,
+    deadline = args.max_minutes > 0 and t0 + args.max_minutes * 60 or nil})
+  local any = args.train or args.scan or args.report
+  if args.dry_run and not any then args.train, args.scan, args.report = true, true, true end
+  if args.list or not (any or args.dry_run) then study:list(runs) end
+  if args.train then study:train(runs) end
+  if args.scan then study:scan(runs) end
+  if args.report then study:report(runs) end
+  if #study.failed > 0 then fail("failed: " .. table.concat(study.failed, ", ")) end
+end
+
+if arg and arg[0] and arg[0]:match("study_mnist%.lua$") then M.main(arg) end
+return M

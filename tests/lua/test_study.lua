@@ -1,0 +1,150 @@
+-- test_study.lua — recipes/study_mnist.lua, the driver of issue 12's MNIST study: its matrix is the one the
+-- issue asks for (10 runs and their options), --dry-run prints commands the recipes accept, --train
+-- trains a run for a few steps and resumes it from its checkpoint exactly (the losses of a 2 + 2-step
+-- run are those of a straight 4-step one), the scan commands of every sampler run and are found again
+-- (so --scan resumes), and a deadline sizes the training chunks to whole checkpoint intervals.
+
+local lu = require "luaunit"
+local fs = require "cunet.fs"
+local json = require("cunet.checkpoint").json
+
+local EXE = os.getenv("CUNET_EXE") or "./cunet"
+local study = dofile("recipes/study_mnist.lua")
+
+local function run(args)
+  local p = io.popen(string.format("%s recipes/study_mnist.lua %s 2>&1", EXE, args))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok and 0 or code, out
+end
+
+local function losses(path)
+  local out = {}
+  for line in io.lines(path) do
+    local step, loss = line:match("^(%d+),([^,]+),")
+    if step then out[tonumber(step)] = tonumber(loss) end
+  end
+  return out
+end
+
+TestStudy = {}
+
+function TestStudy:setUp()
+  self.dir = os.tmpname()
+  os.remove(self.dir)
+end
+
+function TestStudy:tearDown()
+  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. fs.shell_quote(self.dir)) end
+end
+
+-- The issue's matrix: the authors' setup at both sizes, both families, 2 seeds; Ho's at 1.1 M, one seed.
+function TestStudy:testMatrix()
+  lu.assertEquals(#study.RUNS, 10)
+  local count, names = {}, {}
+  for _, r in ipairs(study.RUNS) do
+    local key = string.format("%s %s %s", r.setup, r.family, r.preset)
+    count[key] = (count[key] or 0) + 1
+    lu.assertNil(names[r.name], "duplicate run name " .. r.name)
+    names[r.name] = true
+  end
+  lu.assertEquals(count, {
+    ["authors unet mnist_028m"] = 2, ["authors cunet mnist_028m"] = 2,
+    ["authors unet mnist_11m"] = 2, ["authors cunet mnist_11m"] = 2,
+    ["ho unet mnist_11m"] = 1, ["ho cunet mnist_11m"] = 1,
+  })
+  local function opts(list)
+    local t = {}
+    for i = 1, #list do
+      if list[i]:match("^%-%-") then t[list[i]] = (list[i + 1] and not list[i + 1]:match("^%-%-")) and list[i + 1] or true end
+    end
+    return t
+  end
+  local a, h, c = opts(study.SETUPS.authors), opts(study.SETUPS.ho), opts(study.COMMON)
+  lu.assertEquals({a["--prediction"], a["--schedule"], a["--betas"], a["--flip"]}, {"v", "sigmoid", "0.9,0.99", true})
+  lu.assertEquals({h["--prediction"], h["--schedule"], h["--betas"], h["--no-flip"]}, {"eps", "linear", "0.9,0.999", true})
+  lu.assertEquals({c["--batch"], c["--data"]}, {"64", "mnist"})
+  lu.assertEquals({study.STEPS, study.CHECKPOINT_EVERY}, {6000, 250})
+  lu.assertEquals(study.SCAN_STEPS, {1, 2, 3, 5, 10, 20, 50, 100})
+  lu.assertTrue(study.SCAN_N >= 1000)
+end
+
+-- --dry-run writes nothing and prints, per run, the fresh training command with the study's options.
+function TestStudy:testDryRun()
+  local code, out = run("--dry-run --only authors_cunet_11m_s1,ho_unet_11m_s0 --out " .. self.dir)
+  lu.assertEquals(code, 0, out)
+  lu.assertFalse(fs.exists(self.dir), "--dry-run wrote " .. self.dir)
+  lu.assertStrContains(out, "recipes/train_cunet.lua --preset mnist_11m --seed 1 --prediction v --schedule sigmoid " ..
+    "--betas 0.9,0.99 --flip --ema 0.99999 --data mnist --batch 64")
+  lu.assertStrContains(out, "--steps 6000 --checkpoint-every 250 --out " .. self.dir .. "/authors_cunet_11m_s1")
+  lu.assertStrContains(out, "recipes/train_unet.lua --preset mnist_11m --seed 0 --prediction eps --schedule linear")
+  lu.assertStrContains(out, "recipes/fid_vs_steps.lua --ckpt " .. self.dir .. "/ho_unet_11m_s0/checkpoint.safetensors " ..
+    "--sampler ddim --spacing trailing --steps 100 --n 1024 --batch 64")
+  lu.assertStrContains(out, "--sampler ode --ode-method dopri5 --rtol 0.0001")
+  local _, scans = out:gsub("fid_vs_steps.lua", "")
+  lu.assertEquals(scans, 2 * (3 * 8 + 4))
+  local code2, out2 = run("--train --only nosuchrun --out " .. self.dir)
+  lu.assertEquals(code2, 2)
+  lu.assertStrContains(out2, "no run named 'nosuchrun'")
+end
+
+-- 2 steps, then resumed to 4 from the checkpoint: the same losses as 4 steps in one go; the state
+-- file counts both calls; the scan commands of every sampler run and are then no longer missing.
+function TestStudy:testTrainResumeScan()
+  local name, base = "authors_unet_028m_s0", "--only authors_unet_028m_s0 --limit 64 "
+  local code, out = run("--train " .. base .. "--steps-override 2 --out " .. self.dir .. "/a")
+  lu.assertEquals(code, 0, out)
+  lu.assertStrContains(out, name .. " at step 2")
+  code, out = run("--train " .. base .. "--steps-override 4 --out " .. self.dir .. "/a")
+  lu.assertEquals(code, 0, out)
+  lu.assertStrContains(out, name .. " steps 3..4")
+  local log = io.open(self.dir .. "/a/" .. name .. "/train.log"):read("a")
+  lu.assertStrContains(log, "--resume " .. self.dir .. "/a/" .. name .. "/checkpoint.safetensors --steps 4")
+  lu.assertStrContains(log, "training (resumed): steps 3..4")
+  code, out = run("--train " .. base .. "--steps-override 4 --out " .. self.dir .. "/b")
+  lu.assertEquals(code, 0, out)
+  local chunked, straight = losses(self.dir .. "/a/" .. name .. "/loss.csv"), losses(self.dir .. "/b/" .. name .. "/loss.csv")
+  lu.assertEquals(#straight, 4)
+  lu.assertEquals(chunked, straight)
+  local state = json.decode(io.open(self.dir .. "/a/study_state.json"):read("a"))
+  lu.assertEquals({state.runs[name].calls, state.runs[name].train_steps}, {2, 4})
+  lu.assertTrue(state.runs[name].train_cpu > 0)
+  code, out = run("--list " .. base .. "--steps-override 4 --out " .. self.dir .. "/a")
+  lu.assertStrContains(out, "4/4")
+
+  -- one scan command per sampler, as --scan runs them (n = 4 samples here)
+  local s = study.new(self.dir .. "/a", {exe = EXE, steps = 4, n = 4})
+  local r = study.RUNS[1]
+  lu.assertEquals(r.name, name)
+  local items = s:scan_items(r)
+  lu.assertEquals(#items, 28)
+  local seen = {}
+  for _, item in ipairs(items) do
+    if not seen[item.sampler.variant] and (item.value == 1 or item.value == 0.1) then
+      seen[item.sampler.variant] = true
+      local cmd = {}
+      for i, w in ipairs(item.command) do cmd[i] = fs.shell_quote(w) end
+      local p = io.popen(table.concat(cmd, " ") .. " 2>&1")
+      local text = p:read("a")
+      lu.assertTrue(p:close(), text)
+    end
+  end
+  local left = s:scan_items(r)
+  lu.assertEquals(#left, 24)
+  local guess = s:cell_seconds(r, left[#left]) -- --scan skips a cell that would outlast the deadline
+  lu.assertTrue(guess and guess > 30, tostring(guess))
+end
+
+-- With a deadline, a chunk ends on a checkpoint that fits: the first one measures one interval.
+function TestStudy:testChunks()
+  local cn = require "cunet"
+  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600})
+  local r = study.RUNS[1]
+  lu.assertEquals(s:next_target(r, 0), 250)
+  lu.assertEquals(s:next_target(r, 260), 500)
+  s.state.runs[r.name] = {train_wall = 500, train_steps = 250, train_cpu = 0, calls = 1} -- 2 s a step
+  lu.assertEquals(s:next_target(r, 250), 2000) -- (3600 - 30) / 2 = 1785 steps fit: up to 2035
+  lu.assertEquals(s:next_target(r, 5000), 6000)
+  s.deadline = cn.time() + 200
+  lu.assertNil(s:next_target(r, 250)) -- 85 steps fit: no checkpoint before the deadline
+end
