@@ -61,7 +61,7 @@ function TestStudy:testMatrix()
     return t
   end
   local a, h, c = opts(study.SETUPS.authors), opts(study.SETUPS.ho), opts(study.COMMON)
-  lu.assertEquals({a["--prediction"], a["--schedule"], a["--betas"], a["--flip"]}, {"v", "sigmoid", "0.9,0.99", true})
+  lu.assertEquals({a["--prediction"], a["--schedule"], a["--betas"], a["--no-flip"]}, {"v", "sigmoid", "0.9,0.99", true})
   lu.assertEquals({h["--prediction"], h["--schedule"], h["--betas"], h["--no-flip"]}, {"eps", "linear", "0.9,0.999", true})
   lu.assertEquals({c["--batch"], c["--data"]}, {"64", "mnist"})
   lu.assertEquals({study.STEPS, study.CHECKPOINT_EVERY}, {6000, 250})
@@ -75,7 +75,7 @@ function TestStudy:testDryRun()
   lu.assertEquals(code, 0, out)
   lu.assertFalse(fs.exists(self.dir), "--dry-run wrote " .. self.dir)
   lu.assertStrContains(out, "recipes/train_cunet.lua --preset mnist_11m --seed 1 --prediction v --schedule sigmoid " ..
-    "--betas 0.9,0.99 --flip --ema 0.99999 --data mnist --batch 64")
+    "--betas 0.9,0.99 --no-flip --ema 0.99999 --data mnist --batch 64")
   lu.assertStrContains(out, "--steps 6000 --checkpoint-every 250 --out " .. self.dir .. "/authors_cunet_11m_s1")
   lu.assertStrContains(out, "recipes/train_unet.lua --preset mnist_11m --seed 0 --prediction eps --schedule linear")
   lu.assertStrContains(out, "recipes/fid_vs_steps.lua --ckpt " .. self.dir .. "/ho_unet_11m_s0/checkpoint.safetensors " ..
