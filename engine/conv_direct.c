@@ -109,6 +109,14 @@ static void block_rows(const cn_direct_geom *g, const float *xp, size_t Lp, cons
     }
 }
 
+/* offs[i·kW + j] = i·Wp + j: where tap (i, j) reads in the flat padded plane, from an output's
+ * position on the grid. */
+static void tap_offsets(const cn_direct_geom *g, int *offs) {
+    int Wp = pad_w(g);
+    for (int i = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+}
+
 /* Channel c of x [C, H, W], zero-padded, flat with row width Wp, into dst (Lp floats). */
 static void pad_plane(const cn_direct_geom *g, const float *x, int c, float *dst, size_t Lp) {
     int Wp = pad_w(g);
@@ -207,8 +215,7 @@ void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const
     float *xp = scratch, *gyp = scratch + (size_t)nb * ch.x_image;
     ch.xp = xp, ch.gyp = gyp;
     int offs[CN_DIRECT_MAX_TAPS];
-    for (int i = 0; i < g->kh; i++)
-        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    tap_offsets(g, offs);
     for (int b = 0; b < nb; b++) {
         const float *xb = x + (size_t)b * g->C * g->H * g->W, *gb = gy + (size_t)b * g->O * Ho * Wo;
         for (int c = 0; c < g->C; c++) pad_plane(g, xb, c, xp + b * ch.x_image + (size_t)c * Lp, Lp);
@@ -308,8 +315,7 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
     size_t Lp = plane_len(g), ldo = (size_t)nb * VL, P = (size_t)Ho * Wo;
     float *xp = scratch, *tmp = scratch + (size_t)g->C * Lp; /* tmp [Ho][row][nb·16] */
     int offs[CN_DIRECT_MAX_TAPS];
-    for (int i = 0; i < g->kh; i++)
-        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    tap_offsets(g, offs);
     int jobs = Ho * segs * ((nb + SOB - 1) / SOB);
     #pragma omp parallel if (par) num_threads(par ? omp_get_max_threads() : 1)
     {
@@ -348,8 +354,7 @@ void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, cons
     size_t Lp = plane_len(g), P = (size_t)Ho * Wo, ldo = (size_t)n16 * VL;
     size_t x_image = (size_t)g->C * Lp, g_image = P * ldo, per = x_image + g_image;
     int offs[CN_DIRECT_MAX_TAPS];
-    for (int i = 0; i < g->kh; i++)
-        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    tap_offsets(g, offs);
     for (int b = 0; b < nb; b++) {
         float *xp = scratch + b * per, *gt = xp + x_image;
         const float *xb = x + (size_t)b * g->C * g->H * g->W, *gb = gy + (size_t)b * g->O * P;
@@ -418,8 +423,7 @@ void cn_direct_conv_image(const cn_direct_geom *g, const float *x, const float *
     size_t Lp = plane_len(g), L = grid_len(g);
     float *xp = scratch, *grid = scratch + (size_t)g->C * Lp;
     int offs[CN_DIRECT_MAX_TAPS];
-    for (int i = 0; i < g->kh; i++)
-        for (int j = 0; j < g->kw; j++) offs[i * g->kw + j] = i * Wp + j;
+    tap_offsets(g, offs);
     #pragma omp parallel if (par) num_threads(par ? omp_get_max_threads() : 1)
     {
         #pragma omp for schedule(static)

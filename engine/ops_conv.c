@@ -398,6 +398,12 @@ static bool direct_weight_applies(const conv_geom *g, const conv_job *job) {
 #define DIRECT_WEIGHT_MIN_PLANE 784
 #define DIRECT_WEIGHT_MIN_OUT 16
 
+/* The direct kernels' view of a convolution's geometry. */
+static cn_direct_geom direct_geom(const conv_geom *g) {
+    return (cn_direct_geom){.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
+                            .ph = g->ph, .pw = g->pw};
+}
+
 static bool use_small(const cn_direct_geom *dg) {
     int Wo = dg->W + 2 * dg->pw - dg->kw + 1;
     return Wo >= SMALL_MIN_WIDTH && Wo <= SMALL_MAX_WIDTH && dg->O >= SMALL_MIN_OUT;
@@ -412,8 +418,7 @@ static bool use_direct(const conv_geom *g, const conv_job *job) {
     bool weight = direct_weight_applies(g, job);
     if (r == CN_CONV_GEMM || !(direct_applies(g, job) || weight)) return false;
     if (r == CN_CONV_DIRECT) return true;
-    cn_direct_geom dg = {.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
-                         .ph = g->ph, .pw = g->pw};
+    cn_direct_geom dg = direct_geom(g);
     if (weight && use_small_weight(&dg)) return true;
     if (weight && (plane_p(g) < DIRECT_WEIGHT_MIN_PLANE || g->O < DIRECT_WEIGHT_MIN_OUT)) return false;
     if (!weight && use_small(&dg)) return true;
@@ -423,10 +428,9 @@ static bool use_direct(const conv_geom *g, const conv_job *job) {
 /* dW = sum over images of the direct weight gradient: each thread its images and its own partial
  * sum (thread 0 into dw), added in thread order, so the result does not depend on timing. */
 
-static int run_direct_weight(const conv_geom *g, const conv_job *job, int threads, const char *fname,
-                             cn_error *err) {
-    cn_direct_geom dg = {.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
-                         .ph = g->ph, .pw = g->pw};
+static int run_direct_weight(const conv_geom *g, const cn_direct_geom *dgp, const conv_job *job, int threads,
+                             const char *fname, cn_error *err) {
+    cn_direct_geom dg = *dgp;
     bool small = use_small_weight(&dg);
     size_t dw_n = (size_t)g->O * g->C * g->kh * g->kw;
     size_t per = small ? cn_direct_small_weight_scratch_floats(&dg) : cn_direct_weight_scratch_floats(&dg);
@@ -470,11 +474,10 @@ static int run_direct_weight(const conv_geom *g, const conv_job *job, int thread
 }
 
 static int run_direct(const conv_geom *g, const conv_job *job, const char *fname, cn_error *err) {
-    cn_direct_geom dg = {.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
-                         .ph = g->ph, .pw = g->pw};
+    cn_direct_geom dg = direct_geom(g);
     int threads = g->parallel && g->N >= 2 && !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (threads > g->N) threads = (int)g->N;
-    if (job->dw) return run_direct_weight(g, job, threads, fname, err);
+    if (job->dw) return run_direct_weight(g, &dg, job, threads, fname, err);
     bool small = use_small(&dg);
     size_t wn = small ? cn_direct_small_weight_floats(&dg) : cn_direct_weight_floats(&dg);
     size_t sn = ((small ? cn_direct_small_scratch_floats(&dg) : cn_direct_scratch_floats(&dg)) + 15) / 16 * 16;
