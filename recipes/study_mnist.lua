@@ -165,14 +165,20 @@ function M.new(out, opts)
     n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline or math.huge, failed = {}}, Study)
   self.checkpoint_every = math.min(M.CHECKPOINT_EVERY, self.steps)
   self.state_path = out .. "/study_state.json"
-  self.state = {runs = {}}
+  self.state = self:load_state()
+  self.touched = {}
+  return self
+end
+
+-- The state file's contents ({runs = {}} when it is missing or unreadable).
+function Study:load_state()
   local f = io.open(self.state_path, "r")
   if f then
     local ok, s = pcall(json.decode, f:read("a"))
     f:close()
-    if ok and type(s) == "table" and type(s.runs) == "table" then self.state = s end
+    if ok and type(s) == "table" and type(s.runs) == "table" then return s end
   end
-  return self
+  return {runs = {}}
 end
 
 function Study:dir(run) return self.out .. "/" .. run.name end
@@ -185,12 +191,18 @@ function Study:record(run)
     r = {train_wall = 0, train_cpu = 0, train_steps = 0, scan_wall = 0, scan_cpu = 0, calls = 0}
     self.state.runs[run.name] = r
   end
+  self.touched[run.name] = true
   return r
 end
 
+-- Writes the records of the runs this driver touched over the file's current contents, so that two
+-- drivers on different runs (--only) never drop each other's records.
 function Study:save_state()
   if self.dry then return end
   fs.mkdir_p(self.out)
+  local merged = self:load_state()
+  for name in pairs(self.touched) do merged.runs[name] = self.state.runs[name] end
+  self.state = merged
   write_atomic(self.state_path, json.encode(self.state) .. "\n")
 end
 

@@ -2,7 +2,8 @@
 -- issue asks for (10 runs and their options), --dry-run prints commands the recipes accept, --train
 -- trains a run for a few steps and resumes it from its checkpoint exactly (the losses of a 2 + 2-step
 -- run are those of a straight 4-step one), the scan commands of every sampler run and are found again
--- (so --scan resumes), and a deadline sizes the training chunks to whole checkpoint intervals.
+-- (so --scan resumes), a deadline sizes the training chunks to whole checkpoint intervals, and two
+-- drivers on different runs keep each other's records in the shared state file.
 
 local lu = require "luaunit"
 local fs = require "cunet.fs"
@@ -147,4 +148,21 @@ function TestStudy:testChunks()
   lu.assertEquals(s:next_target(r, 5000), 6000)
   s.deadline = cn.time() + 200
   lu.assertNil(s:next_target(r, 250)) -- 85 steps fit: no checkpoint before the deadline
+end
+
+-- Two drivers on different runs (--only) share study_state.json: each writes its own runs' records over
+-- the file's current contents, so neither drops the other's.
+function TestStudy:testTwoDriversKeepEachOthersRecords()
+  local a, b = study.new(self.dir, {exe = EXE}), study.new(self.dir, {exe = EXE})
+  local ra, rb = study.RUNS[1], study.RUNS[2]
+  a:record(ra).train_steps = 250
+  a:save_state()
+  b:record(rb).train_steps = 500
+  b:save_state()
+  a:record(ra).calls = 3
+  a:save_state()
+  local state = study.new(self.dir, {exe = EXE}).state
+  lu.assertEquals(state.runs[ra.name].train_steps, 250)
+  lu.assertEquals(state.runs[ra.name].calls, 3)
+  lu.assertEquals(state.runs[rb.name].train_steps, 500)
 end
