@@ -180,9 +180,8 @@ local function solver_options(c)
 end
 
 -- One ODE block of state width w, with its optional time MLP, in the container `level` (children
--- time_mlp, ode). The block's initial velocity is the second half of the incoming features: the
--- level's forward hands it over through `carry` (SecondOrderODEBlock calls init_velocity(x, ...)
--- with the first half only).
+-- time_mlp, ode). The block has no init_velocity: its initial velocity is the second half of the
+-- incoming features, which run_ode passes to it (SecondOrderODEBlock:solve(x, v0, temb)).
 local function add_ode(self, level, w)
   local c = self.config
   local func = blocks.ConvSODEFunc(w, { form = c.form, residual = c.residual, norm = c.norm, groups = c.norm_groups,
@@ -190,9 +189,7 @@ local function add_ode(self, level, w)
   if c.time_add then
     level.time_mlp = nn.Sequential(nn.Linear(c.time_dim, w), nn.SiLU(), nn.Linear(w, w))
   end
-  local carry = {}
-  rawset(level, "_carry", carry)
-  level.ode = nn.SecondOrderODEBlock(func, function() return carry.v end, solver_options(c))
+  level.ode = nn.SecondOrderODEBlock(func, nil, solver_options(c))
 end
 
 local function add_attention(self, level, w)
@@ -252,10 +249,8 @@ local function run_ode(self, level, h, temb)
   local n, w = h:size(1), h:size(2)
   if level.time_mlp then h = h + level.time_mlp(temb):reshape { n, w, 1, 1 } end
   local half = w // 2
-  local carry = rawget(level, "_carry")
-  carry.v = h:narrow(2, half + 1, half)
-  local out = level.ode(h:narrow(2, 1, half), temb)
-  carry.v = nil
+  local v0 = h:narrow(2, half + 1, half)
+  local out = level.ode:solve(h:narrow(2, 1, half), v0, temb)
   if self.config.form == "second_order" then out = cn.cat(out, 2) end
   if level.attention then
     local a = level.attention(out)

@@ -5,6 +5,7 @@
 --
 --   local block = nn.SecondOrderODEBlock(accel, init_velocity, {form = "second_order"})
 --   local y = block(x, cond)            -- x'' = accel(t, x, x', cond), x'(0) = init_velocity(x, cond)
+--   local y = block:solve(x, v0, cond)  -- the same from a given x'(0) = v0
 --
 -- func / accel / init_velocity are modules (their parameters become the block's) or functions.
 -- Extra arguments after x (e.g. a time embedding) are handed to them on every evaluation; with the
@@ -124,11 +125,23 @@ function SecondOrderODEBlock:__init(accel, init_velocity, opts)
   elseif init_velocity then rawset(self, "_v0_fn", init_velocity) end
 end
 
+--- block(x, ...): integrates from x and v0 = init_velocity(x, ...) (zeros without one).
 function SecondOrderODEBlock:forward(x, ...)
+  local v0fn = rawget(self, "_v0_fn") or self.init_velocity
+  local v0 = v0fn and v0fn(x, ...) or core.zeros_like(x)
+  return self:solve(x, v0, ...)
+end
+
+--- block:solve(x, v0, ...): integrates from the given initial position x and velocity v0 (the
+-- block's init_velocity is not called; its parameters still join the adjoint's). Returns what
+-- forward does.
+function SecondOrderODEBlock:solve(x, v0, ...)
+  if not (core.is_tensor(x) and core.is_tensor(v0)) then
+    error(string.format("SecondOrderODEBlock:solve: x and v0 must be tensors, got %s and %s", type(x), type(v0)), 2)
+  end
   local extras = table.pack(...)
   local accel = rawget(self, "_accel_fn") or self.accel
   local v0fn = rawget(self, "_v0_fn") or self.init_velocity
-  local v0 = v0fn and v0fn(x, table.unpack(extras, 1, extras.n)) or core.zeros_like(x)
   local o = self.options
   local params = o.adjoint and adjoint_params({accel, v0fn}, extras) or nil
   local sol, stats
