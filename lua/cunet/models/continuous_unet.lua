@@ -28,6 +28,7 @@ local cn = require "cunet"
 local nn = require "cunet.nn"
 local class = require "cunet.class"
 local util = require "cunet.nn.util"
+local presets = require "cunet.models.presets"
 local options = require "cunet.options"
 local blocks = require "cunet.models.continuous_unet_blocks"
 
@@ -93,11 +94,7 @@ local CHOICES = {
   method = { euler = true, midpoint = true, heun = true, rk4 = true, rk4_38 = true, bosh3 = true, dopri5 = true },
 }
 
-local function copy_list(t)
-  local out = {}
-  for i, v in ipairs(t) do out[i] = v end
-  return out
-end
+local copy_list = util.copy_list
 
 local function positive_integer(v) return math.type(v) == "integer" and v > 0 end
 
@@ -385,19 +382,9 @@ for name, changes in pairs {
   M.presets[name] = preset
 end
 
---- The preset's options with overrides applied on top (a new table).
+--- The preset's options with overrides applied on top (a new table; models/presets.lua).
 function M.preset_config(name, overrides)
-  local p = M.presets[name]
-  if not p then
-    local names = {}
-    for k in pairs(M.presets) do names[#names + 1] = string.format("%q", k) end
-    table.sort(names)
-    error(string.format("continuous_unet: unknown preset %q (known: %s)", tostring(name), table.concat(names, ", ")), 2)
-  end
-  local opts = {}
-  for k, v in pairs(p) do opts[k] = type(v) == "table" and copy_list(v) or v end
-  for k, v in pairs(overrides or {}) do opts[k] = v end
-  return opts
+  return presets.config(M.presets, name, overrides, "continuous_unet")
 end
 
 --- continuous_unet.from_preset(name [, overrides]) -> a ContinuousUNet; overrides replace preset
