@@ -62,6 +62,31 @@ function TestCunetRecipes:testHelp()
   end
 end
 
+-- The ablations train with train_cunet.lua's settings: their --help differs from its only in the
+-- usage line, the description, and the defaults of --ablation, --steps and --out.
+function TestCunetRecipes:testAblationsShareTheComparisonSettings()
+  local function options(script)
+    local code, out = run(script, "--help")
+    lu.assertEquals(code, 0, out)
+    local lines = {}
+    for line in out:match("\noptions:\n(.*)$"):gmatch("[^\n]+") do
+      local flag = line:match("^  %-%-([%w-]+)")
+      if flag then lines[flag] = line end
+    end
+    return lines
+  end
+  local base = options(RECIPES[1][1])
+  lu.assertStrContains(base.lr, "(default: 0.001)")
+  for i = 2, #RECIPES do
+    local lines = options(RECIPES[i][1])
+    for flag, line in pairs(base) do
+      if flag ~= "ablation" and flag ~= "steps" and flag ~= "out" then lu.assertEquals(lines[flag], line, RECIPES[i][1]) end
+    end
+    for flag in pairs(lines) do lu.assertNotNil(base[flag], RECIPES[i][1] .. " --" .. flag) end
+    lu.assertStrContains(lines.steps, "(default: 3000)")
+  end
+end
+
 -- Each recipe, two steps on the folder: the checkpoint holds the recipe's ablation, and rebuilding
 -- the model from it gives the ablated network's parameter count.
 function TestCunetRecipes:testEachRecipeTrains()
