@@ -4,13 +4,15 @@
 -- own options. The folder holds 28×28 PNGs so the mnist_small preset runs unchanged.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local checkpoint = require "cunet.checkpoint"
+local fs = require "cunet.fs"
 local cunet = require "cunet.models.continuous_unet"
 
 local EXE = os.getenv("CUNET_EXE") or "./cunet"
 
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local shell_quote = helpers.shell_quote
 
 local function run(script, args)
   local p = io.popen(string.format("%s %s %s 2>&1", EXE, script, args))
@@ -39,15 +41,14 @@ local RECIPES = {
 TestCunetRecipes = {}
 
 function TestCunetRecipes:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
-  assert(os.execute("mkdir -p " .. shell_quote(self.dir .. "/images")))
+  self.dir = helpers.temp_dir()
+  assert(fs.mkdir_p(self.dir .. "/images"))
   cn.seed(11)
   for i = 1, 16 do cn.save_png(string.format("%s/images/%02d.png", self.dir, i), cn.rand { 1, 28, 28 }) end
 end
 
 function TestCunetRecipes:tearDown()
-  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 function TestCunetRecipes:testHelp()

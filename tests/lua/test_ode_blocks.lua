@@ -1,9 +1,10 @@
 -- test_ode_blocks.lua — nn.ODEBlock and nn.SecondOrderODEBlock (lua/cunet/nn/ode.lua).
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local nn = cn.nn
 
-local function max_diff(a, b) return (a - b):abs():max():item() end
+local max_diff = helpers.max_abs_diff
 
 -- dynamics with a conditioning vector: tanh(conv(z) + lin(emb))
 local Func = nn.class("TestFunc", nn.Module)
