@@ -59,6 +59,9 @@ M.defaults = {
   attention_mid = false,          -- attention after the bottleneck's ODE block too
   attention_heads = 4, attention_dim_head = 32,
   attention_residual = false,     -- x + attention(x) instead of attention(x)
+  -- the solver of every ODE block: the authors' odeint(method="rk4") is torchdiffeq's 3/8 rule, one
+  -- step over [0, 1] (docs/cunet.md); their tolerances, 1e-3, count only when an adaptive method is
+  -- chosen. These differ from nn.ODEBlock's defaults (classic rk4, 1e-5) on purpose: docs/ode.md.
   method = "rk4_38", steps = 1, t0 = 0, t1 = 1, rtol = 1e-3, atol = 1e-3, adjoint = false,
   ablation = "none",              -- applied on top of the other options: see M.ablations
 }

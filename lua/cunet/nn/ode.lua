@@ -25,6 +25,11 @@ local ode = require "cunet.ode"
 
 local M = {}
 
+-- The layers' defaults (ODEBlock.defaults, SecondOrderODEBlock.defaults), the one place they live.
+-- A layer's, not cn.odeint's (dopri5 at torchdiffeq's 1e-7 / 1e-9, engine/ode.h): one rk4 step over
+-- [0, 1], a fixed cost per forward as a layer wants; the tolerances, for a layer given an adaptive
+-- method, within float32's reach (1e-7 is at its rounding edge: docs/ode.md, "Solver defaults").
+-- The continuous U-Net sets its own (continuous_unet.defaults: the authors' rk4_38).
 local ODE_DEFAULTS = {
   t0 = 0, t1 = 1, method = "rk4", steps = 1, step_size = false, rtol = 1e-5, atol = 1e-6,
   adjoint = false, max_steps = 100000, return_trajectory = false, times = false,
