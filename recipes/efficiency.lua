@@ -11,6 +11,7 @@
 local cn = require "cunet"
 local cli = require "cunet.cli"
 local efficiency = require "cunet.efficiency"
+local presets = require "cunet.models.presets"
 
 local args = cli.parse(arg, {
   name = "efficiency",
@@ -56,10 +57,7 @@ local function build(kind, preset, ablation, size)
   local mod_name = MODULES[kind] or fail("--model must be unet or cunet, got " .. tostring(kind))
   local mod = require(mod_name)
   if not mod.presets[preset] then
-    local names = {}
-    for k in pairs(mod.presets) do names[#names + 1] = k end
-    table.sort(names)
-    fail(string.format("unknown %s preset '%s' (known: %s)", kind, preset, table.concat(names, ", ")))
+    fail(string.format("unknown %s preset '%s' (known: %s)", kind, preset, table.concat(presets.names(mod.presets), ", ")))
   end
   local config = mod.preset_config(preset)
   local overrides = {}

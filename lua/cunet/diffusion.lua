@@ -630,8 +630,12 @@ end
 
 local ODE_METHODS = {euler = "fixed", midpoint = "fixed", heun = "fixed", rk4 = "fixed", rk4_38 = "fixed",
   bosh3 = "adaptive", dopri5 = "adaptive"}
+--- sample_ode's defaults, the one place they live (train.lua's --ode-method, --rtol read them). A
+-- sampler's budget, not cn.odeint's accuracy (dopri5 at 1e-7): ten rk4 steps (40 model evaluations)
+-- or 1e-3 tolerances (docs/ode.md, "Solver defaults, layer by layer").
 local ODE_DEFAULTS = {method = "rk4", steps = 10, rtol = 1e-3, atol = 1e-3, t_end = 1, model_time = "nearest",
   max_steps = 10000}
+M.sample_ode_defaults = ODE_DEFAULTS
 
 --- Sampling by the probability-flow ODE (above), solved by cn.odeint from tau = T (or t_start with
 -- x_t) down to t_end (1), then one model evaluation for the x0 prediction at t_end (the same last
@@ -674,7 +678,7 @@ function M.sample_ode(sched, model, shape, opts)
   for _, k in ipairs{"rtol", "atol"} do
     if type(o[k]) ~= "number" or not (o[k] > 0) then error(string.format("sample_ode: %s must be a number > 0, got %s", k, tostring(o[k])), 2) end
   end
-  local steps = check_steps(o.steps, "sample_ode", 10)
+  local steps = check_steps(o.steps, "sample_ode", ODE_DEFAULTS.steps)
   local nfe = 0
   -- eps and x0 at (x, tau) from the model, by the continuous alpha_bar(tau)
   local function predict(x, tau)

@@ -199,9 +199,10 @@ local function contiguous_state(z0)
 end
 
 --- cn.odeint(f, z0, ts [, opts]) -> solution, stats (see the top of this file).
--- opts: method ("dopri5"; euler, midpoint, heun, rk4, rk4_38, bosh3), rtol (1e-7), atol (1e-9),
--- step_size or steps (fixed-step methods: steps over the whole span; default one step per output
--- interval), first_step, max_steps (100000), safety, pi_beta, norm_states, adjoint (false),
+-- opts: method (euler, midpoint, heun, rk4, rk4_38, bosh3, dopri5), rtol, atol, step_size or steps
+-- (fixed-step methods: steps over the whole span), first_step, max_steps, safety, pi_beta,
+-- norm_states (defaults: cn_ode_default_opts in engine/ode.h, the one place they live: dopri5 at
+-- torchdiffeq's tolerances; docs/ode.md, "Solver defaults"), adjoint (false),
 -- params, adjoint_method / adjoint_rtol / adjoint_atol, adjoint_norm ("full" or "seminorm"). With
 -- the adjoint, stats.backward = {nfe, accepted, rejected} of the backward solve once it has run.
 function M.odeint(f, z0, ts, opts)

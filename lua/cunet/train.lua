@@ -284,6 +284,7 @@ end
 -- M.sampler_args turns the parsed values into generate's options.
 M.SPACING_CHOICES = {"auto", "leading", "trailing", "linspace", "quadratic", "logsnr", "uniform"}
 M.ODE_METHODS = {"euler", "midpoint", "heun", "rk4", "rk4_38", "bosh3", "dopri5"}
+local ODE = diffusion.sample_ode_defaults -- --ode-method and --rtol default to sample_ode's
 function M.sampler_cli_options(tolerance_lists)
   local tol_type = tolerance_lists and "string" or "number"
   local list = tolerance_lists and ", comma-separated: one row each" or ""
@@ -293,9 +294,9 @@ function M.sampler_cli_options(tolerance_lists)
       .. "logsnr for dpmpp_2m) | leading | trailing | linspace | quadratic | logsnr | uniform (docs/diffusion.md)", choices = M.SPACING_CHOICES},
     {"eta", 0, "ddim: eta (0: deterministic, 1: DDPM-like noise)", min = 0},
     {"variance", "beta", "ddpm: the noise variance, beta | posterior", choices = {"beta", "posterior"}},
-    {"ode-method", "rk4", "ode: the solver, euler | midpoint | heun | rk4 | rk4_38 (fixed: --steps) | bosh3 | dopri5 (adaptive: --rtol, --atol)",
+    {"ode-method", ODE.method, "ode: the solver, euler | midpoint | heun | rk4 | rk4_38 (fixed: --steps) | bosh3 | dopri5 (adaptive: --rtol, --atol)",
       choices = M.ODE_METHODS},
-    {"rtol", nil, "ode with bosh3 or dopri5: relative tolerance (default 1e-3" .. list .. ")", type = tol_type},
+    {"rtol", nil, "ode with bosh3 or dopri5: relative tolerance (default " .. tostring(ODE.rtol) .. list .. ")", type = tol_type},
     {"atol", nil, "ode with bosh3 or dopri5: absolute tolerance (default: --rtol's" .. list .. ")", type = tol_type},
   }
 end
@@ -311,7 +312,7 @@ function M.sampler_args(args, fail)
   if args.eta ~= 0 and s ~= "ddim" then fail("--eta is for --sampler ddim, not " .. s) end
   if args.variance ~= "beta" and s ~= "ddpm" then fail("--variance is for --sampler ddpm, not " .. s) end
   if args.spacing ~= "auto" and s == "ode" then fail("--spacing is for ddim, ddpm and dpmpp_2m (the ODE has no timestep grid)") end
-  if s ~= "ode" and (args.ode_method ~= "rk4" or args.rtol or args.atol) then
+  if s ~= "ode" and (args.ode_method ~= ODE.method or args.rtol or args.atol) then
     fail("--ode-method, --rtol and --atol are for --sampler ode, not " .. s)
   end
   if s == "ode" and not ADAPTIVE[args.ode_method] and (args.rtol or args.atol) then
@@ -323,7 +324,7 @@ function M.sampler_args(args, fail)
   if s == "ode" then
     o.ode_method = args.ode_method
     if ADAPTIVE[args.ode_method] then
-      o.rtol = args.rtol or 1e-3
+      o.rtol = args.rtol or ODE.rtol
       o.atol = args.atol or o.rtol
     end
   end

@@ -2,11 +2,14 @@
 -- the cU-Net ablations): options, dataset, model from a preset or a checkpoint, train.run.
 --
 --   require("cunet.train_recipe").main(arg, {
---     name = "ablation_noattn", model = "cunet.models.continuous_unet", ablation = "no_attention",
---     out = "runs/ablation_noattn", description = "The cU-Net without attention (Appendix C).",
+--     name = "ablation_noattn", description = "The cU-Net without attention (Appendix C).",
+--     model = "cunet.models.continuous_unet", continuous = true, ablation = "no_attention",
+--     steps = 3000, lr = 1e-3, warmup = 100, ema = 0.999, out = "runs/ablation_noattn",
 --   })
 --
--- The spec sets the recipe's defaults; every one stays an option on the command line (--help lists them).
+-- The spec is the recipe's experiment: what it sets is that option's default; every other training
+-- option defaults to train.defaults (lua/cunet/train.lua), the one table of training defaults. Every
+-- one stays an option on the command line, and --help shows the value a run gets.
 --
 -- --resume continues the run as it was: the options not on the command line come from the
 -- checkpoint (the trainer's from its "train" record, the recipe's own from its "run"); one given
@@ -32,37 +35,44 @@ M.DEFAULT_MODEL = "cunet.models.unet"
 local SPEC_KEYS = {"name", "description", "epilog", "continuous", "data", "preset", "model", "steps", "batch", "lr",
   "warmup", "ema", "out", "checkpoint_every", "sample_every", "ablation"}
 
---- The option table of a recipe whose defaults come from spec (model, preset, out, ablation, steps, lr...).
+--- The option table of a recipe: each option's default is the spec's value when it sets one, else
+-- train.defaults' (the one table of training defaults), so --help shows what a run gets.
 function M.options(spec)
   check_options(spec, SPEC_KEYS, "train_recipe")
   local continuous = spec.continuous
+  local D = train.defaults
+  local function default(key, train_key)
+    if spec[key] ~= nil then return spec[key] end
+    return D[train_key or key]
+  end
   local opts = {
     {"data", spec.data or "mnist", "dataset: mnist | fashion-mnist | folder:PATH"},
     {"size", 0, "image size (0: the preset's resolution)", integer = true, min = 0},
     {"limit", 0, "train on the first N images only (0: all)", integer = true, min = 0},
     {"preset", spec.preset or "mnist_small", "model preset (the model module's presets: mnist_small, mnist, ...)"},
     {"model", spec.model or M.DEFAULT_MODEL, "the network: a Lua module name or a .lua file (from_config(config), optional from_preset and presets)"},
-    {"steps", spec.steps or 5000, "total training steps (a resumed run continues up to it)", integer = true, min = 1},
-    {"batch", spec.batch or 64, "batch size", integer = true, min = 1},
-    {"lr", spec.lr or 2e-4, "learning rate", min = 0},
-    {"optimizer", "adam", "adam | adamw", choices = {"adam", "adamw"}},
-    {"betas", "0.9,0.999", "Adam betas beta1,beta2"},
-    {"weight-decay", 0, "weight decay", min = 0},
-    {"warmup", spec.warmup or 200, "linear learning-rate warmup steps", integer = true, min = 0},
-    {"ema", spec.ema or 0.9995, "EMA decay (0: no EMA)", min = 0, max = 1},
-    {"clip", 1.0, "gradient-norm clipping (0: none)", min = 0},
-    {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear | FILE.lua returning beta(t, T) or a list of betas (default linear)", type = "string"},
-    {"T", 0, "diffusion steps (0: 1000; on --resume the checkpoint's)", integer = true, min = 0},
-    {"prediction", nil, "eps | x0 | v (default eps; on --resume the checkpoint's)", type = "string", choices = {"eps", "x0", "v"}},
-    {"flip", false, "random horizontal flips"},
-    {"out", spec.out or "runs/unet", "output directory"},
+    {"steps", default("steps"), "total training steps (a resumed run continues up to it)", integer = true, min = 1},
+    {"batch", default("batch", "batch_size"), "batch size", integer = true, min = 1},
+    {"lr", default("lr"), "learning rate", min = 0},
+    {"optimizer", D.optimizer, "adam | adamw", choices = {"adam", "adamw"}},
+    {"betas", table.concat(D.betas, ","), "Adam betas beta1,beta2"},
+    {"weight-decay", D.weight_decay, "weight decay", min = 0},
+    {"warmup", default("warmup"), "linear learning-rate warmup steps", integer = true, min = 0},
+    {"ema", default("ema"), "EMA decay (0: no EMA)", min = 0, max = 1},
+    {"clip", D.clip, "gradient-norm clipping (0: none)", min = 0},
+    {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear | FILE.lua returning beta(t, T) or a list of betas (default "
+      .. D.schedule .. ")", type = "string"},
+    {"T", 0, string.format("diffusion steps (0: %d; on --resume the checkpoint's)", D.T), integer = true, min = 0},
+    {"prediction", nil, "eps | x0 | v (default " .. D.prediction .. "; on --resume the checkpoint's)", type = "string", choices = {"eps", "x0", "v"}},
+    {"flip", D.flip, "random horizontal flips"},
+    {"out", spec.out or ("runs/" .. spec.name), "output directory"},
     {"resume", nil, "checkpoint to continue from", type = "string"},
-    {"checkpoint-every", spec.checkpoint_every or 1000, "checkpoint every N steps (the last step always is)", integer = true, min = 0},
-    {"keep", false, "also keep checkpoint_step<N>.safetensors at each checkpoint"},
-    {"sample-every", spec.sample_every or 1000, "sample grid every N steps (0: none)", integer = true, min = 0},
-    {"sample-steps", 50, "DDIM steps for the sample grids", integer = true, min = 1},
-    {"log-every", 100, "log line every N steps (when not on a terminal)", integer = true, min = 0},
-    {"seed", 0, "random seed (model initialisation, data order, training draws)", integer = true, min = 0},
+    {"checkpoint-every", default("checkpoint_every"), "checkpoint every N steps (the last step always is)", integer = true, min = 0},
+    {"keep", D.keep_checkpoints, "also keep checkpoint_step<N>.safetensors at each checkpoint"},
+    {"sample-every", default("sample_every"), "sample grid every N steps (0: none)", integer = true, min = 0},
+    {"sample-steps", D.sample_steps, "DDIM steps for the sample grids", integer = true, min = 1},
+    {"log-every", D.log_every, "log line every N steps (when not on a terminal)", integer = true, min = 0},
+    {"seed", D.seed, "random seed (model initialisation, data order, training draws)", integer = true, min = 0},
     {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   }
   if continuous then -- the cU-Net's own switches (continuous_unet.defaults documents each)
@@ -182,7 +192,7 @@ end
 -- --schedule: a diffusion.schedule name, or a Lua file returning beta(t, T), a list of betas or a
 -- schedule. Returns what train.run takes as schedule, and the name for schedule_name.
 local function schedule_option(name, value, T)
-  if not value then return "linear" end
+  if not value then return train.defaults.schedule end
   if not value:match("%.lua$") then return value end
   local chunk, err = loadfile(value)
   if not chunk then error(string.format("%s: cannot load the schedule file %s", name, err), 0) end
@@ -206,10 +216,11 @@ local function train_options(name, args, given, ck)
   end
   put("batch", "batch_size", args.batch)
   put("keep", "keep_checkpoints", args.keep)
-  if not resuming or given.prediction then t.prediction = args.prediction or "eps" end -- else the checkpoint's
-  if not resuming or (given.T and args.T > 0) then t.T = args.T > 0 and math.tointeger(args.T) or 1000 end
+  local D = train.defaults
+  if not resuming or given.prediction then t.prediction = args.prediction or D.prediction end -- else the checkpoint's
+  if not resuming or (given.T and args.T > 0) then t.T = args.T > 0 and math.tointeger(args.T) or D.T end
   if not resuming or given.schedule then
-    t.schedule, t.schedule_name = schedule_option(name, args.schedule, t.T or args.T > 0 and args.T or 1000)
+    t.schedule, t.schedule_name = schedule_option(name, args.schedule, t.T or args.T > 0 and args.T or D.T)
   end
   if not resuming or given.betas or record.betas == nil then
     local beta1, beta2 = args.betas:match("^%s*([%d.eE+-]+)%s*,%s*([%d.eE+-]+)%s*$")
@@ -285,40 +296,6 @@ end
 function M.main(argv, spec)
   distributed.setup()
   return distributed.main(main, argv, spec)
-end
-
---- The cU-Net comparison's training settings (docs/results.md): the same optimizer, batch and
--- learning-rate schedule as the U-Net it is compared with. Recipes copy and adjust them.
-M.cunet_defaults = {
-  continuous = true, model = "cunet.models.continuous_unet", out = "runs/cunet",
-  steps = 6000, lr = 1e-3, warmup = 100, ema = 0.999, checkpoint_every = 500,
-}
-
---- The Appendix C ablations: recipe name → the ablation it trains and what it removes.
-M.ablation_recipes = {
-  ablation_noattn = { "no_attention", "without attention" },
-  ablation_nores = { "no_resblocks", "without residual ODE functions (resblocks)" },
-  ablation_noattn_nores = { "no_attention_no_resblocks", "without attention and without resblocks" },
-  ablation_timeonly = { "time_embedding_only",
-    "with the diffusion time entering only through an embedding added to each block's input" },
-}
-
---- A cU-Net recipe's spec: cunet_defaults with `fields` on top (a new table).
-function M.cunet_spec(fields)
-  local spec = {}
-  for k, v in pairs(M.cunet_defaults) do spec[k] = v end
-  for k, v in pairs(fields) do spec[k] = v end
-  return spec
-end
-
---- Runs the ablation recipe `name` (a key of ablation_recipes): the cU-Net defaults, 3000 steps.
-function M.ablation(argv, name)
-  local a = M.ablation_recipes[name]
-  if not a then error(string.format("train_recipe.ablation: unknown recipe %q", tostring(name)), 2) end
-  return M.main(argv, M.cunet_spec {
-    name = name, ablation = a[1], out = "runs/" .. name, steps = 3000,
-    description = "Appendix C ablation: the cU-Net " .. a[2] .. ";\ncheckpoints, loss.csv and sample grids go to --out.",
-  })
 end
 
 return M

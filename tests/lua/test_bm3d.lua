@@ -6,6 +6,7 @@
 -- Then colour/batched planes, options and errors. The C side (transforms, flat images, thread
 -- independence) is tests/c/test_bm3d.c.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
@@ -18,11 +19,7 @@ local function psnr(a, b)
   return 10 * math.log(1 / mse, 10)
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs { ... } do lu.assertStrContains(tostring(err), piece) end
-end
+local assert_error = helpers.assert_error
 
 TestBm3d = {}
 

@@ -2,10 +2,9 @@
 -- options, the `arg` table, exit statuses, stdin, the library path, and the REPL on a pseudo-terminal
 -- (util-linux `script`). CUNET_EXE names the executable; ./cunet by default.
 local lu = require "luaunit"
+local helpers = require "helpers"
 
-local function shell_quote(s)
-    return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local shell_quote = helpers.shell_quote
 
 local function absolute(path)
     if path:sub(1, 1) == "/" then
@@ -254,8 +253,7 @@ function TestRepl:setUp()
     if not have_script() then
         lu.skip("no `script` (util-linux) to give the REPL a pseudo-terminal")
     end
-    self.history = os.tmpname()
-    os.remove(self.history)
+    self.history = helpers.temp_path()
 end
 
 function TestRepl:tearDown()

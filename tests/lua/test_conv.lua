@@ -2,6 +2,7 @@
 -- every case of tests/fixtures/nn_conv.lua (written by tests/tools/fixtures_conv.py) forward and
 -- with all gradients, finite-difference gradchecks, the forms of the options, and the errors.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -16,12 +17,7 @@ local function call(case, inputs)
   return fn(inputs[1], inputs[2], inputs[3], case.args)
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 -- ---- PyTorch fixtures: one test per case ----------------------------------------------------
 

@@ -5,6 +5,8 @@
 -- steps lowering the ε-prediction loss with direct backprop and with the adjoint.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
+local assert_error = helpers.assert_error
 local cn = require "cunet"
 local fx = require "fixture_check"
 local cunet = require "cunet.models.continuous_unet"
@@ -99,21 +101,16 @@ function TestCunetModel:testConfigRebuilds()
 end
 
 function TestCunetModel:testErrors()
-  local function err(fn, piece)
-    local ok, e = pcall(fn)
-    lu.assertFalse(ok)
-    lu.assertStrContains(tostring(e), piece)
-  end
-  err(function() cunet.ContinuousUNet { widths = { 30, 63 } } end, "even positive integer")
-  err(function() cunet.ContinuousUNet { form = "third_order" } end, "form must be one of")
-  err(function() cunet.ContinuousUNet { ablation = "no_everything" } end, "unknown ablation")
-  err(function() cunet.ContinuousUNet { attention_levels = { 5 } } end, "attention_levels")
-  err(function() cunet.ContinuousUNet { colour = 1 } end, "unknown option 'colour'")
-  err(function() cunet.from_preset("huge") end, "unknown preset")
+  assert_error(function() cunet.ContinuousUNet { widths = { 30, 63 } } end, "even positive integer")
+  assert_error(function() cunet.ContinuousUNet { form = "third_order" } end, "form must be one of")
+  assert_error(function() cunet.ContinuousUNet { ablation = "no_everything" } end, "unknown ablation")
+  assert_error(function() cunet.ContinuousUNet { attention_levels = { 5 } } end, "attention_levels")
+  assert_error(function() cunet.ContinuousUNet { colour = 1 } end, "unknown option 'colour'")
+  assert_error(function() cunet.from_preset("huge") end, "unknown preset")
   local model = build("mnist_small")
-  err(function() model(cn.randn { 1, 3, 28, 28 }, 1) end, "expected 1 input channels")
-  err(function() model(cn.randn { 1, 1, 28, 28 }, 0) end, "timesteps must be integers in 1..1000")
-  err(function() model(cn.randn { 2, 1, 28, 28 }, cn.tensor { 1, 2, 3 }) end, "expected 2 timesteps")
+  assert_error(function() model(cn.randn { 1, 3, 28, 28 }, 1) end, "expected 1 input channels")
+  assert_error(function() model(cn.randn { 1, 1, 28, 28 }, 0) end, "timesteps must be integers in 1..1000")
+  assert_error(function() model(cn.randn { 2, 1, 28, 28 }, cn.tensor { 1, 2, 3 }) end, "expected 2 timesteps")
 end
 
 -- Each ablation changes the module tree as intended, and still runs.

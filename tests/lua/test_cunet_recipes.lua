@@ -4,13 +4,15 @@
 -- own options. The folder holds 28×28 PNGs so the mnist_small preset runs unchanged.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local checkpoint = require "cunet.checkpoint"
+local fs = require "cunet.fs"
 local cunet = require "cunet.models.continuous_unet"
 
 local EXE = os.getenv("CUNET_EXE") or "./cunet"
 
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local shell_quote = helpers.shell_quote
 
 local function run(script, args)
   local p = io.popen(string.format("%s %s %s 2>&1", EXE, script, args))
@@ -39,15 +41,14 @@ local RECIPES = {
 TestCunetRecipes = {}
 
 function TestCunetRecipes:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
-  assert(os.execute("mkdir -p " .. shell_quote(self.dir .. "/images")))
+  self.dir = helpers.temp_dir()
+  assert(fs.mkdir_p(self.dir .. "/images"))
   cn.seed(11)
   for i = 1, 16 do cn.save_png(string.format("%s/images/%02d.png", self.dir, i), cn.rand { 1, 28, 28 }) end
 end
 
 function TestCunetRecipes:tearDown()
-  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 function TestCunetRecipes:testHelp()
@@ -59,6 +60,31 @@ function TestCunetRecipes:testHelp()
       lu.assertNotNil(out:find(opt, 1, true), r[1] .. " --help lacks " .. opt)
     end
     lu.assertNotNil(out:find("(default: " .. r[2] .. ")", 1, true), r[1] .. " has the wrong default ablation")
+  end
+end
+
+-- The ablations train with train_cunet.lua's settings: their --help differs from its only in the
+-- usage line, the description, and the defaults of --ablation, --steps and --out.
+function TestCunetRecipes:testAblationsShareTheComparisonSettings()
+  local function options(script)
+    local code, out = run(script, "--help")
+    lu.assertEquals(code, 0, out)
+    local lines = {}
+    for line in out:match("\noptions:\n(.*)$"):gmatch("[^\n]+") do
+      local flag = line:match("^  %-%-([%w-]+)")
+      if flag then lines[flag] = line end
+    end
+    return lines
+  end
+  local base = options(RECIPES[1][1])
+  lu.assertStrContains(base.lr, "(default: 0.001)")
+  for i = 2, #RECIPES do
+    local lines = options(RECIPES[i][1])
+    for flag, line in pairs(base) do
+      if flag ~= "ablation" and flag ~= "steps" and flag ~= "out" then lu.assertEquals(lines[flag], line, RECIPES[i][1]) end
+    end
+    for flag in pairs(lines) do lu.assertNotNil(base[flag], RECIPES[i][1] .. " --" .. flag) end
+    lu.assertStrContains(lines.steps, "(default: 3000)")
   end
 end
 

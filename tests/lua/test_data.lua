@@ -3,6 +3,7 @@
 -- Debian package, MNIST from data/ (skipped until `sh tools/fetch_mnist.sh data` has run),
 -- image folders (PNG, grey / RGB / RGBA, resize and centre crop, corrupt files), data.load.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local data = require "cunet.data"
 
@@ -22,16 +23,9 @@ local function exists(path)
   return f ~= nil
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
-  return tostring(err)
-end
+local assert_error = helpers.assert_error
 
-local function max_abs_diff(a, b)
-  return (a - b):abs():max():item()
-end
+local max_abs_diff = helpers.max_abs_diff
 
 -- per-class counts of a label tensor (labels 1..k)
 local function class_counts(labels, k)
@@ -270,13 +264,12 @@ function TestDataFashionMnist:testMissingFiles()
   lu.assertStrContains(err, "make deps")
   assert_error(function() data.fashion_mnist("valid") end, "split must be 'train' or 'test', got valid")
   -- the label file missing: named too
-  local tmp = os.tmpname()
-  os.remove(tmp)
-  os.execute("mkdir -p " .. tmp .. " && cp " .. FASHION .. "/t10k-images-idx3-ubyte.gz " .. tmp .. "/ 2>/dev/null")
+  local tmp = helpers.temp_dir()
+  os.execute("cp " .. FASHION .. "/t10k-images-idx3-ubyte.gz " .. tmp .. "/ 2>/dev/null")
   if exists(tmp .. "/t10k-images-idx3-ubyte.gz") then
     assert_error(function() data.fashion_mnist("test", {root = tmp}) end, "missing file " .. tmp .. "/t10k-labels-idx1-ubyte.gz")
   end
-  os.execute("rm -rf " .. tmp)
+  helpers.remove_dir(tmp)
 end
 
 -- ---- MNIST (data/, prepared once with tools/fetch_mnist.sh) -------------------------------------------
@@ -349,13 +342,12 @@ TestDataImageFolder = {}
 
 local tmp
 function TestDataImageFolder:setUp()
-  tmp = os.tmpname()
-  os.remove(tmp)
+  tmp = helpers.temp_dir()
   assert(os.execute("mkdir -p " .. tmp .. "/sub"))
 end
 
 function TestDataImageFolder:tearDown()
-  if tmp then os.execute("rm -rf " .. tmp) end
+  helpers.remove_dir(tmp)
 end
 
 function TestDataImageFolder:testMixedChannelsResizeAndCrop()

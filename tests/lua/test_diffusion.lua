@@ -4,6 +4,7 @@
 -- custom schedules, seeding, the samplers' options, and an "oracle" model on a one-point dataset
 -- that both samplers must turn back into that point.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 local diffusion = require "cunet.diffusion"
@@ -32,16 +33,9 @@ local function t_arg(t)
   return type(t) == "table" and cn.tensor(t) or t
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
-  return tostring(err)
-end
+local assert_error = helpers.assert_error
 
-local function max_abs_diff(a, b)
-  return (a - b):abs():max():item()
-end
+local max_abs_diff = helpers.max_abs_diff
 
 local function assert_equal_tensors(a, b, label)
   lu.assertEquals(a:shape(), b:shape(), label)

@@ -3,6 +3,7 @@
 -- must agree with one rank (training losses, sampling), collectives, and a job losing a rank.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local dist = require "cunet.distributed"
 local fs = require "cunet.fs"
@@ -16,13 +17,6 @@ local function run(cmd)
   local out = p:read("a")
   local ok, _, code = p:close()
   return ok and 0 or code, out
-end
-
-local function make_tmpdir()
-  local path = os.tmpname()
-  os.remove(path)
-  assert(fs.mkdir_p(path))
-  return path
 end
 
 local function write(path, text)
@@ -133,13 +127,13 @@ TestDistributedMPI = {}
 
 function TestDistributedMPI:setUp()
   lu.skipIf(not MPIRUN, "no MPI (see the line above)")
-  self.dir = make_tmpdir()
+  self.dir = helpers.temp_dir()
   write(self.dir .. "/cunet_test_distnet.lua", NET_SOURCE)
   self.env = "LUA_PATH=" .. shell_quote(self.dir .. "/?.lua;;") .. " "
 end
 
 function TestDistributedMPI:tearDown()
-  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 -- Runs `cunet script args` on n ranks (n = 0: without mpirun); returns the exit code, the output

@@ -15,10 +15,9 @@
 -- number of lines. Indented code blocks and fences without a language are errors, and so is a
 -- command written `cunet …` where a checkout has `./cunet`.
 local lu = require "luaunit"
+local helpers = require "helpers"
 
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local shell_quote = helpers.shell_quote
 
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end

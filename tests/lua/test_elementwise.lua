@@ -1,16 +1,12 @@
 -- test_elementwise.lua — operators, elementwise methods and cn.* functions, where, clamp, in-place
 -- ops and their error messages, against values computed here in Lua (double precision).
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local FLT_MAX = 3.4028234663852886e38
 

@@ -4,6 +4,7 @@
 -- checkpoint trained here for a few steps by recipes/train_unet.lua. Uses MNIST when its digits and
 -- classifier are there, else Fashion-MNIST; skips (saying why) when neither is.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local data = require "cunet.data"
 local metrics = require "cunet.metrics"
@@ -117,8 +118,7 @@ TestFidVsSteps = {}
 function TestFidVsSteps:testTinyCheckpoint()
   local env, why = setup()
   if not env then lu.skip("no data set with a classifier checkpoint: " .. why) end
-  local dir = os.tmpname()
-  os.remove(dir)
+  local dir = helpers.temp_path()
   local function run(cmd)
     local p = io.popen(cmd .. " 2>&1")
     local text = p:read("a")
@@ -171,5 +171,5 @@ function TestFidVsSteps:testTinyCheckpoint()
   lu.assertStrContains(refused, "another scan")
   local _, newlines = read(dir .. "/out/fid_vs_steps_ddpm.csv"):gsub("\n", "")
   lu.assertEquals(newlines, 4)
-  os.execute(string.format("rm -rf %q", dir))
+  helpers.remove_dir(dir)
 end

@@ -1,17 +1,17 @@
 -- test_fs.lua — lua/cunet/fs.lua: exists, shell_quote and mkdir_p with paths a shell would mangle.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local fs = require "cunet.fs"
 
 TestFs = {}
 
 function TestFs:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
+  self.dir = helpers.temp_path()
 end
 
 function TestFs:tearDown()
-  if self.dir:match("^/tmp/") then os.execute("rm -rf " .. fs.shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 function TestFs:testMkdirPWithQuotesAndDollars()

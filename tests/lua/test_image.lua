@@ -3,6 +3,7 @@
 -- tests/fixtures/png, errors naming the file, atomic writes (a failed write, also one failing
 -- mid-write, leaves the old file); make_grid's geometry and value mapping; save_grid; save_strips.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local image = require "cunet.image"
 
@@ -16,16 +17,9 @@ end
 
 local FIXTURES = root() .. "/tests/fixtures/png/"
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
-  return tostring(err)
-end
+local assert_error = helpers.assert_error
 
-local function max_abs_diff(a, b)
-  return (a - b):abs():max():item()
-end
+local max_abs_diff = helpers.max_abs_diff
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
@@ -62,12 +56,10 @@ end
 
 local tmp
 local function setup_tmp()
-  tmp = os.tmpname()
-  os.remove(tmp)
-  assert(os.execute('mkdir -p "' .. tmp .. '"'))
+  tmp = helpers.temp_dir()
 end
 local function teardown_tmp()
-  if tmp then os.execute('rm -rf "' .. tmp .. '"') end
+  helpers.remove_dir(tmp)
   tmp = nil
 end
 

@@ -2,6 +2,7 @@
 -- sample.lua recipe on the installed checkpoint from another directory, finds the installed
 -- classifier, and the docs are there. Uses the build under test (CUNET_EXE's folder).
 local lu = require "luaunit"
+local helpers = require "helpers"
 
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>&1")
@@ -16,8 +17,7 @@ function TestInstall:testInstalledRecipeRunsElsewhere()
   local exe = os.getenv("CUNET_EXE") or "./cunet"
   local build = exe:match("^(.*)/cunet$") or "build"
   if build == "." then build = "build" end
-  local prefix = os.tmpname()
-  os.remove(prefix)
+  local prefix = helpers.temp_path()
   local ok, out = sh(string.format("make -s install PREFIX=%s BUILD=%s", prefix, build))
   lu.assertTrue(ok, out)
   local share = prefix .. "/share/cunet"
@@ -35,5 +35,5 @@ function TestInstall:testInstalledRecipeRunsElsewhere()
   ok, out = sh(string.format("make -s uninstall PREFIX=%s", prefix))
   lu.assertTrue(ok, out)
   lu.assertNil(io.open(prefix .. "/bin/cunet", "rb"))
-  sh("rm -rf " .. prefix)
+  helpers.remove_dir(prefix)
 end

@@ -2,6 +2,7 @@
 -- the reference layout byte for byte, the PyTorch-written fixture, atomic saves, and every kind of
 -- corrupt input, built from crafted bytes, raising an error that names the file and the problem.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -17,12 +18,7 @@ local FASHION = "/usr/share/datasets/fashion-mnist/"
 
 -- ---- helpers ------------------------------------------------------------------------------
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
-  return tostring(err)
-end
+local assert_error = helpers.assert_error
 
 local function write_file(path, bytes)
   local f = assert(io.open(path, "wb"))
@@ -49,12 +45,10 @@ end
 -- Each test gets a fresh directory, removed afterwards.
 local tmp
 local function setup_tmp()
-  tmp = os.tmpname()
-  os.remove(tmp)
-  assert(os.execute('mkdir -p "' .. tmp .. '"'))
+  tmp = helpers.temp_dir()
 end
 local function teardown_tmp()
-  if tmp then os.execute('rm -rf "' .. tmp .. '"') end
+  helpers.remove_dir(tmp)
   tmp = nil
 end
 

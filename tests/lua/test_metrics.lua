@@ -4,6 +4,7 @@
 -- formula, KID against torchmetrics' definition on the fixture's subsets; then batched against
 -- per-image values, feature statistics over uneven batches, the statistics cache file, and errors.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 local metrics = require "cunet.metrics"
@@ -27,12 +28,7 @@ local function close(got, want, rtol, atol, label)
   lu.assertTrue(ok, string.format("%s: got %.12g, expected %.12g (rtol %g, atol %g)", label, got, want, rtol, atol))
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 -- The fixture's images, as the reference saw them (8-bit values divided by 255 in float32 when
 -- the data range is 1).
@@ -250,8 +246,7 @@ function TestMetrics:testIdenticalSetsFidNearZero()
 end
 
 function TestMetrics:testSaveAndLoadStatistics()
-  local path = os.tmpname()
-  os.remove(path)
+  local path = helpers.temp_path()
   local a = metrics.FeatureStats():add(lcg_features{seed = 41, n = 300, d = 16, scale = 1, mix = 2, shift = 0})
   local b = metrics.FeatureStats():add(lcg_features{seed = 42, n = 200, d = 16, scale = 2, mix = 0, shift = 3})
   local none, msg = metrics.FeatureStats.load(path, "a")

@@ -5,6 +5,7 @@
 -- gradcheck of a small SelfAttention2d.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -13,12 +14,7 @@ local class = nn.class
 
 local function flat(t) return t:totable { flat = true } end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs { ... } do lu.assertStrContains(tostring(err), piece) end
-  return tostring(err)
-end
+local assert_error = helpers.assert_error
 
 local function names_of(iter_fn)
   local out = {}

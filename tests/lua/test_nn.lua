@@ -3,17 +3,13 @@
 -- forward and gradients, cn.gradcheck on tiny cases, dropout by statistics and identities, the
 -- 1-based ids of embedding and cross_entropy, and the error messages.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local function assert_tensors_close(got, want, tol, label)
   lu.assertEquals(got:shape(), want:shape(), (label or "") .. ": shape")

@@ -3,6 +3,7 @@
 -- batch-norm running statistics; finite-difference gradchecks on tiny inputs; the Lua API's
 -- defaults and options; error messages.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -14,12 +15,7 @@ local RTOL, ATOL = 1e-5, 1e-6
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local function assert_near(got, want, tol, label)
   lu.assertEquals(#got, #want, label)

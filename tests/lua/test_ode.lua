@@ -5,6 +5,7 @@
 -- gradients through the solver against the adjoint method (MLP and 3×3-conv dynamics, fixed-step
 -- and adaptive), finite-difference gradchecks of both; and the adjoint's flat memory.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -12,12 +13,7 @@ local METHODS = {"euler", "midpoint", "heun", "rk4", "rk4_38"}
 local ORDER = {euler = 1, midpoint = 2, heun = 2, rk4 = 4, rk4_38 = 4, bosh3 = 3, dopri5 = 5}
 local STAGES = {euler = 1, midpoint = 2, heun = 2, rk4 = 4, rk4_38 = 4}
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local function flat(t) return t:totable{flat = true} end
 

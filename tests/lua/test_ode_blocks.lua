@@ -1,9 +1,10 @@
 -- test_ode_blocks.lua — nn.ODEBlock and nn.SecondOrderODEBlock (lua/cunet/nn/ode.lua).
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local nn = cn.nn
 
-local function max_diff(a, b) return (a - b):abs():max():item() end
+local max_diff = helpers.max_abs_diff
 
 -- dynamics with a conditioning vector: tanh(conv(z) + lin(emb))
 local Func = nn.class("TestFunc", nn.Module)
@@ -85,6 +86,31 @@ function TestSecondOrderODEBlock:testAugmentedForm()
   local y = block(cn.ones{1, 1})
   lu.assertEquals(y:shape(), {1, 1})
   lu.assertAlmostEquals(y:item(), math.cos(1), 1e-5)
+end
+
+function TestSecondOrderODEBlock:testSolveFromAGivenVelocity()
+  -- x'' = -x from x(0) = 0, v(0) = 1: x(t) = sin t; init_velocity is not called by solve
+  local block = nn.SecondOrderODEBlock(function(t, x, v) return -x end,
+    function() error("init_velocity called") end, {method = "dopri5", rtol = 1e-7, atol = 1e-9, t1 = 2})
+  lu.assertAlmostEquals(block:solve(cn.zeros{1}, cn.ones{1}):item(), math.sin(2), 1e-5)
+  -- the same numbers as forward with an init_velocity returning that v0, gradients included
+  cn.seed(5)
+  local Acc = nn.class("TestSolveAcc", nn.Module)
+  function Acc:__init() nn.Module.__init(self); self.conv = nn.Conv2d(4, 2, 3, {padding = 1}) end
+  function Acc:forward(t, x, v) return self.conv(cn.cat({x, v}, 2)):tanh() end
+  local accel = Acc()
+  local x, v0 = cn.randn{2, 2, 5, 5}, cn.randn{2, 2, 5, 5}
+  local given = nn.SecondOrderODEBlock(accel, nil, {steps = 2})
+  local called = nn.SecondOrderODEBlock(accel, function() return v0 end, {steps = 2})
+  local a = given:solve(x, v0)
+  a:sum():backward()
+  local ga = accel.conv.weight.grad:clone()
+  accel:zero_grad()
+  local b = called(x)
+  b:sum():backward()
+  lu.assertEquals(max_diff(a, b), 0)
+  lu.assertEquals(max_diff(ga, accel.conv.weight.grad), 0)
+  lu.assertErrorMsgContains("x and v0 must be tensors", function() given:solve(x, nil) end)
 end
 
 function TestSecondOrderODEBlock:testModulesTrainBothWays()

@@ -8,6 +8,7 @@
 -- differ by float32 noise that the 20 steps carry along; the generator measures torch's own float32
 -- run against float64 at up to ~5e-5 relative, below the rtol.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 local optim = require "cunet.optim"
@@ -18,12 +19,7 @@ local cases = fx.load("optim")
 local by_name = {}
 for _, c in ipairs(cases) do by_name[c.name] = c end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local function flat(t) return t:totable{flat = true} end
 

@@ -9,6 +9,7 @@
 -- without one fails here.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local core = require "cunet.core"
 local nn = cn.nn
@@ -577,16 +578,14 @@ end
 TestRecipeGuards = {}
 
 function TestRecipeGuards:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
-  assert(fs.mkdir_p(self.dir))
+  self.dir = helpers.temp_dir()
   local f = assert(io.open(self.dir .. "/cunet_options_tiny.lua", "w"))
   f:write(TINY_SOURCE)
   f:close()
 end
 
 function TestRecipeGuards:tearDown()
-  if self.dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
   collect()
 end
 

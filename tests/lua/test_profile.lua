@@ -2,6 +2,7 @@
 -- op names and call counts, forward and backward rows, GEMM FLOPs, self times that add up to the
 -- wall time, nesting (an ODE solve's right-hand side), errors, options, and CUNET_PROFILE=1.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 
 local function row(result, name, phase)
@@ -11,11 +12,7 @@ local function row(result, name, phase)
   return nil
 end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs { ... } do lu.assertStrContains(tostring(err), piece) end
-end
+local assert_error = helpers.assert_error
 
 TestProfile = {}
 

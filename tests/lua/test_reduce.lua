@@ -1,16 +1,12 @@
 -- test_reduce.lua — the Lua API of reductions and matmul (engine/lua/l_reduce.c): 1-based and
 -- negative dims, keepdim, max/min returning values and 1-based indices, module functions, errors.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 local function assert_close(got, want, tol)
   lu.assertEquals(#got, #want)

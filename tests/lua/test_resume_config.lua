@@ -7,6 +7,7 @@
 -- checkpoint to recipes/sample.lua and recipes/fid_vs_steps.lua. On 8×8 and 28×28 folders of 16 PNGs.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fs = require "cunet.fs"
 local train = require "cunet.train"
@@ -79,8 +80,7 @@ end
 TestResumeConfig = {}
 
 function TestResumeConfig:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
+  self.dir = helpers.temp_path()
   png_folder(self.dir .. "/images", 8)
   self.model = self.dir .. "/resume_test_net.lua"
   write(self.model, MODEL_FILE)
@@ -91,7 +91,7 @@ function TestResumeConfig:setUp()
 end
 
 function TestResumeConfig:tearDown()
-  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. q(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 function TestResumeConfig:testResumeWithNoOptionsIsTheSameRun()

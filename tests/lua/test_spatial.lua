@@ -3,6 +3,7 @@
 -- strided inputs and tensor methods; finite-difference gradchecks on tiny inputs; the Lua API's
 -- defaults and options; error messages.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -13,12 +14,7 @@ local RTOL, ATOL = 1e-5, 1e-6
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 -- ---- PyTorch fixtures: one test per case ---------------------------------------------------------
 

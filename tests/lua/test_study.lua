@@ -6,6 +6,7 @@
 -- drivers on different runs keep each other's records in the shared state file.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local fs = require "cunet.fs"
 local json = require("cunet.checkpoint").json
 
@@ -31,12 +32,11 @@ end
 TestStudy = {}
 
 function TestStudy:setUp()
-  self.dir = os.tmpname()
-  os.remove(self.dir)
+  self.dir = helpers.temp_path()
 end
 
 function TestStudy:tearDown()
-  if self.dir and self.dir:match("^/tmp/") then os.execute("rm -rf " .. fs.shell_quote(self.dir)) end
+  helpers.remove_dir(self.dir)
 end
 
 -- The issue's matrix: the authors' setup at both sizes, both families, 2 seeds; Ho's at 1.1 M, one seed.

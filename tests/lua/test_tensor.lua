@@ -1,15 +1,11 @@
 -- test_tensor.lua — creation, facts, element access, views, copies, RNG, memory, printing.
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 
 local function flat(t) return t:totable{flat = true} end
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece) end
-  return err
-end
+local assert_error = helpers.assert_error
 
 TestCreation = {}
 

@@ -2,6 +2,7 @@
 -- and the recipes train_unet.lua / sample.lua, on a tiny stand-in denoiser and 8×8 images.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
@@ -11,18 +12,7 @@ local EXE = os.getenv("CUNET_EXE") or "./cunet"
 
 -- ---- fixtures ------------------------------------------------------------------------------------
 
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function make_tmpdir()
-  local path = os.tmpname()
-  os.remove(path)
-  assert(os.execute("mkdir -p " .. shell_quote(path)))
-  return path
-end
-
-local function remove_tree(path)
-  if path and path:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(path)) end
-end
+local shell_quote = helpers.shell_quote
 
 local function read_bytes(path)
   local f = io.open(path, "rb")
@@ -102,7 +92,7 @@ local function options(extra)
   return o
 end
 
-local function max_diff(a, b) return (a - b):abs():max():item() end
+local max_diff = helpers.max_abs_diff
 
 local function read_csv(path)
   local rows, header = {}, nil
@@ -145,8 +135,8 @@ end
 
 TestTrainResume = {}
 
-function TestTrainResume:setUp() self.dir = make_tmpdir() end
-function TestTrainResume:tearDown() remove_tree(self.dir) end
+function TestTrainResume:setUp() self.dir = helpers.temp_dir() end
+function TestTrainResume:tearDown() helpers.remove_dir(self.dir) end
 
 function TestTrainResume:test_resume_equals_uninterrupted_run()
   -- 20 images, batch 8: an epoch is 2 batches, so the 6-step halves cross epoch boundaries and the
@@ -242,8 +232,8 @@ end
 
 TestTrainNaN = {}
 
-function TestTrainNaN:setUp() self.dir = make_tmpdir() end
-function TestTrainNaN:tearDown() remove_tree(self.dir) end
+function TestTrainNaN:setUp() self.dir = helpers.temp_dir() end
+function TestTrainNaN:tearDown() helpers.remove_dir(self.dir) end
 
 local function check_stops(self, kind)
   local dir = self.dir .. "/" .. kind
@@ -280,8 +270,8 @@ function TestTrainNaN:test_nan_gradient_stops_before_the_step() check_stops(self
 
 TestTrainLog = {}
 
-function TestTrainLog:setUp() self.dir = make_tmpdir() end
-function TestTrainLog:tearDown() remove_tree(self.dir) end
+function TestTrainLog:setUp() self.dir = helpers.temp_dir() end
+function TestTrainLog:tearDown() helpers.remove_dir(self.dir) end
 
 function TestTrainLog:test_csv_contents()
   local r = train.run(options{model = new_model(1), steps = 5, out = self.dir, lr = 1e-3, warmup = 4})
@@ -360,8 +350,8 @@ end
 
 TestTrainCheckpoint = {}
 
-function TestTrainCheckpoint:setUp() self.dir = make_tmpdir() end
-function TestTrainCheckpoint:tearDown() remove_tree(self.dir) end
+function TestTrainCheckpoint:setUp() self.dir = helpers.temp_dir() end
+function TestTrainCheckpoint:tearDown() helpers.remove_dir(self.dir) end
 
 -- A model, an Adam and an EMA after three steps of plain training.
 local function trained_state()
@@ -517,10 +507,10 @@ end
 TestTrainRecipes = {}
 
 function TestTrainRecipes:setUp()
-  self.dir = make_tmpdir()
+  self.dir = helpers.temp_dir()
   write_tiny_module(self.dir)
 end
-function TestTrainRecipes:tearDown() remove_tree(self.dir) end
+function TestTrainRecipes:tearDown() helpers.remove_dir(self.dir) end
 
 local function run_recipe(dir, script, args)
   local cmd = string.format("LUA_PATH=%s %s %s %s 2>&1", shell_quote(dir .. "/?.lua;;"), EXE, script, args)

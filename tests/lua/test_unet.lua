@@ -4,15 +4,12 @@
 -- it there), the timestep convention, configs, presets and checkpoints.
 
 local lu = require "luaunit"
+local helpers = require "helpers"
 local cn = require "cunet"
 local fx = require "fixture_check"
 local unet = require "cunet.models.unet"
 
-local function assert_error(fn, ...)
-  local ok, err = pcall(fn)
-  lu.assertFalse(ok, "expected an error")
-  for _, piece in ipairs { ... } do lu.assertStrContains(tostring(err), piece) end
-end
+local assert_error = helpers.assert_error
 
 local function build(name_or_config, overrides)
   return cn.no_grad(function()

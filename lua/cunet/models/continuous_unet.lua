@@ -28,6 +28,7 @@ local cn = require "cunet"
 local nn = require "cunet.nn"
 local class = require "cunet.class"
 local util = require "cunet.nn.util"
+local presets = require "cunet.models.presets"
 local options = require "cunet.options"
 local blocks = require "cunet.models.continuous_unet_blocks"
 
@@ -58,6 +59,9 @@ M.defaults = {
   attention_mid = false,          -- attention after the bottleneck's ODE block too
   attention_heads = 4, attention_dim_head = 32,
   attention_residual = false,     -- x + attention(x) instead of attention(x)
+  -- the solver of every ODE block: the authors' odeint(method="rk4") is torchdiffeq's 3/8 rule, one
+  -- step over [0, 1] (docs/cunet.md); their tolerances, 1e-3, count only when an adaptive method is
+  -- chosen. These differ from nn.ODEBlock's defaults (classic rk4, 1e-5) on purpose: docs/ode.md.
   method = "rk4_38", steps = 1, t0 = 0, t1 = 1, rtol = 1e-3, atol = 1e-3, adjoint = false,
   ablation = "none",              -- applied on top of the other options: see M.ablations
 }
@@ -93,11 +97,7 @@ local CHOICES = {
   method = { euler = true, midpoint = true, heun = true, rk4 = true, rk4_38 = true, bosh3 = true, dopri5 = true },
 }
 
-local function copy_list(t)
-  local out = {}
-  for i, v in ipairs(t) do out[i] = v end
-  return out
-end
+local copy_list = util.copy_list
 
 local function positive_integer(v) return math.type(v) == "integer" and v > 0 end
 
@@ -180,9 +180,8 @@ local function solver_options(c)
 end
 
 -- One ODE block of state width w, with its optional time MLP, in the container `level` (children
--- time_mlp, ode). The block's initial velocity is the second half of the incoming features: the
--- level's forward hands it over through `carry` (SecondOrderODEBlock calls init_velocity(x, ...)
--- with the first half only).
+-- time_mlp, ode). The block has no init_velocity: its initial velocity is the second half of the
+-- incoming features, which run_ode passes to it (SecondOrderODEBlock:solve(x, v0, temb)).
 local function add_ode(self, level, w)
   local c = self.config
   local func = blocks.ConvSODEFunc(w, { form = c.form, residual = c.residual, norm = c.norm, groups = c.norm_groups,
@@ -190,9 +189,7 @@ local function add_ode(self, level, w)
   if c.time_add then
     level.time_mlp = nn.Sequential(nn.Linear(c.time_dim, w), nn.SiLU(), nn.Linear(w, w))
   end
-  local carry = {}
-  rawset(level, "_carry", carry)
-  level.ode = nn.SecondOrderODEBlock(func, function() return carry.v end, solver_options(c))
+  level.ode = nn.SecondOrderODEBlock(func, nil, solver_options(c))
 end
 
 local function add_attention(self, level, w)
@@ -252,10 +249,8 @@ local function run_ode(self, level, h, temb)
   local n, w = h:size(1), h:size(2)
   if level.time_mlp then h = h + level.time_mlp(temb):reshape { n, w, 1, 1 } end
   local half = w // 2
-  local carry = rawget(level, "_carry")
-  carry.v = h:narrow(2, half + 1, half)
-  local out = level.ode(h:narrow(2, 1, half), temb)
-  carry.v = nil
+  local v0 = h:narrow(2, half + 1, half)
+  local out = level.ode:solve(h:narrow(2, 1, half), v0, temb)
   if self.config.form == "second_order" then out = cn.cat(out, 2) end
   if level.attention then
     local a = level.attention(out)
@@ -390,19 +385,9 @@ for name, changes in pairs {
   M.presets[name] = preset
 end
 
---- The preset's options with overrides applied on top (a new table).
+--- The preset's options with overrides applied on top (a new table; models/presets.lua).
 function M.preset_config(name, overrides)
-  local p = M.presets[name]
-  if not p then
-    local names = {}
-    for k in pairs(M.presets) do names[#names + 1] = string.format("%q", k) end
-    table.sort(names)
-    error(string.format("continuous_unet: unknown preset %q (known: %s)", tostring(name), table.concat(names, ", ")), 2)
-  end
-  local opts = {}
-  for k, v in pairs(p) do opts[k] = type(v) == "table" and copy_list(v) or v end
-  for k, v in pairs(overrides or {}) do opts[k] = v end
-  return opts
+  return presets.config(M.presets, name, overrides, "continuous_unet")
 end
 
 --- continuous_unet.from_preset(name [, overrides]) -> a ContinuousUNet; overrides replace preset

@@ -34,6 +34,7 @@ local cn = require "cunet"
 local nn = require "cunet.nn"
 local class = require "cunet.class"
 local util = require "cunet.nn.util"
+local presets = require "cunet.models.presets"
 local blocks = require "cunet.models.unet_blocks"
 
 local M = {}
@@ -57,11 +58,7 @@ M.defaults = {
   },
 }
 
-local function copy_list(t)
-  local out = {}
-  for i, v in ipairs(t) do out[i] = v end
-  return out
-end
+local copy_list = util.copy_list
 
 local function is_list_of(t, kind)
   if type(t) ~= "table" or #t == 0 then return false end
@@ -397,19 +394,9 @@ M.presets = {
     num_res_blocks = 2, attn_resolutions = { 16 }, dropout = 0.1 },
 }
 
---- The preset's options with overrides applied on top (a new table).
+--- The preset's options with overrides applied on top (a new table; models/presets.lua).
 function M.preset_config(name, overrides)
-  local p = M.presets[name]
-  if not p then
-    local names = {}
-    for k in pairs(M.presets) do names[#names + 1] = string.format("%q", k) end
-    table.sort(names)
-    error(string.format("unet: unknown preset %q (known: %s)", tostring(name), table.concat(names, ", ")), 2)
-  end
-  local opts = {}
-  for k, v in pairs(p) do opts[k] = type(v) == "table" and copy_list(v) or v end
-  for k, v in pairs(overrides or {}) do opts[k] = v end
-  return opts
+  return presets.config(M.presets, name, overrides, "unet")
 end
 
 --- unet.from_config(config) -> UNet(config): rebuilds a model from model.config (what

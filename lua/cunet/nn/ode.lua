@@ -5,6 +5,7 @@
 --
 --   local block = nn.SecondOrderODEBlock(accel, init_velocity, {form = "second_order"})
 --   local y = block(x, cond)            -- x'' = accel(t, x, x', cond), x'(0) = init_velocity(x, cond)
+--   local y = block:solve(x, v0, cond)  -- the same from a given x'(0) = v0
 --
 -- func / accel / init_velocity are modules (their parameters become the block's) or functions.
 -- Extra arguments after x (e.g. a time embedding) are handed to them on every evaluation; with the
@@ -24,6 +25,11 @@ local ode = require "cunet.ode"
 
 local M = {}
 
+-- The layers' defaults (ODEBlock.defaults, SecondOrderODEBlock.defaults), the one place they live.
+-- A layer's, not cn.odeint's (dopri5 at torchdiffeq's 1e-7 / 1e-9, engine/ode.h): one rk4 step over
+-- [0, 1], a fixed cost per forward as a layer wants; the tolerances, for a layer given an adaptive
+-- method, within float32's reach (1e-7 is at its rounding edge: docs/ode.md, "Solver defaults").
+-- The continuous U-Net sets its own (continuous_unet.defaults: the authors' rk4_38).
 local ODE_DEFAULTS = {
   t0 = 0, t1 = 1, method = "rk4", steps = 1, step_size = false, rtol = 1e-5, atol = 1e-6,
   adjoint = false, max_steps = 100000, return_trajectory = false, times = false,
@@ -124,11 +130,23 @@ function SecondOrderODEBlock:__init(accel, init_velocity, opts)
   elseif init_velocity then rawset(self, "_v0_fn", init_velocity) end
 end
 
+--- block(x, ...): integrates from x and v0 = init_velocity(x, ...) (zeros without one).
 function SecondOrderODEBlock:forward(x, ...)
+  local v0fn = rawget(self, "_v0_fn") or self.init_velocity
+  local v0 = v0fn and v0fn(x, ...) or core.zeros_like(x)
+  return self:solve(x, v0, ...)
+end
+
+--- block:solve(x, v0, ...): integrates from the given initial position x and velocity v0 (the
+-- block's init_velocity is not called; its parameters still join the adjoint's). Returns what
+-- forward does.
+function SecondOrderODEBlock:solve(x, v0, ...)
+  if not (core.is_tensor(x) and core.is_tensor(v0)) then
+    error(string.format("SecondOrderODEBlock:solve: x and v0 must be tensors, got %s and %s", type(x), type(v0)), 2)
+  end
   local extras = table.pack(...)
   local accel = rawget(self, "_accel_fn") or self.accel
   local v0fn = rawget(self, "_v0_fn") or self.init_velocity
-  local v0 = v0fn and v0fn(x, table.unpack(extras, 1, extras.n)) or core.zeros_like(x)
   local o = self.options
   local params = o.adjoint and adjoint_params({accel, v0fn}, extras) or nil
   local sol, stats

@@ -43,6 +43,13 @@ function util.check_size(v, what, who)
   return v
 end
 
+--- A new list holding t's elements 1..#t (a config's lists are copied, never shared).
+function util.copy_list(t)
+  local out = {}
+  for i, v in ipairs(t) do out[i] = v end
+  return out
+end
+
 --- A value as Python's repr would print it inside PyTorch's extra_repr: True/False, 1e-05, 2.0,
 -- tuples "(3, 3)" (a one-element tuple "(64,)"), strings bare (as str.format with {}).
 function util.repr(v)

@@ -1,0 +1,65 @@
+-- tests/lua/helpers.lua — the helpers the Lua test files share (tests/lua/run.lua puts tests/lua on
+-- package.path, as for fixture_check):
+--
+--   local helpers = require "helpers"
+--   local assert_error, max_abs_diff = helpers.assert_error, helpers.max_abs_diff
+--   local err = assert_error(function() cn.zeros{-1} end, "zeros", "-1")   -- the message, checked
+--   local dir = helpers.temp_dir()   ...   helpers.remove_dir(dir)          -- in setUp / tearDown
+
+local lu = require "luaunit"
+local fs = require "cunet.fs"
+
+local M = {}
+
+--- assert_error([label,] fn, fragment...): calls fn and asserts that it raises an error whose message
+-- holds every fragment (plain text, case sensitive); the label (a string before fn) names the case in
+-- a failure. Returns the message as a string.
+function M.assert_error(label, fn, ...)
+  local fragments
+  if type(label) == "string" then
+    fragments = { ... }
+  else
+    label, fn, fragments = nil, label, { fn, ... }
+  end
+  local ok, err = pcall(fn)
+  lu.assertFalse(ok, (label and label .. ": " or "") .. "expected an error")
+  err = tostring(err)
+  for _, piece in ipairs(fragments) do
+    lu.assertStrContains(err, piece, false, label)
+  end
+  return err
+end
+
+--- The largest absolute difference between two tensors of the same shape.
+function M.max_abs_diff(a, b)
+  return (a - b):abs():max():item()
+end
+
+--- A fresh name under /tmp (os.tmpname's) for a file or a directory a test makes; nothing is there.
+function M.temp_path()
+  local path = os.tmpname()
+  os.remove(path)
+  return path
+end
+
+--- A new empty directory under /tmp; remove it with remove_dir.
+function M.temp_dir()
+  local path = M.temp_path()
+  assert(fs.mkdir_p(path))
+  return path
+end
+
+--- Removes path and everything under it; only a path under /tmp (what temp_path made), so a test
+-- that went wrong cannot remove anything else. Nil is ignored (a setUp that failed early).
+function M.remove_dir(path)
+  if path == nil then return end
+  if type(path) ~= "string" or not path:match("^/tmp/.") then
+    error("helpers.remove_dir: refusing a path outside /tmp: " .. tostring(path), 2)
+  end
+  os.execute("rm -rf " .. fs.shell_quote(path))
+end
+
+--- s quoted for sh (fs.shell_quote).
+M.shell_quote = fs.shell_quote
+
+return M
