@@ -114,7 +114,8 @@ end
 -- Raises when there is no checkpoint (no weights file).
 function M.feature_net(dataset, opts)
   dataset = canonical(dataset)
-  opts = util.options(opts, {checkpoint = false, features = "classifier", weights = false}, "fid.feature_net")
+  opts = util.options(opts, {checkpoint = M.defaults.checkpoint, features = M.defaults.features,
+    weights = M.defaults.weights}, "fid.feature_net")
   if opts.features == "inception" then return inception_net(dataset, opts.weights) end
   if opts.features ~= "classifier" then
     error("fid.feature_net: features must be 'classifier' or 'inception', got " .. tostring(opts.features), 2)
