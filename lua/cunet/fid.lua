@@ -156,35 +156,27 @@ function M.features(net, images, opts)
   if not cn.is_tensor(images) or images:dim() ~= 4 then
     error("fid.features: images must be a tensor [N, C, H, W]", 2)
   end
-  if getmetatable(net) == inception.Inception then
-    local parts = {}
-    cn.no_grad(function()
-      for first = 1, images:size(1), o.inception_batch do
-        local x = images:narrow(1, first, math.min(o.inception_batch, images:size(1) - first + 1))
-        if o.range == "pm1" then x = (x + 1) * 0.5 end
-        parts[#parts + 1] = net:features(x:clamp(0, 1))
-      end
-    end)
-    return #parts == 1 and parts[1] or cn.cat(parts, 1)
+  local is_inception = getmetatable(net) == inception.Inception
+  if not is_inception then
+    local size = net.options and net.options.size or 28
+    local channels = net.options and net.options.channels or 1
+    if images:size(2) ~= channels or images:size(3) ~= size or images:size(4) ~= size then
+      error(string.format("fid.features: the classifier takes [N, %d, %d, %d] images, got [%s]", channels, size, size,
+        table.concat(images:shape(), ", ")), 2)
+    end
   end
-  local size = net.options and net.options.size or 28
-  local channels = net.options and net.options.channels or 1
-  if images:size(2) ~= channels or images:size(3) ~= size or images:size(4) ~= size then
-    error(string.format("fid.features: the classifier takes [N, %d, %d, %d] images, got [%s]", channels, size, size,
-      table.concat(images:shape(), ", ")), 2)
-  end
-  local n = images:size(1)
+  local n, batch = images:size(1), is_inception and o.inception_batch or o.batch
   local parts = {}
-  local was_training = net.training
-  net:eval()
+  local was_training = net.training -- the classifier is an nn module; Inception has no training mode
+  if not is_inception then net:eval() end
   cn.no_grad(function()
-    for first = 1, n, o.batch do
-      local x = images:narrow(1, first, math.min(o.batch, n - first + 1))
+    for first = 1, n, batch do
+      local x = images:narrow(1, first, math.min(batch, n - first + 1))
       if o.range == "pm1" then x = (x + 1) * 0.5 end
       parts[#parts + 1] = net:features(x:clamp(0, 1))
     end
   end)
-  net:train(was_training)
+  if not is_inception then net:train(was_training) end
   return #parts == 1 and parts[1] or cn.cat(parts, 1)
 end
 
