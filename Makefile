@@ -155,8 +155,8 @@ demo: deps
 
 # The executable, the Lua library and module, and what an installed `cunet` runs from any directory:
 # the recipes and examples (share/cunet/recipes, examples), the committed checkpoints they sample from
-# and score with (share/cunet/checkpoints: fid.lua finds its classifier there), and the docs
-# (share/doc/cunet).
+# and score with (share/cunet/checkpoints: fid.lua finds its classifier there, and the LPIPS/Inception
+# weights a user converts), the weights converter (share/cunet/tools), and the docs (share/doc/cunet).
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/cunet/lua/cunet $(DESTDIR)$(PREFIX)/lib/lua/5.4/cunet
 	install -m 755 $(EXE) $(DESTDIR)$(PREFIX)/bin/cunet
@@ -165,6 +165,7 @@ install: all
 	for d in recipes examples checkpoints; do \
 	    (cd $$d && find . -type f \( -name '*.lua' -o -name '*.safetensors' \) -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/cunet/$$d/{} \;); \
 	done
+	install -D -m 755 tools/convert_weights.py $(DESTDIR)$(PREFIX)/share/cunet/tools/convert_weights.py
 	install -d $(DESTDIR)$(PREFIX)/share/doc/cunet
 	install -m 644 README.md LICENSE $(DESTDIR)$(PREFIX)/share/doc/cunet/
 	cd docs && find . -type f -exec install -D -m 644 {} $(DESTDIR)$(PREFIX)/share/doc/cunet/{} \;

@@ -30,6 +30,8 @@ local unet_blocks = require "cunet.models.unet_blocks"
 local continuous_unet = require "cunet.models.continuous_unet"
 local cunet_blocks = require "cunet.models.continuous_unet_blocks"
 local classifier = require "cunet.models.classifier"
+local lpips = require "cunet.models.lpips"
+local inception = require "cunet.models.inception"
 local fs = require "cunet.fs"
 
 local EXE = os.getenv("CUNET_EXE") or "./cunet"
@@ -288,6 +290,10 @@ local ROWS = {
     call = function(o) fid.real_stats("mnist", o) end},
   {who = "fid.score", typo = "splits", covers = {"fid.lua:M.score"},
     call = function(o) fid.score(cn.zeros{2, 1, 28, 28}, "mnist", o) end},
+  {who = "lpips.new", typo = "network", covers = {"models/lpips.lua:M.new"},
+    call = function(o) lpips.new(o) end},
+  {who = "inception.new", typo = "weight", covers = {"models/inception.lua:M.new"},
+    call = function(o) inception.new(o) end},
   {who = "peak_memory", typo = "training", covers = {"efficiency.lua:M.peak_memory"},
     call = function(o) efficiency.peak_memory(nn.Linear(2, 2), {cn.randn{1, 2}}, o) end},
   {who = "time_forward", typo = "repeat", covers = {"efficiency.lua:M.time_forward"},
