@@ -21,25 +21,11 @@
 
 /* ---- linear -------------------------------------------------------------------------------- */
 
-/* How BLAS reads the 2-D w [rows, cols]: row-major with leading dim *ld (*trans false), or as the
- * transpose of a row-major [cols, rows] (*trans true). False when it cannot (copy it first). */
-static bool matrix_layout(const cn_tensor *w, bool *trans, int *ld) {
-    int64_t rows = w->shape[0], cols = w->shape[1], rs = w->stride[0], cs = w->stride[1];
-    int64_t need_cols = cols > 1 ? cols : 1, need_rows = rows > 1 ? rows : 1;
-    if (cs == 1 || cols == 1) {
-        int64_t l = rows == 1 ? need_cols : rs;
-        if (l >= need_cols && l <= INT_MAX) { *trans = false; *ld = (int)l; return true; }
-    }
-    if (rs == 1 || rows == 1) {
-        int64_t l = cols == 1 ? need_rows : cs;
-        if (l >= need_rows && l <= INT_MAX) { *trans = true; *ld = (int)l; return true; }
-    }
-    return false;
-}
-
-/* w itself when BLAS can read it in place, else a contiguous copy; fills trans/ld. New reference. */
+/* The 2-D w itself when BLAS can read it in place (cn_blas_layout), else a contiguous copy; fills
+ * trans/ld. New reference. */
 static cn_tensor *blas_matrix(const cn_tensor *w, bool *trans, int *ld, cn_error *err) {
-    if (matrix_layout(w, trans, ld)) return cn_retain((cn_tensor *)w);
+    if (cn_blas_layout(w->shape[0], w->shape[1], w->stride[0], w->stride[1], trans, ld))
+        return cn_retain((cn_tensor *)w);
     cn_tensor *c = cn_contiguous((cn_tensor *)w, err);
     if (c) {
         *trans = false;
