@@ -268,13 +268,15 @@ fail:
     return NULL;
 }
 
-/* ---- autograd ------------------------------------------------------------------------------ */
+/* ---- matmul: backward, the recorded op ------------------------------------------------------ */
 
 /* d(a@b): ga = g @ b^T, gb = a^T @ g, with 1-d operands promoted to matrices ([k] -> [1,k] on
  * the left, [k,1] on the right) and the gradient reshaped to match; broadcast batch dims are
- * summed away by the engine. saved[0] = a, saved[1] = b */
+ * summed away by the engine. */
+enum { MATMUL_SAVED_A, MATMUL_SAVED_B };
+
 static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    cn_tensor *a = n->saved[0], *b = n->saved[1];
+    cn_tensor *a = n->saved[MATMUL_SAVED_A], *b = n->saved[MATMUL_SAVED_B];
     cn_tensor *a2 = a->ndim == 1 ? cn_unsqueeze(a, 0, err) : cn_retain(a);
     cn_tensor *b2 = b->ndim == 1 ? cn_unsqueeze(b, 1, err) : cn_retain(b);
     cn_tensor *g2 = NULL, *at = NULL, *bt = NULL;
@@ -326,8 +328,8 @@ cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
     r = cn_record_result(r, &op_matmul, 2, ins, &node, err);
     if (node) {
-        cn_node_save(node, 0, a);
-        cn_node_save(node, 1, b);
+        cn_node_save(node, MATMUL_SAVED_A, a);
+        cn_node_save(node, MATMUL_SAVED_B, b);
     }
     return r;
 }
