@@ -2,8 +2,16 @@
  *
  * An op that produces `out` from inputs of which one requires grad (and while grad mode is on)
  * attaches a cn_node to out (out->node) holding: its backward function, the inputs (retained),
- * saved tensors (detached, so no reference cycles) and integer/real parameters. The output owns
- * its node; the node owns its inputs, so a graph lives exactly as long as its outputs.
+ * saved tensors (detached, so no reference cycles) and the op's parameters. The output owns its
+ * node; the node owns its inputs, so a graph lives exactly as long as its outputs.
+ *
+ * What a backward needs is named by its op, beside its forward (docs/contributing.md):
+ *   - parameters: a `struct <op>_args` the forward fills and the backward reads through
+ *     CN_NODE_ARGS(node, struct <op>_args) — stored inline in the node, no allocation;
+ *   - tensors: an enum of saved slots (`enum { CONV_SAVED_X, CONV_SAVED_W, ... }`) used with
+ *     cn_node_save and node->saved[...];
+ *   - ctx / ctx_free only for data that is too big for the args area or owns resources (a
+ *     variable-length array, a Lua reference): the node calls ctx_free(ctx) when it dies.
  *
  * cn_backward walks the nodes in reverse topological order (its state kept per pass, so passes
  * may nest), calls each backward with grad mode off, reduces broadcast gradients back to each input's shape (in one place: cn_sum_to_shape) and
@@ -13,10 +21,12 @@
 #ifndef CN_AUTOGRAD_H
 #define CN_AUTOGRAD_H
 
+#include <stddef.h>
+
 #include "tensor.h"
 
 #define CN_NODE_MAX_SAVED 6
-#define CN_NODE_MAX_PARAMS 8
+#define CN_NODE_ARGS_SIZE 128 /* bytes of inline parameters per node (CN_NODE_ARGS) */
 
 typedef struct cn_node cn_node;
 
@@ -35,15 +45,26 @@ struct cn_node {
     const cn_op_def *op;
     int n_inputs;
     cn_tensor **inputs;                      /* retained */
-    cn_tensor *saved[CN_NODE_MAX_SAVED];     /* retained, detached */
-    int64_t ints[CN_NODE_MAX_PARAMS];        /* op parameters (dims, sizes, flags) */
-    double reals[CN_NODE_MAX_PARAMS];        /* op parameters (scalars) */
+    cn_tensor *saved[CN_NODE_MAX_SAVED];     /* retained, detached; slots named by each op's enum */
+    union {
+        unsigned char bytes[CN_NODE_ARGS_SIZE];
+        max_align_t align;
+    } args;                                  /* the op's parameters: read through CN_NODE_ARGS */
     void *ctx;                               /* op-specific data, freed with ctx_free */
     void (*ctx_free)(void *ctx);
     int out_ndim;                            /* shape of the output, for gradients of views */
     int64_t out_shape[CN_MAX_DIMS];
     bool released;                           /* true once the graph was freed by a backward */
 };
+
+/* The args area of node as a `type *` (the op's parameter struct, zeroed when the node is
+ * recorded); compiling fails when type does not fit in CN_NODE_ARGS_SIZE bytes. */
+#define CN_NODE_ARGS(node, type)                                                              \
+    ((void)sizeof(struct {                                                                    \
+        _Static_assert(sizeof(type) <= CN_NODE_ARGS_SIZE, #type " does not fit a node's args"); \
+        int fits_;                                                                            \
+    }),                                                                                       \
+     (type *)(void *)(node)->args.bytes)
 
 /* Whether ops record nodes now (default on). */
 bool cn_grad_enabled(void);
@@ -68,7 +89,8 @@ cn_tensor *cn_record_result(cn_tensor *r, const cn_op_def *op, int n, cn_tensor 
         assign;                                                                               \
         cn_set_grad_enabled(cn_grad_mode_);                                                   \
     } while (0)
-/* Saves t in slot i of node as a detached reference (no-op when node is NULL). */
+/* Saves t in slot i (one of the op's named saved slots) of node as a detached reference (no-op
+ * when node is NULL). */
 void cn_node_save(cn_node *node, int i, const cn_tensor *t);
 
 /* A new tensor sharing t's storage, outside any graph (requires_grad false). New reference. */

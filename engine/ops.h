@@ -86,6 +86,10 @@ cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err);
 /* Makes OpenBLAS run every call on its caller's thread (process-wide, once; cn_gemm does it on
  * first use): the engine's threads are OpenMP's alone. */
 void cn_blas_single_thread(void);
+/* How BLAS reads a [rows, cols] matrix with strides (rs, cs): row-major with leading dim *ld
+ * (*trans false), or as the transpose of a row-major [cols, rows] (*trans true). False when it
+ * cannot, and the matrix must be copied. Strides of size-1 dims do not matter. */
+bool cn_blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, bool *trans, int *ld);
 /* C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C on raw row-major buffers (threaded BLAS;
  * never call from inside an OpenMP parallel region). */
 void cn_gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,

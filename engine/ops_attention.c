@@ -210,11 +210,17 @@ fail:
     return NULL;
 }
 
-/* saved[0..2] = contiguous q, k, v; saved[3] = P; reals[0] = scale; inputs {q, k, v[, mask]}.
- * Phases as in the forward: dv and dP GEMMs, one parallel loop for dS, the dq and dk GEMMs. */
+/* inputs {q, k, v[, mask]}. Phases as in the forward: dv and dP GEMMs, one parallel loop for dS,
+ * the dq and dk GEMMs. */
+struct attention_args {
+    float scale;
+};
+enum { ATTN_SAVED_Q, ATTN_SAVED_K, ATTN_SAVED_V, ATTN_SAVED_P }; /* q, k, v contiguous; P = softmax */
+
 static int attention_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *q = n->saved[0], *k = n->saved[1], *v = n->saved[2], *p = n->saved[3];
-    float scale = (float)n->reals[0];
+    const cn_tensor *q = n->saved[ATTN_SAVED_Q], *k = n->saved[ATTN_SAVED_K], *v = n->saved[ATTN_SAVED_V],
+                    *p = n->saved[ATTN_SAVED_P];
+    float scale = CN_NODE_ARGS(n, struct attention_args)->scale;
     bool need[4] = {false, false, false, false};
     for (int i = 0; i < n->n_inputs; i++) need[i] = n->inputs[i]->requires_grad;
     attn_shape sh;
@@ -294,9 +300,11 @@ cn_tensor *cn_scaled_dot_product_attention(const cn_tensor *q, const cn_tensor *
     cn_tensor *ins[4] = {(cn_tensor *)q, (cn_tensor *)k, (cn_tensor *)v, (cn_tensor *)mask};
     r = cn_record_result(r, &op_attention, mask ? 4 : 3, ins, &node, err);
     if (node) {
-        for (int i = 0; i < 3; i++) cn_node_save(node, i, qkv[i]);
-        cn_node_save(node, 3, weights);
-        node->reals[0] = scale;
+        cn_node_save(node, ATTN_SAVED_Q, qkv[0]);
+        cn_node_save(node, ATTN_SAVED_K, qkv[1]);
+        cn_node_save(node, ATTN_SAVED_V, qkv[2]);
+        cn_node_save(node, ATTN_SAVED_P, weights);
+        CN_NODE_ARGS(node, struct attention_args)->scale = (float)scale;
     }
     cn_release(weights);
     for (int i = 0; i < 3; i++) cn_release(qkv[i]);

@@ -759,17 +759,6 @@ static int check_conv(const char *fname, bool transposed, const cn_tensor *x, co
     return 0;
 }
 
-/* The geometry from saved shapes: img [N, C, H, W], cols [N, O, Ho, Wo], w's kernel, and the
- * node's ints (stride, padding, dilation, groups). */
-static conv_geom node_geom(const int64_t *img, const int64_t *cols, const cn_tensor *w,
-                           const int64_t *p) {
-    return (conv_geom){.N = img[0], .C = (int)img[1], .H = (int)img[2], .W = (int)img[3],
-                       .O = (int)cols[1], .Ho = (int)cols[2], .Wo = (int)cols[3],
-                       .kh = (int)w->shape[2], .kw = (int)w->shape[3], .sh = (int)p[0],
-                       .sw = (int)p[1], .ph = (int)p[2], .pw = (int)p[3], .dh = (int)p[4],
-                       .dw = (int)p[5], .groups = (int)p[6]};
-}
-
 /* ---- conv2d / conv_transpose2d: forward ----------------------------------------------------- */
 
 /* conv2d:            out[n, o] = bias[o] + sum_{c in group(o), i, j} w[o, c, i, j]
@@ -797,12 +786,16 @@ static cn_tensor *conv_forward(bool transposed, const cn_tensor *xc, const cn_te
     return out;
 }
 
-/* ---- autograd ------------------------------------------------------------------------------ */
-/* saved[0] = x, saved[1] = w (both contiguous), saved[2] = the output when an activation is fused;
- * ints = stride[2], padding[2], dilation[2], groups, activation; inputs = x, w [, bias]. A fused
- * activation's gradient is applied to g first (act_grad); then each op runs the other direction:
+/* ---- conv2d / conv_transpose2d: backward -------------------------------------------------- */
+/* inputs = x, w [, bias]. A fused activation's gradient is applied to g first (act_grad); then
+ * each op runs the other direction:
  *   conv2d:            dx = adjoint(g), dw = weight(Y = g, X = x), db = sum of g over n, h, w
  *   conv_transpose2d:  dx = conv(X = g), dw = weight(Y = x, X = g), db = the same sum */
+struct conv_args {
+    conv_geom geom;         /* as the forward ran it (check_conv) */
+    cn_conv_act activation; /* fused into the forward (conv2d only) */
+};
+enum { CONV_SAVED_X, CONV_SAVED_W, CONV_SAVED_OUT }; /* x, w contiguous; out only with an activation */
 
 /* Allocates the gradients the node's inputs need (left NULL otherwise). */
 static int alloc_grads(cn_node *n, const cn_tensor *x, const cn_tensor *w, cn_tensor **gi,
@@ -835,10 +828,12 @@ static cn_tensor *act_grad(const cn_tensor *gc, const cn_tensor *y, cn_conv_act 
 
 static int conv_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool transposed,
                          cn_error *err) {
-    const cn_tensor *x = n->saved[0], *w = n->saved[1];
+    const struct conv_args *args = CN_NODE_ARGS(n, struct conv_args);
+    const cn_tensor *x = n->saved[CONV_SAVED_X], *w = n->saved[CONV_SAVED_W];
+    const conv_geom *g = &args->geom;
     cn_tensor *gc = cn_contiguous((cn_tensor *)gout, err);
-    if (gc && n->ints[7] != CN_ACT_NONE) {
-        cn_tensor *gz = act_grad(gc, n->saved[2], (cn_conv_act)n->ints[7], err);
+    if (gc && args->activation != CN_ACT_NONE) {
+        cn_tensor *gz = act_grad(gc, n->saved[CONV_SAVED_OUT], args->activation, err);
         cn_release(gc);
         gc = gz;
     }
@@ -850,16 +845,14 @@ static int conv_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool
     float *dw = gi[1] ? cn_data(gi[1]) : NULL;
     int status = 0;
     if (!transposed) { /* dw: weight(Y = g, X = x); dx: adjoint(g) */
-        conv_geom g = node_geom(x->shape, gc->shape, w, n->ints);
         conv_job job = {.x_in = cn_data(x), .y_in = cn_data(gc), .w = cn_data(w), .dw = dw};
-        if (dw) status = run_conv(&g, &job, fname, err);
+        if (dw) status = run_conv(g, &job, fname, err);
         if (!status && gi[0])
-            status = run_adjoint(&g, cn_data(gc), cn_data(w), NULL, cn_data(gi[0]), fname, err);
+            status = run_adjoint(g, cn_data(gc), cn_data(w), NULL, cn_data(gi[0]), fname, err);
     } else { /* one pass: col(g) feeds both dx = conv(g) and dw = weight(Y = x, X = g) */
-        conv_geom g = node_geom(gc->shape, x->shape, w, n->ints);
         conv_job job = {.x_in = cn_data(gc), .y_out = gi[0] ? cn_data(gi[0]) : NULL,
                         .y_in = cn_data(x), .w = cn_data(w), .dw = dw};
-        if (job.y_out || dw) status = run_conv(&g, &job, fname, err);
+        if (job.y_out || dw) status = run_conv(g, &job, fname, err);
     }
     if (!status && n->n_inputs > 2 && gi[2]) { /* gi has n_inputs entries */
         size_t P = (size_t)gc->shape[2] * (size_t)gc->shape[3];
@@ -900,13 +893,10 @@ static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *
     r = cn_record_result(r, transposed ? &op_conv_transpose2d : &op_conv2d, bias ? 3 : 2, ins,
                          &node, err);
     if (node) {
-        cn_node_save(node, 0, xc);
-        cn_node_save(node, 1, wc);
-        const int p[7] = {o->stride[0], o->stride[1], o->padding[0], o->padding[1],
-                          o->dilation[0], o->dilation[1], o->groups};
-        for (int i = 0; i < 7; i++) node->ints[i] = p[i];
-        node->ints[7] = o->activation;
-        if (o->activation != CN_ACT_NONE) cn_node_save(node, 2, r);
+        *CN_NODE_ARGS(node, struct conv_args) = (struct conv_args){.geom = g, .activation = o->activation};
+        cn_node_save(node, CONV_SAVED_X, xc);
+        cn_node_save(node, CONV_SAVED_W, wc);
+        if (o->activation != CN_ACT_NONE) cn_node_save(node, CONV_SAVED_OUT, r);
     }
     cn_release(xc), cn_release(wc), cn_release(bc);
     return r;

@@ -60,7 +60,6 @@ CN_VMATH_INLINE float sigmoidf(float x) {
     return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
-
 /* x Φ(x) = x/2 (1 + erf(x / √2)) */
 static inline float gelu_exactf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
 
@@ -436,7 +435,7 @@ static void iter_run(iter *it, const kernel *k) {
     }
 }
 
-/* ---- broadcasting helpers ------------------------------------------------------------------ */
+/* ---- broadcasting and gradient helpers --------------------------------------------------- */
 
 static bool shape_equal(int na, const int64_t *sa, int nb, const int64_t *sb) {
     if (na != nb) return false;
@@ -452,7 +451,23 @@ static bool has_stride0_dim(const cn_tensor *t) {
     return false;
 }
 
-/* ---- public ops ------------------------------------------------------------------------------ */
+/* A fresh tensor of g's shape from a grad kernel over (g, operands...) broadcast to g's shape. */
+static cn_tensor *grad_kernel(const kernel *k, const cn_tensor *g, int n, const cn_tensor *const *ops,
+                              const float *value, int value_at, cn_error *err) {
+    cn_tensor *out = cn_empty(g->ndim, g->shape, err);
+    if (!out) return NULL;
+    iter it;
+    iter_init(&it, out);
+    iter_add(&it, g);
+    for (int i = 0, o = 0; i < n + (value ? 1 : 0); i++) {
+        if (value && i == value_at) iter_add_value(&it, value);
+        else iter_add(&it, ops[o++]);
+    }
+    iter_run(&it, k);
+    return out;
+}
+
+/* ---- unary ops: forward, args, backward -------------------------------------------------- */
 
 static cn_tensor *unary_forward(cn_unary_op op, const cn_tensor *a, cn_error *err) {
     if ((unsigned)op >= CN_UNARY_COUNT) {
@@ -472,6 +487,35 @@ static cn_tensor *unary_forward(cn_unary_op op, const cn_tensor *a, cn_error *er
     iter_run(&it, &k);
     return out;
 }
+
+/* unary: y = op(x); dx = g op'(x) from x or y (unary_grad) */
+struct unary_args {
+    cn_unary_op op;
+};
+enum { UNARY_SAVED_X, UNARY_SAVED_Y };
+
+static int unary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct unary_args *args = CN_NODE_ARGS(n, struct unary_args);
+    kernel k = {.kind = K_UNARY_GRAD, .op = (int)args->op};
+    const cn_tensor *ops[2] = {n->saved[UNARY_SAVED_X], n->saved[UNARY_SAVED_Y]};
+    return (gi[0] = grad_kernel(&k, g, 2, ops, NULL, 0, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_unary = {"unary", unary_backward};
+
+cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    cn_tensor *r = cn_record_result(unary_forward(op, a, err), &op_unary, 1, &in, &node, err);
+    if (node) {
+        CN_NODE_ARGS(node, struct unary_args)->op = op;
+        cn_node_save(node, UNARY_SAVED_X, a);
+        cn_node_save(node, UNARY_SAVED_Y, r);
+    }
+    return r;
+}
+
+/* ---- binary ops (tensor-tensor, tensor-scalar, in place) --------------------------------- */
 
 /* Fresh output for inputs a and b broadcast together; NULL with a message naming both shapes. */
 static cn_tensor *broadcast_output(const cn_tensor *a, const cn_tensor *b, const char *fname,
@@ -528,6 +572,128 @@ static cn_tensor *binary_scalar_forward(cn_binary_op op, const cn_tensor *a, flo
     return out;
 }
 
+/* The gradient of one operand of mul/div/pow/maximum/minimum; `other` and `self` may be NULL
+ * when that operand is the scalar `value`. Results have the broadcast shape (the engine reduces). */
+static cn_tensor *binary_operand_grad(cn_binary_op op, int which, const cn_tensor *g, const cn_tensor *a,
+                                      const cn_tensor *b, const cn_tensor *out, const float *va,
+                                      const float *vb, cn_error *err) {
+    /* operands as (tensor or value) pairs, so scalar variants share the code */
+    switch (op) {
+    case CN_ADD:
+        return cn_retain((cn_tensor *)g);
+    case CN_SUB:
+        return which == 0 ? cn_retain((cn_tensor *)g) : unary_forward(CN_NEG, g, err);
+    case CN_MUL: {
+        const cn_tensor *other = which == 0 ? b : a;
+        const float *v = which == 0 ? vb : va;
+        return other ? binary_forward(CN_MUL, g, other, err) : binary_scalar_forward(CN_MUL, g, *v, false, err);
+    }
+    case CN_DIV: {
+        if (which == 0) return b ? binary_forward(CN_DIV, g, b, err) : binary_scalar_forward(CN_DIV, g, *vb, false, err);
+        /* d(a/b)/db = -out / b */
+        cn_tensor *t = binary_forward(CN_MUL, g, out, err);
+        if (!t) return NULL;
+        cn_tensor *u = b ? binary_forward(CN_DIV, t, b, err) : binary_scalar_forward(CN_DIV, t, *vb, false, err);
+        cn_release(t);
+        if (!u) return NULL;
+        cn_tensor *r = unary_forward(CN_NEG, u, err);
+        cn_release(u);
+        return r;
+    }
+    case CN_POW: {
+        if (which == 0) {
+            kernel k = {.kind = K_POW_BASE_GRAD};
+            const cn_tensor *ops[2] = {a, b};
+            return b ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vb, 1, err);
+        }
+        kernel k = {.kind = K_POW_EXP_GRAD};
+        const cn_tensor *ops[3] = {out, a, b};
+        return a ? grad_kernel(&k, g, 3, ops, NULL, 0, err) : grad_kernel(&k, g, 2, (const cn_tensor *[]){out, b}, va, 1, err);
+    }
+    case CN_MAXIMUM:
+    case CN_MINIMUM: {
+        kernel k = {.kind = K_MAXMIN_GRAD, .op = (int)op};
+        const cn_tensor *self = which == 0 ? a : b, *other = which == 0 ? b : a;
+        const float *vother = which == 0 ? vb : va;
+        const cn_tensor *ops[2] = {self, other};
+        return other ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vother, 1, err);
+    }
+    default:
+        cn_error_set(err, "%s has no gradient", cn_binary_name(op));
+        return NULL;
+    }
+}
+
+static bool is_comparison(cn_binary_op op) { return op >= CN_EQ && op <= CN_GE; }
+
+/* binary: out = op(a, b) */
+struct binary_args {
+    cn_binary_op op;
+};
+enum { BINARY_SAVED_A, BINARY_SAVED_B, BINARY_SAVED_OUT };
+
+static int binary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_binary_op op = CN_NODE_ARGS(n, struct binary_args)->op;
+    for (int w = 0; w < 2; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        gi[w] = binary_operand_grad(op, w, g, n->saved[BINARY_SAVED_A], n->saved[BINARY_SAVED_B],
+                                    n->saved[BINARY_SAVED_OUT], NULL, NULL, err);
+        if (!gi[w]) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_binary = {"binary", binary_backward};
+
+cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = binary_forward(op, a, b, err);
+    if (!r || is_comparison(op)) return r;
+    cn_node *node;
+    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
+    r = cn_record_result(r, &op_binary, 2, ins, &node, err);
+    if (node) {
+        CN_NODE_ARGS(node, struct binary_args)->op = op;
+        cn_node_save(node, BINARY_SAVED_A, a);
+        cn_node_save(node, BINARY_SAVED_B, b);
+        cn_node_save(node, BINARY_SAVED_OUT, r);
+    }
+    return r;
+}
+
+/* binary with a scalar: out = op(t, scalar), or op(scalar, t) when scalar_first */
+struct binary_scalar_args {
+    cn_binary_op op;
+    bool scalar_first;
+    float scalar;
+};
+enum { BINARY_SCALAR_SAVED_T, BINARY_SCALAR_SAVED_OUT };
+
+static int binary_scalar_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct binary_scalar_args *args = CN_NODE_ARGS(n, struct binary_scalar_args);
+    float v = args->scalar;
+    const cn_tensor *t = n->saved[BINARY_SCALAR_SAVED_T], *out = n->saved[BINARY_SCALAR_SAVED_OUT];
+    gi[0] = args->scalar_first ? binary_operand_grad(args->op, 1, g, NULL, t, out, &v, NULL, err)
+                               : binary_operand_grad(args->op, 0, g, t, NULL, out, NULL, &v, err);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_binary_scalar = {"binary_scalar", binary_scalar_backward};
+
+cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first, cn_error *err) {
+    cn_tensor *r = binary_scalar_forward(op, a, s, scalar_first, err);
+    if (!r || is_comparison(op)) return r;
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    r = cn_record_result(r, &op_binary_scalar, 1, &in, &node, err);
+    if (node) {
+        *CN_NODE_ARGS(node, struct binary_scalar_args) =
+            (struct binary_scalar_args){.op = op, .scalar_first = scalar_first, .scalar = s};
+        cn_node_save(node, BINARY_SCALAR_SAVED_T, a);
+        cn_node_save(node, BINARY_SCALAR_SAVED_OUT, r);
+    }
+    return r;
+}
+
 int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err) {
     char fname[32], sa[160], sb[160], sr[160];
     if ((unsigned)op >= CN_BINARY_COUNT) {
@@ -581,6 +747,8 @@ int cn_binary_(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err)
     return status;
 }
 
+/* ---- axpby ------------------------------------------------------------------------------- */
+
 static cn_tensor *axpby_forward(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
     if (!a || !b) {
         cn_error_set(err, "axpby: missing operand");
@@ -597,6 +765,32 @@ static cn_tensor *axpby_forward(const cn_tensor *a, float alpha, const cn_tensor
     return out;
 }
 
+/* axpby: out = alpha a + beta b; da = alpha g, db = beta g */
+struct axpby_args {
+    float coeff[2]; /* alpha, beta: the factor of input 0, 1 */
+};
+
+static int axpby_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct axpby_args *args = CN_NODE_ARGS(n, struct axpby_args);
+    for (int w = 0; w < 2; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        if (!(gi[w] = binary_scalar_forward(CN_MUL, g, args->coeff[w], false, err))) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_axpby = {"axpby", axpby_backward};
+
+cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
+    cn_node *node;
+    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
+    cn_tensor *r = cn_record_result(axpby_forward(a, alpha, b, beta, err), &op_axpby, 2, ins, &node, err);
+    if (node) *CN_NODE_ARGS(node, struct axpby_args) = (struct axpby_args){{alpha, beta}};
+    return r;
+}
+
+/* ---- clamp ------------------------------------------------------------------------------- */
+
 static cn_tensor *clamp_forward(const cn_tensor *a, float lo, float hi, cn_error *err) {
     if (!a) {
         cn_error_set(err, "clamp: missing operand");
@@ -611,6 +805,34 @@ static cn_tensor *clamp_forward(const cn_tensor *a, float lo, float hi, cn_error
     iter_run(&it, &k);
     return out;
 }
+
+/* clamp: dx = g where lo <= x <= hi, else 0 */
+struct clamp_args {
+    float lo, hi;
+};
+enum { CLAMP_SAVED_X };
+
+static int clamp_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct clamp_args *args = CN_NODE_ARGS(n, struct clamp_args);
+    kernel k = {.kind = K_CLAMP_GRAD, .p0 = args->lo, .p1 = args->hi};
+    const cn_tensor *ops[1] = {n->saved[CLAMP_SAVED_X]};
+    return (gi[0] = grad_kernel(&k, g, 1, ops, NULL, 0, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_clamp = {"clamp", clamp_backward};
+
+cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)a;
+    cn_tensor *r = cn_record_result(clamp_forward(a, lo, hi, err), &op_clamp, 1, &in, &node, err);
+    if (node) {
+        *CN_NODE_ARGS(node, struct clamp_args) = (struct clamp_args){.lo = lo, .hi = hi};
+        cn_node_save(node, CLAMP_SAVED_X, a);
+    }
+    return r;
+}
+
+/* ---- where ------------------------------------------------------------------------------- */
 
 static cn_tensor *where_forward(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     if (!cond || !a || !b) {
@@ -640,123 +862,9 @@ static cn_tensor *where_forward(const cn_tensor *cond, const cn_tensor *a, const
     return out;
 }
 
-/* ---- autograd ------------------------------------------------------------------------------ */
+/* where(cond, a, b): a gets g where cond holds, b elsewhere */
+enum { WHERE_SAVED_COND };
 
-/* A fresh tensor of g's shape from a grad kernel over (g, operands...) broadcast to g's shape. */
-static cn_tensor *grad_kernel(const kernel *k, const cn_tensor *g, int n, const cn_tensor *const *ops,
-                              const float *value, int value_at, cn_error *err) {
-    cn_tensor *out = cn_empty(g->ndim, g->shape, err);
-    if (!out) return NULL;
-    iter it;
-    iter_init(&it, out);
-    iter_add(&it, g);
-    for (int i = 0, o = 0; i < n + (value ? 1 : 0); i++) {
-        if (value && i == value_at) iter_add_value(&it, value);
-        else iter_add(&it, ops[o++]);
-    }
-    iter_run(&it, k);
-    return out;
-}
-
-/* unary: ints[0] = op; saved[0] = x, saved[1] = y */
-static int unary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    kernel k = {.kind = K_UNARY_GRAD, .op = (int)n->ints[0]};
-    const cn_tensor *ops[2] = {n->saved[0], n->saved[1]};
-    return (gi[0] = grad_kernel(&k, g, 2, ops, NULL, 0, err)) ? 0 : -1;
-}
-
-/* The gradient of one operand of mul/div/pow/maximum/minimum; `other` and `self` may be NULL
- * when that operand is the scalar `value`. Results have the broadcast shape (the engine reduces). */
-static cn_tensor *binary_operand_grad(cn_binary_op op, int which, const cn_tensor *g, const cn_tensor *a,
-                                      const cn_tensor *b, const cn_tensor *out, const float *va,
-                                      const float *vb, cn_error *err) {
-    /* operands as (tensor or value) pairs, so scalar variants share the code */
-    switch (op) {
-    case CN_ADD:
-        return cn_retain((cn_tensor *)g);
-    case CN_SUB:
-        return which == 0 ? cn_retain((cn_tensor *)g) : unary_forward(CN_NEG, g, err);
-    case CN_MUL: {
-        const cn_tensor *other = which == 0 ? b : a;
-        const float *v = which == 0 ? vb : va;
-        return other ? binary_forward(CN_MUL, g, other, err) : binary_scalar_forward(CN_MUL, g, *v, false, err);
-    }
-    case CN_DIV: {
-        if (which == 0) return b ? binary_forward(CN_DIV, g, b, err) : binary_scalar_forward(CN_DIV, g, *vb, false, err);
-        /* d(a/b)/db = -out / b */
-        cn_tensor *t = binary_forward(CN_MUL, g, out, err);
-        if (!t) return NULL;
-        cn_tensor *u = b ? binary_forward(CN_DIV, t, b, err) : binary_scalar_forward(CN_DIV, t, *vb, false, err);
-        cn_release(t);
-        if (!u) return NULL;
-        cn_tensor *r = unary_forward(CN_NEG, u, err);
-        cn_release(u);
-        return r;
-    }
-    case CN_POW: {
-        if (which == 0) {
-            kernel k = {.kind = K_POW_BASE_GRAD};
-            const cn_tensor *ops[2] = {a, b};
-            return b ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vb, 1, err);
-        }
-        kernel k = {.kind = K_POW_EXP_GRAD};
-        const cn_tensor *ops[3] = {out, a, b};
-        return a ? grad_kernel(&k, g, 3, ops, NULL, 0, err) : grad_kernel(&k, g, 2, (const cn_tensor *[]){out, b}, va, 1, err);
-    }
-    case CN_MAXIMUM:
-    case CN_MINIMUM: {
-        kernel k = {.kind = K_MAXMIN_GRAD, .op = (int)op};
-        const cn_tensor *self = which == 0 ? a : b, *other = which == 0 ? b : a;
-        const float *vother = which == 0 ? vb : va;
-        const cn_tensor *ops[2] = {self, other};
-        return other ? grad_kernel(&k, g, 2, ops, NULL, 0, err) : grad_kernel(&k, g, 1, ops, vother, 1, err);
-    }
-    default:
-        cn_error_set(err, "%s has no gradient", cn_binary_name(op));
-        return NULL;
-    }
-}
-
-/* binary: ints[0] = op; saved[0] = a, saved[1] = b, saved[2] = out */
-static int binary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    cn_binary_op op = (cn_binary_op)n->ints[0];
-    for (int w = 0; w < 2; w++) {
-        if (!n->inputs[w]->requires_grad) continue;
-        gi[w] = binary_operand_grad(op, w, g, n->saved[0], n->saved[1], n->saved[2], NULL, NULL, err);
-        if (!gi[w]) return -1;
-    }
-    return 0;
-}
-
-/* binary with a scalar: ints[0] = op, ints[1] = scalar_first; reals[0] = the scalar;
- * saved[0] = the tensor operand, saved[2] = out */
-static int binary_scalar_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    cn_binary_op op = (cn_binary_op)n->ints[0];
-    bool scalar_first = n->ints[1];
-    float v = (float)n->reals[0];
-    const cn_tensor *t = n->saved[0];
-    gi[0] = scalar_first ? binary_operand_grad(op, 1, g, NULL, t, n->saved[2], &v, NULL, err)
-                         : binary_operand_grad(op, 0, g, t, NULL, n->saved[2], NULL, &v, err);
-    return gi[0] ? 0 : -1;
-}
-
-/* axpby: reals = alpha, beta */
-static int axpby_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    for (int w = 0; w < 2; w++) {
-        if (!n->inputs[w]->requires_grad) continue;
-        if (!(gi[w] = binary_scalar_forward(CN_MUL, g, (float)n->reals[w], false, err))) return -1;
-    }
-    return 0;
-}
-
-/* clamp: reals = lo, hi; saved[0] = x */
-static int clamp_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    kernel k = {.kind = K_CLAMP_GRAD, .p0 = (float)n->reals[0], .p1 = (float)n->reals[1]};
-    const cn_tensor *ops[1] = {n->saved[0]};
-    return (gi[0] = grad_kernel(&k, g, 1, ops, NULL, 0, err)) ? 0 : -1;
-}
-
-/* where(cond, a, b): a gets g where cond holds, b elsewhere; saved[0] = cond */
 static int where_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     float zero = 0.0f;
     for (int w = 1; w < 3; w++) {
@@ -765,7 +873,7 @@ static int where_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
         if (!out) return -1;
         iter it;
         iter_init(&it, out);
-        iter_add(&it, n->saved[0]);
+        iter_add(&it, n->saved[WHERE_SAVED_COND]);
         if (w == 1) {
             iter_add(&it, g);
             iter_add_value(&it, &zero);
@@ -780,86 +888,13 @@ static int where_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return 0;
 }
 
-static const cn_op_def op_unary = {"unary", unary_backward};
-static const cn_op_def op_binary = {"binary", binary_backward};
-static const cn_op_def op_binary_scalar = {"binary_scalar", binary_scalar_backward};
-static const cn_op_def op_axpby = {"axpby", axpby_backward};
-static const cn_op_def op_clamp = {"clamp", clamp_backward};
 static const cn_op_def op_where = {"where", where_backward};
-
-static bool is_comparison(cn_binary_op op) { return op >= CN_EQ && op <= CN_GE; }
-
-cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
-    cn_node *node;
-    cn_tensor *in = (cn_tensor *)a;
-    cn_tensor *r = cn_record_result(unary_forward(op, a, err), &op_unary, 1, &in, &node, err);
-    if (node) {
-        node->ints[0] = op;
-        cn_node_save(node, 0, a);
-        cn_node_save(node, 1, r);
-    }
-    return r;
-}
-
-cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    cn_tensor *r = binary_forward(op, a, b, err);
-    if (!r || is_comparison(op)) return r;
-    cn_node *node;
-    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
-    r = cn_record_result(r, &op_binary, 2, ins, &node, err);
-    if (node) {
-        node->ints[0] = op;
-        cn_node_save(node, 0, a);
-        cn_node_save(node, 1, b);
-        cn_node_save(node, 2, r);
-    }
-    return r;
-}
-
-cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first, cn_error *err) {
-    cn_tensor *r = binary_scalar_forward(op, a, s, scalar_first, err);
-    if (!r || is_comparison(op)) return r;
-    cn_node *node;
-    cn_tensor *in = (cn_tensor *)a;
-    r = cn_record_result(r, &op_binary_scalar, 1, &in, &node, err);
-    if (node) {
-        node->ints[0] = op;
-        node->ints[1] = scalar_first;
-        node->reals[0] = s;
-        cn_node_save(node, 0, a);
-        cn_node_save(node, 2, r);
-    }
-    return r;
-}
-
-cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
-    cn_node *node;
-    cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
-    cn_tensor *r = cn_record_result(axpby_forward(a, alpha, b, beta, err), &op_axpby, 2, ins, &node, err);
-    if (node) {
-        node->reals[0] = alpha;
-        node->reals[1] = beta;
-    }
-    return r;
-}
-
-cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
-    cn_node *node;
-    cn_tensor *in = (cn_tensor *)a;
-    cn_tensor *r = cn_record_result(clamp_forward(a, lo, hi, err), &op_clamp, 1, &in, &node, err);
-    if (node) {
-        node->reals[0] = lo;
-        node->reals[1] = hi;
-        cn_node_save(node, 0, a);
-    }
-    return r;
-}
 
 cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_node *node;
     cn_tensor *ins[3] = {(cn_tensor *)cond, (cn_tensor *)a, (cn_tensor *)b};
     cn_tensor *r = cn_record_result(where_forward(cond, a, b, err), &op_where, 3, ins, &node, err);
-    if (node) cn_node_save(node, 0, cond);
+    if (node) cn_node_save(node, WHERE_SAVED_COND, cond);
     return r;
 }
 
@@ -915,13 +950,16 @@ static cn_tensor *lincomb_forward(int n, cn_tensor *const *ts, const double *coe
     return out;
 }
 
-/* d/d ts[i] = coeffs[i] * g (coefficients in node->reals, up to CN_NODE_MAX_PARAMS terms; more
- * terms keep theirs in ctx) */
+/* d/d ts[i] = coeffs[i] * g */
+struct lincomb_args {
+    double coeffs[LINCOMB_MAX];
+};
+
 static int lincomb_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const double *c = n->ctx ? (const double *)n->ctx : n->reals;
+    const struct lincomb_args *args = CN_NODE_ARGS(n, struct lincomb_args);
     for (int i = 0; i < n->n_inputs; i++) {
         if (!n->inputs[i]->requires_grad) continue;
-        if (!(gi[i] = binary_scalar_forward(CN_MUL, g, (float)c[i], false, err))) return -1;
+        if (!(gi[i] = binary_scalar_forward(CN_MUL, g, (float)args->coeffs[i], false, err))) return -1;
     }
     return 0;
 }
@@ -931,20 +969,6 @@ static const cn_op_def op_lincomb = {"lincomb", lincomb_backward};
 cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err) {
     cn_node *node;
     cn_tensor *r = cn_record_result(lincomb_forward(n, ts, coeffs, err), &op_lincomb, n, ts, &node, err);
-    if (node) {
-        if (n <= CN_NODE_MAX_PARAMS) {
-            for (int i = 0; i < n; i++) node->reals[i] = coeffs[i];
-        } else {
-            double *c = malloc((size_t)n * sizeof *c);
-            if (!c) {
-                cn_error_set(err, "lincomb: out of memory");
-                cn_release(r);
-                return NULL;
-            }
-            memcpy(c, coeffs, (size_t)n * sizeof *c);
-            node->ctx = c;
-            node->ctx_free = free;
-        }
-    }
+    if (node) memcpy(CN_NODE_ARGS(node, struct lincomb_args)->coeffs, coeffs, (size_t)n * sizeof *coeffs);
     return r;
 }

@@ -64,11 +64,17 @@ fail:
     return NULL;
 }
 
-/* saved[0] = x - t (broadcast shape); ints[0] = reduction, ints[1] = l1 */
+struct pointwise_args {
+    cn_reduction reduction;
+    bool l1; /* l1_loss, else mse_loss */
+};
+enum { POINTWISE_SAVED_DIFF }; /* x - t, of the broadcast shape */
+
 static int pointwise_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *diff = n->saved[0];
-    cn_reduction reduction = (cn_reduction)n->ints[0];
-    bool l1 = n->ints[1] != 0;
+    const struct pointwise_args *args = CN_NODE_ARGS(n, struct pointwise_args);
+    const cn_tensor *diff = n->saved[POINTWISE_SAVED_DIFF];
+    cn_reduction reduction = args->reduction;
+    bool l1 = args->l1;
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
     cn_tensor *gx = gc ? cn_empty(diff->ndim, diff->shape, err) : NULL;
     if (!gx) {
@@ -108,9 +114,8 @@ static cn_tensor *pointwise_loss(const cn_tensor *input, const cn_tensor *target
     cn_tensor *ins[2] = {(cn_tensor *)input, (cn_tensor *)target};
     r = cn_record_result(r, l1 ? &op_l1 : &op_mse, 2, ins, &node, err);
     if (node) {
-        node->ints[0] = reduction;
-        node->ints[1] = l1;
-        cn_node_save(node, 0, diff);
+        *CN_NODE_ARGS(node, struct pointwise_args) = (struct pointwise_args){.reduction = reduction, .l1 = l1};
+        cn_node_save(node, POINTWISE_SAVED_DIFF, diff);
     }
     cn_release(diff);
     return r;
@@ -295,15 +300,24 @@ fail:
     return NULL;
 }
 
-/* Gradients as in the header comment. saved[0] = logp, saved[1] = target, saved[2] = weight;
- * ints[0] = reduction, ints[1] = ignore_index, ints[2] = probs; reals[0] = eps, reals[1] = mean's
- * divisor; inputs {logits[, target (probabilities)]} */
+/* Gradients as in the header comment; inputs {logits[, target (probabilities)]} */
+struct ce_args {
+    cn_reduction reduction;
+    bool probs; /* the target holds class probabilities (it is input 1) */
+    int64_t ignore_index;
+    double label_smoothing;
+    double denom; /* mean's divisor */
+};
+enum { CE_SAVED_LOGP, CE_SAVED_TARGET, CE_SAVED_WEIGHT };
+
 static int ce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *logp = n->saved[0], *target = n->saved[1], *weight = n->saved[2];
-    cn_reduction reduction = (cn_reduction)n->ints[0];
-    int64_t ignore_index = n->ints[1];
-    bool probs = n->ints[2] != 0;
-    double eps = n->reals[0], denom = n->reals[1];
+    const struct ce_args *args = CN_NODE_ARGS(n, struct ce_args);
+    const cn_tensor *logp = n->saved[CE_SAVED_LOGP], *target = n->saved[CE_SAVED_TARGET],
+                    *weight = n->saved[CE_SAVED_WEIGHT];
+    cn_reduction reduction = args->reduction;
+    int64_t ignore_index = args->ignore_index;
+    bool probs = args->probs;
+    double eps = args->label_smoothing, denom = args->denom;
     int class_dim = logp->ndim == 1 ? 0 : 1;
     int64_t classes = logp->shape[class_dim], inner = 1;
     for (int d = 2; d < logp->ndim; d++) inner *= logp->shape[d];
@@ -373,14 +387,12 @@ cn_tensor *cn_cross_entropy(const cn_tensor *logits, const cn_tensor *target, co
     bool probs = r && cn_same_shape(logits, target);
     r = cn_record_result(r, &op_cross_entropy, probs ? 2 : 1, ins, &node, err);
     if (node) {
-        cn_node_save(node, 0, parts.logp);
-        cn_node_save(node, 1, parts.target);
-        cn_node_save(node, 2, parts.weight);
-        node->ints[0] = reduction;
-        node->ints[1] = ignore_index;
-        node->ints[2] = probs;
-        node->reals[0] = label_smoothing;
-        node->reals[1] = parts.denom;
+        cn_node_save(node, CE_SAVED_LOGP, parts.logp);
+        cn_node_save(node, CE_SAVED_TARGET, parts.target);
+        cn_node_save(node, CE_SAVED_WEIGHT, parts.weight);
+        *CN_NODE_ARGS(node, struct ce_args) = (struct ce_args){
+            .reduction = reduction, .probs = probs, .ignore_index = ignore_index,
+            .label_smoothing = label_smoothing, .denom = parts.denom};
     }
     ce_parts_release(&parts);
     return r;

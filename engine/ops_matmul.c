@@ -118,10 +118,7 @@ static void promote(const cn_tensor *t, bool left, operand *op) {
     memcpy(op->stride, t->stride, sizeof op->stride);
 }
 
-/* How BLAS reads a [rows, cols] matrix with strides (rs, cs): row-major with leading dim ld
- * (*trans false), or as the transpose of a row-major [cols, rows] (*trans true). False when it
- * cannot, and the matrix must be copied. Strides of size-1 dims do not matter. */
-static bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, bool *trans, int *ld) {
+bool cn_blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, bool *trans, int *ld) {
     int64_t need_cols = cols > 1 ? cols : 1, need_rows = rows > 1 ? rows : 1;
     if (cs == 1 || cols == 1) {
         int64_t l = rows == 1 ? need_cols : rs;
@@ -223,15 +220,15 @@ static cn_tensor *matmul_forward(const cn_tensor *a, const cn_tensor *b, cn_erro
     cn_tensor *copy_a = NULL, *copy_b = NULL;
     bool ta, tb;
     int lda, ldb;
-    if (!blas_layout(m, k, A.stride[A.ndim - 2], A.stride[A.ndim - 1], &ta, &lda)) {
+    if (!cn_blas_layout(m, k, A.stride[A.ndim - 2], A.stride[A.ndim - 1], &ta, &lda)) {
         if (!(copy_a = cn_contiguous((cn_tensor *)a, err))) goto fail;
         promote(copy_a, true, &A);
-        blas_layout(m, k, A.stride[A.ndim - 2], A.stride[A.ndim - 1], &ta, &lda);
+        cn_blas_layout(m, k, A.stride[A.ndim - 2], A.stride[A.ndim - 1], &ta, &lda);
     }
-    if (!blas_layout(k, n, B.stride[B.ndim - 2], B.stride[B.ndim - 1], &tb, &ldb)) {
+    if (!cn_blas_layout(k, n, B.stride[B.ndim - 2], B.stride[B.ndim - 1], &tb, &ldb)) {
         if (!(copy_b = cn_contiguous((cn_tensor *)b, err))) goto fail;
         promote(copy_b, false, &B);
-        blas_layout(k, n, B.stride[B.ndim - 2], B.stride[B.ndim - 1], &tb, &ldb);
+        cn_blas_layout(k, n, B.stride[B.ndim - 2], B.stride[B.ndim - 1], &tb, &ldb);
     }
 
     /* One GEMM for the whole batch when only A is batched and its rows nest. */
@@ -239,7 +236,7 @@ static cn_tensor *matmul_forward(const cn_tensor *a, const cn_tensor *b, cn_erro
     bool fold_ta;
     int fold_lda;
     if (nb == 0 && na > 0 && nbatches * m <= INT_MAX && collapse_rows(&A, &rows, &rs) &&
-        blas_layout(rows, k, rs, A.stride[A.ndim - 1], &fold_ta, &fold_lda)) {
+        cn_blas_layout(rows, k, rs, A.stride[A.ndim - 1], &fold_ta, &fold_lda)) {
         cn_gemm(fold_ta, tb, (int)rows, (int)n, (int)k, 1.0f, A.data, fold_lda, B.data, ldb, 0.0f,
                 c, (int)n);
         goto done;
@@ -271,13 +268,15 @@ fail:
     return NULL;
 }
 
-/* ---- autograd ------------------------------------------------------------------------------ */
+/* ---- matmul: backward, the recorded op ------------------------------------------------------ */
 
 /* d(a@b): ga = g @ b^T, gb = a^T @ g, with 1-d operands promoted to matrices ([k] -> [1,k] on
  * the left, [k,1] on the right) and the gradient reshaped to match; broadcast batch dims are
- * summed away by the engine. saved[0] = a, saved[1] = b */
+ * summed away by the engine. */
+enum { MATMUL_SAVED_A, MATMUL_SAVED_B };
+
 static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    cn_tensor *a = n->saved[0], *b = n->saved[1];
+    cn_tensor *a = n->saved[MATMUL_SAVED_A], *b = n->saved[MATMUL_SAVED_B];
     cn_tensor *a2 = a->ndim == 1 ? cn_unsqueeze(a, 0, err) : cn_retain(a);
     cn_tensor *b2 = b->ndim == 1 ? cn_unsqueeze(b, 1, err) : cn_retain(b);
     cn_tensor *g2 = NULL, *at = NULL, *bt = NULL;
@@ -329,8 +328,8 @@ cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_tensor *ins[2] = {(cn_tensor *)a, (cn_tensor *)b};
     r = cn_record_result(r, &op_matmul, 2, ins, &node, err);
     if (node) {
-        cn_node_save(node, 0, a);
-        cn_node_save(node, 1, b);
+        cn_node_save(node, MATMUL_SAVED_A, a);
+        cn_node_save(node, MATMUL_SAVED_B, b);
     }
     return r;
 }

@@ -21,25 +21,11 @@
 
 /* ---- linear -------------------------------------------------------------------------------- */
 
-/* How BLAS reads the 2-D w [rows, cols]: row-major with leading dim *ld (*trans false), or as the
- * transpose of a row-major [cols, rows] (*trans true). False when it cannot (copy it first). */
-static bool matrix_layout(const cn_tensor *w, bool *trans, int *ld) {
-    int64_t rows = w->shape[0], cols = w->shape[1], rs = w->stride[0], cs = w->stride[1];
-    int64_t need_cols = cols > 1 ? cols : 1, need_rows = rows > 1 ? rows : 1;
-    if (cs == 1 || cols == 1) {
-        int64_t l = rows == 1 ? need_cols : rs;
-        if (l >= need_cols && l <= INT_MAX) { *trans = false; *ld = (int)l; return true; }
-    }
-    if (rs == 1 || rows == 1) {
-        int64_t l = cols == 1 ? need_rows : cs;
-        if (l >= need_rows && l <= INT_MAX) { *trans = true; *ld = (int)l; return true; }
-    }
-    return false;
-}
-
-/* w itself when BLAS can read it in place, else a contiguous copy; fills trans/ld. New reference. */
+/* The 2-D w itself when BLAS can read it in place (cn_blas_layout), else a contiguous copy; fills
+ * trans/ld. New reference. */
 static cn_tensor *blas_matrix(const cn_tensor *w, bool *trans, int *ld, cn_error *err) {
-    if (matrix_layout(w, trans, ld)) return cn_retain((cn_tensor *)w);
+    if (cn_blas_layout(w->shape[0], w->shape[1], w->stride[0], w->stride[1], trans, ld))
+        return cn_retain((cn_tensor *)w);
     cn_tensor *c = cn_contiguous((cn_tensor *)w, err);
     if (c) {
         *trans = false;
@@ -110,9 +96,11 @@ static cn_tensor *linear_forward(const cn_tensor *x, const cn_tensor *w, const c
 }
 
 /* gx = g w [rows, in]; gw = g^T x [out, in]; gb[j] = sum_r g[r, j] (in double).
- * saved[0] = x, saved[1] = w; inputs {x, w[, bias]} */
+ * inputs {x, w[, bias]} */
+enum { LINEAR_SAVED_X, LINEAR_SAVED_W };
+
 static int linear_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *x = n->saved[0], *w = n->saved[1];
+    const cn_tensor *x = n->saved[LINEAR_SAVED_X], *w = n->saved[LINEAR_SAVED_W];
     int64_t out_f = w->shape[0], in_f = w->shape[1], rows = leading_rows(x);
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err), *xc = NULL, *wm = NULL;
     int status = -1;
@@ -161,17 +149,19 @@ cn_tensor *cn_linear(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bi
     cn_tensor *ins[3] = {(cn_tensor *)x, (cn_tensor *)w, (cn_tensor *)bias};
     r = cn_record_result(r, &op_linear, bias ? 3 : 2, ins, &node, err);
     if (node) {
-        cn_node_save(node, 0, x);
-        cn_node_save(node, 1, w);
+        cn_node_save(node, LINEAR_SAVED_X, x);
+        cn_node_save(node, LINEAR_SAVED_W, w);
     }
     return r;
 }
 
 /* ---- dropout ------------------------------------------------------------------------------- */
 
-/* gx = g m. saved[0] = m (0 or 1/(1-p)) */
+/* gx = g m */
+enum { DROPOUT_SAVED_MASK }; /* m: 0 or 1/(1-p) */
+
 static int dropout_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    gi[0] = cn_binary(CN_MUL, g, n->saved[0], err);
+    gi[0] = cn_binary(CN_MUL, g, n->saved[DROPOUT_SAVED_MASK], err);
     return gi[0] ? 0 : -1;
 }
 
@@ -214,7 +204,7 @@ cn_tensor *cn_dropout(const cn_tensor *x, double p, bool training, cn_error *err
     cn_node *node;
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_dropout, 1, &in, &node, err);
-    if (node) cn_node_save(node, 0, mask);
+    if (node) cn_node_save(node, DROPOUT_SAVED_MASK, mask);
     cn_release(mask);
     return r;
 }
@@ -277,10 +267,11 @@ static cn_tensor *embedding_forward(const cn_tensor *indices, const cn_tensor *w
     return y;
 }
 
-/* gW[id_i, :] += g[i, :]; rows sharing an id accumulate in index order. saved[0] = a private
- * contiguous copy of the (checked) indices; inputs {weight} */
+/* gW[id_i, :] += g[i, :]; rows sharing an id accumulate in index order. inputs {weight} */
+enum { EMBEDDING_SAVED_IDS }; /* a private contiguous copy of the (checked) indices */
+
 static int embedding_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *weight = n->inputs[0], *ids = n->saved[0];
+    const cn_tensor *weight = n->inputs[0], *ids = n->saved[EMBEDDING_SAVED_IDS];
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
     cn_tensor *gw = gc ? cn_zeros(2, weight->shape, err) : NULL;
     if (!gw) {
@@ -315,7 +306,7 @@ cn_tensor *cn_embedding(const cn_tensor *indices, const cn_tensor *weight, cn_er
             cn_release(r);
             return NULL;
         }
-        cn_node_save(node, 0, ids);
+        cn_node_save(node, EMBEDDING_SAVED_IDS, ids);
         cn_release(ids);
     }
     return r;

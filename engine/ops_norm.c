@@ -321,14 +321,26 @@ static void channel_apply(const chan_geom *gm, const float *x, const float *m, c
     }
 }
 
-/* ---- autograd ----------------------------------------------------------------------------- */
-/* One node type for all four ops. inputs: x, then weight and bias when given; ints[0] = kind,
- * ints[1] / ints[2] = input slot of weight / bias (-1: absent), ints[3..6] = geometry (rows:
- * rows, groups, channels, inner; channels: batch, channels, inner, training); saved[0] = x
- * (contiguous), saved[1] = weight (contiguous, or NULL), saved[2] = mean as float pairs
- * [2, sets] (high parts, then the low parts mean - high), saved[3] = rstd [sets]. */
+/* ---- the norm node: args, backward, recording --------------------------------------------- */
+/* One node type for all four ops; inputs: x, then weight and bias when given. */
 
 enum { KIND_ROWS, KIND_CHANNELS };
+struct norm_args {
+    int kind;                 /* KIND_ROWS (group / instance / layer) or KIND_CHANNELS (batch) */
+    int weight_slot;          /* input index of weight, -1 when absent */
+    int bias_slot;            /* input index of bias, -1 when absent */
+    bool training;            /* batch norm: batch statistics (else the running ones) */
+    union {
+        row_geom rows;        /* KIND_ROWS */
+        chan_geom channels;   /* KIND_CHANNELS */
+    } geom;
+};
+enum {
+    NORM_SAVED_X,      /* contiguous */
+    NORM_SAVED_WEIGHT, /* contiguous, or NULL */
+    NORM_SAVED_MEAN,   /* float pairs [2, sets]: high parts, then the low parts mean - high */
+    NORM_SAVED_RSTD,   /* [sets] */
+};
 
 /* Sums the per-thread partials acc[t · n + i] into a float tensor's n elements. */
 static void reduce_partials(const double *acc, int nthreads, int64_t n, cn_tensor *out) {
@@ -342,8 +354,8 @@ static void reduce_partials(const double *acc, int nthreads, int64_t n, cn_tenso
 
 static int rows_grads(cn_node *nd, const float *g, float *w, cn_tensor *dx, cn_tensor *dw, cn_tensor *db,
                       cn_error *err) {
-    const row_geom gm = {nd->ints[3], nd->ints[4], nd->ints[5], nd->ints[6]};
-    const int64_t affine = gm.groups * gm.channels;
+    const row_geom *gm = &CN_NODE_ARGS(nd, struct norm_args)->geom.rows;
+    const int64_t affine = gm->groups * gm->channels;
     const int nthreads = omp_get_max_threads();
     double *acc = NULL;
     if (dw || db) {
@@ -354,8 +366,8 @@ static int rows_grads(cn_node *nd, const float *g, float *w, cn_tensor *dx, cn_t
         }
     }
     double *dw_acc = dw ? acc : NULL, *db_acc = db ? acc + (size_t)nthreads * affine : NULL;
-    rows_backward(&gm, cn_data(nd->saved[0]), g, w, cn_data(nd->saved[2]), cn_data(nd->saved[3]),
-                  dx ? cn_data(dx) : NULL, dw_acc, db_acc);
+    rows_backward(gm, cn_data(nd->saved[NORM_SAVED_X]), g, w, cn_data(nd->saved[NORM_SAVED_MEAN]),
+                  cn_data(nd->saved[NORM_SAVED_RSTD]), dx ? cn_data(dx) : NULL, dw_acc, db_acc);
     if (dw) reduce_partials(dw_acc, nthreads, affine, dw);
     if (db) reduce_partials(db_acc, nthreads, affine, db);
     free(acc);
@@ -366,11 +378,13 @@ static int rows_grads(cn_node *nd, const float *g, float *w, cn_tensor *dx, cn_t
  * eval they are constants and dx = w·rstd·g. */
 static int channel_grads(cn_node *nd, const float *g, const float *w, cn_tensor *dx, cn_tensor *dw,
                          cn_tensor *db, cn_error *err) {
-    const chan_geom gm = {nd->ints[3], nd->ints[4], nd->ints[5]};
-    const bool training = nd->ints[6];
-    const int64_t C = gm.channels;
-    const double M = (double)(gm.batch * gm.inner);
-    const float *x = cn_data(nd->saved[0]), *mean = cn_data(nd->saved[2]), *rstd = cn_data(nd->saved[3]);
+    const struct norm_args *args = CN_NODE_ARGS(nd, struct norm_args);
+    const chan_geom *gm = &args->geom.channels;
+    const bool training = args->training;
+    const int64_t C = gm->channels;
+    const double M = (double)(gm->batch * gm->inner);
+    const float *x = cn_data(nd->saved[NORM_SAVED_X]), *mean = cn_data(nd->saved[NORM_SAVED_MEAN]),
+                *rstd = cn_data(nd->saved[NORM_SAVED_RSTD]);
     double *buf = malloc((size_t)C * 3 * sizeof *buf);
     float *coef = malloc((size_t)C * 3 * sizeof *coef);
     if (!buf || !coef) {
@@ -380,7 +394,7 @@ static int channel_grads(cn_node *nd, const float *g, const float *w, cn_tensor 
     }
     double *center = buf, *sg = buf + C, *sgx = buf + 2 * C;
     for (int64_t c = 0; c < C; c++) center[c] = (double)mean[c] + mean[C + c];
-    if (training || dw || db) channel_sums(&gm, SUM_GRAD, x, g, center, sg, sgx);
+    if (training || dw || db) channel_sums(gm, SUM_GRAD, x, g, center, sg, sgx);
     if (dx) {
         float *kx = coef, *kg = coef + C, *k0 = coef + 2 * C;
         for (int64_t c = 0; c < C; c++) {
@@ -389,7 +403,7 @@ static int channel_grads(cn_node *nd, const float *g, const float *w, cn_tensor 
             kx[c] = training ? (float)(-a * rs * rs * sgx[c] / M) : 0.0f;
             k0[c] = training ? (float)(-a * sg[c] / M) : 0.0f;
         }
-        channel_apply(&gm, training ? x : NULL, mean, kx, g, kg, k0, cn_data(dx));
+        channel_apply(gm, training ? x : NULL, mean, kx, g, kg, k0, cn_data(dx));
     }
     if (dw)
         for (int64_t c = 0; c < C; c++) cn_data(dw)[c] = (float)(sgx[c] * rstd[c]);
@@ -400,8 +414,9 @@ static int channel_grads(cn_node *nd, const float *g, const float *w, cn_tensor 
 }
 
 static int norm_backward(cn_node *nd, const cn_tensor *gout, cn_tensor **gi, cn_error *err) {
-    const int wslot = (int)nd->ints[1], bslot = (int)nd->ints[2];
-    const cn_tensor *x = nd->saved[0];
+    const struct norm_args *args = CN_NODE_ARGS(nd, struct norm_args);
+    const int wslot = args->weight_slot, bslot = args->bias_slot;
+    const cn_tensor *x = nd->saved[NORM_SAVED_X];
     cn_tensor *g = NULL, *dx = NULL, *dw = NULL, *db = NULL;
     float *ones = NULL;
     int status = -1;
@@ -414,10 +429,11 @@ static int norm_backward(cn_node *nd, const cn_tensor *gout, cn_tensor **gi, cn_
         !(db = cn_empty(nd->inputs[bslot]->ndim, nd->inputs[bslot]->shape, err)))
         goto done;
     float *w;
-    if (nd->saved[1]) {
-        w = cn_data(nd->saved[1]);
+    if (nd->saved[NORM_SAVED_WEIGHT]) {
+        w = cn_data(nd->saved[NORM_SAVED_WEIGHT]);
     } else {
-        int64_t affine = nd->ints[0] == KIND_ROWS ? nd->ints[4] * nd->ints[5] : nd->ints[4];
+        int64_t affine = args->kind == KIND_ROWS ? args->geom.rows.groups * args->geom.rows.channels
+                                                 : args->geom.channels.channels;
         if (!(ones = filled(affine, 1.0f, err))) goto done;
         w = ones;
     }
@@ -426,7 +442,7 @@ static int norm_backward(cn_node *nd, const cn_tensor *gout, cn_tensor **gi, cn_
         if (dw) cn_fill_(dw, 0.0f);
         if (db) cn_fill_(db, 0.0f);
         status = 0;
-    } else if (nd->ints[0] == KIND_ROWS) {
+    } else if (args->kind == KIND_ROWS) {
         status = rows_grads(nd, cn_data(g), w, dx, dw, db, err);
     } else {
         status = channel_grads(nd, cn_data(g), w, dx, dw, db, err);
@@ -447,10 +463,11 @@ done:
 static const cn_op_def op_norm = {"norm", norm_backward};
 
 /* Records the node of a norm result y over x, weight, bias (either may be NULL) and saves what
- * the backward needs; geom holds the four geometry ints. Returns y, or NULL (y released). */
-static cn_tensor *record_norm(cn_tensor *y, int kind, const cn_tensor *x, const cn_tensor *weight,
-                              const cn_tensor *bias, const int64_t geom[4], cn_tensor *xc, cn_tensor *wc,
-                              cn_tensor *mean, cn_tensor *rstd, cn_error *err) {
+ * the backward needs; args gives kind, geometry and training (the slots are filled here).
+ * Returns y, or NULL (y released). */
+static cn_tensor *record_norm(cn_tensor *y, struct norm_args args, const cn_tensor *x, const cn_tensor *weight,
+                              const cn_tensor *bias, cn_tensor *xc, cn_tensor *wc, cn_tensor *mean,
+                              cn_tensor *rstd, cn_error *err) {
     cn_tensor *ins[3];
     int n = 0, wslot = -1, bslot = -1;
     ins[n++] = (cn_tensor *)x;
@@ -465,14 +482,13 @@ static cn_tensor *record_norm(cn_tensor *y, int kind, const cn_tensor *x, const 
     cn_node *node;
     y = cn_record_result(y, &op_norm, n, ins, &node, err);
     if (node) {
-        node->ints[0] = kind;
-        node->ints[1] = wslot;
-        node->ints[2] = bslot;
-        for (int i = 0; i < 4; i++) node->ints[3 + i] = geom[i];
-        cn_node_save(node, 0, xc);
-        cn_node_save(node, 1, wc);
-        cn_node_save(node, 2, mean);
-        cn_node_save(node, 3, rstd);
+        args.weight_slot = wslot;
+        args.bias_slot = bslot;
+        *CN_NODE_ARGS(node, struct norm_args) = args;
+        cn_node_save(node, NORM_SAVED_X, xc);
+        cn_node_save(node, NORM_SAVED_WEIGHT, wc);
+        cn_node_save(node, NORM_SAVED_MEAN, mean);
+        cn_node_save(node, NORM_SAVED_RSTD, rstd);
     }
     return y;
 }
@@ -503,8 +519,8 @@ done:
     cn_set_grad_enabled(mode);
     free(ones), free(zeros);
     if (ok) {
-        const int64_t geom[4] = {gm->rows, gm->groups, gm->channels, gm->inner};
-        y = record_norm(y, KIND_ROWS, x, weight, bias, geom, xc, wc, mean, rstd, err);
+        const struct norm_args args = {.kind = KIND_ROWS, .geom.rows = *gm};
+        y = record_norm(y, args, x, weight, bias, xc, wc, mean, rstd, err);
     } else {
         cn_release(y);
         y = NULL;
@@ -656,8 +672,8 @@ done:
     cn_set_grad_enabled(mode);
     free(stats), free(coef);
     if (ok) {
-        const int64_t geom[4] = {gm.batch, gm.channels, gm.inner, training};
-        y = record_norm(y, KIND_CHANNELS, x, weight, bias, geom, xc, wc, mean, rstd, err);
+        const struct norm_args args = {.kind = KIND_CHANNELS, .training = training, .geom.channels = gm};
+        y = record_norm(y, args, x, weight, bias, xc, wc, mean, rstd, err);
     } else {
         cn_release(y);
         y = NULL;

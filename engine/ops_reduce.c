@@ -341,6 +341,10 @@ static cn_tensor *reduce(const char *fname, const cn_tensor *t, int ndims, const
     return out;
 }
 
+/* ---- sum / mean / var / std / norm: forwards, args, backward ------------------------------ */
+/* Forwards run without grad (their contiguous copies and permutes stay out of the graph); the
+ * node keeps the reduced dims as a bit mask (reduce_args.dims_mask). */
+
 static cn_tensor *sum_forward(const cn_tensor *t, int ndims, const int *dims, bool keepdim, cn_error *err) {
     reducer rd = {ACC_SUM, FIN_SUM, 0.0, 0};
     return reduce("sum", t, ndims, dims, keepdim, &rd, err);
@@ -377,7 +381,182 @@ static cn_tensor *norm_forward(const cn_tensor *t, double p, int ndims, const in
     return reduce("norm", t, ndims, dims, keepdim, &rd, err);
 }
 
-/* ---- max / min with indices ------------------------------------------------------------------ */
+static int64_t dims_mask(const cn_tensor *t, int ndims, const int *dims) {
+    if (ndims == 0) return t->ndim ? ((int64_t)1 << t->ndim) - 1 : 0;
+    int64_t mask = 0;
+    for (int i = 0; i < ndims; i++) mask |= (int64_t)1 << cn_wrap_dim(dims[i], t->ndim, "reduce", NULL);
+    return mask;
+}
+
+/* g reshaped to the keepdim shape of input x (reduced dims of size 1); *count = reduced elements. */
+static cn_tensor *keepdim_view(const cn_tensor *g, const cn_tensor *x, int64_t mask, double *count,
+                               cn_error *err) {
+    int64_t shape[CN_MAX_DIMS];
+    double n = 1;
+    for (int d = 0; d < x->ndim; d++) {
+        shape[d] = mask >> d & 1 ? 1 : x->shape[d];
+        if (mask >> d & 1) n *= (double)x->shape[d];
+    }
+    if (count) *count = n;
+    return cn_reshape((cn_tensor *)g, x->ndim, shape, err);
+}
+
+/* x - mean(x) over the masked dims (kept), for var/std */
+static cn_tensor *deviation(const cn_tensor *x, int64_t mask, cn_error *err) {
+    int dims[CN_MAX_DIMS], n = 0;
+    for (int d = 0; d < x->ndim; d++)
+        if (mask >> d & 1) dims[n++] = d;
+    cn_tensor *m = mean_forward(x, n, dims, true, err);
+    if (!m) return NULL;
+    cn_tensor *dev = cn_binary(CN_SUB, x, m, err);
+    cn_release(m);
+    return dev;
+}
+
+/* Multiplies a by b and releases a (chaining helper; NULL-safe). */
+static cn_tensor *mul_consume(cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    if (!a) return NULL;
+    cn_tensor *r = cn_binary(CN_MUL, a, b, err);
+    cn_release(a);
+    return r;
+}
+
+static cn_tensor *scale_consume(cn_tensor *a, double s, cn_error *err) {
+    if (!a) return NULL;
+    cn_tensor *r = cn_binary_scalar(CN_MUL, a, (float)s, false, err);
+    cn_release(a);
+    return r;
+}
+
+/* One node type for sum / mean / var / std / norm. */
+enum { R_SUM, R_MEAN, R_VAR, R_STD, R_NORM };
+struct reduce_args {
+    int64_t dims_mask; /* bit d set: dim d was reduced */
+    int kind;          /* R_SUM ... R_NORM */
+    int correction;    /* var, std */
+    double p;          /* norm */
+};
+enum { REDUCE_SAVED_X, REDUCE_SAVED_OUT };
+
+static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct reduce_args *args = CN_NODE_ARGS(n, struct reduce_args);
+    const cn_tensor *x = n->saved[REDUCE_SAVED_X], *out = n->saved[REDUCE_SAVED_OUT];
+    int64_t mask = args->dims_mask;
+    double count;
+    cn_tensor *gk = keepdim_view(g, x, mask, &count, err);
+    if (!gk) return -1;
+    cn_tensor *r = NULL;
+    switch (args->kind) {
+    case R_SUM:
+        r = cn_expand(gk, x->ndim, x->shape, err);
+        break;
+    case R_MEAN:
+        r = scale_consume(cn_expand(gk, x->ndim, x->shape, err), 1.0 / count, err);
+        break;
+    case R_VAR: /* 2 (x - mean) g / (N - correction) */
+        r = scale_consume(mul_consume(deviation(x, mask, err), gk, err), 2.0 / (count - (double)args->correction), err);
+        break;
+    case R_STD: { /* (x - mean) g / ((N - correction) std), 0 where std is 0 (as torch) */
+        cn_tensor *sk = keepdim_view(out, x, mask, NULL, err);
+        cn_tensor *ratio = sk ? cn_binary(CN_DIV, gk, sk, err) : NULL;
+        cn_tensor *zero = cn_scalar(0.0f, err);
+        cn_tensor *flat = sk && zero ? cn_binary(CN_EQ, sk, zero, err) : NULL;
+        cn_tensor *q = ratio && flat ? cn_where(flat, zero, ratio, err) : NULL;
+        cn_release(sk), cn_release(ratio), cn_release(zero), cn_release(flat);
+        r = q ? scale_consume(mul_consume(deviation(x, mask, err), q, err), 1.0 / (count - (double)args->correction), err) : NULL;
+        cn_release(q);
+        break;
+    }
+    case R_NORM: {
+        double p = args->p;
+        cn_tensor *nk = keepdim_view(out, x, mask, NULL, err);
+        if (!nk) break;
+        if (p == 0.0) {
+            r = cn_zeros(x->ndim, x->shape, err);
+        } else if (p == 1.0) {
+            r = mul_consume(cn_unary(CN_SIGN, x, err), gk, err);
+        } else if (isinf(p)) {
+            /* as torch: split evenly between the elements that reach the norm (or are NaN) */
+            cn_tensor *ax = cn_unary(CN_ABS, x, err);
+            cn_tensor *hit = ax ? cn_binary(CN_EQ, ax, nk, err) : NULL;
+            cn_tensor *nan = ax ? cn_binary(CN_NE, ax, ax, err) : NULL;
+            cn_tensor *m = hit && nan ? cn_binary(CN_MAXIMUM, hit, nan, err) : NULL;
+            int dims[CN_MAX_DIMS], nd = 0;
+            for (int d = 0; d < x->ndim; d++)
+                if (mask >> d & 1) dims[nd++] = d;
+            cn_tensor *cnt = m ? sum_forward(m, nd, dims, true, err) : NULL;
+            cn_tensor *share = cnt ? cn_binary(CN_DIV, gk, cnt, err) : NULL;
+            r = share ? mul_consume(mul_consume(cn_unary(CN_SIGN, x, err), m, err), share, err) : NULL;
+            cn_release(ax), cn_release(hit), cn_release(nan), cn_release(m), cn_release(cnt), cn_release(share);
+        } else {
+            /* x |x|^(p-2) g / norm^(p-1), 0 where the norm is 0 */
+            cn_tensor *ax = cn_unary(CN_ABS, x, err);
+            cn_tensor *w = ax ? cn_binary_scalar(CN_POW, ax, (float)(p - 2.0), false, err) : NULL;
+            cn_tensor *np = cn_binary_scalar(CN_POW, nk, (float)(p - 1.0), false, err);
+            cn_tensor *q = np ? cn_binary(CN_DIV, gk, np, err) : NULL;
+            cn_tensor *zero = cn_scalar(0.0f, err);
+            cn_tensor *iszero = cn_binary(CN_EQ, nk, zero, err);
+            cn_tensor *qm = q && iszero ? cn_where(iszero, zero, q, err) : NULL;
+            r = w && qm ? mul_consume(mul_consume(cn_retain((cn_tensor *)x), w, err), qm, err) : NULL;
+            cn_release(ax), cn_release(w), cn_release(np), cn_release(q), cn_release(zero), cn_release(iszero),
+                cn_release(qm);
+        }
+        cn_release(nk);
+        break;
+    }
+    }
+    cn_release(gk);
+    gi[0] = r;
+    return r ? 0 : -1;
+}
+
+static const cn_op_def op_reduce = {"reduce", reduce_backward};
+
+static cn_tensor *record_reduce(cn_tensor *r, const cn_tensor *t, int ndims, const int *dims, int kind,
+                                int correction, double p, cn_error *err) {
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)t;
+    r = cn_record_result(r, &op_reduce, 1, &in, &node, err);
+    if (node) {
+        *CN_NODE_ARGS(node, struct reduce_args) = (struct reduce_args){
+            .dims_mask = dims_mask(t, ndims, dims), .kind = kind, .correction = correction, .p = p};
+        cn_node_save(node, REDUCE_SAVED_X, t);
+        cn_node_save(node, REDUCE_SAVED_OUT, r);
+    }
+    return r;
+}
+
+cn_tensor *cn_sum(const cn_tensor *t, int ndims, const int *dims, bool keepdim, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = sum_forward(t, ndims, dims, keepdim, err));
+    return record_reduce(r, t, ndims, dims, R_SUM, 0, 0, err);
+}
+
+cn_tensor *cn_mean(const cn_tensor *t, int ndims, const int *dims, bool keepdim, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = mean_forward(t, ndims, dims, keepdim, err));
+    return record_reduce(r, t, ndims, dims, R_MEAN, 0, 0, err);
+}
+
+cn_tensor *cn_var(const cn_tensor *t, int ndims, const int *dims, int correction, bool keepdim, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = var_forward(t, ndims, dims, correction, keepdim, err));
+    return record_reduce(r, t, ndims, dims, R_VAR, correction, 0, err);
+}
+
+cn_tensor *cn_std(const cn_tensor *t, int ndims, const int *dims, int correction, bool keepdim, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = std_forward(t, ndims, dims, correction, keepdim, err));
+    return record_reduce(r, t, ndims, dims, R_STD, correction, 0, err);
+}
+
+cn_tensor *cn_norm(const cn_tensor *t, double p, int ndims, const int *dims, bool keepdim, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = norm_forward(t, p, ndims, dims, keepdim, err));
+    return record_reduce(r, t, ndims, dims, R_NORM, 0, p, err);
+}
+
+/* ---- max / min (with indices), argmax ---------------------------------------------------- */
 
 /* v replaces best: strictly better, or the first NaN. Ties keep the earlier index. */
 static inline bool better(float v, float best, bool is_max) {
@@ -496,6 +675,76 @@ fail:
     return -1;
 }
 
+/* max/min over a dim: the gradient goes to the chosen index */
+struct max_dim_args {
+    int dim; /* wrapped; 0 for a 0-d input */
+};
+enum { MAX_DIM_SAVED_INDICES }; /* keepdim layout */
+
+static int max_dim_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *x = n->inputs[0];
+    int dim = CN_NODE_ARGS(n, struct max_dim_args)->dim;
+    cn_tensor *z = cn_zeros(x->ndim, x->shape, err);
+    cn_tensor *gk = keepdim_view(g, x, (int64_t)1 << dim, NULL, err);
+    cn_tensor *gc = gk ? cn_contiguous(gk, err) : NULL;
+    cn_tensor *ic = cn_contiguous(n->saved[MAX_DIM_SAVED_INDICES], err);
+    if (!z || !gc || !ic) {
+        cn_release(z), cn_release(gk), cn_release(gc), cn_release(ic);
+        return -1;
+    }
+    int64_t outer = 1, inner = 1, red = x->ndim ? x->shape[dim] : 1;
+    for (int d = 0; d < dim; d++) outer *= x->shape[d];
+    for (int d = dim + 1; d < x->ndim; d++) inner *= x->shape[d];
+    const float *pg = cn_data(gc), *pi = cn_data(ic);
+    float *pz = cn_data(z);
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t at = (int64_t)pi[o * inner + i];
+            pz[(o * red + at) * inner + i] += pg[o * inner + i];
+        }
+    cn_release(gk), cn_release(gc), cn_release(ic);
+    gi[0] = z;
+    return 0;
+}
+
+static const cn_op_def op_max_dim = {"max_dim", max_dim_backward};
+
+int cn_max_dim(const cn_tensor *t, int dim, bool keepdim, bool is_max, cn_tensor **values, cn_tensor **indices,
+               cn_error *err) {
+    cn_tensor *v = NULL, *ix = NULL;
+    int status;
+    bool want_grad = values && cn_needs_grad(1, &t);
+    CN_WITHOUT_GRAD(status = max_dim_forward(t, dim, keepdim, is_max, values ? &v : NULL,
+                                             want_grad || indices ? &ix : NULL, err));
+    if (status) return -1;
+    if (want_grad) {
+        cn_node *node;
+        cn_tensor *in = (cn_tensor *)t;
+        v = cn_record_result(v, &op_max_dim, 1, &in, &node, err);
+        if (!v) {
+            cn_release(ix);
+            return -1;
+        }
+        CN_NODE_ARGS(node, struct max_dim_args)->dim =
+            t->ndim == 0 ? 0 : cn_wrap_dim(dim, t->ndim, "max", NULL);
+        if (indices) { /* the caller may change its indices (the binding makes them 1-based) */
+            cn_tensor *own = cn_clone(ix, err);
+            if (!own) {
+                cn_release(v), cn_release(ix);
+                return -1;
+            }
+            cn_node_save(node, MAX_DIM_SAVED_INDICES, own);
+            cn_release(own);
+        } else {
+            cn_node_save(node, MAX_DIM_SAVED_INDICES, ix);
+        }
+    }
+    if (values) *values = v;
+    if (indices) *indices = ix;
+    else cn_release(ix);
+    return 0;
+}
+
 static cn_tensor *max_all_forward(const cn_tensor *t, bool is_max, cn_error *err) {
     const char *fname = is_max ? "max" : "min";
     if (cn_numel(t) == 0) {
@@ -508,6 +757,34 @@ static cn_tensor *max_all_forward(const cn_tensor *t, bool is_max, cn_error *err
     if (out) row_best_par(cn_data(src), (int64_t)cn_numel(src), is_max, cn_data(out));
     cn_release(src);
     return out;
+}
+
+/* max/min over everything: as torch, split evenly between the elements equal to the result */
+enum { MAX_ALL_SAVED_X, MAX_ALL_SAVED_OUT };
+
+static int max_all_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *x = n->saved[MAX_ALL_SAVED_X], *out = n->saved[MAX_ALL_SAVED_OUT];
+    cn_tensor *m = cn_binary(CN_EQ, x, out, err);
+    cn_tensor *cnt = m ? sum_forward(m, 0, NULL, false, err) : NULL;
+    cn_tensor *share = cnt ? cn_binary(CN_DIV, g, cnt, err) : NULL;
+    gi[0] = share ? cn_binary(CN_MUL, m, share, err) : NULL;
+    cn_release(m), cn_release(cnt), cn_release(share);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_max_all = {"max_all", max_all_backward};
+
+cn_tensor *cn_max_all(const cn_tensor *t, bool is_max, cn_error *err) {
+    cn_tensor *r;
+    CN_WITHOUT_GRAD(r = max_all_forward(t, is_max, err));
+    cn_node *node;
+    cn_tensor *in = (cn_tensor *)t;
+    r = cn_record_result(r, &op_max_all, 1, &in, &node, err);
+    if (node) {
+        cn_node_save(node, MAX_ALL_SAVED_X, t);
+        cn_node_save(node, MAX_ALL_SAVED_OUT, r);
+    }
+    return r;
 }
 
 static cn_tensor *argmax_forward(const cn_tensor *t, bool dim_given, int dim, bool keepdim, bool is_max,
@@ -546,272 +823,6 @@ static cn_tensor *argmax_forward(const cn_tensor *t, bool dim_given, int dim, bo
     }
     cn_release(src);
     return out;
-}
-
-/* ---- autograd ------------------------------------------------------------------------------ */
-/* Forwards run without grad (their contiguous copies and permutes stay out of the graph); the
- * node keeps the reduced dims as a bit mask in ints[0]. */
-
-static int64_t dims_mask(const cn_tensor *t, int ndims, const int *dims) {
-    if (ndims == 0) return t->ndim ? ((int64_t)1 << t->ndim) - 1 : 0;
-    int64_t mask = 0;
-    for (int i = 0; i < ndims; i++) mask |= (int64_t)1 << cn_wrap_dim(dims[i], t->ndim, "reduce", NULL);
-    return mask;
-}
-
-/* g reshaped to the keepdim shape of input x (reduced dims of size 1); *count = reduced elements. */
-static cn_tensor *keepdim_view(const cn_tensor *g, const cn_tensor *x, int64_t mask, double *count,
-                               cn_error *err) {
-    int64_t shape[CN_MAX_DIMS];
-    double n = 1;
-    for (int d = 0; d < x->ndim; d++) {
-        shape[d] = mask >> d & 1 ? 1 : x->shape[d];
-        if (mask >> d & 1) n *= (double)x->shape[d];
-    }
-    if (count) *count = n;
-    return cn_reshape((cn_tensor *)g, x->ndim, shape, err);
-}
-
-/* x - mean(x) over the masked dims (kept), for var/std */
-static cn_tensor *deviation(const cn_tensor *x, int64_t mask, cn_error *err) {
-    int dims[CN_MAX_DIMS], n = 0;
-    for (int d = 0; d < x->ndim; d++)
-        if (mask >> d & 1) dims[n++] = d;
-    cn_tensor *m = mean_forward(x, n, dims, true, err);
-    if (!m) return NULL;
-    cn_tensor *dev = cn_binary(CN_SUB, x, m, err);
-    cn_release(m);
-    return dev;
-}
-
-/* Multiplies a by b and releases a (chaining helper; NULL-safe). */
-static cn_tensor *mul_consume(cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    if (!a) return NULL;
-    cn_tensor *r = cn_binary(CN_MUL, a, b, err);
-    cn_release(a);
-    return r;
-}
-
-static cn_tensor *scale_consume(cn_tensor *a, double s, cn_error *err) {
-    if (!a) return NULL;
-    cn_tensor *r = cn_binary_scalar(CN_MUL, a, (float)s, false, err);
-    cn_release(a);
-    return r;
-}
-
-/* sum / mean / var / std / norm: ints[0] = dims mask, ints[1] = kind, ints[2] = correction,
- * reals[0] = p; saved[0] = x, saved[1] = out */
-enum { R_SUM, R_MEAN, R_VAR, R_STD, R_NORM };
-
-static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *x = n->saved[0], *out = n->saved[1];
-    int64_t mask = n->ints[0];
-    double count;
-    cn_tensor *gk = keepdim_view(g, x, mask, &count, err);
-    if (!gk) return -1;
-    cn_tensor *r = NULL;
-    switch (n->ints[1]) {
-    case R_SUM:
-        r = cn_expand(gk, x->ndim, x->shape, err);
-        break;
-    case R_MEAN:
-        r = scale_consume(cn_expand(gk, x->ndim, x->shape, err), 1.0 / count, err);
-        break;
-    case R_VAR: /* 2 (x - mean) g / (N - correction) */
-        r = scale_consume(mul_consume(deviation(x, mask, err), gk, err), 2.0 / (count - (double)n->ints[2]), err);
-        break;
-    case R_STD: { /* (x - mean) g / ((N - correction) std), 0 where std is 0 (as torch) */
-        cn_tensor *sk = keepdim_view(out, x, mask, NULL, err);
-        cn_tensor *ratio = sk ? cn_binary(CN_DIV, gk, sk, err) : NULL;
-        cn_tensor *zero = cn_scalar(0.0f, err);
-        cn_tensor *flat = sk && zero ? cn_binary(CN_EQ, sk, zero, err) : NULL;
-        cn_tensor *q = ratio && flat ? cn_where(flat, zero, ratio, err) : NULL;
-        cn_release(sk), cn_release(ratio), cn_release(zero), cn_release(flat);
-        r = q ? scale_consume(mul_consume(deviation(x, mask, err), q, err), 1.0 / (count - (double)n->ints[2]), err) : NULL;
-        cn_release(q);
-        break;
-    }
-    case R_NORM: {
-        double p = n->reals[0];
-        cn_tensor *nk = keepdim_view(out, x, mask, NULL, err);
-        if (!nk) break;
-        if (p == 0.0) {
-            r = cn_zeros(x->ndim, x->shape, err);
-        } else if (p == 1.0) {
-            r = mul_consume(cn_unary(CN_SIGN, x, err), gk, err);
-        } else if (isinf(p)) {
-            /* as torch: split evenly between the elements that reach the norm (or are NaN) */
-            cn_tensor *ax = cn_unary(CN_ABS, x, err);
-            cn_tensor *hit = ax ? cn_binary(CN_EQ, ax, nk, err) : NULL;
-            cn_tensor *nan = ax ? cn_binary(CN_NE, ax, ax, err) : NULL;
-            cn_tensor *m = hit && nan ? cn_binary(CN_MAXIMUM, hit, nan, err) : NULL;
-            int dims[CN_MAX_DIMS], nd = 0;
-            for (int d = 0; d < x->ndim; d++)
-                if (mask >> d & 1) dims[nd++] = d;
-            cn_tensor *cnt = m ? sum_forward(m, nd, dims, true, err) : NULL;
-            cn_tensor *share = cnt ? cn_binary(CN_DIV, gk, cnt, err) : NULL;
-            r = share ? mul_consume(mul_consume(cn_unary(CN_SIGN, x, err), m, err), share, err) : NULL;
-            cn_release(ax), cn_release(hit), cn_release(nan), cn_release(m), cn_release(cnt), cn_release(share);
-        } else {
-            /* x |x|^(p-2) g / norm^(p-1), 0 where the norm is 0 */
-            cn_tensor *ax = cn_unary(CN_ABS, x, err);
-            cn_tensor *w = ax ? cn_binary_scalar(CN_POW, ax, (float)(p - 2.0), false, err) : NULL;
-            cn_tensor *np = cn_binary_scalar(CN_POW, nk, (float)(p - 1.0), false, err);
-            cn_tensor *q = np ? cn_binary(CN_DIV, gk, np, err) : NULL;
-            cn_tensor *zero = cn_scalar(0.0f, err);
-            cn_tensor *iszero = cn_binary(CN_EQ, nk, zero, err);
-            cn_tensor *qm = q && iszero ? cn_where(iszero, zero, q, err) : NULL;
-            r = w && qm ? mul_consume(mul_consume(cn_retain((cn_tensor *)x), w, err), qm, err) : NULL;
-            cn_release(ax), cn_release(w), cn_release(np), cn_release(q), cn_release(zero), cn_release(iszero),
-                cn_release(qm);
-        }
-        cn_release(nk);
-        break;
-    }
-    }
-    cn_release(gk);
-    gi[0] = r;
-    return r ? 0 : -1;
-}
-
-static const cn_op_def op_reduce = {"reduce", reduce_backward};
-
-static cn_tensor *record_reduce(cn_tensor *r, const cn_tensor *t, int ndims, const int *dims, int kind,
-                                int correction, double p, cn_error *err) {
-    cn_node *node;
-    cn_tensor *in = (cn_tensor *)t;
-    r = cn_record_result(r, &op_reduce, 1, &in, &node, err);
-    if (node) {
-        node->ints[0] = dims_mask(t, ndims, dims);
-        node->ints[1] = kind;
-        node->ints[2] = correction;
-        node->reals[0] = p;
-        cn_node_save(node, 0, t);
-        cn_node_save(node, 1, r);
-    }
-    return r;
-}
-
-cn_tensor *cn_sum(const cn_tensor *t, int ndims, const int *dims, bool keepdim, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = sum_forward(t, ndims, dims, keepdim, err));
-    return record_reduce(r, t, ndims, dims, R_SUM, 0, 0, err);
-}
-
-cn_tensor *cn_mean(const cn_tensor *t, int ndims, const int *dims, bool keepdim, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = mean_forward(t, ndims, dims, keepdim, err));
-    return record_reduce(r, t, ndims, dims, R_MEAN, 0, 0, err);
-}
-
-cn_tensor *cn_var(const cn_tensor *t, int ndims, const int *dims, int correction, bool keepdim, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = var_forward(t, ndims, dims, correction, keepdim, err));
-    return record_reduce(r, t, ndims, dims, R_VAR, correction, 0, err);
-}
-
-cn_tensor *cn_std(const cn_tensor *t, int ndims, const int *dims, int correction, bool keepdim, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = std_forward(t, ndims, dims, correction, keepdim, err));
-    return record_reduce(r, t, ndims, dims, R_STD, correction, 0, err);
-}
-
-cn_tensor *cn_norm(const cn_tensor *t, double p, int ndims, const int *dims, bool keepdim, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = norm_forward(t, p, ndims, dims, keepdim, err));
-    return record_reduce(r, t, ndims, dims, R_NORM, 0, p, err);
-}
-
-/* max/min over a dim: the gradient goes to the chosen index. ints[0] = dim; saved[0] = indices
- * (keepdim layout) */
-static int max_dim_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *x = n->inputs[0];
-    int dim = (int)n->ints[0];
-    cn_tensor *z = cn_zeros(x->ndim, x->shape, err);
-    cn_tensor *gk = keepdim_view(g, x, (int64_t)1 << dim, NULL, err);
-    cn_tensor *gc = gk ? cn_contiguous(gk, err) : NULL;
-    cn_tensor *ic = cn_contiguous(n->saved[0], err);
-    if (!z || !gc || !ic) {
-        cn_release(z), cn_release(gk), cn_release(gc), cn_release(ic);
-        return -1;
-    }
-    int64_t outer = 1, inner = 1, red = x->ndim ? x->shape[dim] : 1;
-    for (int d = 0; d < dim; d++) outer *= x->shape[d];
-    for (int d = dim + 1; d < x->ndim; d++) inner *= x->shape[d];
-    const float *pg = cn_data(gc), *pi = cn_data(ic);
-    float *pz = cn_data(z);
-    for (int64_t o = 0; o < outer; o++)
-        for (int64_t i = 0; i < inner; i++) {
-            int64_t at = (int64_t)pi[o * inner + i];
-            pz[(o * red + at) * inner + i] += pg[o * inner + i];
-        }
-    cn_release(gk), cn_release(gc), cn_release(ic);
-    gi[0] = z;
-    return 0;
-}
-
-/* max/min over everything: as torch, split evenly between the elements equal to the result.
- * saved[0] = x, saved[1] = out */
-static int max_all_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *x = n->saved[0], *out = n->saved[1];
-    cn_tensor *m = cn_binary(CN_EQ, x, out, err);
-    cn_tensor *cnt = m ? sum_forward(m, 0, NULL, false, err) : NULL;
-    cn_tensor *share = cnt ? cn_binary(CN_DIV, g, cnt, err) : NULL;
-    gi[0] = share ? cn_binary(CN_MUL, m, share, err) : NULL;
-    cn_release(m), cn_release(cnt), cn_release(share);
-    return gi[0] ? 0 : -1;
-}
-
-static const cn_op_def op_max_dim = {"max_dim", max_dim_backward};
-static const cn_op_def op_max_all = {"max_all", max_all_backward};
-
-int cn_max_dim(const cn_tensor *t, int dim, bool keepdim, bool is_max, cn_tensor **values, cn_tensor **indices,
-               cn_error *err) {
-    cn_tensor *v = NULL, *ix = NULL;
-    int status;
-    bool want_grad = values && cn_needs_grad(1, &t);
-    CN_WITHOUT_GRAD(status = max_dim_forward(t, dim, keepdim, is_max, values ? &v : NULL,
-                                             want_grad || indices ? &ix : NULL, err));
-    if (status) return -1;
-    if (want_grad) {
-        cn_node *node;
-        cn_tensor *in = (cn_tensor *)t;
-        v = cn_record_result(v, &op_max_dim, 1, &in, &node, err);
-        if (!v) {
-            cn_release(ix);
-            return -1;
-        }
-        node->ints[0] = cn_wrap_dim(dim, t->ndim ? t->ndim : 1, "max", NULL);
-        if (t->ndim == 0) node->ints[0] = 0;
-        if (indices) { /* the caller may change its indices (the binding makes them 1-based) */
-            cn_tensor *own = cn_clone(ix, err);
-            if (!own) {
-                cn_release(v), cn_release(ix);
-                return -1;
-            }
-            cn_node_save(node, 0, own);
-            cn_release(own);
-        } else {
-            cn_node_save(node, 0, ix);
-        }
-    }
-    if (values) *values = v;
-    if (indices) *indices = ix;
-    else cn_release(ix);
-    return 0;
-}
-
-cn_tensor *cn_max_all(const cn_tensor *t, bool is_max, cn_error *err) {
-    cn_tensor *r;
-    CN_WITHOUT_GRAD(r = max_all_forward(t, is_max, err));
-    cn_node *node;
-    cn_tensor *in = (cn_tensor *)t;
-    r = cn_record_result(r, &op_max_all, 1, &in, &node, err);
-    if (node) {
-        cn_node_save(node, 0, t);
-        cn_node_save(node, 1, r);
-    }
-    return r;
 }
 
 cn_tensor *cn_argmax(const cn_tensor *t, bool dim_given, int dim, bool keepdim, bool is_max, cn_error *err) {

@@ -11,7 +11,7 @@
 #include "ops.h"
 #include "tensor.h"
 
-/* ---- views -------------------------------------------------------------------------------- */
+/* ---- view, reshape ----------------------------------------------------------------------- */
 
 /* Resolves one -1 entry of a requested shape against numel; fills out. */
 static bool infer_shape(int ndim, const int64_t *shape, size_t numel, int64_t *out, const char *fname,
@@ -107,6 +107,25 @@ static cn_tensor *reshape_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_e
     return r;
 }
 
+/* d/dx reshape(x) = reshape(g) back to x's shape (view, reshape, squeeze, unsqueeze, flatten). */
+static int reshape_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *in = n->inputs[0];
+    return (gi[0] = cn_reshape((cn_tensor *)g, in->ndim, in->shape, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_view = {"view", reshape_backward};
+static const cn_op_def op_reshape = {"reshape", reshape_backward};
+
+cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return cn_record_result(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_reshape(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return cn_record_result(reshape_raw(t, ndim, shape, err), &op_reshape, 1, &t, NULL, err);
+}
+
+/* ---- permute, transpose ------------------------------------------------------------------ */
+
 static cn_tensor *permute_raw(cn_tensor *t, const int *perm, cn_error *err) {
     int64_t shape[CN_MAX_DIMS], stride[CN_MAX_DIMS];
     bool seen[CN_MAX_DIMS] = {false};
@@ -123,6 +142,40 @@ static cn_tensor *permute_raw(cn_tensor *t, const int *perm, cn_error *err) {
     }
     return cn_as_strided(t, t->ndim, shape, stride, t->offset, err);
 }
+
+/* permute: the gradient goes through the inverse permutation. */
+struct permute_args {
+    int inverse[CN_MAX_DIMS];
+};
+
+static int permute_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return (gi[0] = cn_permute((cn_tensor *)g, CN_NODE_ARGS(n, struct permute_args)->inverse, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_permute = {"permute", permute_backward};
+
+cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(permute_raw(t, perm, err), &op_permute, 1, &t, &node, err);
+    if (node)
+        for (int i = 0; i < t->ndim; i++)
+            CN_NODE_ARGS(node, struct permute_args)->inverse[cn_wrap_dim(perm[i], t->ndim, "permute", NULL)] = i;
+    return r;
+}
+
+cn_tensor *cn_transpose(cn_tensor *t, int d0, int d1, cn_error *err) {
+    int a = cn_wrap_dim(d0, t->ndim, "transpose", err);
+    if (a < 0) return NULL;
+    int b = cn_wrap_dim(d1, t->ndim, "transpose", err);
+    if (b < 0) return NULL;
+    int perm[CN_MAX_DIMS];
+    for (int i = 0; i < t->ndim; i++) perm[i] = i;
+    perm[a] = b;
+    perm[b] = a;
+    return cn_permute(t, perm, err);
+}
+
+/* ---- narrow, select ---------------------------------------------------------------------- */
 
 static cn_tensor *narrow_raw(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
     int d = cn_wrap_dim(dim, t->ndim, "narrow", err);
@@ -161,6 +214,54 @@ static cn_tensor *select_raw(cn_tensor *t, int dim, int64_t index, cn_error *err
     }
     return cn_as_strided(t, n, shape, stride, t->offset + (size_t)(index * t->stride[d]), err);
 }
+
+/* narrow / select: scatter the gradient into zeros of the input's shape. */
+struct slice_args {
+    int dim;       /* wrapped */
+    int64_t start; /* narrow's start, select's index */
+    bool select;   /* select (drops dim), else narrow */
+};
+
+static int scatter_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct slice_args *args = CN_NODE_ARGS(n, struct slice_args);
+    const cn_tensor *in = n->inputs[0];
+    cn_tensor *z = cn_zeros(in->ndim, in->shape, err);
+    if (!z) return -1;
+    int dim = args->dim;
+    cn_tensor *part = args->select ? select_raw(z, dim, args->start, err)
+                                   : narrow_raw(z, dim, args->start, g->shape[dim], err);
+    if (!part || cn_copy_(part, g, err)) {
+        cn_release(part);
+        cn_release(z);
+        return -1;
+    }
+    cn_release(part);
+    gi[0] = z;
+    return 0;
+}
+
+static const cn_op_def op_narrow = {"narrow", scatter_backward};
+static const cn_op_def op_select = {"select", scatter_backward};
+
+cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(narrow_raw(t, dim, start, length, err), &op_narrow, 1, &t, &node, err);
+    if (node)
+        *CN_NODE_ARGS(node, struct slice_args) =
+            (struct slice_args){.dim = cn_wrap_dim(dim, t->ndim, "narrow", NULL), .start = start, .select = false};
+    return r;
+}
+
+cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(select_raw(t, dim, index, err), &op_select, 1, &t, &node, err);
+    if (node)
+        *CN_NODE_ARGS(node, struct slice_args) =
+            (struct slice_args){.dim = cn_wrap_dim(dim, t->ndim, "select", NULL), .start = index, .select = true};
+    return r;
+}
+
+/* ---- squeeze, unsqueeze (views; their backward is reshape's) ----------------------------- */
 
 static cn_tensor *squeeze_raw(cn_tensor *t, int dim, cn_error *err) {
     int d = cn_wrap_dim(dim, t->ndim, "squeeze", err);
@@ -204,6 +305,23 @@ static cn_tensor *unsqueeze_raw(cn_tensor *t, int dim, cn_error *err) {
     }
     return cn_as_strided(t, t->ndim + 1, shape, stride, t->offset, err);
 }
+
+static const cn_op_def op_squeeze = {"squeeze", reshape_backward};
+static const cn_op_def op_unsqueeze = {"unsqueeze", reshape_backward};
+
+cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
+    return cn_record_result(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_squeeze_all(cn_tensor *t, cn_error *err) {
+    return cn_record_result(squeeze_all_raw(t, err), &op_squeeze, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_unsqueeze(cn_tensor *t, int dim, cn_error *err) {
+    return cn_record_result(unsqueeze_raw(t, dim, err), &op_unsqueeze, 1, &t, NULL, err);
+}
+
+/* ---- expand, contiguous ------------------------------------------------------------------ */
 
 static cn_tensor *expand_raw(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
     char a[160], b[160];
@@ -249,6 +367,27 @@ static cn_tensor *contiguous_raw(cn_tensor *t, cn_error *err) {
     }
     return c;
 }
+
+/* Identity backward (contiguous, expand: the engine sums broadcast dims away). */
+static int identity_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    (void)n, (void)err;
+    gi[0] = cn_retain((cn_tensor *)g);
+    return 0;
+}
+
+static const cn_op_def op_expand = {"expand", identity_backward};
+static const cn_op_def op_contiguous = {"contiguous", identity_backward};
+
+cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
+    return cn_record_result(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
+}
+
+cn_tensor *cn_contiguous(cn_tensor *t, cn_error *err) {
+    if (cn_is_contiguous(t)) return cn_retain(t);
+    return cn_record_result(contiguous_raw(t, err), &op_contiguous, 1, &t, NULL, err);
+}
+
+/* ---- cat, stack -------------------------------------------------------------------------- */
 
 /* Whether t is, for cat along dim d, a sequence of contiguous blocks of shape[d..] (those dims
  * row-major) at equal steps for the outer index over dims 0..d-1: a contiguous tensor, or a narrow of
@@ -361,7 +500,54 @@ done:
     return out;
 }
 
-/* ---- index_select -------------------------------------------------------------------------- */
+/* cat / stack: each input gets its slice of the gradient. */
+struct join_args {
+    int dim;    /* wrapped (for stack: the new dim) */
+    bool stack; /* stack (a new dim), else cat */
+};
+
+static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct join_args *args = CN_NODE_ARGS(n, struct join_args);
+    int dim = args->dim;
+    int64_t at = 0;
+    for (int i = 0; i < n->n_inputs; i++) {
+        if (!n->inputs[i]->requires_grad) {
+            at += args->stack ? 1 : n->inputs[i]->shape[dim];
+            continue;
+        }
+        if (args->stack) {
+            gi[i] = select_raw((cn_tensor *)g, dim, at++, err);
+        } else {
+            gi[i] = narrow_raw((cn_tensor *)g, dim, at, n->inputs[i]->shape[dim], err);
+            at += n->inputs[i]->shape[dim];
+        }
+        if (!gi[i]) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_cat = {"cat", split_backward};
+static const cn_op_def op_stack = {"stack", split_backward};
+
+cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(cat_raw(n, ts, dim, err), &op_cat, n, ts, &node, err);
+    if (node)
+        *CN_NODE_ARGS(node, struct join_args) =
+            (struct join_args){.dim = cn_wrap_dim(dim, ts[0]->ndim, "cat", NULL), .stack = false};
+    return r;
+}
+
+cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
+    cn_node *node;
+    cn_tensor *r = cn_record_result(stack_raw(n, ts, dim, err), &op_stack, n, ts, &node, err);
+    if (node)
+        *CN_NODE_ARGS(node, struct join_args) =
+            (struct join_args){.dim = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", NULL), .stack = true};
+    return r;
+}
+
+/* ---- index_select ------------------------------------------------------------------------ */
 
 /* t viewed as [outer, size, inner] (contiguous) with the positions checked; fills the sizes. */
 static cn_tensor *index_plan(cn_tensor *t, int d, const cn_tensor *index, int64_t *outer, int64_t *inner,
@@ -418,80 +604,24 @@ static cn_tensor *index_select_raw(cn_tensor *t, int dim, const cn_tensor *index
     return out;
 }
 
-/* ---- autograd ----------------------------------------------------------------------------- */
+/* index_select: scatter-add the gradient rows back to their positions */
+struct index_select_args {
+    int dim; /* wrapped */
+};
+enum { INDEX_SELECT_SAVED_INDEX };
 
-/* d/dx reshape(x) = reshape(g) back to x's shape (view, reshape, squeeze, unsqueeze, flatten). */
-static int reshape_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *in = n->inputs[0];
-    return (gi[0] = cn_reshape((cn_tensor *)g, in->ndim, in->shape, err)) ? 0 : -1;
-}
-
-/* Identity backward (contiguous, expand: the engine sums broadcast dims away). */
-static int identity_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    (void)n, (void)err;
-    gi[0] = cn_retain((cn_tensor *)g);
-    return 0;
-}
-
-/* permute: the gradient goes through the inverse permutation (kept in ints). */
-static int permute_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    int inverse[CN_MAX_DIMS];
-    for (int i = 0; i < g->ndim; i++) inverse[i] = (int)n->ints[i];
-    return (gi[0] = cn_permute((cn_tensor *)g, inverse, err)) ? 0 : -1;
-}
-
-/* narrow / select: scatter the gradient into zeros of the input's shape (ints: dim, start, is_select). */
-static int scatter_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *in = n->inputs[0];
-    cn_tensor *z = cn_zeros(in->ndim, in->shape, err);
-    if (!z) return -1;
-    int dim = (int)n->ints[0];
-    cn_tensor *part = n->ints[2] ? select_raw(z, dim, n->ints[1], err)
-                                 : narrow_raw(z, dim, n->ints[1], g->shape[dim], err);
-    if (!part || cn_copy_(part, g, err)) {
-        cn_release(part);
-        cn_release(z);
-        return -1;
-    }
-    cn_release(part);
-    gi[0] = z;
-    return 0;
-}
-
-/* cat / stack: each input gets its slice of the gradient (ints: dim, is_stack). */
-static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    int dim = (int)n->ints[0];
-    int64_t at = 0;
-    for (int i = 0; i < n->n_inputs; i++) {
-        if (!n->inputs[i]->requires_grad) {
-            at += n->ints[1] ? 1 : n->inputs[i]->shape[dim];
-            continue;
-        }
-        if (n->ints[1]) {
-            gi[i] = select_raw((cn_tensor *)g, dim, at++, err);
-        } else {
-            gi[i] = narrow_raw((cn_tensor *)g, dim, at, n->inputs[i]->shape[dim], err);
-            at += n->inputs[i]->shape[dim];
-        }
-        if (!gi[i]) return -1;
-    }
-    return 0;
-}
-
-/* index_select: scatter-add the gradient rows back to their positions (ints[0] = dim; saved[0] = index) */
 static int index_select_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *in = n->inputs[0];
-    int d = (int)n->ints[0];
+    const cn_tensor *in = n->inputs[0], *index = n->saved[INDEX_SELECT_SAVED_INDEX];
+    int d = CN_NODE_ARGS(n, struct index_select_args)->dim;
     cn_tensor *z = cn_zeros(in->ndim, in->shape, err);
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
     if (!z || !gc) {
         cn_release(z), cn_release(gc);
         return -1;
     }
-    int64_t outer = 1, inner = 1, size = in->shape[d], count = n->saved[0]->shape[0];
+    int64_t outer = 1, inner = 1, size = in->shape[d], count = index->shape[0];
     for (int i = 0; i < d; i++) outer *= in->shape[i];
     for (int i = d + 1; i < in->ndim; i++) inner *= in->shape[i];
-    const cn_tensor *index = n->saved[0];
     const float *pg = cn_data(gc);
     float *pz = cn_data(z);
     for (int64_t o = 0; o < outer; o++) /* serial over j: repeated positions add up */
@@ -507,115 +637,13 @@ static int index_select_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi,
 }
 
 static const cn_op_def op_index_select = {"index_select", index_select_backward};
-static const cn_op_def op_view = {"view", reshape_backward};
-static const cn_op_def op_reshape = {"reshape", reshape_backward};
-static const cn_op_def op_squeeze = {"squeeze", reshape_backward};
-static const cn_op_def op_unsqueeze = {"unsqueeze", reshape_backward};
-static const cn_op_def op_permute = {"permute", permute_backward};
-static const cn_op_def op_narrow = {"narrow", scatter_backward};
-static const cn_op_def op_select = {"select", scatter_backward};
-static const cn_op_def op_expand = {"expand", identity_backward};
-static const cn_op_def op_contiguous = {"contiguous", identity_backward};
-static const cn_op_def op_cat = {"cat", split_backward};
-static const cn_op_def op_stack = {"stack", split_backward};
-
-cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return cn_record_result(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_reshape(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return cn_record_result(reshape_raw(t, ndim, shape, err), &op_reshape, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
-    cn_node *node;
-    cn_tensor *r = cn_record_result(permute_raw(t, perm, err), &op_permute, 1, &t, &node, err);
-    if (node)
-        for (int i = 0; i < t->ndim; i++) node->ints[cn_wrap_dim(perm[i], t->ndim, "permute", NULL)] = i;
-    return r;
-}
-
-cn_tensor *cn_transpose(cn_tensor *t, int d0, int d1, cn_error *err) {
-    int a = cn_wrap_dim(d0, t->ndim, "transpose", err);
-    if (a < 0) return NULL;
-    int b = cn_wrap_dim(d1, t->ndim, "transpose", err);
-    if (b < 0) return NULL;
-    int perm[CN_MAX_DIMS];
-    for (int i = 0; i < t->ndim; i++) perm[i] = i;
-    perm[a] = b;
-    perm[b] = a;
-    return cn_permute(t, perm, err);
-}
-
-cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
-    cn_node *node;
-    cn_tensor *r = cn_record_result(narrow_raw(t, dim, start, length, err), &op_narrow, 1, &t, &node, err);
-    if (node) {
-        node->ints[0] = cn_wrap_dim(dim, t->ndim, "narrow", NULL);
-        node->ints[1] = start;
-        node->ints[2] = 0;
-    }
-    return r;
-}
-
-cn_tensor *cn_select(cn_tensor *t, int dim, int64_t index, cn_error *err) {
-    cn_node *node;
-    cn_tensor *r = cn_record_result(select_raw(t, dim, index, err), &op_select, 1, &t, &node, err);
-    if (node) {
-        node->ints[0] = cn_wrap_dim(dim, t->ndim, "select", NULL);
-        node->ints[1] = index;
-        node->ints[2] = 1;
-    }
-    return r;
-}
-
-cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
-    return cn_record_result(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_squeeze_all(cn_tensor *t, cn_error *err) {
-    return cn_record_result(squeeze_all_raw(t, err), &op_squeeze, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_unsqueeze(cn_tensor *t, int dim, cn_error *err) {
-    return cn_record_result(unsqueeze_raw(t, dim, err), &op_unsqueeze, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
-    return cn_record_result(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_contiguous(cn_tensor *t, cn_error *err) {
-    if (cn_is_contiguous(t)) return cn_retain(t);
-    return cn_record_result(contiguous_raw(t, err), &op_contiguous, 1, &t, NULL, err);
-}
-
-cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
-    cn_node *node;
-    cn_tensor *r = cn_record_result(cat_raw(n, ts, dim, err), &op_cat, n, ts, &node, err);
-    if (node) {
-        node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim, "cat", NULL);
-        node->ints[1] = 0;
-    }
-    return r;
-}
-
-cn_tensor *cn_stack(int n, cn_tensor *const *ts, int dim, cn_error *err) {
-    cn_node *node;
-    cn_tensor *r = cn_record_result(stack_raw(n, ts, dim, err), &op_stack, n, ts, &node, err);
-    if (node) {
-        node->ints[0] = cn_wrap_dim(dim, ts[0]->ndim + 1, "stack", NULL);
-        node->ints[1] = 1;
-    }
-    return r;
-}
 
 cn_tensor *cn_index_select(cn_tensor *t, int dim, const cn_tensor *index, cn_error *err) {
     cn_node *node;
     cn_tensor *r = cn_record_result(index_select_raw(t, dim, index, err), &op_index_select, 1, &t, &node, err);
     if (node) {
-        node->ints[0] = cn_wrap_dim(dim, t->ndim, "index_select", NULL);
-        cn_node_save(node, 0, index);
+        CN_NODE_ARGS(node, struct index_select_args)->dim = cn_wrap_dim(dim, t->ndim, "index_select", NULL);
+        cn_node_save(node, INDEX_SELECT_SAVED_INDEX, index);
     }
     return r;
 }

@@ -146,10 +146,16 @@ static void softmax_grad_tile(const float *y, const float *g, float *gx, int64_t
         }
 }
 
-/* ints[0] = dim (wrapped), ints[1] = log_softmax; saved[0] = y */
+struct softmax_args {
+    int dim;      /* wrapped */
+    bool log_out; /* log_softmax */
+};
+enum { SOFTMAX_SAVED_Y };
+
 static int softmax_backward(cn_node *node, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    const cn_tensor *y = node->saved[0];
-    bool log_out = node->ints[1] != 0;
+    const struct softmax_args *args = CN_NODE_ARGS(node, struct softmax_args);
+    const cn_tensor *y = node->saved[SOFTMAX_SAVED_Y];
+    bool log_out = args->log_out;
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
     cn_tensor *yc = gc ? cn_contiguous((cn_tensor *)y, err) : NULL;
     cn_tensor *gx = yc ? cn_empty(y->ndim, y->shape, err) : NULL;
@@ -158,7 +164,7 @@ static int softmax_backward(cn_node *node, const cn_tensor *g, cn_tensor **gi, c
         return -1;
     }
     int64_t outer, n, inner;
-    lanes(y, (int)node->ints[0], &outer, &n, &inner);
+    lanes(y, args->dim, &outer, &n, &inner);
     const float *py = cn_data(yc), *pg = cn_data(gc);
     float *px = cn_data(gx);
     bool par = outer * n * inner >= PARALLEL_MIN;
@@ -190,9 +196,8 @@ static cn_tensor *softmax_op(const cn_tensor *x, int dim, bool log_out, cn_error
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, log_out ? &op_log_softmax : &op_softmax, 1, &in, &node, err);
     if (node) {
-        node->ints[0] = wrapped;
-        node->ints[1] = log_out;
-        cn_node_save(node, 0, r);
+        *CN_NODE_ARGS(node, struct softmax_args) = (struct softmax_args){.dim = wrapped, .log_out = log_out};
+        cn_node_save(node, SOFTMAX_SAVED_Y, r);
     }
     return r;
 }

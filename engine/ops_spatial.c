@@ -121,12 +121,16 @@ static cn_tensor *nearest_forward(const cn_tensor *x, int64_t out_h, int64_t out
     return out;
 }
 
-/* reals[0..1] = scale_h, scale_w (0: none) */
+struct nearest_args {
+    double scale_h, scale_w; /* 0: none */
+};
+
 static int nearest_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct nearest_args *args = CN_NODE_ARGS(n, struct nearest_args);
     const cn_tensor *x = n->inputs[0];
     int64_t in_h = x->shape[2], in_w = x->shape[3], out_h = g->shape[2], out_w = g->shape[3];
     int64_t planes = num_planes(x);
-    int64_t *map = nearest_maps(in_h, in_w, out_h, out_w, n->reals[0], n->reals[1]);
+    int64_t *map = nearest_maps(in_h, in_w, out_h, out_w, args->scale_h, args->scale_w);
     cn_tensor *gc = map ? cn_contiguous((cn_tensor *)g, err) : NULL;
     cn_tensor *gx = gc ? zeros_like_input(n, 0, err) : NULL;
     if (!map) cn_error_set(err, "upsample_nearest2d: out of memory");
@@ -159,10 +163,7 @@ cn_tensor *cn_upsample_nearest2d_scaled(const cn_tensor *x, int64_t out_h, int64
     cn_node *node;
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_upsample_nearest, 1, &in, &node, err);
-    if (node) {
-        node->reals[0] = scale_h;
-        node->reals[1] = scale_w;
-    }
+    if (node) *CN_NODE_ARGS(node, struct nearest_args) = (struct nearest_args){scale_h, scale_w};
     return r;
 }
 
@@ -249,12 +250,17 @@ static cn_tensor *bilinear_forward(const cn_tensor *x, int64_t out_h, int64_t ou
     return out;
 }
 
-/* ints[0] = align_corners; reals[0..1] = scale_h, scale_w (0: none) */
+struct bilinear_args {
+    bool align_corners;
+    double scale_h, scale_w; /* 0: none */
+};
+
 static int bilinear_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct bilinear_args *args = CN_NODE_ARGS(n, struct bilinear_args);
     const cn_tensor *x = n->inputs[0];
     int64_t in_h = x->shape[2], in_w = x->shape[3], out_h = g->shape[2], out_w = g->shape[3];
     int64_t planes = num_planes(x);
-    lerp_tap *taps = bilinear_taps(in_h, in_w, out_h, out_w, n->ints[0] != 0, n->reals[0], n->reals[1]);
+    lerp_tap *taps = bilinear_taps(in_h, in_w, out_h, out_w, args->align_corners, args->scale_h, args->scale_w);
     cn_tensor *gc = taps ? cn_contiguous((cn_tensor *)g, err) : NULL;
     cn_tensor *gx = gc ? zeros_like_input(n, 0, err) : NULL;
     if (!taps) cn_error_set(err, "upsample_bilinear2d: out of memory");
@@ -295,11 +301,9 @@ cn_tensor *cn_upsample_bilinear2d_scaled(const cn_tensor *x, int64_t out_h, int6
     cn_node *node;
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_upsample_bilinear, 1, &in, &node, err);
-    if (node) {
-        node->ints[0] = align_corners;
-        node->reals[0] = scale_h;
-        node->reals[1] = scale_w;
-    }
+    if (node)
+        *CN_NODE_ARGS(node, struct bilinear_args) =
+            (struct bilinear_args){.align_corners = align_corners, .scale_h = scale_h, .scale_w = scale_w};
     return r;
 }
 
@@ -372,28 +376,6 @@ static int pool_setup(const char *op, const cn_tensor *x, const int64_t *kernel,
     return 0;
 }
 
-/* Geometry of a recorded pooling node: ints[0..5] = kernel, stride, padding ({h, w} each); dilation
- * from ints[6..7] when has_dilation, else 1. Sizes from the input and the gradient. */
-static void node_geom(const cn_node *n, const cn_tensor *g, bool has_dilation, pool_geom *pg) {
-    const cn_tensor *x = n->inputs[0];
-    for (int i = 0; i < 2; i++) {
-        pg->kernel[i] = n->ints[i];
-        pg->stride[i] = n->ints[2 + i];
-        pg->padding[i] = n->ints[4 + i];
-        pg->dilation[i] = has_dilation ? n->ints[6 + i] : 1;
-        pg->in[i] = x->shape[x->ndim - 2 + i];
-        pg->out[i] = g->shape[g->ndim - 2 + i];
-    }
-}
-
-static void save_geom(cn_node *n, const pool_geom *g) {
-    for (int i = 0; i < 2; i++) {
-        n->ints[i] = g->kernel[i];
-        n->ints[2 + i] = g->stride[i];
-        n->ints[4 + i] = g->padding[i];
-    }
-}
-
 /* ---- average pooling -------------------------------------------------------------------------
  * Window of output (oh, ow): rows [oh sH - pH, + kH) clipped to the padded input [-pH, H + pH), then
  * to the input [0, H); likewise columns (torch's avg_pool2d kernel). The divisor is the padded-clipped
@@ -444,11 +426,15 @@ static cn_tensor *avg_pool_forward(const cn_tensor *x, const pool_geom *g, bool 
     return out;
 }
 
-/* ints[0..5] = geometry, ints[6] = count_include_pad */
+struct avg_pool_args {
+    pool_geom geom; /* as pool_setup made it for the forward */
+    bool count_include_pad;
+};
+
 static int avg_pool_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    pool_geom geom;
-    node_geom(n, g, false, &geom);
-    bool count_include_pad = n->ints[6] != 0;
+    const struct avg_pool_args *args = CN_NODE_ARGS(n, struct avg_pool_args);
+    const pool_geom geom = args->geom;
+    bool count_include_pad = args->count_include_pad;
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
     cn_tensor *gx = gc ? zeros_like_input(n, 0, err) : NULL;
     if (gx) {
@@ -485,10 +471,9 @@ cn_tensor *cn_avg_pool2d(const cn_tensor *x, const int64_t kernel[2], const int6
     cn_node *node;
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_avg_pool2d, 1, &in, &node, err);
-    if (node) {
-        save_geom(node, &geom);
-        node->ints[6] = count_include_pad;
-    }
+    if (node)
+        *CN_NODE_ARGS(node, struct avg_pool_args) =
+            (struct avg_pool_args){.geom = geom, .count_include_pad = count_include_pad};
     return r;
 }
 
@@ -546,7 +531,8 @@ static cn_tensor *max_pool_forward(const cn_tensor *x, const pool_geom *g, int64
     return out;
 }
 
-/* ctx = int64_t argmax[planes * out_h * out_w] from the forward */
+/* ctx = int64_t argmax[planes * out_h * out_w] from the forward (a variable-length array: ctx, not
+ * args) */
 static int max_pool_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     const int64_t *idx = n->ctx;
     cn_tensor *gc = cn_contiguous((cn_tensor *)g, err);
@@ -583,7 +569,6 @@ cn_tensor *cn_max_pool2d(const cn_tensor *x, const int64_t kernel[2], const int6
     cn_tensor *in = (cn_tensor *)x;
     r = cn_record_result(r, &op_max_pool2d, 1, &in, &node, err);
     if (node) {
-        save_geom(node, &geom);
         node->ctx = argmax;
         node->ctx_free = free;
     } else {
@@ -817,7 +802,7 @@ static cn_tensor *pad_forward(const cn_tensor *x, const pad_args *a, float value
     return out;
 }
 
-/* ctx = pad_args. Constant maps are one-to-one, so rows scatter in parallel; reflect/replicate
+/* ctx = pad_args (larger than a node's args area). Constant maps are one-to-one, so rows scatter in parallel; reflect/replicate
  * rows of the same leading (unpadded) plane may hit the same input, so those go plane by plane. */
 static int pad_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     const pad_args *a = n->ctx;

@@ -46,7 +46,7 @@ typedef struct conv_case {
     bool bias;
 } conv_case;
 
-#define OPTS(sh, sw, ph, pw, dh, dw, oph, opw, g) {{sh, sw}, {ph, pw}, {dh, dw}, {oph, opw}, g}
+#define OPTS(sh, sw, ph, pw, dh, dw, oph, opw, g) {{sh, sw}, {ph, pw}, {dh, dw}, {oph, opw}, g, CN_ACT_NONE}
 
 /* Each value with the sum of the absolute values of its terms (its float32 rounding scale). */
 typedef struct reference {
