@@ -173,16 +173,23 @@ static void pass_free(pass *p) {
     free(p->order);
 }
 
-/* Adds g into *slot (a gradient accumulator), taking a private copy the first time. */
+/* Adds g into *slot (a gradient accumulator), taking a private copy the first time. A gradient
+ * with a graph (create_graph) is kept as it is and summed out of place, so the sum is recorded. */
 static int accumulate(cn_tensor **slot, cn_tensor *g, cn_error *err) {
     if (!*slot) {
         /* the caller's reference is the only one (it releases it after us): keep g itself */
         bool private = g->refcount == 1 && g->storage->refcount == 1 && cn_is_contiguous(g) && !g->node &&
                        !g->requires_grad;
-        *slot = private ? cn_retain(g) : cn_clone(g, err);
+        *slot = private || g->requires_grad ? cn_retain(g) : cn_clone(g, err);
         return *slot ? 0 : -1;
     }
-    return cn_binary_(CN_ADD, *slot, g, err);
+    if (!(*slot)->requires_grad && !(g->requires_grad && cn_grad_enabled()))
+        return cn_binary_(CN_ADD, *slot, g, err);
+    cn_tensor *sum = cn_binary(CN_ADD, *slot, g, err);
+    if (!sum) return -1;
+    cn_release(*slot);
+    *slot = sum;
+    return 0;
 }
 
 typedef struct {
@@ -319,7 +326,8 @@ static int route(pass *p, const capture *cap, cn_tensor *t, cn_tensor *g, cn_err
 }
 
 static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs,
-                        const capture *cap, bool retain_graph, cn_error *err) {
+                        const capture *cap, unsigned flags, cn_error *err) {
+    bool create_graph = flags & CN_CREATE_GRAPH;
     for (int i = 0; i < n_out; i++) {
         if (!outputs[i]->requires_grad) {
             cn_error_set(err, "backward: output %d does not require grad and has no graph "
@@ -344,7 +352,7 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
     }
     pass p = {0};
     int status = collect(&p, n_out, outputs, cap, err);
-    bool previous_mode = cn_set_grad_enabled(false);
+    bool previous_mode = cn_set_grad_enabled(create_graph);
     for (int i = 0; i < n_out && !status; i++) {
         cn_tensor *g = grad_outputs ? cn_retain(grad_outputs[i])
                                     : cn_full(outputs[i]->ndim, outputs[i]->shape, 1.0f, err);
@@ -368,6 +376,13 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
             status = -1;
             break;
         }
+        cn_backward_fn backward = create_graph ? n->op->backward_graph : n->op->backward;
+        if (!backward) {
+            cn_error_set(err, "backward: create_graph is not supported through '%s' (it has no differentiable "
+                         "backward yet; docs/tensor-api.md lists the ops that have one)", n->op->name);
+            status = -1;
+            break;
+        }
         e->ran = true;
         cn_tensor **grad_in = n->n_inputs <= 8 ? grad_in_small : calloc((size_t)n->n_inputs, sizeof *grad_in);
         if (!grad_in) {
@@ -377,7 +392,7 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
         }
         memset(grad_in, 0, (size_t)n->n_inputs * sizeof *grad_in);
         cn_profile_push(n->op->name, CN_PROFILE_BACKWARD);
-        int failed = n->op->backward(n, e->grad, grad_in, err);
+        int failed = backward(n, e->grad, grad_in, err);
         cn_profile_pop();
         if (failed) {
             char msg[CN_ERROR_LEN];
@@ -395,23 +410,22 @@ static int run_backward(int n_out, cn_tensor *const *outputs, cn_tensor *const *
         if (grad_in != grad_in_small) free(grad_in);
     }
     cn_set_grad_enabled(previous_mode);
-    if (!retain_graph) free_graph(&p);
+    if (!(flags & CN_RETAIN_GRAPH)) free_graph(&p);
     pass_free(&p);
     return status;
 }
 
-int cn_backward(cn_tensor *root, const cn_tensor *grad, bool retain_graph, cn_error *err) {
+int cn_backward(cn_tensor *root, const cn_tensor *grad, unsigned flags, cn_error *err) {
     cn_error local;
     if (!err) err = &local;
     err->msg[0] = 0;
     capture cap = {0, NULL, NULL};
     cn_tensor *g = (cn_tensor *)grad;
-    return run_backward(1, &root, grad ? &g : NULL, &cap, retain_graph, err);
+    return run_backward(1, &root, grad ? &g : NULL, &cap, flags, err);
 }
 
 int cn_grad(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs, int n_in,
-            cn_tensor *const *inputs, cn_tensor **results, bool retain_graph, bool allow_unused,
-            cn_error *err) {
+            cn_tensor *const *inputs, cn_tensor **results, unsigned flags, cn_error *err) {
     cn_error local;
     if (!err) err = &local;
     err->msg[0] = 0;
@@ -424,10 +438,10 @@ int cn_grad(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs
     }
     capture cap = {n_in, inputs, results};
     /* an output that is itself an input contributes its grad_output directly */
-    int status = run_backward(n_out, outputs, grad_outputs, &cap, retain_graph, err);
+    int status = run_backward(n_out, outputs, grad_outputs, &cap, flags, err);
     for (int j = 0; j < n_in && !status; j++) {
         if (results[j]) continue;
-        if (!allow_unused) {
+        if (!(flags & CN_ALLOW_UNUSED)) {
             cn_error_set(err, "grad: input %d was not used to compute the outputs (pass allow_unused=true "
                          "to get zeros)", j + 1);
             status = -1;

@@ -17,6 +17,12 @@
  * may nest), calls each backward with grad mode off, reduces broadcast gradients back to each input's shape (in one place: cn_sum_to_shape) and
  * adds (+=) into leaves' ->grad. Unless retain_graph, the walked graph is freed afterwards: its
  * saved tensors and inputs are released and a second backward through it is an error.
+ *
+ * Higher order (create_graph): each node then runs its op's backward_graph instead, with grad
+ * mode on: the same gradients computed with recording ops from node->inputs (never from the
+ * detached saved tensors), so the gradients carry graphs of their own and can be differentiated
+ * again; the walk accumulates them out of place (recorded adds). The fast backward stays the
+ * path of ordinary training. An op without a backward_graph refuses create_graph by name.
  */
 #ifndef CN_AUTOGRAD_H
 #define CN_AUTOGRAD_H
@@ -35,10 +41,14 @@ typedef struct cn_node cn_node;
  * result may have the broadcast shape; the engine sums it to the input's shape. Returns 0 / -1. */
 typedef int (*cn_backward_fn)(cn_node *node, const cn_tensor *gout, cn_tensor **grad_in, cn_error *err);
 
-/* One entry of the op table: a differentiable op's name and backward. */
+/* One entry of the op table: a differentiable op's name, its backward (a fast kernel, grad mode
+ * off) and its backward_graph (the same gradients from recording ops over node->inputs, run with
+ * grad mode on for create_graph; it may be backward itself when that is written so; NULL: the op
+ * has no differentiable backward and create_graph through it is an error naming the op). */
 typedef struct cn_op_def {
     const char *name;
     cn_backward_fn backward;
+    cn_backward_fn backward_graph;
 } cn_op_def;
 
 struct cn_node {
@@ -98,17 +108,24 @@ cn_tensor *cn_detach(const cn_tensor *t, cn_error *err);
 /* Sums g over broadcast dims down to shape (ndim, shape). New reference. */
 cn_tensor *cn_sum_to_shape(const cn_tensor *g, int ndim, const int64_t *shape, cn_error *err);
 
+/* Flags of cn_backward and cn_grad, or-ed together. */
+enum {
+    CN_RETAIN_GRAPH = 1, /* keep the walked graph for another backward */
+    CN_CREATE_GRAPH = 2, /* record the backward itself (gradients with graphs, for higher order) */
+    CN_ALLOW_UNUSED = 4, /* cn_grad: an input the outputs do not use gets zeros, not an error */
+};
+
 /* Backpropagates from root (grad = d loss / d root; NULL means ones for a one-element root) into
- * leaves' ->grad (accumulating). Frees the graph unless retain_graph. Returns 0 / -1. */
-int cn_backward(cn_tensor *root, const cn_tensor *grad, bool retain_graph, cn_error *err);
+ * leaves' ->grad (accumulating). Frees the graph unless CN_RETAIN_GRAPH is in flags. Returns 0 / -1. */
+int cn_backward(cn_tensor *root, const cn_tensor *grad, unsigned flags, cn_error *err);
 /* Vector-Jacobian products: results[j] = sum_i grad_outputs[i]^T d outputs[i] / d inputs[j], as new
  * references, without touching any ->grad. Only nodes that lead to an input run, and only those
- * are freed (without retain_graph): the rest of a shared graph stays usable, as in PyTorch. grad_outputs may be NULL (ones for one-element outputs).
- * An input the outputs do not depend on gives an error unless allow_unused (then a zero tensor).
- * Returns 0 / -1. */
+ * are freed (without CN_RETAIN_GRAPH): the rest of a shared graph stays usable, as in PyTorch.
+ * grad_outputs may be NULL (ones for one-element outputs). An input the outputs do not depend on
+ * gives an error unless CN_ALLOW_UNUSED (then a zero tensor). With CN_CREATE_GRAPH the results
+ * have graphs (see above). Returns 0 / -1. */
 int cn_grad(int n_out, cn_tensor *const *outputs, cn_tensor *const *grad_outputs, int n_in,
-            cn_tensor *const *inputs, cn_tensor **results, bool retain_graph, bool allow_unused,
-            cn_error *err);
+            cn_tensor *const *inputs, cn_tensor **results, unsigned flags, cn_error *err);
 /* Frees a node (called when its output tensor dies). */
 void cn_node_free(cn_node *node);
 

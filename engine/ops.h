@@ -34,6 +34,9 @@ const char *cn_binary_name(cn_binary_op op);
 
 /* op(a) elementwise. */
 cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err);
+/* g * op'(x) computed with recording ops (the create_graph gradient of cn_unary), so that it
+ * can be differentiated again; an op without one (gelu) gives an error naming it. */
+cn_tensor *cn_unary_backward(cn_unary_op op, const cn_tensor *x, const cn_tensor *g, cn_error *err);
 /* op(a, b) with NumPy broadcasting; the message on mismatch names both shapes. */
 cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err);
 /* op(a, s), or op(s, a) when scalar_first (e.g. 2 - a, 2 ^ a). */

@@ -282,7 +282,7 @@ done:
     return status;
 }
 
-static const cn_op_def op_attention = {"scaled_dot_product_attention", attention_backward};
+static const cn_op_def op_attention = {"scaled_dot_product_attention", attention_backward, NULL};
 
 cn_tensor *cn_scaled_dot_product_attention(const cn_tensor *q, const cn_tensor *k, const cn_tensor *v,
                                            const cn_tensor *mask, double scale, cn_error *err) {

@@ -870,8 +870,8 @@ static int conv_transpose2d_backward(cn_node *n, const cn_tensor *g, cn_tensor *
     return conv_backward(n, g, gi, true, err);
 }
 
-static const cn_op_def op_conv2d = {"conv2d", conv2d_backward};
-static const cn_op_def op_conv_transpose2d = {"conv_transpose2d", conv_transpose2d_backward};
+static const cn_op_def op_conv2d = {"conv2d", conv2d_backward, NULL};
+static const cn_op_def op_conv_transpose2d = {"conv_transpose2d", conv_transpose2d_backward, NULL};
 
 /* Checks, runs the forward without grad on contiguous operands, records the node. x is 4-D. */
 static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *w,

@@ -467,6 +467,38 @@ static cn_tensor *grad_kernel(const kernel *k, const cn_tensor *g, int n, const 
     return out;
 }
 
+/* g times a gradient factor that is constant almost everywhere (relu's step, clamp's window):
+ * the factor comes from the fast grad kernel over ones and is outside the
+ * graph, the product with g is recorded (create_graph). */
+static cn_tensor *times_step(const kernel *k, const cn_tensor *g, int n, const cn_tensor *const *ops,
+                             const float *value, int value_at, cn_error *err) {
+    cn_tensor *ones = cn_full(g->ndim, g->shape, 1.0f, err);
+    cn_tensor *step = ones ? grad_kernel(k, ones, n, ops, value, value_at, err) : NULL;
+    cn_tensor *r = step ? cn_binary(CN_MUL, g, step, err) : NULL;
+    cn_release(ones);
+    cn_release(step);
+    return r;
+}
+
+/* Chaining helpers for the recorded backwards: each releases its first operand (NULL-safe). */
+static cn_tensor *mul_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = a && b ? cn_binary(CN_MUL, a, b, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+static cn_tensor *scalar_drop(cn_binary_op op, cn_tensor *a, float s, bool scalar_first, cn_error *err) {
+    cn_tensor *r = a ? cn_binary_scalar(op, a, s, scalar_first, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+static cn_tensor *unary_drop(cn_unary_op op, cn_tensor *a, cn_error *err) {
+    cn_tensor *r = a ? cn_unary(op, a, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
 /* ---- unary ops: forward, args, backward -------------------------------------------------- */
 
 static cn_tensor *unary_forward(cn_unary_op op, const cn_tensor *a, cn_error *err) {
@@ -501,7 +533,69 @@ static int unary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return (gi[0] = grad_kernel(&k, g, 2, ops, NULL, 0, err)) ? 0 : -1;
 }
 
-static const cn_op_def op_unary = {"unary", unary_backward};
+/* op'(x) as recorded ops on x, for the smooth ops (the rest have a piecewise-constant op'). */
+static cn_tensor *unary_derivative(cn_unary_op op, cn_tensor *x, cn_error *err) {
+    switch (op) {
+    case CN_EXP: return cn_unary(CN_EXP, x, err);
+    case CN_LOG: return cn_unary(CN_RECIPROCAL, x, err);
+    case CN_SQRT: return scalar_drop(CN_MUL, unary_drop(CN_RSQRT, cn_retain(x), err), 0.5f, false, err);
+    case CN_RSQRT: { /* -x^(-3/2) / 2 */
+        cn_tensor *r = cn_unary(CN_RSQRT, x, err);
+        cn_tensor *r3 = r ? mul_drop(cn_unary(CN_SQUARE, r, err), r, err) : NULL;
+        cn_release(r);
+        return scalar_drop(CN_MUL, r3, -0.5f, false, err);
+    }
+    case CN_SIN: return cn_unary(CN_COS, x, err);
+    case CN_COS: return unary_drop(CN_NEG, cn_unary(CN_SIN, x, err), err);
+    case CN_TANH: /* 1 - tanh^2 */
+        return scalar_drop(CN_SUB, unary_drop(CN_SQUARE, cn_unary(CN_TANH, x, err), err), 1.0f, true, err);
+    case CN_SIGMOID: /* s (1 - s) */
+    case CN_SILU: {  /* s (1 + x (1 - s)) */
+        cn_tensor *sg = cn_unary(CN_SIGMOID, x, err);
+        cn_tensor *rest = sg ? cn_binary_scalar(CN_SUB, sg, 1.0f, true, err) : NULL;
+        if (op == CN_SILU) rest = scalar_drop(CN_ADD, mul_drop(rest, x, err), 1.0f, false, err);
+        cn_tensor *r = mul_drop(rest, sg, err);
+        cn_release(sg);
+        return r;
+    }
+    case CN_SOFTPLUS: { /* sigmoid(x), 1 past the threshold 20 */
+        cn_tensor *sg = cn_unary(CN_SIGMOID, x, err);
+        cn_tensor *past = cn_binary_scalar(CN_GT, x, 20.0f, false, err);
+        cn_tensor *one = cn_scalar(1.0f, err);
+        cn_tensor *r = sg && past && one ? cn_where(past, one, sg, err) : NULL;
+        cn_release(sg), cn_release(past), cn_release(one);
+        return r;
+    }
+    case CN_SQUARE: return cn_binary_scalar(CN_MUL, x, 2.0f, false, err);
+    case CN_RECIPROCAL: /* -1 / x^2 */
+        return unary_drop(CN_NEG, unary_drop(CN_SQUARE, cn_unary(CN_RECIPROCAL, x, err), err), err);
+    default:
+        cn_error_set(err, "%s has no differentiable backward yet (create_graph)", cn_unary_name(op));
+        return NULL;
+    }
+}
+
+/* op' is piecewise constant for neg/abs/relu/sign/rounding: a step from the fast kernel. */
+cn_tensor *cn_unary_backward(cn_unary_op op, const cn_tensor *x, const cn_tensor *g, cn_error *err) {
+    switch (op) {
+    case CN_NEG: case CN_ABS: case CN_RELU: case CN_SIGN: case CN_FLOOR: case CN_CEIL: case CN_ROUND: {
+        kernel k = {.kind = K_UNARY_GRAD, .op = (int)op};
+        cn_tensor *y = unary_forward(op, x, err);
+        const cn_tensor *ops[2] = {x, y};
+        cn_tensor *r = y ? times_step(&k, g, 2, ops, NULL, 0, err) : NULL;
+        cn_release(y);
+        return r;
+    }
+    default:
+        return mul_drop(unary_derivative(op, (cn_tensor *)x, err), g, err);
+    }
+}
+
+static int unary_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return (gi[0] = cn_unary_backward(CN_NODE_ARGS(n, struct unary_args)->op, n->inputs[0], g, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_unary = {"unary", unary_backward, unary_backward_graph};
 
 cn_tensor *cn_unary(cn_unary_op op, const cn_tensor *a, cn_error *err) {
     cn_node *node;
@@ -624,6 +718,62 @@ static cn_tensor *binary_operand_grad(cn_binary_op op, int which, const cn_tenso
     }
 }
 
+/* binary_operand_grad with recorded ops from the operands (create_graph); a NULL operand is the
+ * scalar *va / *vb. */
+static cn_tensor *binary_operand_grad_graph(cn_binary_op op, int which, const cn_tensor *g, cn_tensor *a,
+                                            cn_tensor *b, const float *va, const float *vb, cn_error *err) {
+    cn_tensor *gt = (cn_tensor *)g;
+    switch (op) {
+    case CN_ADD:
+        return cn_retain(gt);
+    case CN_SUB:
+        return which == 0 ? cn_retain(gt) : cn_unary(CN_NEG, g, err);
+    case CN_MUL: {
+        cn_tensor *other = which == 0 ? b : a;
+        return other ? cn_binary(CN_MUL, g, other, err)
+                     : cn_binary_scalar(CN_MUL, g, which == 0 ? *vb : *va, false, err);
+    }
+    case CN_DIV: { /* g / b; -g a / b^2 (b is a tensor when which is 1) */
+        cn_tensor *q = b ? cn_binary(CN_DIV, g, b, err) : cn_binary_scalar(CN_DIV, g, *vb, false, err);
+        if (which == 0) return q;
+        cn_tensor *qa = a ? mul_drop(q, a, err) : scalar_drop(CN_MUL, q, *va, false, err);
+        cn_tensor *r = qa ? cn_binary(CN_DIV, qa, b, err) : NULL;
+        cn_release(qa);
+        return unary_drop(CN_NEG, r, err);
+    }
+    case CN_POW: {
+        if (which == 0) { /* g b a^(b-1) (a is a tensor) */
+            if (!b) return mul_drop(scalar_drop(CN_MUL, cn_binary_scalar(CN_POW, a, *vb - 1.0f, false, err), *vb, false, err), g, err);
+            cn_tensor *b1 = cn_binary_scalar(CN_SUB, b, 1.0f, false, err);
+            cn_tensor *p = b1 ? cn_binary(CN_POW, a, b1, err) : NULL;
+            cn_release(b1);
+            return mul_drop(mul_drop(p, b, err), g, err);
+        }
+        /* g a^b log a, 0 where a is 0 (as the fast kernel) */
+        cn_tensor *p = a ? cn_binary(CN_POW, a, b, err) : cn_binary_scalar(CN_POW, b, *va, true, err);
+        cn_tensor *lg = a ? cn_unary(CN_LOG, a, err) : NULL;
+        cn_tensor *r = a ? mul_drop(p, lg, err) : scalar_drop(CN_MUL, p, logf(*va), false, err);
+        cn_release(lg);
+        r = mul_drop(r, g, err);
+        if (!a || !r) return r;
+        cn_tensor *at_zero = cn_binary_scalar(CN_EQ, a, 0.0f, false, err);
+        cn_tensor *zero = cn_scalar(0.0f, err);
+        cn_tensor *m = at_zero && zero ? cn_where(at_zero, zero, r, err) : NULL;
+        cn_release(at_zero), cn_release(zero), cn_release(r);
+        return m;
+    }
+    case CN_MAXIMUM:
+    case CN_MINIMUM: { /* g times the selector, the fast gradient of ones (constant) */
+        cn_tensor *ones = cn_full(g->ndim, g->shape, 1.0f, err);
+        cn_tensor *step = ones ? binary_operand_grad(op, which, ones, a, b, NULL, va, vb, err) : NULL;
+        cn_release(ones);
+        return mul_drop(step, g, err);
+    }
+    default:
+        return binary_operand_grad(op, which, g, a, b, NULL, va, vb, err); /* the error */
+    }
+}
+
 static bool is_comparison(cn_binary_op op) { return op >= CN_EQ && op <= CN_GE; }
 
 /* binary: out = op(a, b) */
@@ -643,7 +793,17 @@ static int binary_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     return 0;
 }
 
-static const cn_op_def op_binary = {"binary", binary_backward};
+static int binary_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_binary_op op = CN_NODE_ARGS(n, struct binary_args)->op;
+    for (int w = 0; w < 2; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        gi[w] = binary_operand_grad_graph(op, w, g, n->inputs[0], n->inputs[1], NULL, NULL, err);
+        if (!gi[w]) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_binary = {"binary", binary_backward, binary_backward_graph};
 
 cn_tensor *cn_binary(cn_binary_op op, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_tensor *r = binary_forward(op, a, b, err);
@@ -677,7 +837,16 @@ static int binary_scalar_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi
     return gi[0] ? 0 : -1;
 }
 
-static const cn_op_def op_binary_scalar = {"binary_scalar", binary_scalar_backward};
+static int binary_scalar_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct binary_scalar_args *args = CN_NODE_ARGS(n, struct binary_scalar_args);
+    float v = args->scalar;
+    cn_tensor *t = n->inputs[0];
+    gi[0] = args->scalar_first ? binary_operand_grad_graph(args->op, 1, g, NULL, t, &v, NULL, err)
+                               : binary_operand_grad_graph(args->op, 0, g, t, NULL, NULL, &v, err);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_binary_scalar = {"binary_scalar", binary_scalar_backward, binary_scalar_backward_graph};
 
 cn_tensor *cn_binary_scalar(cn_binary_op op, const cn_tensor *a, float s, bool scalar_first, cn_error *err) {
     cn_tensor *r = binary_scalar_forward(op, a, s, scalar_first, err);
@@ -765,7 +934,7 @@ static cn_tensor *axpby_forward(const cn_tensor *a, float alpha, const cn_tensor
     return out;
 }
 
-/* axpby: out = alpha a + beta b; da = alpha g, db = beta g */
+/* axpby: out = alpha a + beta b; da = alpha g, db = beta g (recorded under create_graph) */
 struct axpby_args {
     float coeff[2]; /* alpha, beta: the factor of input 0, 1 */
 };
@@ -774,12 +943,12 @@ static int axpby_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     const struct axpby_args *args = CN_NODE_ARGS(n, struct axpby_args);
     for (int w = 0; w < 2; w++) {
         if (!n->inputs[w]->requires_grad) continue;
-        if (!(gi[w] = binary_scalar_forward(CN_MUL, g, args->coeff[w], false, err))) return -1;
+        if (!(gi[w] = cn_binary_scalar(CN_MUL, g, args->coeff[w], false, err))) return -1;
     }
     return 0;
 }
 
-static const cn_op_def op_axpby = {"axpby", axpby_backward};
+static const cn_op_def op_axpby = {"axpby", axpby_backward, axpby_backward};
 
 cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float beta, cn_error *err) {
     cn_node *node;
@@ -819,7 +988,14 @@ static int clamp_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return (gi[0] = grad_kernel(&k, g, 1, ops, NULL, 0, err)) ? 0 : -1;
 }
 
-static const cn_op_def op_clamp = {"clamp", clamp_backward};
+static int clamp_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct clamp_args *args = CN_NODE_ARGS(n, struct clamp_args);
+    kernel k = {.kind = K_CLAMP_GRAD, .p0 = args->lo, .p1 = args->hi};
+    const cn_tensor *ops[1] = {n->saved[CLAMP_SAVED_X]};
+    return (gi[0] = times_step(&k, g, 1, ops, NULL, 0, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_clamp = {"clamp", clamp_backward, clamp_backward_graph};
 
 cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err) {
     cn_node *node;
@@ -888,7 +1064,22 @@ static int where_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return 0;
 }
 
-static const cn_op_def op_where = {"where", where_backward};
+static int where_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_tensor *zero = cn_scalar(0.0f, err);
+    if (!zero) return -1;
+    for (int w = 1; w < 3 && zero; w++) {
+        if (!n->inputs[w]->requires_grad) continue;
+        gi[w] = w == 1 ? cn_where(n->inputs[0], g, zero, err) : cn_where(n->inputs[0], zero, g, err);
+        if (!gi[w]) {
+            cn_release(zero);
+            return -1;
+        }
+    }
+    cn_release(zero);
+    return 0;
+}
+
+static const cn_op_def op_where = {"where", where_backward, where_backward_graph};
 
 cn_tensor *cn_where(const cn_tensor *cond, const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_node *node;
@@ -950,7 +1141,7 @@ static cn_tensor *lincomb_forward(int n, cn_tensor *const *ts, const double *coe
     return out;
 }
 
-/* d/d ts[i] = coeffs[i] * g */
+/* d/d ts[i] = coeffs[i] * g (recorded under create_graph) */
 struct lincomb_args {
     double coeffs[LINCOMB_MAX];
 };
@@ -959,12 +1150,12 @@ static int lincomb_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     const struct lincomb_args *args = CN_NODE_ARGS(n, struct lincomb_args);
     for (int i = 0; i < n->n_inputs; i++) {
         if (!n->inputs[i]->requires_grad) continue;
-        if (!(gi[i] = binary_scalar_forward(CN_MUL, g, (float)args->coeffs[i], false, err))) return -1;
+        if (!(gi[i] = cn_binary_scalar(CN_MUL, g, (float)args->coeffs[i], false, err))) return -1;
     }
     return 0;
 }
 
-static const cn_op_def op_lincomb = {"lincomb", lincomb_backward};
+static const cn_op_def op_lincomb = {"lincomb", lincomb_backward, lincomb_backward};
 
 cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err) {
     cn_node *node;

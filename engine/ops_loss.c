@@ -70,6 +70,17 @@ struct pointwise_args {
 };
 enum { POINTWISE_SAVED_DIFF }; /* x - t, of the broadcast shape */
 
+/* gi = {gx, -gx} for the inputs that require grad; takes over the reference to gx. */
+static int assign_pair(cn_node *n, cn_tensor *gx, cn_tensor **gi, cn_error *err) {
+    if (n->inputs[0]->requires_grad) gi[0] = cn_retain(gx);
+    if (n->inputs[1]->requires_grad && !(gi[1] = cn_unary(CN_NEG, gx, err))) {
+        cn_release(gx);
+        return -1;
+    }
+    cn_release(gx);
+    return 0;
+}
+
 static int pointwise_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     const struct pointwise_args *args = CN_NODE_ARGS(n, struct pointwise_args);
     const cn_tensor *diff = n->saved[POINTWISE_SAVED_DIFF];
@@ -94,17 +105,24 @@ static int pointwise_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn
         px[i] = (float)(dl * gi_i);
     }
     cn_release(gc);
-    if (n->inputs[0]->requires_grad) gi[0] = cn_retain(gx);
-    if (n->inputs[1]->requires_grad && !(gi[1] = cn_unary(CN_NEG, gx, err))) {
-        cn_release(gx);
-        return -1;
-    }
-    cn_release(gx);
-    return 0;
+    return assign_pair(n, gx, gi, err);
 }
 
-static const cn_op_def op_mse = {"mse_loss", pointwise_backward};
-static const cn_op_def op_l1 = {"l1_loss", pointwise_backward};
+/* The recorded backward (create_graph): dl(x - t) g, scaled by 1/count for the mean, where dl is
+ * 2 (x - t) for mse (recorded) and sign(x - t) for l1 (constant almost everywhere). */
+static int pointwise_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct pointwise_args *args = CN_NODE_ARGS(n, struct pointwise_args);
+    const cn_tensor *diff = n->saved[POINTWISE_SAVED_DIFF];
+    double scale = args->reduction == CN_REDUCTION_MEAN ? 1.0 / (double)cn_numel(diff) : 1.0;
+    cn_tensor *dl = args->l1 ? cn_unary(CN_SIGN, diff, err) : cn_binary(CN_SUB, n->inputs[0], n->inputs[1], err);
+    cn_tensor *scaled = dl ? cn_binary_scalar(CN_MUL, dl, (float)(args->l1 ? scale : 2.0 * scale), false, err) : NULL;
+    cn_tensor *gx = scaled ? cn_binary(CN_MUL, scaled, g, err) : NULL;
+    cn_release(dl), cn_release(scaled);
+    return gx ? assign_pair(n, gx, gi, err) : -1;
+}
+
+static const cn_op_def op_mse = {"mse_loss", pointwise_backward, pointwise_backward_graph};
+static const cn_op_def op_l1 = {"l1_loss", pointwise_backward, pointwise_backward_graph};
 
 static cn_tensor *pointwise_loss(const cn_tensor *input, const cn_tensor *target, cn_reduction reduction, bool l1,
                                  cn_error *err) {
@@ -375,7 +393,7 @@ static int ce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error 
     return 0;
 }
 
-static const cn_op_def op_cross_entropy = {"cross_entropy", ce_backward};
+static const cn_op_def op_cross_entropy = {"cross_entropy", ce_backward, NULL};
 
 cn_tensor *cn_cross_entropy(const cn_tensor *logits, const cn_tensor *target, const cn_tensor *weight,
                             cn_reduction reduction, int64_t ignore_index, double label_smoothing, cn_error *err) {

@@ -275,8 +275,9 @@ fail:
  * summed away by the engine. */
 enum { MATMUL_SAVED_A, MATMUL_SAVED_B };
 
-static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    cn_tensor *a = n->saved[MATMUL_SAVED_A], *b = n->saved[MATMUL_SAVED_B];
+/* The gradients from a and b: the saved (detached) operands for the fast backward, the inputs for
+ * the recorded one (every op here records under create_graph). */
+static int matmul_grads(cn_node *n, const cn_tensor *g, cn_tensor *a, cn_tensor *b, cn_tensor **gi, cn_error *err) {
     cn_tensor *a2 = a->ndim == 1 ? cn_unsqueeze(a, 0, err) : cn_retain(a);
     cn_tensor *b2 = b->ndim == 1 ? cn_unsqueeze(b, 1, err) : cn_retain(b);
     cn_tensor *g2 = NULL, *at = NULL, *bt = NULL;
@@ -292,7 +293,7 @@ static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     if (!(g2 = cn_reshape((cn_tensor *)g, nd, shape, err))) goto done;
     if (n->inputs[0]->requires_grad) {
         if (!(bt = cn_transpose(b2, -1, -2, err))) goto done;
-        cn_tensor *ga = matmul_forward(g2, bt, err);
+        cn_tensor *ga = cn_matmul(g2, bt, err);
         if (!ga) goto done;
         /* sum broadcast batch dims down to a2's shape, then drop a promoted dim */
         cn_tensor *gs = cn_sum_to_shape(ga, a2->ndim, a2->shape, err);
@@ -304,7 +305,7 @@ static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     }
     if (n->inputs[1]->requires_grad) {
         if (!(at = cn_transpose(a2, -1, -2, err))) goto done;
-        cn_tensor *gb = matmul_forward(at, g2, err);
+        cn_tensor *gb = cn_matmul(at, g2, err);
         if (!gb) goto done;
         cn_tensor *gs = cn_sum_to_shape(gb, b2->ndim, b2->shape, err);
         cn_release(gb);
@@ -319,7 +320,15 @@ done:
     return status;
 }
 
-static const cn_op_def op_matmul = {"matmul", matmul_backward};
+static int matmul_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return matmul_grads(n, g, n->saved[MATMUL_SAVED_A], n->saved[MATMUL_SAVED_B], gi, err);
+}
+
+static int matmul_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return matmul_grads(n, g, n->inputs[0], n->inputs[1], gi, err);
+}
+
+static const cn_op_def op_matmul = {"matmul", matmul_backward, matmul_backward_graph};
 
 cn_tensor *cn_matmul(const cn_tensor *a, const cn_tensor *b, cn_error *err) {
     cn_tensor *r;

@@ -140,7 +140,29 @@ done:
     return status;
 }
 
-static const cn_op_def op_linear = {"linear", linear_backward};
+/* The recorded backward (create_graph): gx = g @ w, gw = g2^T @ x2 (g, x as [rows, features]),
+ * gb = g summed over its leading dims. */
+static int linear_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    cn_tensor *x = n->inputs[0], *w = n->inputs[1], *gt = (cn_tensor *)g;
+    if (x->requires_grad && !(gi[0] = cn_matmul(g, w, err))) return -1;
+    if (w->requires_grad) {
+        int64_t gshape[2] = {-1, w->shape[0]}, xshape[2] = {-1, w->shape[1]};
+        cn_tensor *g2 = cn_reshape(gt, 2, gshape, err), *x2 = cn_reshape(x, 2, xshape, err);
+        cn_tensor *g2t = g2 ? cn_transpose(g2, 0, 1, err) : NULL;
+        gi[1] = g2t && x2 ? cn_matmul(g2t, x2, err) : NULL;
+        cn_release(g2), cn_release(x2), cn_release(g2t);
+        if (!gi[1]) return -1;
+    }
+    if (n->n_inputs == 3 && n->inputs[2]->requires_grad) {
+        int dims[CN_MAX_DIMS];
+        for (int d = 0; d < g->ndim - 1; d++) dims[d] = d;
+        gi[2] = g->ndim > 1 ? cn_sum(g, g->ndim - 1, dims, false, err) : cn_retain(gt);
+        if (!gi[2]) return -1;
+    }
+    return 0;
+}
+
+static const cn_op_def op_linear = {"linear", linear_backward, linear_backward_graph};
 
 cn_tensor *cn_linear(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bias, cn_error *err) {
     cn_tensor *r;
@@ -157,7 +179,7 @@ cn_tensor *cn_linear(const cn_tensor *x, const cn_tensor *w, const cn_tensor *bi
 
 /* ---- dropout ------------------------------------------------------------------------------- */
 
-/* gx = g m */
+/* gx = g m (recorded under create_graph: m is a constant) */
 enum { DROPOUT_SAVED_MASK }; /* m: 0 or 1/(1-p) */
 
 static int dropout_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
@@ -165,7 +187,7 @@ static int dropout_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return gi[0] ? 0 : -1;
 }
 
-static const cn_op_def op_dropout = {"dropout", dropout_backward};
+static const cn_op_def op_dropout = {"dropout", dropout_backward, dropout_backward};
 
 cn_tensor *cn_dropout(const cn_tensor *x, double p, bool training, cn_error *err) {
     if (!(p >= 0.0 && p <= 1.0)) {
@@ -291,7 +313,7 @@ static int embedding_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn
     return 0;
 }
 
-static const cn_op_def op_embedding = {"embedding", embedding_backward};
+static const cn_op_def op_embedding = {"embedding", embedding_backward, NULL};
 
 cn_tensor *cn_embedding(const cn_tensor *indices, const cn_tensor *weight, cn_error *err) {
     cn_tensor *r;

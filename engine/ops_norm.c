@@ -460,7 +460,7 @@ done:
     return 0;
 }
 
-static const cn_op_def op_norm = {"norm", norm_backward};
+static const cn_op_def op_norm = {"norm", norm_backward, NULL};
 
 /* Records the node of a norm result y over x, weight, bias (either may be NULL) and saves what
  * the backward needs; args gives kind, geometry and training (the slots are filled here).

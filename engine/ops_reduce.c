@@ -510,7 +510,19 @@ static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     return r ? 0 : -1;
 }
 
-static const cn_op_def op_reduce = {"reduce", reduce_backward};
+/* The recorded backward (create_graph): sum's and mean's backward above is built of recording
+ * ops of g alone; var, std and norm read the detached input and are refused. */
+static int reduce_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    int kind = CN_NODE_ARGS(n, struct reduce_args)->kind;
+    if (kind != R_SUM && kind != R_MEAN) {
+        cn_error_set(err, "%s has no differentiable backward yet (create_graph)",
+                     kind == R_VAR ? "var" : kind == R_STD ? "std" : "norm");
+        return -1;
+    }
+    return reduce_backward(n, g, gi, err);
+}
+
+static const cn_op_def op_reduce = {"reduce", reduce_backward, reduce_backward_graph};
 
 static cn_tensor *record_reduce(cn_tensor *r, const cn_tensor *t, int ndims, const int *dims, int kind,
                                 int correction, double p, cn_error *err) {
@@ -707,7 +719,7 @@ static int max_dim_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return 0;
 }
 
-static const cn_op_def op_max_dim = {"max_dim", max_dim_backward};
+static const cn_op_def op_max_dim = {"max_dim", max_dim_backward, NULL};
 
 int cn_max_dim(const cn_tensor *t, int dim, bool keepdim, bool is_max, cn_tensor **values, cn_tensor **indices,
                cn_error *err) {
@@ -772,7 +784,7 @@ static int max_all_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return gi[0] ? 0 : -1;
 }
 
-static const cn_op_def op_max_all = {"max_all", max_all_backward};
+static const cn_op_def op_max_all = {"max_all", max_all_backward, NULL};
 
 cn_tensor *cn_max_all(const cn_tensor *t, bool is_max, cn_error *err) {
     cn_tensor *r;

@@ -9,6 +9,7 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "ops_spatial.h"
 #include "tensor.h"
 
 /* ---- view, reshape ----------------------------------------------------------------------- */
@@ -113,8 +114,8 @@ static int reshape_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return (gi[0] = cn_reshape((cn_tensor *)g, in->ndim, in->shape, err)) ? 0 : -1;
 }
 
-static const cn_op_def op_view = {"view", reshape_backward};
-static const cn_op_def op_reshape = {"reshape", reshape_backward};
+static const cn_op_def op_view = {"view", reshape_backward, reshape_backward};
+static const cn_op_def op_reshape = {"reshape", reshape_backward, reshape_backward};
 
 cn_tensor *cn_view(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
     return cn_record_result(view_raw(t, ndim, shape, err), &op_view, 1, &t, NULL, err);
@@ -152,7 +153,7 @@ static int permute_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return (gi[0] = cn_permute((cn_tensor *)g, CN_NODE_ARGS(n, struct permute_args)->inverse, err)) ? 0 : -1;
 }
 
-static const cn_op_def op_permute = {"permute", permute_backward};
+static const cn_op_def op_permute = {"permute", permute_backward, permute_backward};
 
 cn_tensor *cn_permute(cn_tensor *t, const int *perm, cn_error *err) {
     cn_node *node;
@@ -240,8 +241,24 @@ static int scatter_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return 0;
 }
 
-static const cn_op_def op_narrow = {"narrow", scatter_backward};
-static const cn_op_def op_select = {"select", scatter_backward};
+/* The recorded scatter (create_graph): g padded with zeros along dim, whose backward is a narrow. */
+static int scatter_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct slice_args *args = CN_NODE_ARGS(n, struct slice_args);
+    const cn_tensor *in = n->inputs[0];
+    int dim = args->dim;
+    cn_tensor *part = args->select ? cn_unsqueeze((cn_tensor *)g, dim, err) : cn_retain((cn_tensor *)g);
+    if (!part) return -1;
+    int n_pairs = in->ndim - dim;
+    int64_t pads[2 * CN_MAX_DIMS] = {0}; /* last dim first, as cn_pad */
+    pads[2 * (n_pairs - 1)] = args->start;
+    pads[2 * (n_pairs - 1) + 1] = in->shape[dim] - args->start - part->shape[dim];
+    gi[0] = cn_pad(part, n_pairs, pads, CN_PAD_CONSTANT, 0.0f, err);
+    cn_release(part);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_narrow = {"narrow", scatter_backward, scatter_backward_graph};
+static const cn_op_def op_select = {"select", scatter_backward, scatter_backward_graph};
 
 cn_tensor *cn_narrow(cn_tensor *t, int dim, int64_t start, int64_t length, cn_error *err) {
     cn_node *node;
@@ -306,8 +323,8 @@ static cn_tensor *unsqueeze_raw(cn_tensor *t, int dim, cn_error *err) {
     return cn_as_strided(t, t->ndim + 1, shape, stride, t->offset, err);
 }
 
-static const cn_op_def op_squeeze = {"squeeze", reshape_backward};
-static const cn_op_def op_unsqueeze = {"unsqueeze", reshape_backward};
+static const cn_op_def op_squeeze = {"squeeze", reshape_backward, reshape_backward};
+static const cn_op_def op_unsqueeze = {"unsqueeze", reshape_backward, reshape_backward};
 
 cn_tensor *cn_squeeze(cn_tensor *t, int dim, cn_error *err) {
     return cn_record_result(squeeze_raw(t, dim, err), &op_squeeze, 1, &t, NULL, err);
@@ -375,8 +392,8 @@ static int identity_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return 0;
 }
 
-static const cn_op_def op_expand = {"expand", identity_backward};
-static const cn_op_def op_contiguous = {"contiguous", identity_backward};
+static const cn_op_def op_expand = {"expand", identity_backward, identity_backward};
+static const cn_op_def op_contiguous = {"contiguous", identity_backward, identity_backward};
 
 cn_tensor *cn_expand(cn_tensor *t, int ndim, const int64_t *shape, cn_error *err) {
     return cn_record_result(expand_raw(t, ndim, shape, err), &op_expand, 1, &t, NULL, err);
@@ -516,9 +533,9 @@ static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
             continue;
         }
         if (args->stack) {
-            gi[i] = select_raw((cn_tensor *)g, dim, at++, err);
+            gi[i] = cn_select((cn_tensor *)g, dim, at++, err);
         } else {
-            gi[i] = narrow_raw((cn_tensor *)g, dim, at, n->inputs[i]->shape[dim], err);
+            gi[i] = cn_narrow((cn_tensor *)g, dim, at, n->inputs[i]->shape[dim], err);
             at += n->inputs[i]->shape[dim];
         }
         if (!gi[i]) return -1;
@@ -526,8 +543,8 @@ static int split_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return 0;
 }
 
-static const cn_op_def op_cat = {"cat", split_backward};
-static const cn_op_def op_stack = {"stack", split_backward};
+static const cn_op_def op_cat = {"cat", split_backward, split_backward};
+static const cn_op_def op_stack = {"stack", split_backward, split_backward};
 
 cn_tensor *cn_cat(int n, cn_tensor *const *ts, int dim, cn_error *err) {
     cn_node *node;
@@ -636,7 +653,7 @@ static int index_select_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi,
     return 0;
 }
 
-static const cn_op_def op_index_select = {"index_select", index_select_backward};
+static const cn_op_def op_index_select = {"index_select", index_select_backward, NULL};
 
 cn_tensor *cn_index_select(cn_tensor *t, int dim, const cn_tensor *index, cn_error *err) {
     cn_node *node;

@@ -185,8 +185,8 @@ static int softmax_backward(cn_node *node, const cn_tensor *g, cn_tensor **gi, c
     return 0;
 }
 
-static const cn_op_def op_softmax = {"softmax", softmax_backward};
-static const cn_op_def op_log_softmax = {"log_softmax", softmax_backward};
+static const cn_op_def op_softmax = {"softmax", softmax_backward, NULL};
+static const cn_op_def op_log_softmax = {"log_softmax", softmax_backward, NULL};
 
 static cn_tensor *softmax_op(const cn_tensor *x, int dim, bool log_out, cn_error *err) {
     cn_tensor *r;

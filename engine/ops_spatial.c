@@ -154,7 +154,7 @@ static int nearest_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_upsample_nearest = {"upsample_nearest2d", nearest_backward};
+static const cn_op_def op_upsample_nearest = {"upsample_nearest2d", nearest_backward, NULL};
 
 cn_tensor *cn_upsample_nearest2d_scaled(const cn_tensor *x, int64_t out_h, int64_t out_w, double scale_h,
                                         double scale_w, cn_error *err) {
@@ -292,7 +292,7 @@ static int bilinear_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_upsample_bilinear = {"upsample_bilinear2d", bilinear_backward};
+static const cn_op_def op_upsample_bilinear = {"upsample_bilinear2d", bilinear_backward, NULL};
 
 cn_tensor *cn_upsample_bilinear2d_scaled(const cn_tensor *x, int64_t out_h, int64_t out_w, bool align_corners,
                                          double scale_h, double scale_w, cn_error *err) {
@@ -460,7 +460,7 @@ static int avg_pool_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_avg_pool2d = {"avg_pool2d", avg_pool_backward};
+static const cn_op_def op_avg_pool2d = {"avg_pool2d", avg_pool_backward, NULL};
 
 cn_tensor *cn_avg_pool2d(const cn_tensor *x, const int64_t kernel[2], const int64_t stride[2],
                          const int64_t padding[2], bool ceil_mode, bool count_include_pad, cn_error *err) {
@@ -555,7 +555,7 @@ static int max_pool_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_max_pool2d = {"max_pool2d", max_pool_backward};
+static const cn_op_def op_max_pool2d = {"max_pool2d", max_pool_backward, NULL};
 
 cn_tensor *cn_max_pool2d(const cn_tensor *x, const int64_t kernel[2], const int64_t stride[2],
                          const int64_t padding[2], const int64_t dilation[2], bool ceil_mode, cn_error *err) {
@@ -640,7 +640,7 @@ static int adaptive_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_adaptive_avg_pool2d = {"adaptive_avg_pool2d", adaptive_backward};
+static const cn_op_def op_adaptive_avg_pool2d = {"adaptive_avg_pool2d", adaptive_backward, NULL};
 
 cn_tensor *cn_adaptive_avg_pool2d(const cn_tensor *x, int64_t out_h, int64_t out_w, cn_error *err) {
     if (check_spatial(x, "adaptive_avg_pool2d", true, err)) return NULL;
@@ -841,7 +841,20 @@ static int pad_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_pad = {"pad", pad_backward};
+/* The recorded backward of constant padding (create_graph): g padded by the negated pads, i.e.
+ * cropped back where x was padded (and zero-padded where x was cropped). */
+static int pad_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const pad_args *a = n->ctx;
+    if (a->mode != CN_PAD_CONSTANT) {
+        cn_error_set(err, "reflect and replicate padding have no differentiable backward yet (create_graph)");
+        return -1;
+    }
+    int64_t pads[2 * CN_MAX_DIMS];
+    for (int i = 0; i < 2 * a->n_pairs; i++) pads[i] = -a->pads[i];
+    return (gi[0] = cn_pad(g, a->n_pairs, pads, CN_PAD_CONSTANT, 0.0f, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_pad = {"pad", pad_backward, pad_backward_graph};
 
 cn_tensor *cn_pad(const cn_tensor *x, int n_pairs, const int64_t *pads, cn_pad_mode mode, float value,
                   cn_error *err) {

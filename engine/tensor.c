@@ -334,7 +334,7 @@ static int clone_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_err
     return 0;
 }
 
-static const cn_op_def op_clone = {"clone", clone_backward};
+static const cn_op_def op_clone = {"clone", clone_backward, clone_backward};
 
 cn_tensor *cn_clone(const cn_tensor *t, cn_error *err) {
     cn_tensor *c = cn_empty(t->ndim, t->shape, err);

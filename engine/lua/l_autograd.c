@@ -68,15 +68,32 @@ static int get_grad_fn(lua_State *L) {
  * in Lua (the engine knows nothing of Lua, so the binding keeps it). Per thread. */
 static _Thread_local lua_State *backward_L;
 
-/* t:backward([grad [, retain_graph]]) */
+/* t:backward([grad [, opts]]), t:backward(opts): opts {retain_graph=, create_graph=} (retain_graph
+ * defaults to create_graph, as torch), or a boolean retain_graph */
 static int l_backward(lua_State *L) {
     cn_tensor *t = cnl_checktensor(L, 1);
-    cn_tensor *g = lua_isnoneornil(L, 2) ? NULL : cnl_checktensor(L, 2);
-    bool retain = cnl_optbool(L, 3, 0);
+    lua_settop(L, 3);
+    if (lua_istable(L, 2) && !cnl_totensor(L, 2)) { /* t:backward(opts) */
+        lua_pushvalue(L, 2);
+        lua_replace(L, 3);
+        lua_pushnil(L);
+        lua_replace(L, 2);
+    }
+    cn_tensor *g = lua_isnil(L, 2) ? NULL : cnl_checktensor(L, 2);
+    unsigned flags = 0;
+    if (lua_istable(L, 3)) {
+        static const char *const options[] = {"retain_graph", "create_graph", NULL};
+        cnl_check_keys(L, 3, options, "backward");
+        bool create = cnl_opt_bool(L, 3, "create_graph", false);
+        flags = (create ? CN_CREATE_GRAPH : 0) | (cnl_opt_bool(L, 3, "retain_graph", create) ? CN_RETAIN_GRAPH : 0);
+    } else if (!lua_isnil(L, 3)) {
+        luaL_argexpected(L, lua_isboolean(L, 3), 3, "table of options or boolean retain_graph");
+        flags = lua_toboolean(L, 3) ? CN_RETAIN_GRAPH : 0;
+    }
     cn_error err;
     lua_State *outer = backward_L;
     backward_L = L;
-    int status = cn_backward(t, g, retain, &err);
+    int status = cn_backward(t, g, flags, &err);
     backward_L = outer;
     if (status) return cnl_raise(L, &err);
     return 0;
@@ -147,7 +164,16 @@ static int lua_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, cn_er
     return status;
 }
 
-static const cn_op_def op_lua_function = {"lua_function", lua_backward};
+/* create_graph through a Lua backward: refused, as the Lua code runs outside the graph (odeint's
+ * adjoint solves its backward ODE under no_grad), so its gradients would be silently detached. */
+static int lua_backward_graph(cn_node *n, const cn_tensor *gout, cn_tensor **gi, cn_error *err) {
+    (void)n, (void)gout, (void)gi;
+    cn_error_set(err, "create_graph is not supported through a custom Lua function (cn.autograd.custom, or "
+                 "cn.odeint with adjoint=true: use the direct backpropagation of odeint for higher order)");
+    return -1;
+}
+
+static const cn_op_def op_lua_function = {"lua_function", lua_backward, lua_backward_graph};
 
 /* cn.autograd.custom(inputs, output, backward) -> output: makes output (computed by the caller,
  * typically under no_grad) differentiable w.r.t. the list of inputs, backward(grad_output)
@@ -258,8 +284,8 @@ static int checktensors(lua_State *L, int arg, cn_tensor ***out, const char *wha
     return n;
 }
 
-/* cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=}]]) -> list
- * (create_graph=true is refused: backward functions record no graph, so a second order would be silently wrong) */
+/* cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=, create_graph=}]])
+ * -> list; retain_graph defaults to create_graph, as torch */
 static int l_grad(lua_State *L) {
     lua_settop(L, 4);
     cn_tensor **outs, **ins, **gouts = NULL;
@@ -271,10 +297,10 @@ static int l_grad(lua_State *L) {
     }
     static const char *const options[] = {"retain_graph", "allow_unused", "create_graph", NULL};
     cnl_check_keys(L, 4, options, "grad");
-    bool retain = cnl_opt_bool(L, 4, "retain_graph", false);
-    bool allow_unused = cnl_opt_bool(L, 4, "allow_unused", false);
-    if (cnl_opt_bool(L, 4, "create_graph", false))
-        return luaL_error(L, "grad: create_graph is not supported (no double backward yet)");
+    bool create = cnl_opt_bool(L, 4, "create_graph", false);
+    unsigned flags = (create ? CN_CREATE_GRAPH : 0) |
+                     (cnl_opt_bool(L, 4, "retain_graph", create) ? CN_RETAIN_GRAPH : 0) |
+                     (cnl_opt_bool(L, 4, "allow_unused", false) ? CN_ALLOW_UNUSED : 0);
     lua_createtable(L, n_in, 0); /* boxes first, so results never leak */
     cn_tensor ***boxes = lua_newuserdatauv(L, (size_t)n_in * sizeof *boxes, 0);
     for (int j = 0; j < n_in; j++) {
@@ -285,7 +311,7 @@ static int l_grad(lua_State *L) {
     cn_error err;
     lua_State *outer = backward_L;
     backward_L = L;
-    int status = cn_grad(n_out, outs, gouts, n_in, ins, results, retain, allow_unused, &err);
+    int status = cn_grad(n_out, outs, gouts, n_in, ins, results, flags, &err);
     backward_L = outer;
     if (status) return cnl_raise(L, &err);
     for (int j = 0; j < n_in; j++) *boxes[j] = results[j];

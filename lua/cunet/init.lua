@@ -16,17 +16,20 @@ local Tensor = core.Tensor
 Tensor.__tostring = tensor_print.tostring
 cn.set_printoptions = tensor_print.set_printoptions
 
---- Autograd: cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=}]])
--- returns the list of d(sum grad_outputs . outputs)/d input, without touching any .grad.
+--- Autograd: cn.autograd.grad(outputs, inputs [, grad_outputs [, {retain_graph=, allow_unused=,
+-- create_graph=}]]) returns the list of d(sum grad_outputs . outputs)/d input, without touching any
+-- .grad; with create_graph the gradients have graphs of their own (docs/tensor-api.md).
 cn.autograd = {
   grad = core.autograd_grad,
   --- custom(inputs, output, backward): output (computed under no_grad) becomes differentiable
   -- w.r.t. inputs; backward(grad_output) returns the list of their gradients (nil for none).
   custom = core.autograd_custom,
-  backward = function(t, grad, retain_graph) return t:backward(grad, retain_graph) end,
+  --- backward(t [, grad [, opts]]): t:backward, opts {retain_graph=, create_graph=}
+  backward = function(t, grad, opts) return t:backward(grad, opts) end,
 }
 cn.autograd_grad, cn.autograd_custom = nil, nil
-cn.gradcheck = require "cunet.gradcheck"
+local gradchecks = require "cunet.gradcheck" -- first and second order (docs/tensor-api.md)
+cn.gradcheck, cn.gradgradcheck = gradchecks.gradcheck, gradchecks.gradgradcheck
 local ode = require "cunet.ode"
 cn.odeint, cn.ode = ode.odeint, ode
 cn.nn = require "cunet.nn" -- layers (docs/nn.md); needs only cunet.core, so no require cycle

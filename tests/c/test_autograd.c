@@ -87,13 +87,13 @@ static void test_backward_accumulates_into_leaves(void) {
     /* y = sum(x * x): dy/dx = 2x */
     cn_tensor *xx = mul(x, x), *y = sum_all(xx);
     CHECK(y && y->requires_grad && y->node && y->ndim == 0);
-    CHECK(cn_backward(y, NULL, false, &err) == 0);
+    CHECK(cn_backward(y, NULL, 0, &err) == 0);
     CHECK(values_are(x->grad, 3, (double[]){2, 4, 6}));
     CHECK(x->grad && !x->grad->requires_grad && !x->grad->node);
     /* a second graph adds: y2 = sum(x * c) + sum(3 x) -> c + 3 */
     cn_tensor *xc = mul(x, c), *x3 = scale(x, 3), *s1 = sum_all(xc), *s2 = sum_all(x3);
     cn_tensor *y2 = cn_binary(CN_ADD, s1, s2, &err);
-    CHECK(cn_backward(y2, NULL, false, &err) == 0);
+    CHECK(cn_backward(y2, NULL, 0, &err) == 0);
     CHECK(values_are(x->grad, 3, (double[]){2 + 0.5 + 3, 4 - 1 + 3, 6 + 4 + 3}));
     CHECK(c->grad == NULL); /* takes no gradient */
     CHECK(xx->grad == NULL && s1->grad == NULL); /* non-leaves keep none */
@@ -109,16 +109,16 @@ static void test_backward_explicit_gradient_and_errors(void) {
     cn_tensor *y = mul(x, x), *g = tensor_of(2, shape, gv), *gw = tensor_of(2, wrong, gv);
     cn_error err;
     /* no gradient for a non-scalar output: the message names its shape */
-    CHECK(cn_backward(y, NULL, true, &err) == -1);
+    CHECK(cn_backward(y, NULL, CN_RETAIN_GRAPH, &err) == -1);
     CHECK(mentions(&err, "[2, 3]"));
-    CHECK(cn_backward(y, gw, true, &err) == -1);
+    CHECK(cn_backward(y, gw, CN_RETAIN_GRAPH, &err) == -1);
     CHECK(mentions(&err, "[3, 2]"));
     CHECK(x->grad == NULL);
-    CHECK(cn_backward(y, g, false, &err) == 0); /* 2 x g */
+    CHECK(cn_backward(y, g, 0, &err) == 0); /* 2 x g */
     CHECK(values_are(x->grad, 6, (double[]){2, 0, -6, 16, 5, 0}));
     /* an output outside any graph */
     cn_tensor *c = tensor_of(2, shape, xv);
-    CHECK(cn_backward(c, g, false, &err) == -1);
+    CHECK(cn_backward(c, g, 0, &err) == -1);
     CHECK(mentions(&err, "does not require grad"));
     cn_release(x), cn_release(y), cn_release(g), cn_release(gw), cn_release(c);
 }
@@ -132,14 +132,14 @@ static void test_diamond(void) {
     cn_error err;
     cn_tensor *h = mul(x, x), *p1 = scale(h, 3), *p2 = cn_unary(CN_EXP, h, &err);
     cn_tensor *s = cn_binary(CN_ADD, p1, p2, &err), *y = sum_all(s);
-    CHECK(cn_backward(y, NULL, false, &err) == 0);
+    CHECK(cn_backward(y, NULL, 0, &err) == 0);
     double want[3];
     for (int i = 0; i < 3; i++) want[i] = (3 + exp((double)xv[i] * xv[i])) * 2 * xv[i];
     CHECK(values_are(x->grad, 3, want));
     cn_release(x->grad);
     x->grad = NULL;
     cn_tensor *sx = cn_unary(CN_SIN, x, &err), *xs = mul(x, sx), *z = sum_all(xs);
-    CHECK(cn_backward(z, NULL, false, &err) == 0);
+    CHECK(cn_backward(z, NULL, 0, &err) == 0);
     for (int i = 0; i < 3; i++) want[i] = sin(xv[i]) + xv[i] * cos(xv[i]);
     CHECK(values_are(x->grad, 3, want));
     cn_release(h), cn_release(p1), cn_release(p2), cn_release(s), cn_release(y);
@@ -155,15 +155,15 @@ static void test_grad_captures_leaf_and_non_leaf_inputs(void) {
     /* y = sum(h * h), h = 3x: dy/dh = 2h = 6x, dy/dx = 18x */
     cn_tensor *h = scale(x, 3), *hh = mul(h, h), *y = sum_all(hh);
     cn_tensor *res[2] = {NULL, NULL};
-    CHECK(cn_grad(1, &y, NULL, 1, &h, res, true, false, &err) == 0);
+    CHECK(cn_grad(1, &y, NULL, 1, &h, res, CN_RETAIN_GRAPH, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){6, 12}));
     cn_release(res[0]);
-    CHECK(cn_grad(1, &y, NULL, 1, &x, res, true, false, &err) == 0);
+    CHECK(cn_grad(1, &y, NULL, 1, &x, res, CN_RETAIN_GRAPH, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){18, 36}));
     cn_release(res[0]);
     /* both at once, as torch.autograd.grad: x also gets its gradient through h */
     cn_tensor *both[2] = {h, x};
-    CHECK(cn_grad(1, &y, NULL, 2, both, res, true, false, &err) == 0);
+    CHECK(cn_grad(1, &y, NULL, 2, both, res, CN_RETAIN_GRAPH, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){6, 12}));
     CHECK(values_are(res[1], 2, (double[]){18, 36}));
     cn_release(res[0]), cn_release(res[1]);
@@ -172,7 +172,7 @@ static void test_grad_captures_leaf_and_non_leaf_inputs(void) {
     /* an explicit grad_output on a non-scalar output: d (g . h) / dx = 3 g */
     const float gv[2] = {0.5f, -2};
     cn_tensor *g = vec(2, gv);
-    CHECK(cn_grad(1, &h, &g, 1, &x, res, false, false, &err) == 0);
+    CHECK(cn_grad(1, &h, &g, 1, &x, res, 0, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){1.5, -6}));
     cn_release(res[0]);
     cn_release(g), cn_release(h), cn_release(hh), cn_release(y), cn_release(x);
@@ -186,7 +186,7 @@ static void test_grad_several_outputs(void) {
     cn_tensor *res[2];
     cn_error err;
     /* dx = g1 w + sum(g2 w); dw = g1 x + g2 sum(x) */
-    CHECK(cn_grad(2, outs, gouts, 2, ins, res, false, false, &err) == 0);
+    CHECK(cn_grad(2, outs, gouts, 2, ins, res, 0, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){3 + 7, -10 + 7}));
     CHECK(values_are(res[1], 2, (double[]){1 + 6, 20 - 3}));
     CHECK(x->grad == NULL && w->grad == NULL);
@@ -203,15 +203,15 @@ static void test_grad_unused_inputs(void) {
     cn_tensor *xx = mul(x, x), *y = sum_all(xx);
     cn_tensor *ins[2] = {x, u}, *res[2] = {NULL, NULL};
     cn_error err;
-    CHECK(cn_grad(1, &y, NULL, 2, ins, res, true, false, &err) == -1);
+    CHECK(cn_grad(1, &y, NULL, 2, ins, res, CN_RETAIN_GRAPH, &err) == -1);
     CHECK(mentions(&err, "allow_unused"));
     CHECK(res[0] == NULL && res[1] == NULL); /* nothing leaks on failure */
-    CHECK(cn_grad(1, &y, NULL, 2, ins, res, true, true, &err) == 0);
+    CHECK(cn_grad(1, &y, NULL, 2, ins, res, CN_RETAIN_GRAPH | CN_ALLOW_UNUSED, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){2, 4}));
     CHECK(res[1] && res[1]->ndim == 2 && res[1]->shape[0] == 2 && res[1]->shape[1] == 2);
     CHECK(values_are(res[1], 4, (double[]){0, 0, 0, 0}));
     cn_release(res[0]), cn_release(res[1]);
-    CHECK(cn_grad(1, &y, NULL, 1, &n, res, true, true, &err) == -1);
+    CHECK(cn_grad(1, &y, NULL, 1, &n, res, CN_RETAIN_GRAPH | CN_ALLOW_UNUSED, &err) == -1);
     CHECK(mentions(&err, "does not require grad"));
     cn_release(xx), cn_release(y), cn_release(x), cn_release(u), cn_release(n);
 }
@@ -223,27 +223,27 @@ static void test_retain_graph(void) {
     cn_tensor *x = leaf(2, xv);
     cn_error err;
     cn_tensor *e = cn_unary(CN_EXP, x, &err), *y = sum_all(e); /* dy/dx = e^x */
-    CHECK(cn_backward(y, NULL, true, &err) == 0);
+    CHECK(cn_backward(y, NULL, CN_RETAIN_GRAPH, &err) == 0);
     CHECK(!y->node->released);
-    CHECK(cn_backward(y, NULL, false, &err) == 0);
+    CHECK(cn_backward(y, NULL, 0, &err) == 0);
     CHECK(values_are(x->grad, 2, (double[]){2 * exp(0.5), 2 * exp(1.0)}));
     CHECK(y->node->released);
-    CHECK(cn_backward(y, NULL, false, &err) == -1);
+    CHECK(cn_backward(y, NULL, 0, &err) == -1);
     CHECK(mentions(&err, "retain_graph"));
     cn_tensor *res[1] = {NULL};
-    CHECK(cn_grad(1, &y, NULL, 1, &x, res, false, false, &err) == -1);
+    CHECK(cn_grad(1, &y, NULL, 1, &x, res, 0, &err) == -1);
     CHECK(mentions(&err, "retain_graph"));
     CHECK(res[0] == NULL);
     CHECK(values_are(x->grad, 2, (double[]){2 * exp(0.5), 2 * exp(1.0)})); /* unchanged */
     /* the same through cn_grad's own retain_graph */
     cn_tensor *e2 = cn_unary(CN_EXP, x, &err), *y2 = sum_all(e2);
-    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, true, false, &err) == 0);
+    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, CN_RETAIN_GRAPH, &err) == 0);
     cn_release(res[0]);
-    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, false, false, &err) == 0);
+    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, 0, &err) == 0);
     CHECK(values_are(res[0], 2, (double[]){exp(0.5), exp(1.0)}));
     cn_release(res[0]);
     res[0] = NULL;
-    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, false, false, &err) == -1);
+    CHECK(cn_grad(1, &y2, NULL, 1, &x, res, 0, &err) == -1);
     CHECK(mentions(&err, "retain_graph"));
     cn_release(e), cn_release(y), cn_release(e2), cn_release(y2), cn_release(x);
 }
@@ -281,7 +281,7 @@ static void test_detach(void) {
     CHECK(cn_data(y)[0] == 100);
     /* z = sum(d * x): the graph stops at d, so dz/dx = d */
     cn_tensor *dx = mul(d, x), *z = sum_all(dx);
-    CHECK(cn_backward(z, NULL, false, &err) == 0);
+    CHECK(cn_backward(z, NULL, 0, &err) == 0);
     CHECK(values_are(x->grad, 3, (double[]){100, 4, 6}));
     cn_release(y), cn_release(d), cn_release(dx), cn_release(z), cn_release(x);
 }
@@ -339,7 +339,7 @@ static void test_memory_back_to_baseline(void) {
         cn_tensor *h = cn_matmul(x, w, &err), *t = cn_unary(CN_TANH, h, &err);
         cn_tensor *sq = mul(t, t), *loss = cn_mean(sq, 0, NULL, false, &err);
         cn_release(h), cn_release(t), cn_release(sq); /* the graph keeps what it needs */
-        CHECK(cn_backward(loss, NULL, false, &err) == 0);
+        CHECK(cn_backward(loss, NULL, 0, &err) == 0);
         CHECK(w->grad && w->grad->ndim == 2);
         cn_release(loss);
         cn_release(w->grad);
@@ -354,7 +354,7 @@ static void test_memory_back_to_baseline(void) {
     CHECK(cn_memory_live() == with_params);
     /* retained graphs as well */
     h = cn_matmul(x, w, &err), loss = sum_all(h);
-    CHECK(cn_backward(loss, NULL, true, &err) == 0);
+    CHECK(cn_backward(loss, NULL, CN_RETAIN_GRAPH, &err) == 0);
     cn_release(h), cn_release(loss);
     cn_release(w->grad);
     w->grad = NULL;
@@ -386,7 +386,7 @@ static void *chain_thread(void *arg) {
         res->ok = y != NULL;
     }
     cn_error err;
-    res->ok = res->ok && cn_backward(y, NULL, false, &err) == 0 && x0->grad;
+    res->ok = res->ok && cn_backward(y, NULL, 0, &err) == 0 && x0->grad;
     res->value = cn_data(y)[0];
     res->grad = res->ok ? cn_data(x0->grad)[0] : 0;
     cn_release(y);

@@ -189,7 +189,7 @@ static bool check_case(const conv_case *c, bool strided) {
     ok = ok && close_all("output", c->name, cn_data(out), r.out, r.out_abs, cn_numel(out));
     cn_tensor *prod = cn_binary(CN_MUL, out, g, &err);
     cn_tensor *loss = cn_sum(prod, 0, NULL, false, &err);
-    ok = ok && cn_backward(loss, NULL, false, &err) == 0;
+    ok = ok && cn_backward(loss, NULL, 0, &err) == 0;
     cn_release(prod), cn_release(loss);
     ok = ok && xin->grad && w->grad && (!b || b->grad);
     ok = ok && close_all("dx", c->name, cn_data(xin->grad), r.dx, r.dx_abs, cn_numel(x));
@@ -252,7 +252,7 @@ static void test_partial_grad(void) {
     cn_tensor *y = cn_conv2d(x, w, NULL, NULL, &err);
     CHECK(y && y->requires_grad && y->shape[2] == 4);
     cn_tensor *loss = cn_sum(y, 0, NULL, false, &err);
-    CHECK(cn_backward(loss, NULL, false, &err) == 0);
+    CHECK(cn_backward(loss, NULL, 0, &err) == 0);
     CHECK(w->grad && !x->grad);
     cn_release(loss), cn_release(y);
     /* no input requires grad: nothing recorded */
@@ -285,7 +285,7 @@ static void test_empty_batch(void) {
     cn_tensor *y = cn_conv2d(x, w, NULL, NULL, &err);
     CHECK(y && y->shape[0] == 0 && y->shape[1] == 3 && y->shape[2] == 3);
     cn_tensor *loss = y ? cn_sum(y, 0, NULL, false, &err) : NULL;
-    CHECK(loss && cn_backward(loss, NULL, false, &err) == 0);
+    CHECK(loss && cn_backward(loss, NULL, 0, &err) == 0);
     CHECK(w->grad && cn_numel(w->grad) == 54);
     bool zero = w->grad != NULL;
     for (size_t i = 0; zero && i < 54; i++) zero = cn_data(w->grad)[i] == 0.0f;

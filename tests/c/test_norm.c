@@ -246,7 +246,7 @@ static void check_spec(const spec *s, bool strided) {
     }
     cn_tensor *prod_t = cn_binary(CN_MUL, y, g, &err);
     cn_tensor *loss = cn_sum(prod_t, 0, NULL, false, &err);
-    CHECK(cn_backward(loss, NULL, false, &err) == 0);
+    CHECK(cn_backward(loss, NULL, 0, &err) == 0);
     double *dx = malloc(sizeof(double) * (size_t)l.numel);
     double *dw = malloc(sizeof(double) * (size_t)l.naffine), *db = malloc(sizeof(double) * (size_t)l.naffine);
     ref_backward(s, &l, xd, wd, rmd, rvd, gd, dx, dw, db); /* the buffers as they were before the call */
@@ -387,7 +387,7 @@ static void test_partial_grad(void) {
     cn_tensor *y = cn_group_norm(x, 2, w, NULL, 1e-5, &err);
     CHECK(y && y->requires_grad);
     cn_tensor *p = cn_binary(CN_MUL, y, g, &err), *loss = cn_sum(p, 0, NULL, false, &err);
-    CHECK(cn_backward(loss, NULL, false, &err) == 0);
+    CHECK(cn_backward(loss, NULL, 0, &err) == 0);
     CHECK(x->grad == NULL);
     double *xd = to_double(x), *gd = to_double(g), *wd = to_double(w);
     double dx[24], dw[4], db[4];
@@ -427,7 +427,7 @@ static void test_empty(void) {
     cn_tensor *y = cn_group_norm(x, 2, NULL, NULL, 1e-5, &err);
     CHECK(y && cn_numel(y) == 0 && y->shape[1] == 4);
     cn_tensor *loss = y ? cn_sum(y, 0, NULL, false, &err) : NULL;
-    CHECK(loss && cn_backward(loss, NULL, false, &err) == 0);
+    CHECK(loss && cn_backward(loss, NULL, 0, &err) == 0);
     CHECK(x->grad && cn_numel(x->grad) == 0);
     cn_release(x), cn_release(y), cn_release(loss);
 }

@@ -375,7 +375,7 @@ static void test_gradient_through_fixed_steps(void) {
         cn_error err;
         CHECK(cn_odeint(dynamics, &d, 1, &z0, 2, ts, &o, out, NULL, &err) == 0);
         CHECK(out[1]->requires_grad && out[1]->node);
-        CHECK(cn_backward(out[1], NULL, false, &err) == 0);
+        CHECK(cn_backward(out[1], NULL, 0, &err) == 0);
         double h = T / n, x = -lambda * h, R = stability_poly(orders[method], x);
         CHECK_CLOSE(elem(out[1], 0), pow(R, (double)n) * z_init, 1e-5, 0);
         CHECK(z0->grad && lam->grad);
@@ -403,7 +403,7 @@ static void test_gradient_through_adaptive_steps(void) {
     CHECK(cn_grad_enabled());
     CHECK(cn_odeint(dynamics, &d, 1, &z0, 2, ts, &o, out, NULL, &err) == 0);
     CHECK(cn_grad_enabled());
-    CHECK(cn_backward(out[1], NULL, false, &err) == 0);
+    CHECK(cn_backward(out[1], NULL, 0, &err) == 0);
     if (z0->grad && lam->grad) {
         CHECK_CLOSE(elem(z0->grad, 0), exp(-lambda * T), 1e-5, 0);
         CHECK_CLOSE(elem(lam->grad, 0), -T * 2 * exp(-lambda * T), 1e-5, 0);
@@ -512,7 +512,7 @@ static void test_no_leaks(void) {
         o.steps = 5, o.rtol = 1e-5, o.atol = 1e-8;
         cn_error err;
         CHECK(cn_odeint(dynamics, &d, 1, &z0, 3, ts, &o, out, NULL, &err) == 0);
-        CHECK(cn_backward(out[2], NULL, false, &err) == 0);
+        CHECK(cn_backward(out[2], NULL, 0, &err) == 0);
         release_n(3, out);
         cn_release(lam), cn_release(z0);
     }

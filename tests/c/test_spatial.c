@@ -296,7 +296,7 @@ static void check_case(const spatial_case *c, bool check_grad) {
             CHECK(bad == 0);
             if (check_grad) {
                 CHECK(y->requires_grad);
-                CHECK(cn_backward(y, g, false, &err) == 0);
+                CHECK(cn_backward(y, g, 0, &err) == 0);
                 CHECK(in->grad != NULL);
                 if (in->grad) {
                     const float *gx = cn_data(in->grad);
@@ -411,7 +411,7 @@ static void test_large_backward(void) {
     cn_tensor *y = cn_max_pool2d(x, k, NULL, NULL, NULL, false, &err);
     cn_tensor *z = cn_upsample_bilinear2d(y, 32, 32, false, &err);
     cn_tensor *s = cn_sum(z, 0, NULL, false, &err);
-    CHECK(s && cn_backward(s, NULL, false, &err) == 0);
+    CHECK(s && cn_backward(s, NULL, 0, &err) == 0);
     double total = 0;
     int ones = 0;
     for (size_t i = 0; x->grad && i < cn_numel(x->grad); i++) total += cn_data(x->grad)[i], ones += cn_data(x->grad)[i] != 0;
@@ -466,7 +466,7 @@ static void test_max_pool_ties_nan(void) {
         int64_t gs[4] = {1, 1, 1, 2};
         const float gv[2] = {10, 20};
         cn_tensor *g = cn_from_data(4, gs, gv, &err);
-        CHECK(cn_backward(y, g, false, &err) == 0);
+        CHECK(cn_backward(y, g, 0, &err) == 0);
         const float want[8] = {0, 10, 0, 0, 0, 0, 0, 20}; /* the tie goes to [0, 1]; the last NaN wins */
         for (int i = 0; x->grad && i < 8; i++) CHECK(cn_data(x->grad)[i] == want[i]);
         cn_release(g);
@@ -483,7 +483,7 @@ static void test_pad_to_empty(void) {
     cn_tensor *y = cn_pad(x, 1, p, CN_PAD_CONSTANT, 0, &err);
     CHECK(y && y->shape[0] == 2 && y->shape[1] == 0);
     cn_tensor *g = y ? cn_zeros(2, y->shape, &err) : NULL;
-    CHECK(y && cn_backward(y, g, false, &err) == 0);
+    CHECK(y && cn_backward(y, g, 0, &err) == 0);
     CHECK(x->grad && cn_numel(x->grad) == 6);
     for (size_t i = 0; x->grad && i < 6; i++) CHECK(cn_data(x->grad)[i] == 0);
     cn_release(x), cn_release(y), cn_release(g);
