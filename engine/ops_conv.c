@@ -793,7 +793,8 @@ static cn_tensor *conv_forward(bool transposed, const cn_tensor *xc, const cn_te
  *   conv_transpose2d:  dx = conv(X = g), dw = weight(Y = x, X = g), db = the same sum */
 struct conv_args {
     conv_geom geom;         /* as the forward ran it (check_conv) */
-    cn_conv_act activation; /* fused into the forward (conv2d only) */
+    cn_conv2d_opts opts;    /* as the caller gave them (the recorded backward calls the ops again);
+                               opts.activation was fused into the forward (conv2d only) */
 };
 enum { CONV_SAVED_X, CONV_SAVED_W, CONV_SAVED_OUT }; /* x, w contiguous; out only with an activation */
 
@@ -832,8 +833,8 @@ static int conv_backward(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool
     const cn_tensor *x = n->saved[CONV_SAVED_X], *w = n->saved[CONV_SAVED_W];
     const conv_geom *g = &args->geom;
     cn_tensor *gc = cn_contiguous((cn_tensor *)gout, err);
-    if (gc && args->activation != CN_ACT_NONE) {
-        cn_tensor *gz = act_grad(gc, n->saved[CONV_SAVED_OUT], args->activation, err);
+    if (gc && args->opts.activation != CN_ACT_NONE) {
+        cn_tensor *gz = act_grad(gc, n->saved[CONV_SAVED_OUT], args->opts.activation, err);
         cn_release(gc);
         gc = gz;
     }
@@ -870,8 +871,115 @@ static int conv_transpose2d_backward(cn_node *n, const cn_tensor *g, cn_tensor *
     return conv_backward(n, g, gi, true, err);
 }
 
-static const cn_op_def op_conv2d = {"conv2d", conv2d_backward, NULL};
-static const cn_op_def op_conv_transpose2d = {"conv_transpose2d", conv_transpose2d_backward, NULL};
+/* ---- conv2d / conv_transpose2d: the recorded backward (create_graph) --------------------------
+ * The same gradients from the public, recording ops, so that they can be differentiated again:
+ *   conv2d:            dx = conv_transpose2d(g, w) (output_padding restoring x's size),
+ *                      dw = weight_grad(x, g)
+ *   conv_transpose2d:  dx = conv2d(g, w),  dw = weight_grad(g, x)
+ *   weight_grad(image, cols)[o, c, i, j] = sum over n, p, q of cols[n, o, p, q] *
+ *       image_padded[n, c, p s + i d, q s + j d]: per group, conv2d of the image with channels and
+ *       batch swapped by cols likewise swapped, stride and dilation exchanged, cropped to the kernel.
+ * A fused activation first takes g to the conv's own output z, recomputed: g act'(z) (recorded). */
+
+static cn_tensor *conv_public(bool transposed, const cn_tensor *x, const cn_tensor *w,
+                              const cn_tensor *bias, const cn_conv2d_opts *o, cn_error *err);
+
+static cn_tensor *permute_drop(cn_tensor *t, const int *perm, cn_error *err) {
+    cn_tensor *r = t ? cn_permute(t, perm, err) : NULL;
+    cn_release(t);
+    return r;
+}
+
+static cn_tensor *weight_grad(cn_tensor *image, cn_tensor *cols, const cn_conv2d_opts *o, int kh, int kw,
+                              cn_error *err) {
+    static const int swap01[4] = {1, 0, 2, 3};
+    int G = o->groups;
+    int64_t Cg = image->shape[1] / G, Og = cols->shape[1] / G;
+    cn_conv2d_opts wo = CN_CONV2D_OPTS_DEFAULT;
+    for (int k = 0; k < 2; k++) {
+        wo.stride[k] = o->dilation[k];
+        wo.dilation[k] = o->stride[k];
+        wo.padding[k] = o->padding[k];
+    }
+    cn_tensor **parts = calloc((size_t)G, sizeof *parts);
+    if (!parts) {
+        cn_error_set(err, "conv2d backward: out of memory");
+        return NULL;
+    }
+    int made = 0;
+    for (; made < G; made++) {
+        cn_tensor *xi = permute_drop(cn_narrow(image, 1, made * Cg, Cg, err), swap01, err);
+        cn_tensor *gi = permute_drop(cn_narrow(cols, 1, made * Og, Og, err), swap01, err);
+        cn_tensor *full = xi && gi ? conv_public(false, xi, gi, NULL, &wo, err) : NULL; /* [Cg, Og, kh', kw'] */
+        cn_release(xi), cn_release(gi);
+        cn_tensor *rows = full ? cn_narrow(full, 2, 0, kh, err) : NULL;
+        cn_tensor *crop = rows ? cn_narrow(rows, 3, 0, kw, err) : NULL;
+        cn_release(full), cn_release(rows);
+        if (!(parts[made] = permute_drop(crop, swap01, err))) break;
+    }
+    cn_tensor *r = made == G ? (G == 1 ? cn_retain(parts[0]) : cn_cat(G, parts, 0, err)) : NULL;
+    for (int i = 0; i < made; i++) cn_release(parts[i]);
+    free(parts);
+    return r;
+}
+
+static int conv_backward_graph(cn_node *n, const cn_tensor *gout, cn_tensor **gi, bool transposed,
+                               cn_error *err) {
+    const struct conv_args *args = CN_NODE_ARGS(n, struct conv_args);
+    cn_conv2d_opts o = args->opts;
+    cn_tensor *x = n->inputs[0], *w = n->inputs[1], *bias = n->n_inputs > 2 ? n->inputs[2] : NULL;
+    cn_tensor *g = cn_retain((cn_tensor *)gout);
+    if (o.activation != CN_ACT_NONE) {
+        cn_unary_op act = o.activation == CN_ACT_RELU ? CN_RELU : CN_SOFTPLUS;
+        o.activation = CN_ACT_NONE;
+        cn_tensor *z = conv_public(false, x, w, bias, &o, err);
+        cn_tensor *gz = z ? cn_unary_backward(act, z, g, err) : NULL;
+        cn_release(z), cn_release(g);
+        if (!(g = gz)) return -1;
+    }
+    int status = -1;
+    if (x->requires_grad) {
+        if (transposed) {
+            o.output_padding[0] = o.output_padding[1] = 0;
+            gi[0] = conv_public(false, g, w, NULL, &o, err);
+        } else { /* the rows and columns the forward's stride left unread come back as zeros */
+            for (int k = 0; k < 2; k++) {
+                int64_t span = (g->shape[2 + k] - 1) * o.stride[k] - 2 * (int64_t)o.padding[k] +
+                               (int64_t)o.dilation[k] * (w->shape[2 + k] - 1) + 1;
+                o.output_padding[k] = (int)(x->shape[2 + k] - span);
+            }
+            gi[0] = conv_public(true, g, w, NULL, &o, err);
+            o.output_padding[0] = o.output_padding[1] = 0;
+        }
+        if (!gi[0]) goto done;
+    }
+    if (w->requires_grad) {
+        o.output_padding[0] = o.output_padding[1] = 0;
+        int kh = (int)w->shape[2], kw = (int)w->shape[3];
+        gi[1] = transposed ? weight_grad(g, x, &o, kh, kw, err) : weight_grad(x, g, &o, kh, kw, err);
+        if (!gi[1]) goto done;
+    }
+    if (bias && bias->requires_grad) {
+        int dims[3] = {0, 2, 3};
+        if (!(gi[2] = cn_sum(g, 3, dims, false, err))) goto done;
+    }
+    status = 0;
+done:
+    cn_release(g);
+    return status;
+}
+
+static int conv2d_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return conv_backward_graph(n, g, gi, false, err);
+}
+
+static int conv_transpose2d_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return conv_backward_graph(n, g, gi, true, err);
+}
+
+static const cn_op_def op_conv2d = {"conv2d", conv2d_backward, conv2d_backward_graph};
+static const cn_op_def op_conv_transpose2d = {"conv_transpose2d", conv_transpose2d_backward,
+                                              conv_transpose2d_backward_graph};
 
 /* Checks, runs the forward without grad on contiguous operands, records the node. x is 4-D. */
 static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *w,
@@ -893,7 +1001,7 @@ static cn_tensor *conv_op(bool transposed, const cn_tensor *x, const cn_tensor *
     r = cn_record_result(r, transposed ? &op_conv_transpose2d : &op_conv2d, bias ? 3 : 2, ins,
                          &node, err);
     if (node) {
-        *CN_NODE_ARGS(node, struct conv_args) = (struct conv_args){.geom = g, .activation = o->activation};
+        *CN_NODE_ARGS(node, struct conv_args) = (struct conv_args){.geom = g, .opts = *o};
         cn_node_save(node, CONV_SAVED_X, xc);
         cn_node_save(node, CONV_SAVED_W, wc);
         if (o->activation != CN_ACT_NONE) cn_node_save(node, CONV_SAVED_OUT, r);

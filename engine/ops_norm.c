@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "ops.h"
 
 #define PAR_MIN 32768 /* elements below which a kernel stays on one thread */
 #define CHUNK 64      /* channels per task when batch norm reduces over rows (S = 1) */
@@ -330,6 +331,7 @@ struct norm_args {
     int weight_slot;          /* input index of weight, -1 when absent */
     int bias_slot;            /* input index of bias, -1 when absent */
     bool training;            /* batch norm: batch statistics (else the running ones) */
+    double eps;               /* rows: for the recorded backward, which recomputes the statistics */
     union {
         row_geom rows;        /* KIND_ROWS */
         chan_geom channels;   /* KIND_CHANNELS */
@@ -460,7 +462,89 @@ done:
     return 0;
 }
 
-static const cn_op_def op_norm = {"norm", norm_backward, NULL};
+/* The recorded backward of group / instance / layer norm (create_graph), from x viewed as
+ * [rows, M] with the statistics recomputed by recording ops:
+ *   xhat = (x - mean) rstd,  gh = g w,  dx = rstd (gh - mean(gh) - xhat mean(gh xhat)),
+ *   dw = sum of g xhat,  db = sum of g  (over all but the weight's dims).
+ * Group and instance norm scale per channel (dim 2 of x): w is viewed as [C, 1, ...] and the
+ * sums run over the other dims; layer norm's weight has x's trailing shape, and the engine sums
+ * its gradient down to it. Batch norm has none yet. */
+static cn_tensor *sub_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = a && b ? cn_binary(CN_SUB, a, b, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+static cn_tensor *mul_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = a && b ? cn_binary(CN_MUL, a, b, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+static int norm_backward_graph(cn_node *nd, const cn_tensor *gout, cn_tensor **gi, cn_error *err) {
+    const struct norm_args *args = CN_NODE_ARGS(nd, struct norm_args);
+    if (args->kind != KIND_ROWS) {
+        cn_error_set(err, "batch_norm has no differentiable backward yet (create_graph)");
+        return -1;
+    }
+    const row_geom *gm = &args->geom.rows;
+    cn_tensor *x = nd->inputs[0], *g = (cn_tensor *)gout;
+    cn_tensor *w = args->weight_slot >= 0 ? nd->inputs[args->weight_slot] : NULL;
+    cn_tensor *b = args->bias_slot >= 0 ? nd->inputs[args->bias_slot] : NULL;
+    bool per_channel = !(gm->groups == 1 && gm->inner == 1);
+    int64_t wshape[CN_MAX_DIMS], rows_shape[2] = {gm->rows, -1};
+    int sum_dims[CN_MAX_DIMS], n_sum = 0, one = 1;
+    for (int d = 0; d < x->ndim; d++) {
+        wshape[d] = d == 1 ? x->shape[1] : 1;
+        if (d != 1) sum_dims[n_sum++] = d;
+    }
+    int status = -1;
+    cn_tensor *xr = NULL, *mean = NULL, *dev = NULL, *var = NULL, *rstd = NULL, *xhat_r = NULL, *wb = NULL;
+    cn_tensor *gh = NULL, *ghr = NULL, *m1 = NULL, *m2 = NULL, *dx = NULL;
+    /* the statistics, recorded */
+    if (!(xr = cn_reshape(x, 2, rows_shape, err)) || !(mean = cn_mean(xr, 1, &one, true, err)) ||
+        !(dev = cn_binary(CN_SUB, xr, mean, err)))
+        goto done;
+    cn_tensor *sq = cn_unary(CN_SQUARE, dev, err);
+    var = sq ? cn_mean(sq, 1, &one, true, err) : NULL;
+    cn_release(sq);
+    cn_tensor *shifted = var ? cn_binary_scalar(CN_ADD, var, (float)args->eps, false, err) : NULL;
+    rstd = shifted ? cn_unary(CN_RSQRT, shifted, err) : NULL;
+    cn_release(shifted);
+    if (!rstd || !(xhat_r = cn_binary(CN_MUL, dev, rstd, err))) goto done;
+    /* gh = g w, in rows */
+    if (w && !(wb = per_channel ? cn_reshape(w, x->ndim, wshape, err) : cn_retain(w))) goto done;
+    if (!(gh = wb ? cn_binary(CN_MUL, g, wb, err) : cn_retain(g)) || !(ghr = cn_reshape(gh, 2, rows_shape, err)))
+        goto done;
+    if (x->requires_grad) {
+        cn_tensor *prod = cn_binary(CN_MUL, ghr, xhat_r, err);
+        m2 = prod ? cn_mean(prod, 1, &one, true, err) : NULL;
+        cn_release(prod);
+        if (!m2 || !(m1 = cn_mean(ghr, 1, &one, true, err))) goto done;
+        cn_tensor *xm2 = cn_binary(CN_MUL, xhat_r, m2, err);
+        dx = mul_drop(sub_drop(sub_drop(cn_retain(ghr), m1, err), xm2, err), rstd, err);
+        cn_release(xm2);
+        if (!dx || !(gi[0] = cn_reshape(dx, x->ndim, x->shape, err))) goto done;
+    }
+    if (w && w->requires_grad) {
+        cn_tensor *xhat = cn_reshape(xhat_r, x->ndim, x->shape, err);
+        cn_tensor *gx = xhat ? cn_binary(CN_MUL, g, xhat, err) : NULL;
+        cn_release(xhat);
+        gi[args->weight_slot] = !gx ? NULL : per_channel ? cn_sum(gx, n_sum, sum_dims, false, err) : cn_retain(gx);
+        cn_release(gx);
+        if (!gi[args->weight_slot]) goto done;
+    }
+    if (b && b->requires_grad &&
+        !(gi[args->bias_slot] = per_channel ? cn_sum(g, n_sum, sum_dims, false, err) : cn_retain(g)))
+        goto done;
+    status = 0;
+done:
+    cn_release(xr), cn_release(mean), cn_release(dev), cn_release(var), cn_release(rstd), cn_release(xhat_r);
+    cn_release(wb), cn_release(gh), cn_release(ghr), cn_release(m1), cn_release(m2), cn_release(dx);
+    return status;
+}
+
+static const cn_op_def op_norm = {"norm", norm_backward, norm_backward_graph};
 
 /* Records the node of a norm result y over x, weight, bias (either may be NULL) and saves what
  * the backward needs; args gives kind, geometry and training (the slots are filled here).
@@ -519,7 +603,7 @@ done:
     cn_set_grad_enabled(mode);
     free(ones), free(zeros);
     if (ok) {
-        const struct norm_args args = {.kind = KIND_ROWS, .geom.rows = *gm};
+        const struct norm_args args = {.kind = KIND_ROWS, .eps = eps, .geom.rows = *gm};
         y = record_norm(y, args, x, weight, bias, xc, wc, mean, rstd, err);
     } else {
         cn_release(y);

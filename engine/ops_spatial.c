@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "ops.h"
 #include "ops_spatial.h"
 
 #define PARALLEL_MIN 32768 /* output elements below which a loop stays serial */
@@ -121,6 +122,18 @@ static cn_tensor *nearest_forward(const cn_tensor *x, int64_t out_h, int64_t out
     return out;
 }
 
+/* The recorded backward of a separable resize (create_graph): out = A_h x A_w^T with constant
+ * interpolation matrices a_h [out_h, in_h] and a_w [out_w, in_w], so dx = A_h^T g A_w as two
+ * matmuls, themselves differentiable. Takes over a_h and a_w (NULL-safe). */
+static cn_tensor *resize_backward_graph(const cn_tensor *g, cn_tensor *a_h, cn_tensor *a_w, cn_error *err) {
+    cn_tensor *a_ht = a_h ? cn_transpose(a_h, 0, 1, err) : NULL;
+    cn_tensor *rows = a_ht && a_w ? cn_matmul(a_ht, g, err) : NULL; /* [N, C, in_h, out_w] */
+    cn_tensor *r = rows ? cn_matmul(rows, a_w, err) : NULL;
+    if (!a_h || !a_w) cn_error_set(err, "upsample backward: out of memory");
+    cn_release(a_h), cn_release(a_w), cn_release(a_ht), cn_release(rows);
+    return r;
+}
+
 struct nearest_args {
     double scale_h, scale_w; /* 0: none */
 };
@@ -154,7 +167,30 @@ static int nearest_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_upsample_nearest = {"upsample_nearest2d", nearest_backward, NULL};
+/* A[d, map[d]] = 1 for the out rows of one dim. */
+static cn_tensor *nearest_matrix(const int64_t *map, int64_t out, int64_t in, cn_error *err) {
+    const int64_t shape[2] = {out, in};
+    cn_tensor *a = cn_zeros(2, shape, err);
+    if (a)
+        for (int64_t d = 0; d < out; d++) cn_data(a)[d * in + map[d]] = 1.0f;
+    return a;
+}
+
+static int nearest_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct nearest_args *args = CN_NODE_ARGS(n, struct nearest_args);
+    const cn_tensor *x = n->inputs[0];
+    int64_t in_h = x->shape[2], in_w = x->shape[3], out_h = g->shape[2], out_w = g->shape[3];
+    int64_t *map = nearest_maps(in_h, in_w, out_h, out_w, args->scale_h, args->scale_w);
+    if (!map) {
+        cn_error_set(err, "upsample_nearest2d: out of memory");
+        return -1;
+    }
+    cn_tensor *a_h = nearest_matrix(map, out_h, in_h, err), *a_w = nearest_matrix(map + out_h, out_w, in_w, err);
+    free(map);
+    return (gi[0] = resize_backward_graph(g, a_h, a_w, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_upsample_nearest = {"upsample_nearest2d", nearest_backward, nearest_backward_graph};
 
 cn_tensor *cn_upsample_nearest2d_scaled(const cn_tensor *x, int64_t out_h, int64_t out_w, double scale_h,
                                         double scale_w, cn_error *err) {
@@ -292,7 +328,33 @@ static int bilinear_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_upsample_bilinear = {"upsample_bilinear2d", bilinear_backward, NULL};
+/* A[d, i0] += l0, A[d, i1] += l1 for the out rows of one dim. */
+static cn_tensor *lerp_matrix(const lerp_tap *taps, int64_t out, int64_t in, cn_error *err) {
+    const int64_t shape[2] = {out, in};
+    cn_tensor *a = cn_zeros(2, shape, err);
+    if (a)
+        for (int64_t d = 0; d < out; d++) {
+            cn_data(a)[d * in + taps[d].i0] += (float)taps[d].l0;
+            cn_data(a)[d * in + taps[d].i1] += (float)taps[d].l1;
+        }
+    return a;
+}
+
+static int bilinear_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct bilinear_args *args = CN_NODE_ARGS(n, struct bilinear_args);
+    const cn_tensor *x = n->inputs[0];
+    int64_t in_h = x->shape[2], in_w = x->shape[3], out_h = g->shape[2], out_w = g->shape[3];
+    lerp_tap *taps = bilinear_taps(in_h, in_w, out_h, out_w, args->align_corners, args->scale_h, args->scale_w);
+    if (!taps) {
+        cn_error_set(err, "upsample_bilinear2d: out of memory");
+        return -1;
+    }
+    cn_tensor *a_h = lerp_matrix(taps, out_h, in_h, err), *a_w = lerp_matrix(taps + out_h, out_w, in_w, err);
+    free(taps);
+    return (gi[0] = resize_backward_graph(g, a_h, a_w, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_upsample_bilinear = {"upsample_bilinear2d", bilinear_backward, bilinear_backward_graph};
 
 cn_tensor *cn_upsample_bilinear2d_scaled(const cn_tensor *x, int64_t out_h, int64_t out_w, bool align_corners,
                                          double scale_h, double scale_w, cn_error *err) {

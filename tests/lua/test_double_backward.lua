@@ -50,6 +50,28 @@ local dispatch = {
   cat_sq = function(x, a) return pow2(cn.cat({x[1] * x[2]:narrow(2, 1, 1), x[2] * x[2]}, a.dim)) end,
   stack_sq = function(x, a) return pow2(cn.stack({x[1] * x[2], x[2]}, a.dim)) end,
   pad_sq = function(x, a) return pow2(cn.pad(square(x[1]), a.pads, "constant", a.value)) end,
+  conv2d = function(x, a)
+    local y = cn.conv2d(x[1], x[2], x[3], {stride = a.stride, padding = a.padding, dilation = a.dilation,
+      groups = a.groups, activation = a.activation})
+    if a.square then return y:square() end
+    if a.activation then return y end
+    return a.sin and y:sin() or y:tanh()
+  end,
+  conv_transpose2d = function(x, a)
+    return cn.conv_transpose2d(x[1], x[2], x[3], {stride = a.stride, padding = a.padding,
+      output_padding = a.output_padding}):tanh()
+  end,
+  group_norm = function(x, a)
+    local y = cn.group_norm(x[1], a.groups, x[2], x[3])
+    return x[2] and y:tanh() or y:sin()
+  end,
+  instance_norm = function(x) return cn.instance_norm(x[1], x[2], x[3]):tanh() end,
+  layer_norm = function(x, a) return cn.layer_norm(x[1], a.shape, x[2], x[3]):tanh() end,
+  upsample = function(x, a)
+    local y = cn.upsample(x[1], {size = a.size, scale_factor = a.scale_factor, mode = a.mode,
+      align_corners = a.align_corners})
+    return a.tanh and y:tanh() or y:square()
+  end,
 }
 for _, op in ipairs { "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu",
   "silu", "softplus", "square", "reciprocal" } do

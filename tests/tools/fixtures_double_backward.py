@@ -130,6 +130,42 @@ def gen_reduce_shape():
         {"pads": [1, -1, 2, 0], "value": 3.0})
 
 
+def gen_unet_ops():
+    """The convolutional U-Nets' ops: conv2d (with its fused activations), the norms, resizing."""
+    x, w, b = rand(2, 3, 5, 5), rand(4, 3, 3, 3) * 0.4, rand(4)
+    add("conv2d_pad_bias", "conv2d", [x, w, b], lambda x, w, b: torch.tanh(F.conv2d(x, w, b, padding=1)),
+        {"padding": 1})
+    add("conv2d_stride_groups", "conv2d", [rand(1, 4, 6, 5), rand(4, 2, 3, 3) * 0.4],
+        lambda x, w: torch.tanh(F.conv2d(x, w, stride=2, padding=1, groups=2)),
+        {"stride": 2, "padding": 1, "groups": 2})
+    add("conv2d_dilation", "conv2d", [rand(1, 2, 7, 6), rand(3, 2, 2, 3) * 0.4],
+        lambda x, w: torch.sin(F.conv2d(x, w, stride=[2, 1], dilation=2)), {"stride": [2, 1], "dilation": 2, "sin": True})
+    add("conv2d_softplus", "conv2d", [rand(1, 2, 4, 4), rand(3, 2, 3, 3) * 0.4, rand(3)],
+        lambda x, w, b: F.softplus(F.conv2d(x, w, b, padding=1)), {"padding": 1, "activation": "softplus"})
+    add("conv2d_relu", "conv2d", [rand(1, 2, 4, 4), rand(3, 2, 3, 3) * 0.4, rand(3)],
+        lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)) ** 2, {"padding": 1, "activation": "relu", "square": True})
+    add("conv_transpose2d", "conv_transpose2d", [rand(1, 4, 3, 3), rand(4, 3, 3, 3) * 0.4, rand(3)],
+        lambda x, w, b: torch.tanh(F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1)),
+        {"stride": 2, "padding": 1, "output_padding": 1})
+    add("group_norm", "group_norm", [rand(2, 4, 3, 3), rand(4), rand(4)],
+        lambda x, w, b: torch.tanh(F.group_norm(x, 2, w, b)), {"groups": 2})
+    add("group_norm_plain", "group_norm", [rand(2, 4, 3)], lambda x: torch.sin(F.group_norm(x, 1)), {"groups": 1})
+    add("instance_norm", "instance_norm", [rand(2, 3, 2, 3), rand(3), rand(3)],
+        lambda x, w, b: torch.tanh(F.instance_norm(x, weight=w, bias=b)))
+    add("layer_norm", "layer_norm", [rand(2, 3, 4), rand(3, 4), rand(3, 4)],
+        lambda x, w, b: torch.tanh(F.layer_norm(x, [3, 4], w, b)), {"shape": [3, 4]})
+    add("upsample_nearest_x2", "upsample", [rand(1, 2, 3, 3)],
+        lambda x: F.interpolate(x, scale_factor=2, mode="nearest") ** 2, {"scale_factor": 2, "mode": "nearest"})
+    add("upsample_nearest_size", "upsample", [rand(1, 2, 3, 4)],
+        lambda x: F.interpolate(x, size=(5, 7), mode="nearest") ** 2, {"size": [5, 7], "mode": "nearest"})
+    add("upsample_bilinear", "upsample", [rand(1, 2, 3, 4)],
+        lambda x: F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=False) ** 2,
+        {"size": [5, 7], "mode": "bilinear"})
+    add("upsample_bilinear_corners", "upsample", [rand(2, 1, 3, 3)],
+        lambda x: torch.tanh(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)),
+        {"scale_factor": 2, "mode": "bilinear", "align_corners": True, "tanh": True})
+
+
 def main():
     global fx
     fx = Fixture("double_backward", seed=SEED)
@@ -138,6 +174,7 @@ def main():
     gen_scalar()
     gen_nn()
     gen_reduce_shape()
+    gen_unet_ops()
     fx.write("fixtures_double_backward.py")
 
 
