@@ -282,7 +282,62 @@ done:
     return status;
 }
 
-static const cn_op_def op_attention = {"scaled_dot_product_attention", attention_backward, NULL};
+/* The recorded backward (create_graph): P recomputed with recording ops (S = scale q k^T + mask,
+ * P = softmax(S)), then the formulas above as matmuls; gradients of broadcast operands have the
+ * broadcast shape, and the engine sums them down. */
+static cn_tensor *matmul_t(const cn_tensor *a, cn_tensor *b, cn_error *err) { /* a @ b^T */
+    cn_tensor *bt = cn_transpose(b, -1, -2, err);
+    cn_tensor *r = bt ? cn_matmul(a, bt, err) : NULL;
+    cn_release(bt);
+    return r;
+}
+
+static cn_tensor *t_matmul(cn_tensor *a, const cn_tensor *b, cn_error *err) { /* a^T @ b */
+    cn_tensor *at = cn_transpose(a, -1, -2, err);
+    cn_tensor *r = at ? cn_matmul(at, b, err) : NULL;
+    cn_release(at);
+    return r;
+}
+
+static cn_tensor *scale_drop(cn_tensor *t, float scale, cn_error *err) {
+    cn_tensor *r = t ? cn_binary_scalar(CN_MUL, t, scale, false, err) : NULL;
+    cn_release(t);
+    return r;
+}
+
+static int attention_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    float scale = CN_NODE_ARGS(n, struct attention_args)->scale;
+    cn_tensor *q = n->inputs[0], *k = n->inputs[1], *v = n->inputs[2], *mask = n->n_inputs > 3 ? n->inputs[3] : NULL;
+    int status = -1, last = -1;
+    cn_tensor *s = scale_drop(matmul_t(q, k, err), scale, err), *p = NULL, *dp = NULL, *ds = NULL;
+    if (s && mask) {
+        cn_tensor *masked = cn_binary(CN_ADD, s, mask, err);
+        cn_release(s);
+        s = masked;
+    }
+    if (!s || !(p = cn_softmax(s, -1, err))) goto done;
+    if (v->requires_grad && !(gi[2] = t_matmul(p, g, err))) goto done;
+    if (!(q->requires_grad || k->requires_grad || (mask && mask->requires_grad))) {
+        status = 0;
+        goto done;
+    }
+    if (!(dp = matmul_t(g, v, err))) goto done;
+    cn_tensor *dpp = cn_binary(CN_MUL, dp, p, err);
+    cn_tensor *dot = dpp ? cn_sum(dpp, 1, &last, true, err) : NULL;
+    cn_tensor *centred = dot ? cn_binary(CN_SUB, dp, dot, err) : NULL;
+    ds = centred ? cn_binary(CN_MUL, p, centred, err) : NULL;
+    cn_release(dpp), cn_release(dot), cn_release(centred);
+    if (!ds) goto done;
+    if (q->requires_grad && !(gi[0] = scale_drop(cn_matmul(ds, k, err), scale, err))) goto done;
+    if (k->requires_grad && !(gi[1] = scale_drop(t_matmul(ds, q, err), scale, err))) goto done;
+    if (mask && mask->requires_grad) gi[3] = cn_retain(ds);
+    status = 0;
+done:
+    cn_release(s), cn_release(p), cn_release(dp), cn_release(ds);
+    return status;
+}
+
+static const cn_op_def op_attention = {"scaled_dot_product_attention", attention_backward, attention_backward_graph};
 
 cn_tensor *cn_scaled_dot_product_attention(const cn_tensor *q, const cn_tensor *k, const cn_tensor *v,
                                            const cn_tensor *mask, double scale, cn_error *err) {

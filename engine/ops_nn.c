@@ -313,7 +313,22 @@ static int embedding_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn
     return 0;
 }
 
-static const cn_op_def op_embedding = {"embedding", embedding_backward, NULL};
+/* The recorded backward (create_graph): gW = onehot(ids)^T @ g as [count, num]^T @ [count, dim],
+ * the one-hot matrix a constant, so the gradient is linear in g and differentiable again. */
+static int embedding_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *weight = n->inputs[0], *ids = n->saved[EMBEDDING_SAVED_IDS];
+    int64_t count = (int64_t)cn_numel(ids), shape[2] = {count, weight->shape[0]}, rows[2] = {count, weight->shape[1]};
+    cn_tensor *onehot = cn_zeros(2, shape, err);
+    if (!onehot) return -1;
+    for (int64_t i = 0; i < count; i++) cn_data(onehot)[i * shape[1] + (int64_t)cn_data(ids)[i]] = 1.0f;
+    cn_tensor *ot = cn_transpose(onehot, 0, 1, err);
+    cn_tensor *g2 = ot ? cn_reshape((cn_tensor *)g, 2, rows, err) : NULL;
+    gi[0] = g2 ? cn_matmul(ot, g2, err) : NULL;
+    cn_release(onehot), cn_release(ot), cn_release(g2);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_embedding = {"embedding", embedding_backward, embedding_backward_graph};
 
 cn_tensor *cn_embedding(const cn_tensor *indices, const cn_tensor *weight, cn_error *err) {
     cn_tensor *r;

@@ -406,7 +406,7 @@ static cn_tensor *deviation(const cn_tensor *x, int64_t mask, cn_error *err) {
     int dims[CN_MAX_DIMS], n = 0;
     for (int d = 0; d < x->ndim; d++)
         if (mask >> d & 1) dims[n++] = d;
-    cn_tensor *m = mean_forward(x, n, dims, true, err);
+    cn_tensor *m = cn_mean(x, n, dims, true, err); /* recorded under create_graph */
     if (!m) return NULL;
     cn_tensor *dev = cn_binary(CN_SUB, x, m, err);
     cn_release(m);
@@ -438,9 +438,12 @@ struct reduce_args {
 };
 enum { REDUCE_SAVED_X, REDUCE_SAVED_OUT };
 
-static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+/* The gradient from the input x and the result out: the saved (detached) ones for the fast
+ * backward; the node's input and the result recomputed by the recording op for the recorded one
+ * (every op below records under create_graph). */
+static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, const cn_tensor *out, cn_tensor **gi,
+                        cn_error *err) {
     const struct reduce_args *args = CN_NODE_ARGS(n, struct reduce_args);
-    const cn_tensor *x = n->saved[REDUCE_SAVED_X], *out = n->saved[REDUCE_SAVED_OUT];
     int64_t mask = args->dims_mask;
     double count;
     cn_tensor *gk = keepdim_view(g, x, mask, &count, err);
@@ -490,8 +493,9 @@ static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
             cn_release(ax), cn_release(hit), cn_release(nan), cn_release(m), cn_release(cnt), cn_release(share);
         } else {
             /* x |x|^(p-2) g / norm^(p-1), 0 where the norm is 0 */
-            cn_tensor *ax = cn_unary(CN_ABS, x, err);
-            cn_tensor *w = ax ? cn_binary_scalar(CN_POW, ax, (float)(p - 2.0), false, err) : NULL;
+            /* p = 2: |x|^0 is 1, left out so that a second derivative has no 0 * |0|^-1 */
+            cn_tensor *ax = p == 2.0 ? cn_scalar(1.0f, err) : cn_unary(CN_ABS, x, err);
+            cn_tensor *w = !ax ? NULL : p == 2.0 ? cn_retain(ax) : cn_binary_scalar(CN_POW, ax, (float)(p - 2.0), false, err);
             cn_tensor *np = cn_binary_scalar(CN_POW, nk, (float)(p - 1.0), false, err);
             cn_tensor *q = np ? cn_binary(CN_DIV, gk, np, err) : NULL;
             cn_tensor *zero = cn_scalar(0.0f, err);
@@ -510,16 +514,31 @@ static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_er
     return r ? 0 : -1;
 }
 
-/* The recorded backward (create_graph): sum's and mean's backward above is built of recording
- * ops of g alone; var, std and norm read the detached input and are refused. */
+static int reduce_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    return reduce_grads(n, g, n->saved[REDUCE_SAVED_X], n->saved[REDUCE_SAVED_OUT], gi, err);
+}
+
 static int reduce_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
-    int kind = CN_NODE_ARGS(n, struct reduce_args)->kind;
-    if (kind != R_SUM && kind != R_MEAN) {
-        cn_error_set(err, "%s has no differentiable backward yet (create_graph)",
-                     kind == R_VAR ? "var" : kind == R_STD ? "std" : "norm");
-        return -1;
+    const struct reduce_args *args = CN_NODE_ARGS(n, struct reduce_args);
+    cn_tensor *x = n->inputs[0], *out = NULL;
+    int dims[CN_MAX_DIMS], nd = 0;
+    for (int d = 0; d < x->ndim; d++)
+        if (args->dims_mask >> d & 1) dims[nd++] = d;
+    switch (args->kind) {
+    case R_STD: out = cn_std(x, nd, dims, args->correction, false, err); break;
+    case R_NORM:
+        if (isinf(args->p)) {
+            cn_error_set(err, "the max-norm has no differentiable backward yet (create_graph)");
+            return -1;
+        }
+        out = cn_norm(x, args->p, nd, dims, false, err);
+        break;
+    default: out = cn_retain(x); /* sum, mean, var: not read */
     }
-    return reduce_backward(n, g, gi, err);
+    if (!out) return -1;
+    int status = reduce_grads(n, g, x, out, gi, err);
+    cn_release(out);
+    return status;
 }
 
 static const cn_op_def op_reduce = {"reduce", reduce_backward, reduce_backward_graph};

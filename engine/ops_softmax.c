@@ -185,8 +185,33 @@ static int softmax_backward(cn_node *node, const cn_tensor *g, cn_tensor **gi, c
     return 0;
 }
 
-static const cn_op_def op_softmax = {"softmax", softmax_backward, NULL};
-static const cn_op_def op_log_softmax = {"log_softmax", softmax_backward, NULL};
+/* The recorded backward (create_graph), with y recomputed by the recording op:
+ *   softmax:      dx = y (g - sum(g y))
+ *   log_softmax:  dx = g - exp(y) sum(g)      (sums along dim, kept) */
+static int softmax_backward_graph(cn_node *node, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct softmax_args *args = CN_NODE_ARGS(node, struct softmax_args);
+    int dim = args->dim;
+    cn_tensor *x = node->inputs[0];
+    cn_tensor *y = args->log_out ? cn_log_softmax(x, dim, err) : cn_softmax(x, dim, err);
+    cn_tensor *gy = y && !args->log_out ? cn_binary(CN_MUL, g, y, err) : NULL;
+    cn_tensor *total = y ? cn_sum(args->log_out ? g : gy, 1, &dim, true, err) : NULL;
+    cn_tensor *r = NULL;
+    if (total && args->log_out) {
+        cn_tensor *p = cn_unary(CN_EXP, y, err);
+        cn_tensor *share = p ? cn_binary(CN_MUL, p, total, err) : NULL;
+        r = share ? cn_binary(CN_SUB, g, share, err) : NULL;
+        cn_release(p), cn_release(share);
+    } else if (total) {
+        cn_tensor *centred = cn_binary(CN_SUB, g, total, err);
+        r = centred ? cn_binary(CN_MUL, y, centred, err) : NULL;
+        cn_release(centred);
+    }
+    cn_release(y), cn_release(gy), cn_release(total);
+    return (gi[0] = r) ? 0 : -1;
+}
+
+static const cn_op_def op_softmax = {"softmax", softmax_backward, softmax_backward_graph};
+static const cn_op_def op_log_softmax = {"log_softmax", softmax_backward, softmax_backward_graph};
 
 static cn_tensor *softmax_op(const cn_tensor *x, int dim, bool log_out, cn_error *err) {
     cn_tensor *r;

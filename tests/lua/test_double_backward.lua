@@ -67,6 +67,17 @@ local dispatch = {
   end,
   instance_norm = function(x) return cn.instance_norm(x[1], x[2], x[3]):tanh() end,
   layer_norm = function(x, a) return cn.layer_norm(x[1], a.shape, x[2], x[3]):tanh() end,
+  var = function(x, a) return x[1]:var(a.dims) end,
+  std = function(x, a) return x[1]:std(nil, false, a.correction) end,
+  rms = function(x, a) return x[1] / x[1]:norm(2, a.dim, true):clamp(1e-12) end,
+  norm = function(x, a)
+    local y = x[1]:norm(a.p, a.dims)
+    return a.square and y:square() or y
+  end,
+  softmax = function(x, a) return cn.softmax(x[1], a.dim) end,
+  log_softmax = function(x, a) return cn.log_softmax(x[1], a.dim) end,
+  sdpa = function(x) return cn.scaled_dot_product_attention(x[1], x[2], x[3], {mask = x[4]}) end,
+  embedding = function(x) return pow2(cn.embedding(x[1] + 1, x[2]):tanh()) end, -- ids 1-based in Lua
   upsample = function(x, a)
     local y = cn.upsample(x[1], {size = a.size, scale_factor = a.scale_factor, mode = a.mode,
       align_corners = a.align_corners})
@@ -250,8 +261,8 @@ end
 function TestCreateGraph.test_ops_without_a_differentiable_backward_refuse_by_name()
   local x = cn.randn{2, 3}:requires_grad(true)
   for _, case in ipairs {
-    {"softmax", function() return x:softmax(2) end},
-    {"var", function() return x:var() end},
+    {"max_pool2d", function() return cn.max_pool2d(x:view{1, 1, 2, 3}, 2) end},
+    {"max-norm", function() return x:norm(math.huge) end},
     {"gelu", function() return x:gelu() end},
     {"max_dim", function() return (x:max(2)) end},
   } do
@@ -284,4 +295,37 @@ function TestCreateGraphOde.test_odeint_adjoint_refuses_create_graph()
   local zs = cn.odeint(function(_, z) return cn.linear(z, w):tanh() end, z0, cn.tensor{0, 1},
     {method = "rk4", adjoint = true, params = {w}})
   lu.assertErrorMsgContains("adjoint=true", function() cn.autograd.grad(zs:sum(), z0, nil, {create_graph = true}) end)
+end
+
+-- ---- whole models: Hessian-vector products of a U-Net's and a cU-Net's loss ---------------------
+
+TestCreateGraphModels = {}
+
+local unet = require "cunet.models.unet"
+local continuous_unet = require "cunet.models.continuous_unet"
+
+-- d/dx and d/dw of <grad of the ε-prediction loss, v> against central differences of gradients,
+-- w one of the model's trainable tensors, on tiny configs with the presets' structure: the
+-- ddpm U-Net with attention; the cU-Net's second-order ODE blocks (rk4_38 stages: lincombs),
+-- group norm, attention and the time embedding
+local function check_model(model)
+  model:eval() -- no dropout: every evaluation is the same function
+  local params = {}
+  for _, p in ipairs(model:parameters()) do if p:requires_grad() then params[#params + 1] = p end end
+  local t, eps = cn.tensor{10, 500}, cn.randn{2, 1, 8, 8}
+  gradgradcheck(function(x) return cn.mse_loss(model(x, t), eps) end, {cn.randn{2, 1, 8, 8}, params[3]},
+    {eps = 1e-2, rtol = 5e-2, atol = 1e-3, max_elements = 6})
+end
+
+function TestCreateGraphModels.test_unet_hvp()
+  cn.seed(11)
+  check_model(unet.UNet{arch = "ddpm", in_channels = 1, resolution = 8, ch = 8, ch_mult = {1, 2}, num_res_blocks = 1,
+    attn_resolutions = {4}, dropout = 0, norm_groups = 4})
+end
+
+function TestCreateGraphModels.test_cunet_hvp()
+  cn.seed(11)
+  check_model(continuous_unet.ContinuousUNet{in_channels = 1, resolution = 8, widths = {4, 8}, mid_width = 8,
+    stem_width = 4, time_dim = 8, attention_levels = {2}, attention_heads = 1, form = "second_order",
+    stem = "position_velocity", norm = "group", norm_groups = 2, time_scale_shift = true, attention_residual = true})
 end

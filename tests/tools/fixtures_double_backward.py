@@ -166,6 +166,35 @@ def gen_unet_ops():
         {"scale_factor": 2, "mode": "bilinear", "align_corners": True, "tanh": True})
 
 
+def attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(d) + mask) v (torch 1.13 has no F.scaled_dot_product_attention)."""
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return torch.softmax(s if mask is None else s + mask, -1) @ v
+
+
+def gen_attention():
+    """softmax, attention (as the U-Nets' attention blocks use it), embedding."""
+    add("softmax", "softmax", [rand(3, 4)], lambda x: torch.softmax(x, 1), {"dim": 2})
+    add("softmax_dim1", "softmax", [rand(3, 4)], lambda x: torch.softmax(x, 0), {"dim": 1})
+    add("log_softmax", "log_softmax", [rand(3, 4)], lambda x: torch.log_softmax(x, 1), {"dim": 2})
+    add("sdpa", "sdpa", [rand(2, 3, 4), rand(2, 5, 4), rand(2, 5, 3)], attention)
+    mask = torch.where(torch.rand(3, 5) > 0.3, torch.zeros(3, 5), torch.full((3, 5), -2.0))
+    add("sdpa_mask_broadcast", "sdpa", [rand(2, 3, 4), rand(5, 4), rand(2, 5, 3), mask],
+        attention, requires_grad=[True, True, True, True])
+    ids = torch.tensor([[1.0, 3.0, 1.0], [0.0, 2.0, 3.0]])
+    add("embedding", "embedding", [ids, rand(4, 3)],
+        lambda i, w: torch.tanh(F.embedding(i.long(), w)) ** 2, requires_grad=[False, True])
+
+
+def gen_statistics():
+    """var, std and p-norms (the U-Nets' RMS norm is x / |x|_2 along channels)."""
+    add("var_dim", "var", [rand(3, 4)], lambda x: torch.var(x, 1), {"dims": 2})
+    add("std_all", "std", [rand(3, 4)], lambda x: torch.std(x, unbiased=False), {"correction": 0})
+    add("norm2_rms", "rms", [rand(2, 3, 2)], lambda x: x / x.norm(2, 1, True).clamp(1e-12), {"dim": 2})
+    add("norm3", "norm", [rand(3, 4)], lambda x: x.norm(3, 1), {"p": 3, "dims": 2})
+    add("norm1", "norm", [rand(3, 4)], lambda x: x.norm(1, 0) ** 2, {"p": 1, "dims": 1, "square": True})
+
+
 def main():
     global fx
     fx = Fixture("double_backward", seed=SEED)
@@ -175,6 +204,8 @@ def main():
     gen_nn()
     gen_reduce_shape()
     gen_unet_ops()
+    gen_attention()
+    gen_statistics()
     fx.write("fixtures_double_backward.py")
 
 
