@@ -1,7 +1,8 @@
 /* test_autograd.c — the tape (autograd.c) through the engine API: backward into leaves with
  * accumulation, cn_grad with leaf and non-leaf inputs, retain_graph and the freed-graph error, the
  * grad mode switch, cn_sum_to_shape, a diamond graph, memory back to baseline once outputs are
- * released, and a 100,000-node chain walked and freed on a small thread stack (no recursion).
+ * released, create_graph (second order through a lincomb, the refusal by op name), and a
+ * 100,000-node chain walked and freed on a small thread stack (no recursion).
  * Expected gradients are worked out by hand in double (d/dx of each expression in its comment).
  */
 #include <math.h>
@@ -405,6 +406,36 @@ static void *chain_thread(void *arg) {
     return NULL;
 }
 
+/* create_graph: y = sum(0.5 x*x + 3 x) through a lincomb, g = dy/dx = x + 3 comes back with a
+ * graph, and d sum(g * v) / dx = v; an op without a recorded backward refuses by name; and every
+ * graph, the gradient's own included, is freed with its outputs. */
+static void test_create_graph(void) {
+    size_t base = cn_memory_live();
+    cn_error err;
+    const float xv[3] = {1.0f, -2.0f, 0.5f}, vv[3] = {0.25f, 2.0f, -1.0f};
+    cn_tensor *x = leaf(3, xv), *v = vec(3, vv), *g = NULL, *h = NULL;
+    cn_tensor *sq = mul(x, x), *terms[2] = {sq, x};
+    const double coeffs[2] = {0.5, 3.0};
+    cn_tensor *comb = cn_lincomb(2, terms, coeffs, &err), *y = comb ? sum_all(comb) : NULL;
+    CHECK(y && cn_grad(1, &y, NULL, 1, &x, &g, CN_CREATE_GRAPH, &err) == 0);
+    CHECK(values_are(g, 3, (const double[]){4.0, 1.0, 3.5}));
+    CHECK(g && g->node != NULL);
+    cn_tensor *gv = g ? mul(g, v) : NULL, *s = gv ? sum_all(gv) : NULL;
+    CHECK(s && cn_grad(1, &s, NULL, 1, &x, &h, 0, &err) == 0);
+    CHECK(values_are(h, 3, (const double[]){0.25, 2.0, -1.0}));
+    /* in C, CN_CREATE_GRAPH alone does not retain the walked graph (the Lua binding defaults
+     * retain_graph to create_graph, as torch) */
+    cn_release(g), cn_release(h), cn_release(gv), cn_release(s);
+    g = NULL;
+    CHECK(cn_grad(1, &y, NULL, 1, &x, &g, CN_CREATE_GRAPH, &err) == -1 && mentions(&err, "second time"));
+    cn_tensor *values = NULL;
+    CHECK(cn_max_dim(x, 0, false, true, &values, NULL, &err) == 0);
+    CHECK(cn_grad(1, &values, NULL, 1, &x, &g, CN_CREATE_GRAPH, &err) == -1 &&
+          mentions(&err, "create_graph is not supported through 'max_dim'"));
+    cn_release(values), cn_release(sq), cn_release(comb), cn_release(y), cn_release(x), cn_release(v);
+    CHECK(cn_memory_live() == base);
+}
+
 static void test_long_chain_without_recursion(void) {
     /* a 1 MiB stack: a recursive walk or free over 1e5 nodes would overflow it */
     pthread_attr_t attr;
@@ -434,6 +465,7 @@ int main(void) {
     RUN(test_detach);
     RUN(test_sum_to_shape);
     RUN(test_memory_back_to_baseline);
+    RUN(test_create_graph);
     RUN(test_long_chain_without_recursion);
     return CTEST_SUMMARY("autograd");
 }
