@@ -18,6 +18,7 @@
 #include "alloc.h"
 #include "ctest.h"
 #include "io_idx.h"
+#include "io_file.h"
 #include "io_safetensors.h"
 #include "tensor.h"
 
