@@ -93,7 +93,7 @@ $(MODULE): $(BIND_OBJ) $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $(BIND_OBJ) $(LIBENGINE) $(LIBS)
 
-$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h $(LIBENGINE)
+$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h tests/c/test_util.h $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -I tests/c -o $@ $< $(LIBENGINE) $(LIBS)
 
