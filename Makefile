@@ -41,7 +41,7 @@ ifneq ($(MPI),0)
   endif
 endif
 
-ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
+ENGINE_SRC := $(wildcard engine/*.c)
 BIND_SRC   := $(wildcard engine/lua/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 BIND_OBJ   := $(BIND_SRC:%.c=$(BUILD)/%.o)
@@ -82,7 +82,7 @@ $(LIBENGINE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(EXE): $(BUILD)/engine/main.o $(BIND_OBJ) $(LIBENGINE)
+$(EXE): $(BUILD)/cli/main.o $(BIND_OBJ) $(LIBENGINE)
 	$(CC) -o $@ $^ $(LUA_LIB) -lreadline $(LIBS)
 
 cunet: $(EXE)
@@ -93,7 +93,7 @@ $(MODULE): $(BIND_OBJ) $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $(BIND_OBJ) $(LIBENGINE) $(LIBS)
 
-$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h $(LIBENGINE)
+$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h tests/c/test_util.h $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -I tests/c -o $@ $< $(LIBENGINE) $(LIBS)
 

@@ -12,8 +12,7 @@
 
 #include "autograd.h"
 #include "ops_spatial.h"
-
-#define PARALLEL_MIN 32768 /* output elements below which a loop stays serial */
+#include "parallel.h"
 
 typedef long long ll; /* for printing int64_t with %lld */
 
