@@ -24,6 +24,17 @@ local function root()
   return dir .. "/../.."
 end
 
+--- The repository root ($CUNET_ROOT, else found from this file's path).
+M.root = root
+
+--- Calls fn, which must raise; the message must contain every further argument. Returns it.
+function M.assert_error(fn, ...)
+  local ok, err = pcall(fn)
+  lu.assertFalse(ok, "expected an error")
+  for _, piece in ipairs{...} do lu.assertStrContains(tostring(err), piece, false) end
+  return tostring(err)
+end
+
 --- The list of cases of tests/fixtures/<name>.lua.
 function M.load(name)
   return dofile(root() .. "/tests/fixtures/" .. name .. ".lua")
