@@ -3,6 +3,7 @@
 --   local fs = require "cunet.fs"
 --   if fs.exists(path) then ... end
 --   local ok, err = fs.mkdir_p("runs/a b/c")        -- like `mkdir -p`, with the path shell-quoted
+--   assert(fs.write_atomic("runs/table.csv", text))  -- a temp file renamed over the path
 
 local M = {}
 
@@ -23,6 +24,26 @@ function M.mkdir_p(path)
   if M.exists(path .. "/.") then return true end
   if os.execute("mkdir -p " .. M.shell_quote(path)) then return true end
   return nil, string.format("cannot create the directory '%s'", path)
+end
+
+--- write_atomic(path, text) -> true, or nil and a message: writes text to path.tmp and renames it
+-- over path, so a reader never sees half a file.
+function M.write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if not f then return nil, string.format("cannot write '%s': %s", tmp, tostring(err)) end
+  local ok, werr = f:write(text)
+  f:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, string.format("cannot write '%s': %s", tmp, tostring(werr))
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    return nil, string.format("cannot write '%s': %s", path, tostring(rerr))
+  end
+  return true
 end
 
 return M
