@@ -48,6 +48,8 @@ function TestJpeg:testRefusals()
     "image too large for the file")
   assert_error(function() cn.load_jpeg(root() .. "/tests/fuzz/crashes/jpeg/sof_claims_65500x65500.jpg") end,
     "too large (limit")
+  -- a progressive file that keeps starting scans
+  assert_error(function() cn.load_jpeg(root() .. "/tests/fuzz/crashes/jpeg/scans_600.jpg") end, "more than 500 scans")
 end
 
 function TestJpeg:testImageFolder()

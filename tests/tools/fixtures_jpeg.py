@@ -15,7 +15,8 @@ lossy coding keeps them recognisable.
   truncated_rgb.jpg         rgb420_20x14.jpg cut in the middle of its entropy data (refused)
 The crash inputs: a 300-byte file whose frame header claims 65500 x 65500 RGB, a sequential file
 claiming 2000 x 2000 (under the sample cap, past the sample-per-byte bound), the truncated and CMYK files, and a file
-whose scan data are noise.
+whose scan data are noise, and the progressive file with its last scan repeated 600 times (past the
+reader's 500-scan limit).
 """
 import io
 import os
@@ -63,6 +64,22 @@ def set_frame_size(data, w, h):
     raise ValueError("no frame header")
 
 
+def scans(data):
+    """The (start, end) byte ranges of the scans (SOS segment and its entropy-coded data)."""
+    i, found = 2, []
+    while i < len(data) and data[i + 1] != 0xD9:
+        length = data[i + 2] << 8 | data[i + 3]
+        if data[i + 1] != 0xDA:
+            i += 2 + length
+            continue
+        j = i + 2 + length
+        while not (data[j] == 0xFF and data[j + 1] != 0x00 and not 0xD0 <= data[j + 1] <= 0xD7):
+            j += 1
+        found.append((i, j))
+        i = j
+    return found
+
+
 def lua_image(img):
     chans = len(img.getbands())
     w, h = img.size
@@ -105,6 +122,9 @@ def main():
     rnd = random.Random(7)
     noise = bytes(rnd.randrange(255) for _ in range(len(full) - scan_start - 2))  # no 0xFF: no markers
     put(os.path.join(crashes, "scan_noise.jpg"), full[:scan_start] + noise + b"\xff\xd9")
+    prog = files["rgb444_progressive_24x16.jpg"]
+    start, end = scans(prog)[-1]
+    put(os.path.join(crashes, "scans_600.jpg"), prog[:end] + prog[start:end] * 600 + b"\xff\xd9")
 
 
 if __name__ == "__main__":
