@@ -49,6 +49,8 @@ local spec = {
     {"lpips-weights", nil, "LPIPS weights (safetensors; needs lua/cunet/models/lpips.lua); without them the LPIPS columns read '"
       .. NO_LPIPS .. "'", type = "string"},
     {"lpips-net", "alex", "LPIPS trunk of those weights", choices = {"alex", "vgg"}},
+    {"lpips-size", 0, "upsample both images (bilinear) to this size before LPIPS (0: as they are; 28x28 MNIST is below "
+      .. "AlexNet's smallest input, 31: give 64)", integer = true, min = 0},
     {"ema", true, "the diffusion checkpoints' EMA weights (--no-ema: the trained ones)"},
     {"strips", 8, "images per strip PNG (0: none)", integer = true, min = 0},
     {"seed", 0, "noise seed (level k uses seed + k - 1; the sampler's noise too)", integer = true, min = 0},
@@ -74,8 +76,15 @@ if args.lpips_weights then
     error("denoise: cunet.models.lpips has no new{net =, weights =} (an older or other module?)", 0)
   end
   local net = lpips.new{net = args.lpips_net, weights = args.lpips_weights}
+  local size = args.lpips_size
   lpips_fn = function(a, b) -- [0, 1] images; LPIPS takes [-1, 1]
-    return cn.no_grad(function() return net:distance(a * 2 - 1, b * 2 - 1) end)
+    return cn.no_grad(function()
+      if size > 0 then
+        a = cn.upsample(a, {size = {size, size}, mode = "bilinear"})
+        b = cn.upsample(b, {size = {size, size}, mode = "bilinear"})
+      end
+      return net:distance(a * 2 - 1, b * 2 - 1)
+    end)
   end
 end
 

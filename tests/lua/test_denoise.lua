@@ -203,6 +203,42 @@ function TestDenoise:testRecipeFiveDigitsTwoTimesteps()
   os.execute("rm -rf " .. fs.shell_quote(out))
 end
 
+-- The LPIPS columns with a stand-in for cunet.models.lpips (the recipe run in this process with the
+-- module replaced): a distance of its own, called on images upsampled to --lpips-size.
+function TestDenoise:testRecipeLpipsColumns()
+  lu.skipIf(not fs.exists(MNIST), "MNIST not fetched (sh tools/fetch_mnist.sh data)")
+  local out = tmpdir()
+  local seen = {}
+  local saved = package.loaded["cunet.models.lpips"]
+  package.loaded["cunet.models.lpips"] = {new = function(o)
+    seen.net, seen.weights = o.net, o.weights
+    return {distance = function(_, a, b)
+      seen.size = a:size(3)
+      lu.assertTrue(a:min():item() >= -1 and a:max():item() <= 1) -- LPIPS takes [-1, 1]
+      return (a - b):abs():mean({2, 3, 4})
+    end}
+  end}
+  local saved_arg, cli = _G.arg, require "cunet.cli"
+  local saved_short = cli.short_errors -- cli.parse sets it for the executable
+  _G.arg = {"--ckpt", ROOT .. "/checkpoints/unet_mnist_small.safetensors", "--n", "3", "--noise", "t:20", "--strips", "0",
+    "--lpips-weights", "/some/lpips_vgg.safetensors", "--lpips-net", "vgg", "--lpips-size", "32", "--out", out}
+  local ok, err = pcall(dofile, ROOT .. "/recipes/denoise.lua")
+  _G.arg, cli.short_errors = saved_arg, saved_short
+  package.loaded["cunet.models.lpips"] = saved
+  lu.assertTrue(ok, tostring(err))
+  lu.assertEquals({seen.net, seen.weights, seen.size}, {"vgg", "/some/lpips_vgg.safetensors", 32})
+  local _, rows = csv(out .. "/denoise.csv")
+  for _, row in ipairs(rows) do
+    lu.assertEquals(type(row.best_lpips), "number", row.method)
+    lu.assertTrue(row.best_lpips < row.noisy_lpips, row.method)
+  end
+  lu.assertTrue(rows[1].step_lpips >= 1 and rows[1].step_lpips <= 20)
+  lu.assertTrue(fs.exists(out .. "/denoise_lpips.png"))
+  local _, steps = csv(out .. "/denoise_steps.csv")
+  lu.assertEquals(type(steps[1].lpips), "number")
+  os.execute("rm -rf " .. fs.shell_quote(out))
+end
+
 function TestDenoise:testRecipeJpegFolderAtSigma()
   local out, folder = tmpdir(), tmpdir()
   local jpeg = ROOT .. "/tests/fixtures/jpeg/"
