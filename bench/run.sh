@@ -66,7 +66,7 @@ if [ -n "$BENCH_FILTER" ]; then
 fi
 
 # Lone ops: ./cunet runs with OMP_WAIT_POLICY=passive unless the caller chose a policy
-# (engine/main.c re-executes itself with it: spinning OpenMP workers starve OpenBLAS's threads).
+# (cli/main.c re-executes itself with it: spinning OpenMP workers starve OpenBLAS's threads).
 # Give torch the same policy there, or the two sides would not run under one environment.
 if [ -n "$OMP_WAIT_POLICY" ]; then
     lone_policy=$OMP_WAIT_POLICY

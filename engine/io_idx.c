@@ -9,19 +9,15 @@
 #include "io_idx.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
-#include "io_safetensors.h" /* cn_atomic_* */
-
-#define PATH_FMT "%.200s"
+#include "io_file.h"
 
 typedef struct idx_type {
     int code;
@@ -138,24 +134,12 @@ static const char *gz_note(gzFile g) {
 }
 
 cn_tensor *cn_idx_load(const char *path, cn_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        cn_error_set(err, "cannot open '" PATH_FMT "': %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    const char *why = fstat(fd, &st) != 0 ? strerror(errno)
-                      : S_ISDIR(st.st_mode) ? strerror(EISDIR)
-                      : !S_ISREG(st.st_mode) ? "not a regular file"
-                                             : NULL;
-    if (why) {
-        cn_error_set(err, "cannot read '" PATH_FMT "': %s", path, why);
-        close(fd);
-        return NULL;
-    }
+    size_t file_size;
+    int fd = cn_file_open_regular(path, &file_size, err);
+    if (fd < 0) return NULL;
     gzFile g = gzdopen(fd, "rb");
     if (!g) {
-        cn_error_set(err, "cannot read '" PATH_FMT "': out of memory", path);
+        cn_error_set(err, "cannot read '" CN_PATH_FMT "': out of memory", path);
         close(fd);
         return NULL;
     }
@@ -165,31 +149,31 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
     unsigned char head[4 + 4 * 255];
     size_t got = gz_read_full(g, head, 4, &zerr);
     if (zerr) {
-        cn_error_set(err, PATH_FMT ": corrupt gzip data (%s)", path, zerr);
+        cn_error_set(err, CN_PATH_FMT ": corrupt gzip data (%s)", path, zerr);
         goto done;
     }
     if (got < 4) {
-        cn_error_set(err, PATH_FMT ": file is too short (%zu bytes) for an IDX file, which starts with a 4-byte "
+        cn_error_set(err, CN_PATH_FMT ": file is too short (%zu bytes) for an IDX file, which starts with a 4-byte "
                      "magic number", path, got);
         goto done;
     }
     const idx_type *ty = find_type(head[2]);
     if (head[0] != 0 || head[1] != 0 || !ty) {
-        cn_error_set(err, PATH_FMT ": bad magic number 0x%02x%02x%02x%02x: not an IDX file (expected 00 00, a type "
+        cn_error_set(err, CN_PATH_FMT ": bad magic number 0x%02x%02x%02x%02x: not an IDX file (expected 00 00, a type "
                      "code 08 u8, 09 i8, 0B i16, 0C i32, 0D f32 or 0E f64, and the dim count)", path, head[0],
                      head[1], head[2], head[3]);
         goto done;
     }
     int ndim = head[3];
     if (ndim > CN_MAX_DIMS) {
-        cn_error_set(err, PATH_FMT ": IDX file has %d dims; cunet supports at most %d", path, ndim, CN_MAX_DIMS);
+        cn_error_set(err, CN_PATH_FMT ": IDX file has %d dims; cunet supports at most %d", path, ndim, CN_MAX_DIMS);
         goto done;
     }
     size_t size_bytes = 4 * (size_t)ndim;
     got = gz_read_full(g, head + 4, size_bytes, &zerr);
     if (zerr || got < size_bytes) {
-        if (zerr) cn_error_set(err, PATH_FMT ": corrupt gzip data (%s)", path, zerr);
-        else cn_error_set(err, PATH_FMT ": truncated IDX header: %d dims need %zu bytes of sizes, the file has %zu",
+        if (zerr) cn_error_set(err, CN_PATH_FMT ": corrupt gzip data (%s)", path, zerr);
+        else cn_error_set(err, CN_PATH_FMT ": truncated IDX header: %d dims need %zu bytes of sizes, the file has %zu",
                           path, ndim, size_bytes, got);
         goto done;
     }
@@ -200,35 +184,35 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
     size_t numel, expected, tensor_bytes, max_bytes = cn_idx_max_bytes();
     cn_error inner;
     if (cn_shape_numel_checked(ndim, shape, &numel, "load_idx", &inner)) { /* a shape no tensor can have */
-        cn_error_set(err, PATH_FMT ": IDX shape %s of %s is too large (%s)", path, shape_buf, ty->name, inner.msg);
+        cn_error_set(err, CN_PATH_FMT ": IDX shape %s of %s is too large (%s)", path, shape_buf, ty->name, inner.msg);
         goto done;
     }
     expected = numel * ty->size, tensor_bytes = numel * sizeof(float); /* numel <= 2^44: no overflow */
     if (tensor_bytes > max_bytes) {
-        cn_error_set(err, PATH_FMT ": IDX shape %s of %s is too large: %zu bytes as float32, above the limit of "
+        cn_error_set(err, CN_PATH_FMT ": IDX shape %s of %s is too large: %zu bytes as float32, above the limit of "
                      "%zu (set CUNET_IDX_MAX_BYTES to raise it)", path, shape_buf, ty->name, tensor_bytes, max_bytes);
         goto done;
     }
     if (gzdirect(g)) { /* a plain file: its length must match before anything is allocated */
-        uint64_t have = (uint64_t)st.st_size - 4 - size_bytes;
+        uint64_t have = (uint64_t)file_size - 4 - size_bytes;
         if (have != expected) {
-            cn_error_set(err, have < expected ? PATH_FMT ": truncated IDX data: shape %s of %s needs %llu bytes, "
+            cn_error_set(err, have < expected ? CN_PATH_FMT ": truncated IDX data: shape %s of %s needs %llu bytes, "
                                                 "the file has %llu"
-                                              : PATH_FMT ": IDX data has the wrong length: shape %s of %s needs %llu "
+                                              : CN_PATH_FMT ": IDX data has the wrong length: shape %s of %s needs %llu "
                                                 "bytes, the file has %llu",
                          path, shape_buf, ty->name, (unsigned long long)expected, (unsigned long long)have);
             goto done;
         }
-    } else if (expected / DEFLATE_MAX_RATIO > (uint64_t)st.st_size) {
-        cn_error_set(err, PATH_FMT ": truncated IDX data: shape %s of %s needs %zu bytes, more than a %lld-byte "
-                     "gzip file can hold", path, shape_buf, ty->name, expected, (long long)st.st_size);
+    } else if (expected / DEFLATE_MAX_RATIO > (uint64_t)file_size) {
+        cn_error_set(err, CN_PATH_FMT ": truncated IDX data: shape %s of %s needs %zu bytes, more than a %lld-byte "
+                     "gzip file can hold", path, shape_buf, ty->name, expected, (long long)file_size);
         goto done;
     }
     /* Read the data into a buffer grown as bytes arrive (at most the expected size). */
     size_t cap = expected < ((size_t)1 << 20) ? (size_t)expected : ((size_t)1 << 20);
     data = malloc(cap ? cap : 1);
     if (!data) {
-        cn_error_set(err, PATH_FMT ": out of memory", path);
+        cn_error_set(err, CN_PATH_FMT ": out of memory", path);
         goto done;
     }
     got = 0;
@@ -239,36 +223,36 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err) {
         size_t grown = cap * 2 < expected ? cap * 2 : (size_t)expected;
         unsigned char *p = realloc(data, grown);
         if (!p) {
-            cn_error_set(err, PATH_FMT ": out of memory (%zu bytes)", path, grown);
+            cn_error_set(err, CN_PATH_FMT ": out of memory (%zu bytes)", path, grown);
             goto done;
         }
         data = p;
         cap = grown;
     }
     if (zerr) {
-        cn_error_set(err, PATH_FMT ": corrupt gzip data (%s)", path, zerr);
+        cn_error_set(err, CN_PATH_FMT ": corrupt gzip data (%s)", path, zerr);
         goto done;
     }
     if (got < expected) {
         const char *note = gz_note(g);
-        cn_error_set(err, PATH_FMT ": truncated IDX data: shape %s of %s needs %llu bytes, the file has %zu%s%s%s",
+        cn_error_set(err, CN_PATH_FMT ": truncated IDX data: shape %s of %s needs %llu bytes, the file has %zu%s%s%s",
                      path, shape_buf, ty->name, (unsigned long long)expected, got, note ? " (gzip: " : "",
                      note ? note : "", note ? ")" : "");
         goto done;
     }
     unsigned char extra;
     if (gz_read_full(g, &extra, 1, &zerr) > 0) {
-        cn_error_set(err, PATH_FMT ": IDX data has the wrong length: shape %s of %s needs %llu bytes, the file has "
+        cn_error_set(err, CN_PATH_FMT ": IDX data has the wrong length: shape %s of %s needs %llu bytes, the file has "
                      "more", path, shape_buf, ty->name, (unsigned long long)expected);
         goto done;
     }
     if (zerr) {
-        cn_error_set(err, PATH_FMT ": corrupt gzip data (%s)", path, zerr);
+        cn_error_set(err, CN_PATH_FMT ": corrupt gzip data (%s)", path, zerr);
         goto done;
     }
     t = cn_empty(ndim, shape, &inner);
     if (!t) {
-        cn_error_set(err, PATH_FMT ": %s", path, inner.msg);
+        cn_error_set(err, CN_PATH_FMT ": %s", path, inner.msg);
         goto done;
     }
     float *dst = cn_data(t);
@@ -291,7 +275,7 @@ static int encode(const idx_type *ty, float v, size_t k, unsigned char *p, const
     if (ty->is_int) {
         double r = round((double)v);
         if (isnan(v) || r < ty->lo || r > ty->hi) {
-            cn_error_set(err, "cannot save '" PATH_FMT "' as %s: element %zu is %g, outside [%.0f, %.0f]", path,
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "' as %s: element %zu is %g, outside [%.0f, %.0f]", path,
                          ty->name, k, (double)v, ty->lo, ty->hi);
             return -1;
         }
@@ -318,7 +302,7 @@ static int write_gzip(cn_atomic_file *af, const unsigned char *bytes, size_t n, 
     gzFile g = fd >= 0 ? gzdopen(fd, "wb") : NULL;
     if (!g) {
         if (fd >= 0) close(fd);
-        cn_error_set(err, "cannot write '" PATH_FMT "': %s", af->path, fd < 0 ? strerror(errno) : "out of memory");
+        cn_error_set(err, "cannot write '" CN_PATH_FMT "': %s", af->path, fd < 0 ? strerror(errno) : "out of memory");
         return -1;
     }
     int rc = 0;
@@ -327,14 +311,14 @@ static int write_gzip(cn_atomic_file *af, const unsigned char *bytes, size_t n, 
         if (gzwrite(g, bytes + off, chunk) != (int)chunk) {
             int code;
             const char *msg = gzerror(g, &code);
-            cn_error_set(err, "cannot write '" PATH_FMT "': %s", af->path, code == Z_ERRNO ? strerror(errno) : msg);
+            cn_error_set(err, "cannot write '" CN_PATH_FMT "': %s", af->path, code == Z_ERRNO ? strerror(errno) : msg);
             rc = -1;
         }
         off += chunk;
     }
     int closed = gzclose(g);
     if (!rc && closed != Z_OK) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': %s", af->path,
+        cn_error_set(err, "cannot write '" CN_PATH_FMT "': %s", af->path,
                      closed == Z_ERRNO ? strerror(errno) : "gzip error on close");
         rc = -1;
     }
@@ -344,12 +328,12 @@ static int write_gzip(cn_atomic_file *af, const unsigned char *bytes, size_t n, 
 int cn_idx_save(const char *path, const cn_tensor *t, int type_code, cn_error *err) {
     const idx_type *ty = find_type(type_code);
     if (!ty) {
-        cn_error_set(err, "cannot save '" PATH_FMT "': unknown IDX type code 0x%02x", path, (unsigned)type_code);
+        cn_error_set(err, "cannot save '" CN_PATH_FMT "': unknown IDX type code 0x%02x", path, (unsigned)type_code);
         return -1;
     }
     for (int d = 0; d < t->ndim; d++) {
         if ((uint64_t)t->shape[d] > UINT32_MAX) {
-            cn_error_set(err, "cannot save '" PATH_FMT "': size %lld of dim %d does not fit IDX's u32", path,
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "': size %lld of dim %d does not fit IDX's u32", path,
                          (long long)t->shape[d], d + 1);
             return -1;
         }
@@ -359,7 +343,7 @@ int cn_idx_save(const char *path, const cn_tensor *t, int type_code, cn_error *e
     float *values = NULL;
     if (bytes && n > 0) values = cn_is_contiguous(t) ? cn_data(t) : malloc(n * sizeof(float));
     if (!bytes || (n > 0 && !values)) {
-        cn_error_set(err, "cannot save '" PATH_FMT "': out of memory (%zu bytes)", path, total);
+        cn_error_set(err, "cannot save '" CN_PATH_FMT "': out of memory (%zu bytes)", path, total);
         free(bytes);
         return -1;
     }

@@ -38,7 +38,7 @@ cn_tensor *cn_idx_load(const char *path, cn_error *err);
 size_t cn_idx_max_bytes(void);
 
 /* Writes t as IDX with type_code (any CN_IDX_*), gzipped when path ends in ".gz", atomically
- * (see cn_atomic_* in io_safetensors.h). Integer codes round to nearest (halves away from zero)
+ * (see cn_atomic_* in io_file.h). Integer codes round to nearest (halves away from zero)
  * and refuse NaN and values outside the type's range, naming the element; nothing is written
  * then. Returns 0, or -1 with err filled. */
 int cn_idx_save(const char *path, const cn_tensor *t, int type_code, cn_error *err);

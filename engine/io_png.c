@@ -4,7 +4,7 @@
  * released there, and the message libpng gave is kept for the caller. Locals changed between
  * setjmp and a possible longjmp are volatile (C11 7.13.2.1).
  *
- * Writing goes through the engine's atomic file replacement (cn_atomic_*, io_safetensors.h):
+ * Writing goes through the engine's atomic file replacement (cn_atomic_*, io_file.h):
  * libpng's output is sent to the temp file by a write callback, and path is replaced only by a
  * complete file, with the mode a plain fopen would give it (or the replaced file's).
  */
@@ -19,7 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "io_safetensors.h" /* cn_atomic_* */
+#include "io_file.h"
 
 /* Names in messages are cut to this many bytes, so a long path cannot swamp the message. */
 #define PATH_FMT "%.300s"

@@ -1,5 +1,6 @@
-/* io_safetensors.c — safetensors save (atomic, laid out as the reference implementation does) and
- * open (the whole file read into memory, every header field validated before use).
+/* io_safetensors.c — safetensors save (atomic, through io_file.h; laid out as the reference
+ * implementation does) and open (the whole file read into memory, every header field validated
+ * before use).
  *
  * Reading trusts nothing: the header length is bounded, the header must be UTF-8 JSON without NUL
  * bytes (cJSON then parses a NUL-terminated copy, so it cannot run past it), every number is
@@ -10,10 +11,7 @@
 #include "io_safetensors.h"
 
 #include <cjson/cJSON.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -21,10 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "io_file.h"
 
 #if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__)
 #error "io_safetensors.c needs __BYTE_ORDER__ (GCC or Clang)"
@@ -34,153 +31,6 @@
 
 /* Names in messages are cut to this many bytes, so a hostile name cannot swamp the message. */
 #define NAME_FMT "%.120s"
-#define PATH_FMT "%.200s"
-
-/* ==== atomic file replacement ============================================================== */
-
-static char *dir_of(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
-/* True when name is base + ".tmp." + the 6 characters mkstemp puts in place of XXXXXX. */
-static bool is_temp_of(const char *name, const char *base) {
-    size_t n = strlen(base);
-    if (strncmp(name, base, n) != 0 || strncmp(name + n, ".tmp.", 5) != 0) return false;
-    const char *x = name + n + 5;
-    for (int i = 0; i < 6; i++)
-        if (!isalnum((unsigned char)x[i])) return false;
-    return x[6] == '\0';
-}
-
-/* Removes the temp files of path that killed writers left behind (a checkpoint each, every kill).
- * A temp file is stale when no process holds the flock its writer takes for the file's whole life
- * (a killed process's locks vanish with it) and it was not modified in the last
- * CN_ATOMIC_STALE_SECONDS (covering the instants between mkstemp and flock, and between close and
- * rename). Only exact path.tmp.XXXXXX names are touched; errors are ignored (best effort). */
-static void remove_stale_temps(const char *path, const char *own_temp) {
-    char *dir = dir_of(path);
-    DIR *d = dir ? opendir(dir) : NULL;
-    free(dir);
-    if (!d) return;
-    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
-    const char *own_slash = strrchr(own_temp, '/'), *own = own_slash ? own_slash + 1 : own_temp;
-    time_t now = time(NULL);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!is_temp_of(e->d_name, base) || strcmp(e->d_name, own) == 0) continue;
-        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-        if (fd < 0) continue;
-        struct stat st;
-        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_mtime + CN_ATOMIC_STALE_SECONDS < now &&
-            flock(fd, LOCK_EX | LOCK_NB) == 0)
-            (void)unlinkat(dirfd(d), e->d_name, 0);
-        close(fd); /* drops the lock taken above */
-    }
-    closedir(d);
-}
-
-int cn_atomic_begin(cn_atomic_file *af, const char *path, cn_error *err) {
-    af->fd = -1;
-    af->tmp_path = NULL;
-    af->path = path;
-    size_t len = strlen(path);
-    if (len == 0) {
-        cn_error_set(err, "cannot write '': empty path");
-        return -1;
-    }
-    static const char suffix[] = ".tmp.XXXXXX";
-    af->tmp_path = malloc(len + sizeof suffix);
-    if (!af->tmp_path) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': out of memory", path);
-        return -1;
-    }
-    memcpy(af->tmp_path, path, len);
-    memcpy(af->tmp_path + len, suffix, sizeof suffix);
-    int fd = mkostemp(af->tmp_path, O_CLOEXEC);
-    if (fd < 0) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': %s", path, strerror(errno));
-        free(af->tmp_path);
-        af->tmp_path = NULL;
-        return -1;
-    }
-    /* mkstemp makes the file 0600; give it the mode a plain fopen would (or the replaced file's).
-     * Reading the umask means setting it: harmless unless another thread creates files now. */
-    struct stat st;
-    mode_t mode;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-        mode = st.st_mode & 07777;
-    } else {
-        mode_t mask = umask(077);
-        umask(mask);
-        mode = 0666 & ~mask;
-    }
-    (void)fchmod(fd, mode);
-    (void)flock(fd, LOCK_EX); /* "in use" for remove_stale_temps, until close or death */
-    af->fd = fd;
-    remove_stale_temps(path, af->tmp_path);
-    return 0;
-}
-
-int cn_atomic_write(cn_atomic_file *af, const void *buf, size_t n, cn_error *err) {
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(af->fd, p, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            cn_error_set(err, "cannot write '" PATH_FMT "': %s", af->path, strerror(errno));
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-void cn_atomic_abort(cn_atomic_file *af) {
-    if (af->fd >= 0) close(af->fd);
-    af->fd = -1;
-    if (af->tmp_path) {
-        unlink(af->tmp_path);
-        free(af->tmp_path);
-        af->tmp_path = NULL;
-    }
-}
-
-int cn_atomic_commit(cn_atomic_file *af, cn_error *err) {
-    if (fsync(af->fd) != 0) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': %s (fsync)", af->path, strerror(errno));
-        cn_atomic_abort(af);
-        return -1;
-    }
-    int fd = af->fd;
-    af->fd = -1;
-    if (close(fd) != 0) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': %s (close)", af->path, strerror(errno));
-        cn_atomic_abort(af);
-        return -1;
-    }
-    if (rename(af->tmp_path, af->path) != 0) {
-        cn_error_set(err, "cannot replace '" PATH_FMT "': %s", af->path, strerror(errno));
-        cn_atomic_abort(af);
-        return -1;
-    }
-    free(af->tmp_path);
-    af->tmp_path = NULL;
-    /* Make the rename itself durable. Best effort: the new file is in place either way. */
-    char *dir = dir_of(af->path);
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
-    return 0;
-}
 
 /* ==== shared helpers ======================================================================= */
 
@@ -294,7 +144,7 @@ static int write_tensor_data(cn_atomic_file *af, const cn_tensor *t, cn_error *e
     if (cn_is_contiguous(t)) return cn_atomic_write(af, cn_data(t), n * sizeof(float), err);
     float *tmp = malloc(n * sizeof(float));
     if (!tmp) {
-        cn_error_set(err, "cannot write '" PATH_FMT "': out of memory (%zu bytes)", af->path, n * sizeof(float));
+        cn_error_set(err, "cannot write '" CN_PATH_FMT "': out of memory (%zu bytes)", af->path, n * sizeof(float));
         return -1;
     }
     cn_to_buffer(t, tmp);
@@ -308,7 +158,7 @@ static named *sorted_names(const char *path, int n, const char *const *names, co
                            bool tensors, cn_error *err) {
     named *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
     if (!order) {
-        cn_error_set(err, "cannot save '" PATH_FMT "': out of memory", path);
+        cn_error_set(err, "cannot save '" CN_PATH_FMT "': out of memory", path);
         return NULL;
     }
     for (int i = 0; i < n; i++) {
@@ -317,7 +167,7 @@ static named *sorted_names(const char *path, int n, const char *const *names, co
         else if (!is_utf8(names[i])) why = "is not valid UTF-8";
         else if (tensors && strcmp(names[i], "__metadata__") == 0) why = "is reserved for the metadata";
         if (why) {
-            cn_error_set(err, "cannot save '" PATH_FMT "': %s %d ('" NAME_FMT "') %s", path, what, i + 1,
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "': %s %d ('" NAME_FMT "') %s", path, what, i + 1,
                          names[i] ? names[i] : "", why);
             free(order);
             return NULL;
@@ -327,7 +177,7 @@ static named *sorted_names(const char *path, int n, const char *const *names, co
     if (n > 1) qsort(order, (size_t)n, sizeof *order, cmp_named);
     for (int i = 1; i < n; i++) {
         if (strcmp(order[i - 1].name, order[i].name) == 0) {
-            cn_error_set(err, "cannot save '" PATH_FMT "': duplicate %s '" NAME_FMT "'", path, what, order[i].name);
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "': duplicate %s '" NAME_FMT "'", path, what, order[i].name);
             free(order);
             return NULL;
         }
@@ -340,18 +190,18 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
                         cn_error *err) {
     if (n < 0 || n_meta < 0 || (n > 0 && (!names || !tensors)) ||
         (n_meta > 0 && (!meta_keys || !meta_values))) {
-        cn_error_set(err, "cannot save '" PATH_FMT "': bad arguments", path);
+        cn_error_set(err, "cannot save '" CN_PATH_FMT "': bad arguments", path);
         return -1;
     }
     for (int i = 0; i < n; i++) {
         if (!tensors[i]) {
-            cn_error_set(err, "cannot save '" PATH_FMT "': tensor %d is NULL", path, i + 1);
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "': tensor %d is NULL", path, i + 1);
             return -1;
         }
     }
     for (int i = 0; i < n_meta; i++) {
         if (!meta_values[i] || !is_utf8(meta_values[i])) {
-            cn_error_set(err, "cannot save '" PATH_FMT "': metadata value %d is %s", path, i + 1,
+            cn_error_set(err, "cannot save '" CN_PATH_FMT "': metadata value %d is %s", path, i + 1,
                          meta_values[i] ? "not valid UTF-8" : "NULL");
             return -1;
         }
@@ -398,7 +248,7 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
     while (!h.failed && h.len % 8) sb_puts(&h, " ");
     free(meta_order);
     if (h.failed) {
-        cn_error_set(err, "cannot save '" PATH_FMT "': out of memory building the header", path);
+        cn_error_set(err, "cannot save '" CN_PATH_FMT "': out of memory building the header", path);
         free(h.p), free(order);
         return -1;
     }
@@ -491,11 +341,11 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
     const char *L = f->label, *name = item->string;
     e->name = strdup(name);
     if (!e->name) {
-        cn_error_set(err, PATH_FMT ": out of memory", L);
+        cn_error_set(err, CN_PATH_FMT ": out of memory", L);
         return -1;
     }
     if (!cJSON_IsObject(item)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' is %s, not an object with dtype, shape and data_offsets",
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' is %s, not an object with dtype, shape and data_offsets",
                      L, name, json_kind(item));
         return -1;
     }
@@ -507,35 +357,35 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
                                                                           : NULL;
         if (!slot) continue; /* unknown fields are ignored, as the reference does */
         if (*slot) {
-            cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has two '%s' fields", L, name, field->string);
+            cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has two '%s' fields", L, name, field->string);
             return -1;
         }
         *slot = field;
     }
     const char *missing = !dtype ? "dtype" : !shape ? "shape" : !offsets ? "data_offsets" : NULL;
     if (missing) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has no %s", L, name, missing);
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has no %s", L, name, missing);
         return -1;
     }
     if (!cJSON_IsString(dtype)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has a dtype that is %s, not a string", L, name,
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has a dtype that is %s, not a string", L, name,
                      json_kind(dtype));
         return -1;
     }
     for (size_t k = 0; k < sizeof DTYPES / sizeof DTYPES[0]; k++)
         if (strcmp(dtype->valuestring, DTYPES[k].name) == 0) e->dtype = &DTYPES[k];
     if (!e->dtype) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has unknown dtype '%.40s'", L, name, dtype->valuestring);
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has unknown dtype '%.40s'", L, name, dtype->valuestring);
         return -1;
     }
     if (!cJSON_IsArray(shape)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has a shape that is %s, not an array", L, name,
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has a shape that is %s, not an array", L, name,
                      json_kind(shape));
         return -1;
     }
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > CN_MAX_DIMS) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has %d dims; cunet supports at most %d", L, name, ndim,
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has %d dims; cunet supports at most %d", L, name, ndim,
                      CN_MAX_DIMS);
         return -1;
     }
@@ -545,7 +395,7 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
     for (const cJSON *s = shape->child; s; s = s->next, d++) {
         uint64_t v;
         if (!json_uint(s, &v)) {
-            cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has shape entry %d = %s, not a non-negative integer",
+            cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has shape entry %d = %s, not a non-negative integer",
                          L, name, d + 1, json_repr(s, repr, sizeof repr));
             return -1;
         }
@@ -559,29 +409,29 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
     cn_error inner;
     if (cn_shape_numel_checked(ndim, e->shape, &numel, "load", &inner) ||
         cn_size_mul(numel, e->dtype->size, &nbytes)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has shape %s, whose size overflows the engine's limits (%s)", L, name,
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has shape %s, whose size overflows the engine's limits (%s)", L, name,
                      shape_buf, inner.msg);
         return -1;
     }
     if (!cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2 || !json_uint(offsets->child, &e->begin) ||
         !json_uint(offsets->child->next, &e->end)) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has data_offsets that are not [begin, end] with "
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has data_offsets that are not [begin, end] with "
                      "non-negative integers", L, name);
         return -1;
     }
     unsigned long long b = e->begin, en = e->end;
     if (e->begin > e->end) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] with begin > end", L, name,
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] with begin > end", L, name,
                      b, en);
         return -1;
     }
     if (e->end > f->data_size) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] past the end of the "
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] past the end of the "
                      "%llu-byte data buffer (truncated file?)", L, name, b, en, (unsigned long long)f->data_size);
         return -1;
     }
     if (e->end - e->begin != nbytes) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] but shape %s of %s needs "
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has data_offsets [%llu, %llu] but shape %s of %s needs "
                      "%llu bytes", L, name, b, en, shape_buf, e->dtype->name, (unsigned long long)nbytes);
         return -1;
     }
@@ -591,7 +441,7 @@ static int fill_entry(const cn_safetensors_file *f, const cJSON *item, entry *e,
 static int fill_metadata(cn_safetensors_file *f, const cJSON *meta, cn_error *err) {
     const char *L = f->label;
     if (!cJSON_IsObject(meta)) {
-        cn_error_set(err, PATH_FMT ": __metadata__ is %s, not an object of strings", L, json_kind(meta));
+        cn_error_set(err, CN_PATH_FMT ": __metadata__ is %s, not an object of strings", L, json_kind(meta));
         return -1;
     }
     int n = cJSON_GetArraySize(meta);
@@ -602,13 +452,13 @@ static int fill_metadata(cn_safetensors_file *f, const cJSON *meta, cn_error *er
     f->meta_values = calloc(slots, sizeof *f->meta_values);
     if (!order || !values || !f->meta_keys || !f->meta_values) {
         free(order), free(values);
-        cn_error_set(err, PATH_FMT ": out of memory", L);
+        cn_error_set(err, CN_PATH_FMT ": out of memory", L);
         return -1;
     }
     int i = 0;
     for (const cJSON *kv = meta->child; kv; kv = kv->next, i++) {
         if (!cJSON_IsString(kv)) {
-            cn_error_set(err, PATH_FMT ": __metadata__ entry '" NAME_FMT "' is %s, not a string", L, kv->string,
+            cn_error_set(err, CN_PATH_FMT ": __metadata__ entry '" NAME_FMT "' is %s, not a string", L, kv->string,
                          json_kind(kv));
             free(order), free(values);
             return -1;
@@ -619,7 +469,7 @@ static int fill_metadata(cn_safetensors_file *f, const cJSON *meta, cn_error *er
     if (n > 1) qsort(order, (size_t)n, sizeof *order, cmp_named);
     for (i = 0; i < n; i++) {
         if (i > 0 && strcmp(order[i - 1].name, order[i].name) == 0) {
-            cn_error_set(err, PATH_FMT ": duplicate __metadata__ key '" NAME_FMT "'", L, order[i].name);
+            cn_error_set(err, CN_PATH_FMT ": duplicate __metadata__ key '" NAME_FMT "'", L, order[i].name);
             free(order), free(values);
             return -1;
         }
@@ -627,7 +477,7 @@ static int fill_metadata(cn_safetensors_file *f, const cJSON *meta, cn_error *er
         f->meta_values[i] = strdup(values[order[i].index]);
         f->n_meta = i + 1;
         if (!f->meta_keys[i] || !f->meta_values[i]) {
-            cn_error_set(err, PATH_FMT ": out of memory", L);
+            cn_error_set(err, CN_PATH_FMT ": out of memory", L);
             free(order), free(values);
             return -1;
         }
@@ -653,7 +503,7 @@ static int check_coverage(const cn_safetensors_file *f, cn_error *err) {
     const char *L = f->label;
     const entry **by_offset = malloc((size_t)(f->n > 0 ? f->n : 1) * sizeof *by_offset);
     if (!by_offset) {
-        cn_error_set(err, PATH_FMT ": out of memory", L);
+        cn_error_set(err, CN_PATH_FMT ": out of memory", L);
         return -1;
     }
     for (int i = 0; i < f->n; i++) by_offset[i] = &f->entries[i];
@@ -664,12 +514,12 @@ static int check_coverage(const cn_safetensors_file *f, cn_error *err) {
     for (int i = 0; i < f->n && !rc; i++) {
         const entry *e = by_offset[i];
         if (e->begin < covered) {
-            cn_error_set(err, PATH_FMT ": tensors '" NAME_FMT "' [%llu, %llu] and '" NAME_FMT "' [%llu, %llu] overlap",
+            cn_error_set(err, CN_PATH_FMT ": tensors '" NAME_FMT "' [%llu, %llu] and '" NAME_FMT "' [%llu, %llu] overlap",
                          L, prev->name, (unsigned long long)prev->begin, (unsigned long long)prev->end, e->name,
                          (unsigned long long)e->begin, (unsigned long long)e->end);
             rc = -1;
         } else if (e->begin > covered) {
-            cn_error_set(err, PATH_FMT ": bytes [%llu, %llu) of the data buffer belong to no tensor (a gap before "
+            cn_error_set(err, CN_PATH_FMT ": bytes [%llu, %llu) of the data buffer belong to no tensor (a gap before "
                          "tensor '" NAME_FMT "')", L, (unsigned long long)covered, (unsigned long long)e->begin,
                          e->name);
             rc = -1;
@@ -678,7 +528,7 @@ static int check_coverage(const cn_safetensors_file *f, cn_error *err) {
         prev = e;
     }
     if (!rc && covered != f->data_size) {
-        cn_error_set(err, PATH_FMT ": bytes [%llu, %llu) at the end of the data buffer belong to no tensor",
+        cn_error_set(err, CN_PATH_FMT ": bytes [%llu, %llu) at the end of the data buffer belong to no tensor",
                      L, (unsigned long long)covered, (unsigned long long)f->data_size);
         rc = -1;
     }
@@ -689,19 +539,19 @@ static int check_coverage(const cn_safetensors_file *f, cn_error *err) {
 static int parse_header(cn_safetensors_file *f, cn_error *err) {
     const char *L = f->label;
     if (f->size < 8) {
-        cn_error_set(err, PATH_FMT ": file is too short (%zu bytes) for a safetensors file, which starts with an "
+        cn_error_set(err, CN_PATH_FMT ": file is too short (%zu bytes) for a safetensors file, which starts with an "
                      "8-byte header length", L, f->size);
         return -1;
     }
     uint64_t hlen;
     memcpy(&hlen, f->bytes, 8);
     if (hlen > CN_SAFETENSORS_MAX_HEADER) {
-        cn_error_set(err, PATH_FMT ": header length %llu is absurd (over 100 MB): not a safetensors file, or "
+        cn_error_set(err, CN_PATH_FMT ": header length %llu is absurd (over 100 MB): not a safetensors file, or "
                      "corrupt", L, (unsigned long long)hlen);
         return -1;
     }
     if (hlen > f->size - 8) {
-        cn_error_set(err, PATH_FMT ": header length %llu exceeds the %zu bytes after the 8-byte prefix (truncated "
+        cn_error_set(err, CN_PATH_FMT ": header length %llu exceeds the %zu bytes after the 8-byte prefix (truncated "
                      "file?)", L, (unsigned long long)hlen, f->size - 8);
         return -1;
     }
@@ -710,18 +560,18 @@ static int parse_header(cn_safetensors_file *f, cn_error *err) {
     f->data_size = f->size - 8 - hlen;
     const unsigned char *nul = memchr(h, 0, (size_t)hlen);
     if (nul) {
-        cn_error_set(err, PATH_FMT ": header is not valid JSON (NUL byte at header offset %zu)", L,
+        cn_error_set(err, CN_PATH_FMT ": header is not valid JSON (NUL byte at header offset %zu)", L,
                      (size_t)(nul - h));
         return -1;
     }
     size_t bad = utf8_error_at(h, (size_t)hlen);
     if (bad != hlen) {
-        cn_error_set(err, PATH_FMT ": header is not valid UTF-8 (byte 0x%02x at header offset %zu)", L, h[bad], bad);
+        cn_error_set(err, CN_PATH_FMT ": header is not valid UTF-8 (byte 0x%02x at header offset %zu)", L, h[bad], bad);
         return -1;
     }
     char *text = malloc((size_t)hlen + 1);
     if (!text) {
-        cn_error_set(err, PATH_FMT ": out of memory (header of %llu bytes)", L, (unsigned long long)hlen);
+        cn_error_set(err, CN_PATH_FMT ": out of memory (header of %llu bytes)", L, (unsigned long long)hlen);
         return -1;
     }
     memcpy(text, h, (size_t)hlen);
@@ -730,14 +580,14 @@ static int parse_header(cn_safetensors_file *f, cn_error *err) {
     cJSON *root = cJSON_ParseWithOpts(text, &stop, 1);
     if (!root) {
         size_t at = stop && stop >= text && stop <= text + hlen ? (size_t)(stop - text) : 0;
-        cn_error_set(err, PATH_FMT ": header is not valid JSON (error near header offset %zu)", L, at);
+        cn_error_set(err, CN_PATH_FMT ": header is not valid JSON (error near header offset %zu)", L, at);
         free(text);
         return -1;
     }
     free(text);
     int rc = 0;
     if (!cJSON_IsObject(root)) {
-        cn_error_set(err, PATH_FMT ": header is %s, not a JSON object", L, json_kind(root));
+        cn_error_set(err, CN_PATH_FMT ": header is %s, not a JSON object", L, json_kind(root));
         rc = -1;
     }
     const cJSON *meta = NULL;
@@ -746,7 +596,7 @@ static int parse_header(cn_safetensors_file *f, cn_error *err) {
         if (strcmp(it->string, "__metadata__") != 0) {
             count++;
         } else if (meta) {
-            cn_error_set(err, PATH_FMT ": header has two __metadata__ entries", L);
+            cn_error_set(err, CN_PATH_FMT ": header has two __metadata__ entries", L);
             rc = -1;
         } else {
             meta = it;
@@ -756,7 +606,7 @@ static int parse_header(cn_safetensors_file *f, cn_error *err) {
     if (!rc) {
         f->entries = calloc((size_t)(count > 0 ? count : 1), sizeof *f->entries);
         if (!f->entries) {
-            cn_error_set(err, PATH_FMT ": out of memory", L);
+            cn_error_set(err, CN_PATH_FMT ": out of memory", L);
             rc = -1;
         }
     }
@@ -770,7 +620,7 @@ static int parse_header(cn_safetensors_file *f, cn_error *err) {
     if (f->n > 1) qsort(f->entries, (size_t)f->n, sizeof *f->entries, cmp_entry_name);
     for (int i = 1; i < f->n; i++) {
         if (strcmp(f->entries[i - 1].name, f->entries[i].name) == 0) {
-            cn_error_set(err, PATH_FMT ": duplicate tensor name '" NAME_FMT "'", L, f->entries[i].name);
+            cn_error_set(err, CN_PATH_FMT ": duplicate tensor name '" NAME_FMT "'", L, f->entries[i].name);
             return -1;
         }
     }
@@ -783,7 +633,7 @@ static cn_safetensors_file *open_bytes(unsigned char *bytes, size_t size, const 
     char *label_copy = strdup(label ? label : "<memory>");
     if (!f || !label_copy) {
         free(f), free(label_copy), free(bytes);
-        cn_error_set(err, PATH_FMT ": out of memory", label ? label : "<memory>");
+        cn_error_set(err, CN_PATH_FMT ": out of memory", label ? label : "<memory>");
         return NULL;
     }
     f->label = label_copy;
@@ -800,7 +650,7 @@ cn_safetensors_file *cn_safetensors_open_memory(const void *bytes, size_t size, 
                                                 cn_error *err) {
     unsigned char *copy = malloc(size ? size : 1);
     if (!copy) {
-        cn_error_set(err, PATH_FMT ": out of memory (%zu bytes)", label ? label : "<memory>", size);
+        cn_error_set(err, CN_PATH_FMT ": out of memory (%zu bytes)", label ? label : "<memory>", size);
         return NULL;
     }
     if (size) memcpy(copy, bytes, size);
@@ -808,30 +658,12 @@ cn_safetensors_file *cn_safetensors_open_memory(const void *bytes, size_t size, 
 }
 
 cn_safetensors_file *cn_safetensors_open(const char *path, cn_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        cn_error_set(err, "cannot open '" PATH_FMT "': %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    const char *why = fstat(fd, &st) != 0 ? strerror(errno)
-                      : S_ISDIR(st.st_mode) ? strerror(EISDIR)
-                      : !S_ISREG(st.st_mode) ? "not a regular file"
-                                             : NULL;
-    if (why) {
-        cn_error_set(err, "cannot read '" PATH_FMT "': %s", path, why);
-        close(fd);
-        return NULL;
-    }
-    if (st.st_size < 0 || (uint64_t)st.st_size > (uint64_t)SIZE_MAX - 1) {
-        cn_error_set(err, "cannot read '" PATH_FMT "': file too large", path);
-        close(fd);
-        return NULL;
-    }
-    size_t size = (size_t)st.st_size;
+    size_t size;
+    int fd = cn_file_open_regular(path, &size, err);
+    if (fd < 0) return NULL;
     unsigned char *bytes = malloc(size ? size : 1);
     if (!bytes) {
-        cn_error_set(err, "cannot read '" PATH_FMT "': out of memory (%zu bytes)", path, size);
+        cn_error_set(err, "cannot read '" CN_PATH_FMT "': out of memory (%zu bytes)", path, size);
         close(fd);
         return NULL;
     }
@@ -840,7 +672,7 @@ cn_safetensors_file *cn_safetensors_open(const char *path, cn_error *err) {
         ssize_t r = read(fd, bytes + got, size - got);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
-            cn_error_set(err, "cannot read '" PATH_FMT "': %s", path, strerror(errno));
+            cn_error_set(err, "cannot read '" CN_PATH_FMT "': %s", path, strerror(errno));
             free(bytes);
             close(fd);
             return NULL;
@@ -973,7 +805,7 @@ static int convert_integers(const cn_safetensors_file *f, const entry *e, const 
         default: break;
         }
         if (!exact_in_float(mag)) {
-            cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' of %s holds %s%llu at element %zu, which float32 "
+            cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' of %s holds %s%llu at element %zu, which float32 "
                          "cannot represent exactly", f->label, e->name, e->dtype->name, neg ? "-" : "",
                          (unsigned long long)mag, k);
             return -1;
@@ -986,18 +818,18 @@ static int convert_integers(const cn_safetensors_file *f, const entry *e, const 
 cn_tensor *cn_safetensors_tensor(const cn_safetensors_file *f, int i, cn_error *err) {
     const entry *e = entry_at(f, i);
     if (!e) {
-        cn_error_set(err, PATH_FMT ": tensor index %d out of range (%d tensors)", f->label, i, f->n);
+        cn_error_set(err, CN_PATH_FMT ": tensor index %d out of range (%d tensors)", f->label, i, f->n);
         return NULL;
     }
     if (e->dtype->kind == K_UNSUPPORTED) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "' has dtype %s, which cunet cannot load (it loads F32, "
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "' has dtype %s, which cunet cannot load (it loads F32, "
                      "F64, F16, BF16, BOOL and integer dtypes)", f->label, e->name, e->dtype->name);
         return NULL;
     }
     cn_error inner;
     cn_tensor *t = cn_empty(e->ndim, e->shape, &inner);
     if (!t) {
-        cn_error_set(err, PATH_FMT ": tensor '" NAME_FMT "': %s", f->label, e->name, inner.msg);
+        cn_error_set(err, CN_PATH_FMT ": tensor '" NAME_FMT "': %s", f->label, e->name, inner.msg);
         return NULL;
     }
     size_t n = cn_numel(t);

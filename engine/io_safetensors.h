@@ -1,5 +1,4 @@
-/* io_safetensors.h — safetensors checkpoints (the format PyTorch and Hugging Face read), and the
- * atomic file replacement every writer of the engine uses.
+/* io_safetensors.h — safetensors checkpoints (the format PyTorch and Hugging Face read).
  *
  * A safetensors file is an 8-byte little-endian u64 N, then N bytes of UTF-8 JSON
  *     {"__metadata__": {"key": "value", ...}, "name": {"dtype": "F32", "shape": [2, 3],
@@ -38,7 +37,7 @@
 typedef struct cn_safetensors_file cn_safetensors_file;
 
 /* Writes n float32 tensors (any strided view, written row-major) and n_meta string pairs to path,
- * atomically (see cn_atomic_*): an existing file at path is replaced only by a complete new one.
+ * atomically (cn_atomic_*, io_file.h): an existing file at path is replaced only by a complete new one.
  * The header is laid out as the reference implementation does: compact JSON, "__metadata__"
  * first (keys sorted; omitted when n_meta is 0), tensors sorted by name (bytewise), data in that
  * order, the header padded with spaces to a multiple of 8. Names and metadata must be valid
@@ -75,31 +74,5 @@ int cn_safetensors_meta_count(const cn_safetensors_file *f);
 const char *cn_safetensors_meta_key(const cn_safetensors_file *f, int i);
 const char *cn_safetensors_meta_value(const cn_safetensors_file *f, int i);
 const char *cn_safetensors_meta(const cn_safetensors_file *f, const char *key);
-
-/* ---- atomic file replacement (used by every writer: safetensors, IDX) ------------------------
- *
- *     cn_atomic_file af;
- *     if (cn_atomic_begin(&af, path, err)) return -1;
- *     if (cn_atomic_write(&af, buf, n, err)) { cn_atomic_abort(&af); return -1; }
- *     return cn_atomic_commit(&af, err);
- *
- * begin creates path.tmp.XXXXXX (mkstemp, same directory, so rename is atomic) with the mode of
- * the file it replaces, or 0666 less the umask; commit fsyncs and closes it, renames it over
- * path and fsyncs the directory (best effort: some file systems refuse directory fsync). On a
- * failed commit, and on abort, the temp file is removed and path is left as it was.
- * A writer killed before commit leaves its path.tmp.XXXXXX behind; begin removes those of the same
- * path that are stale: no live writer holds them (each holds an flock on its temp file) and they
- * were not modified in the last CN_ATOMIC_STALE_SECONDS. Other names are never touched. */
-#define CN_ATOMIC_STALE_SECONDS 60
-typedef struct cn_atomic_file {
-    int fd;          /* the temp file, open for writing */
-    char *tmp_path;  /* malloc'd */
-    const char *path;
-} cn_atomic_file;
-
-int cn_atomic_begin(cn_atomic_file *af, const char *path, cn_error *err);
-int cn_atomic_write(cn_atomic_file *af, const void *buf, size_t n, cn_error *err);
-int cn_atomic_commit(cn_atomic_file *af, cn_error *err);
-void cn_atomic_abort(cn_atomic_file *af);
 
 #endif

@@ -209,38 +209,36 @@ static double *scratch_alloc(scratch *s, int64_t h, int64_t w, int n) {
     return mem;
 }
 
-/* ---- SSIM ------------------------------------------------------------------------------------- */
+/* ---- the loop over planes ---------------------------------------------------------------------- */
 
-int cn_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, double *per_image,
-            cn_tensor **map, cn_error *err) {
-    double win[CN_SSIM_MAX_WIN];
-    if (map) *map = NULL;
-    if (check_pair("ssim", a, b, err) || check_range("ssim", p->data_range, err)) return -1;
-    int n = cn_ssim_window(p, win, err);
-    if (n < 0) return -1;
-    const int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
-    if (H < n || W < n) {
-        cn_error_set(err, "ssim: images of %" PRId64 "x%" PRId64 " are smaller than the %dx%d Gaussian window "
-                     "(sigma %g); SSIM needs H and W >= %d", H, W, n, n, p->sigma, n);
-        return -1;
-    }
-    cn_tensor *m = NULL;
-    if (map && !(m = cn_empty(4, a->shape, err))) return -1;
-    double *plane_val = malloc((size_t)(N * C > 0 ? N * C : 1) * sizeof(double));
-    if (!plane_val) {
-        cn_release(m);
-        cn_error_set(err, "ssim: out of memory");
-        return -1;
-    }
-    const double c1 = (p->k1 * p->data_range) * (p->k1 * p->data_range);
-    const double c2 = (p->k2 * p->data_range) * (p->k2 * p->data_range);
-    const int r = n / 2;
+/* What SSIM and MS-SSIM need per plane: the inputs, the window, the constants, and the map
+ * (SSIM, or NULL) or the scales and their weights (MS-SSIM). */
+typedef struct plane_job {
+    const cn_tensor *a, *b;
+    const double *win;
+    int n; /* window taps */
+    double c1, c2;
+    cn_tensor *map;
+    int n_scales;
+    const double *weights;
+} plane_job;
+
+/* The value of plane q, whose x and y are loaded in s. */
+typedef double (*plane_value)(scratch *s, int64_t q, const plane_job *job);
+
+/* The loop SSIM and MS-SSIM share: over the N x C planes, in parallel when there are several
+ * and enough pixels, each thread with its own scratch; per_image[i] is the mean of image i's
+ * channel values. Returns 0, or -1 when out of memory. */
+static int over_planes(const plane_job *job, plane_value value, double *per_image) {
+    const int64_t N = job->a->shape[0], C = job->a->shape[1], H = job->a->shape[2], W = job->a->shape[3];
     const int64_t planes = N * C;
+    double *plane_val = malloc((size_t)(planes > 0 ? planes : 1) * sizeof(double));
+    if (!plane_val) return -1;
     int failed = 0;
 #pragma omp parallel if (planes > 1 && planes * H * W > PAR_MIN)
     {
         scratch s;
-        double *mem = scratch_alloc(&s, H, W, n);
+        double *mem = scratch_alloc(&s, H, W, job->n);
         if (!mem) {
 #pragma omp atomic write
             failed = 1;
@@ -248,26 +246,14 @@ int cn_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, dou
 #pragma omp for schedule(dynamic)
         for (int64_t q = 0; q < planes; q++) {
             if (!mem) continue;
-            load_plane(a, q / C, q % C, s.x);
-            load_plane(b, q / C, q % C, s.y);
-            local_stats(&s, H, W, win, n, false);
-            float *out = m ? cn_data(m) + q * H * W : NULL;
-            double sum = 0.0;
-            for (int64_t i = 0; i < H; i++)
-                for (int64_t j = 0; j < W; j++) {
-                    double v, cs;
-                    ssim_at(&s, i * W + j, c1, c2, &v, &cs);
-                    if (out) out[i * W + j] = (float)v;
-                    if (i >= r && i < H - r && j >= r && j < W - r) sum += v;
-                }
-            plane_val[q] = sum / (double)((H - 2 * r) * (W - 2 * r));
+            load_plane(job->a, q / C, q % C, s.x);
+            load_plane(job->b, q / C, q % C, s.y);
+            plane_val[q] = value(&s, q, job);
         }
         free(mem);
     }
     if (failed) {
         free(plane_val);
-        cn_release(m);
-        cn_error_set(err, "ssim: out of memory");
         return -1;
     }
     for (int64_t i = 0; i < N; i++) {
@@ -276,6 +262,52 @@ int cn_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, dou
         per_image[i] = sum / (double)C;
     }
     free(plane_val);
+    return 0;
+}
+
+/* ---- SSIM ------------------------------------------------------------------------------------- */
+
+/* Mean SSIM over the interior of plane q (the window inside the image); the whole map into
+ * job->map when there is one. */
+static double ssim_plane(scratch *s, int64_t q, const plane_job *job) {
+    const int64_t H = job->a->shape[2], W = job->a->shape[3];
+    const int r = job->n / 2;
+    local_stats(s, H, W, job->win, job->n, false);
+    float *out = job->map ? cn_data(job->map) + q * H * W : NULL;
+    double sum = 0.0;
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t j = 0; j < W; j++) {
+            double v, cs;
+            ssim_at(s, i * W + j, job->c1, job->c2, &v, &cs);
+            if (out) out[i * W + j] = (float)v;
+            if (i >= r && i < H - r && j >= r && j < W - r) sum += v;
+        }
+    return sum / (double)((H - 2 * r) * (W - 2 * r));
+}
+
+int cn_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, double *per_image,
+            cn_tensor **map, cn_error *err) {
+    double win[CN_SSIM_MAX_WIN];
+    if (map) *map = NULL;
+    if (check_pair("ssim", a, b, err) || check_range("ssim", p->data_range, err)) return -1;
+    int n = cn_ssim_window(p, win, err);
+    if (n < 0) return -1;
+    const int64_t H = a->shape[2], W = a->shape[3];
+    if (H < n || W < n) {
+        cn_error_set(err, "ssim: images of %" PRId64 "x%" PRId64 " are smaller than the %dx%d Gaussian window "
+                     "(sigma %g); SSIM needs H and W >= %d", H, W, n, n, p->sigma, n);
+        return -1;
+    }
+    cn_tensor *m = NULL;
+    if (map && !(m = cn_empty(4, a->shape, err))) return -1;
+    const plane_job job = {.a = a, .b = b, .win = win, .n = n, .map = m,
+                           .c1 = (p->k1 * p->data_range) * (p->k1 * p->data_range),
+                           .c2 = (p->k2 * p->data_range) * (p->k2 * p->data_range)};
+    if (over_planes(&job, ssim_plane, per_image)) {
+        cn_release(m);
+        cn_error_set(err, "ssim: out of memory");
+        return -1;
+    }
     if (map) *map = m;
     return 0;
 }
@@ -309,6 +341,37 @@ static void avg_pool2(const double *in, double *out, int64_t h, int64_t w, int64
     *oh = rows, *ow = cols;
 }
 
+/* MS-SSIM of plane q: cs at the first n_scales - 1 scales and SSIM at the last, each through relu
+ * and raised to its weight, the planes halved between scales. */
+static double ms_ssim_plane(scratch *s, int64_t q, const plane_job *job) {
+    (void)q;
+    int64_t h = job->a->shape[2], w = job->a->shape[3];
+    const int n = job->n, n_scales = job->n_scales;
+    double value = 1.0;
+    for (int l = 0; l < n_scales; l++) {
+        local_stats(s, h, w, job->win, n, true);
+        const int64_t count = (h - n + 1) * (w - n + 1);
+        double sum_ssim = 0.0, sum_cs = 0.0;
+        for (int64_t i = 0; i < count; i++) {
+            double v, cs;
+            ssim_at(s, i, job->c1, job->c2, &v, &cs);
+            sum_ssim += v, sum_cs += cs;
+        }
+        const double term = (l < n_scales - 1 ? sum_cs : sum_ssim) / (double)count;
+        value *= pow(term > 0.0 ? term : 0.0, job->weights[l]); /* relu, as pytorch-msssim */
+        if (term != term) value = NAN;
+        if (l < n_scales - 1) { /* halve x and y (through prod, a free plane) */
+            int64_t oh, ow;
+            avg_pool2(s->x, s->prod, h, w, &oh, &ow);
+            for (int64_t i = 0; i < oh * ow; i++) s->x[i] = s->prod[i];
+            avg_pool2(s->y, s->prod, h, w, &oh, &ow);
+            for (int64_t i = 0; i < oh * ow; i++) s->y[i] = s->prod[i];
+            h = oh, w = ow;
+        }
+    }
+    return value;
+}
+
 int cn_ms_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, int n_scales,
                const double *weights, double *per_image, cn_error *err) {
     double win[CN_SSIM_MAX_WIN];
@@ -325,7 +388,7 @@ int cn_ms_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, 
             cn_error_set(err, "ms_ssim: weight %d is not a finite number (%g)", l + 1, weights[l]);
             return -1;
         }
-    const int64_t N = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3];
+    const int64_t H = a->shape[2], W = a->shape[3];
     if (cn_ms_ssim_max_scales(H, W, n, n_scales) < n_scales) {
         int fit = cn_ms_ssim_max_scales(H, W, n, CN_MS_SSIM_MAX_SCALES);
         cn_error_set(err, "ms_ssim: images of %" PRId64 "x%" PRId64 " are too small for %d scales with a %d-tap "
@@ -333,66 +396,13 @@ int cn_ms_ssim(const cn_tensor *a, const cn_tensor *b, const cn_ssim_params *p, 
                      (int64_t)(n - 1) << (n_scales - 1), fit, fit == 1 ? "" : "s");
         return -1;
     }
-    double *plane_val = malloc((size_t)(N * C > 0 ? N * C : 1) * sizeof(double));
-    if (!plane_val) {
+    const plane_job job = {.a = a, .b = b, .win = win, .n = n, .n_scales = n_scales, .weights = weights,
+                           .c1 = (p->k1 * p->data_range) * (p->k1 * p->data_range),
+                           .c2 = (p->k2 * p->data_range) * (p->k2 * p->data_range)};
+    if (over_planes(&job, ms_ssim_plane, per_image)) {
         cn_error_set(err, "ms_ssim: out of memory");
         return -1;
     }
-    const double c1 = (p->k1 * p->data_range) * (p->k1 * p->data_range);
-    const double c2 = (p->k2 * p->data_range) * (p->k2 * p->data_range);
-    const int64_t planes = N * C;
-    int failed = 0;
-#pragma omp parallel if (planes > 1 && planes * H * W > PAR_MIN)
-    {
-        scratch s;
-        double *mem = scratch_alloc(&s, H, W, n);
-        if (!mem) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic)
-        for (int64_t q = 0; q < planes; q++) {
-            if (!mem) continue;
-            load_plane(a, q / C, q % C, s.x);
-            load_plane(b, q / C, q % C, s.y);
-            int64_t h = H, w = W;
-            double value = 1.0;
-            for (int l = 0; l < n_scales; l++) {
-                local_stats(&s, h, w, win, n, true);
-                const int64_t count = (h - n + 1) * (w - n + 1);
-                double sum_ssim = 0.0, sum_cs = 0.0;
-                for (int64_t i = 0; i < count; i++) {
-                    double v, cs;
-                    ssim_at(&s, i, c1, c2, &v, &cs);
-                    sum_ssim += v, sum_cs += cs;
-                }
-                const double term = (l < n_scales - 1 ? sum_cs : sum_ssim) / (double)count;
-                value *= pow(term > 0.0 ? term : 0.0, weights[l]); /* relu, as pytorch-msssim */
-                if (term != term) value = NAN;
-                if (l < n_scales - 1) { /* halve x and y (through prod, a free plane) */
-                    int64_t oh, ow;
-                    avg_pool2(s.x, s.prod, h, w, &oh, &ow);
-                    for (int64_t i = 0; i < oh * ow; i++) s.x[i] = s.prod[i];
-                    avg_pool2(s.y, s.prod, h, w, &oh, &ow);
-                    for (int64_t i = 0; i < oh * ow; i++) s.y[i] = s.prod[i];
-                    h = oh, w = ow;
-                }
-            }
-            plane_val[q] = value;
-        }
-        free(mem);
-    }
-    if (failed) {
-        free(plane_val);
-        cn_error_set(err, "ms_ssim: out of memory");
-        return -1;
-    }
-    for (int64_t i = 0; i < N; i++) {
-        double sum = 0.0;
-        for (int64_t c = 0; c < C; c++) sum += plane_val[i * C + c];
-        per_image[i] = sum / (double)C;
-    }
-    free(plane_val);
     return 0;
 }
 

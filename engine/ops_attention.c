@@ -21,9 +21,8 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_nn.h"
+#include "parallel.h"
 #include "vmath.h"
-
-#define PARALLEL_MIN 32768 /* score elements below which the softmax rows stay serial */
 
 static const char *NAME = "scaled_dot_product_attention";
 

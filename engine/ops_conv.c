@@ -46,13 +46,13 @@
 #include "conv_direct.h"
 #include "ops.h"
 #include "ops_conv.h"
+#include "parallel.h"
 #include "profile.h"
 #include "vmath.h"
 
 #define CHUNK_COLS 1024          /* images are chunked until a GEMM has about this many columns */
 #define CHUNK_MAX_FLOATS (1 << 24) /* cap on the im2col buffer of a chunk (64 MB) */
 #define TILE_FLOATS (1 << 20)    /* im2col tile of one image: 4 MB (bounds the buffer for big images) */
-#define PARALLEL_MIN 32768       /* element operations below which a loop stays serial */
 #define THREAD_CHUNK_FLOATS (1 << 18) /* cap on a chunk's im2col buffer on such a thread (1 MB) */
 
 

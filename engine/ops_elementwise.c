@@ -22,10 +22,9 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "parallel.h"
 #include "vmath.h"
 
-/* Below this many elements a loop is not worth waking threads for. */
-#define PAR_MIN 32768
 /* Operands of one iteration: the output plus up to three inputs (where). */
 #define MAX_OPS 5
 
@@ -425,7 +424,7 @@ static void iter_run(iter *it, const kernel *k) {
     if (n == 0) return;
     iter_coalesce(it);
     assert(it->stride[0][it->ndim - 1] == 1); /* outputs are dense */
-#pragma omp parallel if (n > PAR_MIN)
+#pragma omp parallel if (n > PARALLEL_MIN)
     {
         size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
         size_t chunk = ((n + nth - 1) / nth + 63) & ~(size_t)63; /* whole cache lines per thread */
@@ -1124,7 +1123,7 @@ static cn_tensor *lincomb_forward(int n, cn_tensor *const *ts, const double *coe
         /* terms outer, elements inner, over blocks that stay in L1: vectorises, and adds in the
          * same order as one element at a time */
         const size_t block = 1024, nblocks = (len + block - 1) / block;
-#pragma omp parallel for schedule(static) if (len > 32768)
+#pragma omp parallel for schedule(static) if (len > PARALLEL_MIN)
         for (size_t bi = 0; bi < nblocks; bi++) {
             size_t j0 = bi * block, j1 = j0 + block < len ? j0 + block : len;
             float *o = po + j0;

@@ -22,8 +22,7 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_nn.h"
-
-#define PARALLEL_MIN 32768 /* elements below which a loop stays serial */
+#include "parallel.h"
 
 static bool valid_reduction(cn_reduction r, const char *name, cn_error *err) {
     if (r == CN_REDUCTION_NONE || r == CN_REDUCTION_MEAN || r == CN_REDUCTION_SUM) return true;

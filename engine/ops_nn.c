@@ -15,9 +15,8 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_nn.h"
+#include "parallel.h"
 #include "rng.h"
-
-#define PARALLEL_MIN 32768 /* elements below which a loop stays serial */
 
 /* ---- linear -------------------------------------------------------------------------------- */
 

@@ -37,8 +37,8 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "parallel.h"
 
-#define PAR_MIN 32768 /* elements below which a kernel stays on one thread */
 #define CHUNK 64      /* channels per task when batch norm reduces over rows (S = 1) */
 
 /* ---- shared helpers ----------------------------------------------------------------------- */
@@ -117,7 +117,7 @@ typedef struct row_geom {
 static void rows_forward(const row_geom *gm, const float *x, const float *w, const float *b, double eps,
                          float *y, float *mean, float *rstd) {
     const int64_t cpg = gm->channels, inner = gm->inner, len = cpg * inner;
-#pragma omp parallel for schedule(static) if (gm->rows > 1 && gm->rows * len > PAR_MIN)
+#pragma omp parallel for schedule(static) if (gm->rows > 1 && gm->rows * len > PARALLEL_MIN)
     for (int64_t r = 0; r < gm->rows; r++) {
         const float *xr = x + r * len;
         float *yr = y + r * len;
@@ -151,7 +151,7 @@ static void rows_forward(const row_geom *gm, const float *x, const float *w, con
 static void rows_backward(const row_geom *gm, const float *x, const float *g, const float *w,
                           const float *mean, const float *rstd, float *dx, double *dw_acc, double *db_acc) {
     const int64_t cpg = gm->channels, inner = gm->inner, len = cpg * inner, affine = gm->groups * cpg;
-#pragma omp parallel if (gm->rows > 1 && gm->rows * len > PAR_MIN)
+#pragma omp parallel if (gm->rows > 1 && gm->rows * len > PARALLEL_MIN)
     {
         const int t = omp_get_thread_num();
         double *dwt = dw_acc ? dw_acc + t * affine : NULL, *dbt = db_acc ? db_acc + t * affine : NULL;
@@ -224,7 +224,7 @@ enum { SUM_MOMENTS, SUM_GRAD };
 static void channel_sums(const chan_geom *gm, int mode, const float *x, const float *g, const double *center,
                          double *out0, double *out1) {
     const int64_t N = gm->batch, C = gm->channels, S = gm->inner;
-    const bool par = N * C * S > PAR_MIN;
+    const bool par = N * C * S > PARALLEL_MIN;
     if (S > 1) {
 #pragma omp parallel for schedule(static) if (par && C > 1)
         for (int64_t c = 0; c < C; c++) {
@@ -281,7 +281,7 @@ static void channel_sums(const chan_geom *gm, int mode, const float *x, const fl
 static void channel_apply(const chan_geom *gm, const float *x, const float *m, const float *kx, const float *g,
                           const float *kg, const float *k0, float *out) {
     const int64_t N = gm->batch, C = gm->channels, S = gm->inner;
-    const bool par = N * C * S > PAR_MIN;
+    const bool par = N * C * S > PARALLEL_MIN;
     if (S > 1) {
 #pragma omp parallel for schedule(static) if (par)
         for (int64_t nc = 0; nc < N * C; nc++) {

@@ -23,9 +23,9 @@
 
 #include "autograd.h"
 #include "ops.h"
+#include "parallel.h"
 
 #define TILE 1024                /* columns per tile when inner > 1 (wide: fewer strided jumps) */
-#define PARALLEL_MIN 32768       /* elements below which a reduction stays serial */
 #define ROW_CHUNKS 64            /* a single long row is split into this many chunks */
 #define ROW_PARALLEL_MIN 65536   /* rows shorter than this are never split */
 

@@ -15,10 +15,10 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_nn.h"
+#include "parallel.h"
 #include "vmath.h"
 
 #define TILE 64            /* lanes per step when inner > 1 */
-#define PARALLEL_MIN 32768 /* elements below which a softmax stays serial */
 
 /* ---- forward ------------------------------------------------------------------------------- */
 

@@ -13,8 +13,7 @@
 #include "autograd.h"
 #include "ops.h"
 #include "ops_spatial.h"
-
-#define PARALLEL_MIN 32768 /* output elements below which a loop stays serial */
+#include "parallel.h"
 
 typedef long long ll; /* for printing int64_t with %lld */
 

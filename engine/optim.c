@@ -10,9 +10,7 @@
 #include <stdio.h>
 
 #include "optim.h"
-
-/* Below this many elements a loop is not worth waking threads for. */
-#define PAR_MIN 32768
+#include "parallel.h"
 
 /* ---- checks ------------------------------------------------------------------------------ */
 
@@ -56,7 +54,7 @@ int cn_sgd_step(cn_tensor *param, const cn_tensor *grad, cn_tensor *momentum_buf
     const float neg_lr = (float)-lr;
     const bool decay = weight_decay != 0.0;
     const int64_t n = (int64_t)cn_numel(param);
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float d = g[i];
         if (decay) d = d + wd * p[i];
@@ -108,7 +106,7 @@ int cn_adam_step(cn_tensor *param, const cn_tensor *grad, cn_tensor *exp_avg, cn
     const float shrink = (float)(1.0 - lr * weight_decay);
     const bool coupled_decay = !decoupled && weight_decay != 0.0;
     const int64_t n = (int64_t)cn_numel(param);
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float pi = p[i], gi = g[i];
         if (decoupled) pi = pi * shrink;
@@ -150,16 +148,16 @@ static double norm_block(const float *x, int64_t n, norm_kind kind, double p) {
     double acc = 0.0;
     switch (kind) {
     case NORM_2:
-#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PARALLEL_MIN)
         for (int64_t i = 0; i < n; i++) acc += (double)x[i] * (double)x[i];
         return acc;
     case NORM_1:
-#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PARALLEL_MIN)
         for (int64_t i = 0; i < n; i++) acc += fabs((double)x[i]);
         return acc;
     case NORM_INF: {
         bool nan = false;
-#pragma omp parallel for schedule(static) reduction(max : acc) reduction(|| : nan) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) reduction(max : acc) reduction(|| : nan) if (n > PARALLEL_MIN)
         for (int64_t i = 0; i < n; i++) {
             double ax = fabs((double)x[i]);
             nan = nan || ax != ax;
@@ -168,7 +166,7 @@ static double norm_block(const float *x, int64_t n, norm_kind kind, double p) {
         return nan ? NAN : acc;
     }
     default:
-#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PAR_MIN)
+#pragma omp parallel for schedule(static) reduction(+ : acc) if (n > PARALLEL_MIN)
         for (int64_t i = 0; i < n; i++) acc = norm_accumulate(acc, x[i], kind, p);
         return acc;
     }
@@ -250,7 +248,7 @@ int cn_scale_(cn_tensor *t, float factor, cn_error *err) {
     }
     float *restrict x = cn_data(t);
     const int64_t n = (int64_t)cn_numel(t);
-#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) x[i] = x[i] * factor;
     return 0;
 }
@@ -266,7 +264,7 @@ int cn_ema_update_(cn_tensor *shadow, const cn_tensor *param, double decay, cn_e
     const float *restrict p = cn_data(param);
     const float one_minus_decay = (float)(1.0 - decay);
     const int64_t n = (int64_t)cn_numel(shadow);
-#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) s[i] = s[i] - one_minus_decay * (s[i] - p[i]);
     return 0;
 }
@@ -278,7 +276,7 @@ int cn_swap_(cn_tensor *a, cn_tensor *b, cn_error *err) {
     float *restrict y = cn_data(b);
     if (x == y) return 0;
     const int64_t n = (int64_t)cn_numel(a);
-#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float tmp = x[i];
         x[i] = y[i];

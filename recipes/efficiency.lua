@@ -3,10 +3,10 @@
 -- memory of an inference forward and of a training step, and the time per forward. See
 -- docs/efficiency.md.
 --
---   cunet recipes/efficiency.lua --model unet --preset paper_baseline
---   cunet recipes/efficiency.lua --model cunet --preset notebook --ablation no_attention --batch 8
---   cunet recipes/efficiency.lua --all                  -- U-Net, cU-Net and the three ablations at 3×64²
---   cunet recipes/efficiency.lua --all --unet-preset mnist_small --cunet-preset mnist_small   -- the MNIST models
+--   ./cunet recipes/efficiency.lua --model unet --preset paper_baseline
+--   ./cunet recipes/efficiency.lua --model cunet --preset notebook --ablation no_attention --batch 8
+--   ./cunet recipes/efficiency.lua --all                  -- U-Net, cU-Net and the three ablations at 3×64²
+--   ./cunet recipes/efficiency.lua --all --unet-preset mnist_small --cunet-preset mnist_small   -- the MNIST models
 
 local cn = require "cunet"
 local cli = require "cunet.cli"

@@ -2,11 +2,11 @@
 -- a checkpoint written by recipes/train_unet.lua: the paper's Table 1 protocol (the best step count
 -- and the time per sample) on our 28×28 data sets. See docs/efficiency.md.
 --
---   cunet recipes/fid_vs_steps.lua --ckpt runs/unet/checkpoint.safetensors --sampler ddim --steps 1,2,5,10,20,50 --n 1000
---   cunet recipes/fid_vs_steps.lua --ckpt runs/cunet/checkpoint.safetensors --sampler ddpm --dataset fashion-mnist
---   cunet recipes/fid_vs_steps.lua --ckpt C --sampler ddim --spacing trailing --steps 1,2,3,5,10,20,50,100
---   cunet recipes/fid_vs_steps.lua --ckpt C --sampler dpmpp_2m --steps 5,10,20
---   cunet recipes/fid_vs_steps.lua --ckpt C --sampler ode --ode-method dopri5 --rtol 1e-2,1e-3,1e-4   -- FID against NFE
+--   ./cunet recipes/fid_vs_steps.lua --ckpt runs/unet/checkpoint.safetensors --sampler ddim --steps 1,2,5,10,20,50 --n 1000
+--   ./cunet recipes/fid_vs_steps.lua --ckpt runs/cunet/checkpoint.safetensors --sampler ddpm --dataset fashion-mnist
+--   ./cunet recipes/fid_vs_steps.lua --ckpt C --sampler ddim --spacing trailing --steps 1,2,3,5,10,20,50,100
+--   ./cunet recipes/fid_vs_steps.lua --ckpt C --sampler dpmpp_2m --steps 5,10,20
+--   ./cunet recipes/fid_vs_steps.lua --ckpt C --sampler ode --ode-method dopri5 --rtol 1e-2,1e-3,1e-4   -- FID against NFE
 --
 -- For every step count it draws --n samples (the same seeds for every count), scores them against
 -- the cached statistics of the real split with the classifier features (lua/cunet/fid.lua: not
@@ -175,14 +175,13 @@ for _, r in ipairs(rows) do
 end
 
 fs.mkdir_p(args.out)
-local f = assert(io.open(base .. ".csv", "w"))
-f:write(fid.SCAN_HEADER, "\n")
+local csv = {fid.SCAN_HEADER}
 for _, r in ipairs(rows) do
-  f:write(string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s,%.9g,%s,%s,%s,%s,%s\n", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
+  csv[#csv + 1] = string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s,%.9g,%s,%s,%s,%s,%s", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
     args.sampler, args.dataset, args.split, args.ckpt, r.nfe or r.steps, spacing, gen.variance or "-", gen.ode_method or "-",
-    r.rtol and string.format("%g", r.rtol) or "-", r.atol and string.format("%g", r.atol) or "-"))
+    r.rtol and string.format("%g", r.rtol) or "-", r.atol and string.format("%g", r.atol) or "-")
 end
-f:close()
+assert(fs.write_atomic(base .. ".csv", table.concat(csv, "\n") .. "\n"))
 
 local xs, ys = {}, {}
 local by_nfe = args.sampler == "ode"

@@ -1,7 +1,7 @@
 -- recipes/plot_losses.lua — training-loss curves of several runs in one plot: each run's loss.csv
 -- (recipes/train_*.lua) averaged over a window of steps, against the step.
 --
---   cunet recipes/plot_losses.lua --runs U-Net=runs/demo_unet,cU-Net=runs/cmp_cunet --out docs/images/loss_mnist.png
+--   ./cunet recipes/plot_losses.lua --runs U-Net=runs/demo_unet,cU-Net=runs/cmp_cunet --out docs/images/loss_mnist.png
 
 local cli = require "cunet.cli"
 local plot = require "cunet.plot"

@@ -1,11 +1,11 @@
 -- recipes/sample.lua — a grid of samples from a training checkpoint (recipes/train_unet.lua). The
 -- model is rebuilt from the checkpoint's config; see docs/training.md.
 --
---   cunet recipes/sample.lua --ckpt runs/unet/checkpoint.safetensors --out grid.png
---   cunet recipes/sample.lua --sampler ddpm --steps 1000 --n 64 --no-ema
---   cunet recipes/sample.lua --sampler ddim --spacing trailing --steps 10
---   cunet recipes/sample.lua --sampler dpmpp_2m --steps 10                 -- DPM-Solver++(2M), logSNR grid
---   cunet recipes/sample.lua --sampler ode --ode-method dopri5 --rtol 1e-3 -- the probability-flow ODE
+--   ./cunet recipes/sample.lua --ckpt runs/unet/checkpoint.safetensors --out grid.png
+--   ./cunet recipes/sample.lua --sampler ddpm --steps 1000 --n 64 --no-ema
+--   ./cunet recipes/sample.lua --sampler ddim --spacing trailing --steps 10
+--   ./cunet recipes/sample.lua --sampler dpmpp_2m --steps 10                 -- DPM-Solver++(2M), logSNR grid
+--   ./cunet recipes/sample.lua --sampler ode --ode-method dopri5 --rtol 1e-3 -- the probability-flow ODE
 
 local cn = require "cunet"
 local cli = require "cunet.cli"

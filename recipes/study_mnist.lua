@@ -3,12 +3,12 @@
 -- subprocesses, resumed from their checkpoints), scan FID against sampling steps
 -- (recipes/fid_vs_steps.lua), and write the tables and plots for docs/results.md. See docs/study.md.
 --
---   cunet recipes/study_mnist.lua --list                       -- the matrix and where each run stands
---   cunet recipes/study_mnist.lua --train --max-minutes 170    -- train (or resume) in order; stop in time
---   cunet recipes/study_mnist.lua --train --only authors_unet_11m_s0
---   cunet recipes/study_mnist.lua --scan --max-minutes 170     -- FID scans of the finished runs (resumable)
---   cunet recipes/study_mnist.lua --report                     -- runs/study/report.md and the plots
---   cunet recipes/study_mnist.lua --dry-run                    -- every command it would run, run nothing
+--   ./cunet recipes/study_mnist.lua --list                       -- the matrix and where each run stands
+--   ./cunet recipes/study_mnist.lua --train --max-minutes 170    -- train (or resume) in order; stop in time
+--   ./cunet recipes/study_mnist.lua --train --only authors_unet_11m_s0
+--   ./cunet recipes/study_mnist.lua --scan --max-minutes 170     -- FID scans of the finished runs (resumable)
+--   ./cunet recipes/study_mnist.lua --report                     -- runs/study/report.md and the plots
+--   ./cunet recipes/study_mnist.lua --dry-run                    -- every command it would run, run nothing
 --
 -- Everything goes under --out (runs/study): <run>/ holds the training recipe's checkpoint.safetensors,
 -- loss.csv, config.lua and sample grids, train.log / scan.log (the subprocesses' output) and scan/
@@ -113,13 +113,8 @@ local function append(list, more)
 end
 
 local function write_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "w")
-  if not f then fail("cannot write " .. tmp .. ": " .. tostring(err)) end
-  f:write(text)
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then fail("cannot write " .. path .. ": " .. tostring(rerr)) end
+  local ok, err = fs.write_atomic(path, text)
+  if not ok then fail(err) end
 end
 
 -- The step of a checkpoint, from its safetensors header alone (8-byte length, then JSON): cheap.
@@ -463,16 +458,15 @@ end
 -- gnuplot: FID against steps per model, the seed band (min..max) shaded, one PNG per sampler.
 local function band_plot(png, title, xlabel, models, gnuplot)
   local dat = png:gsub("%.png$", "") .. ".dat"
-  local f = assert(io.open(dat, "w"))
-  local plots = {}
+  local data, plots = {}, {}
   for i, m in ipairs(models) do
-    f:write(string.format("# %s\n", m.label))
-    for _, p in ipairs(m.points) do f:write(string.format("%g %g %g %g\n", p.x, p.mean, p.lo, p.hi)) end
-    f:write("\n\n")
+    data[#data + 1] = string.format("# %s\n", m.label)
+    for _, p in ipairs(m.points) do data[#data + 1] = string.format("%g %g %g %g\n", p.x, p.mean, p.lo, p.hi) end
+    data[#data + 1] = "\n\n"
     plots[#plots + 1] = string.format("'%s' index %d using 1:3:4 with filledcurves fs transparent solid 0.2 lc %d notitle", dat, i - 1, i)
     plots[#plots + 1] = string.format("'%s' index %d using 1:2 with linespoints lc %d lw 2 title \"%s\"", dat, i - 1, i, m.label)
   end
-  f:close()
+  write_atomic(dat, table.concat(data))
   local script = table.concat({
     "set terminal pngcairo size 900,560", string.format("set output '%s'", png), string.format("set title \"%s\"", title),
     string.format("set xlabel '%s'", xlabel), string.format("set ylabel '%s (lower is better)'", fid.NAME),

@@ -3,9 +3,9 @@
 -- mean time per sample, beside the paper's numbers, and one plot of FID against steps for both backbones
 -- and both samplers. See docs/results.md.
 --
---   cunet recipes/fid_vs_steps.lua --ckpt U.safetensors --sampler ddim --steps 5,10,20,50 --n 500 --out runs/fid_unet
+--   ./cunet recipes/fid_vs_steps.lua --ckpt U.safetensors --sampler ddim --steps 5,10,20,50 --n 500 --out runs/fid_unet
 --   (the same with --sampler ddpm, and both for the cU-Net into runs/fid_cunet), then
---   cunet recipes/table1.lua --unet runs/fid_unet --cunet runs/fid_cunet --out docs/images/fid_vs_steps.png
+--   ./cunet recipes/table1.lua --unet runs/fid_unet --cunet runs/fid_cunet --out docs/images/fid_vs_steps.png
 
 local cli = require "cunet.cli"
 local plot = require "cunet.plot"

@@ -1,8 +1,8 @@
 -- recipes/train_classifier.lua — a small CNN on Fashion-MNIST or MNIST (lua/cunet/models/classifier.lua).
 -- It is also the feature network of "FID (classifier features)" (docs/metrics.md).
 --
---   cunet recipes/train_classifier.lua                       -- Fashion-MNIST, 3 epochs
---   cunet recipes/train_classifier.lua --data mnist --out checkpoints/classifier_mnist.safetensors
+--   ./cunet recipes/train_classifier.lua                       -- Fashion-MNIST, 3 epochs
+--   ./cunet recipes/train_classifier.lua --data mnist --out checkpoints/classifier_mnist.safetensors
 
 local cn = require "cunet"
 local cli = require "cunet.cli"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # tools/deps.sh — installs the Debian packages cunet needs, only those missing (idempotent).
-# Build and run: lua5.4, liblua5.4-dev, lua-unit, libopenblas-dev, libpng-dev, zlib1g-dev,
+# Build and run: lua5.4, liblua5.4-dev, lua-unit, libopenblas-dev, libpng-dev, libjpeg62-turbo-dev (JPEG
+# image folders), zlib1g-dev,
 # libreadline-dev, libcjson-dev (safetensors headers). Data: dataset-fashion-mnist. Plots (cunet.plot): gnuplot-nox.
 # Fixture generation and benchmarks only (not needed by `make test`): python3-torch, python3-scipy,
 # python3-skimage — set CUNET_DEPS_PYTHON=1 to install them too.
@@ -8,7 +9,7 @@
 # the package manager has them, never required: the build leaves MPI out when it is missing.
 # CUNET_DEPS_MPI=0 skips them.
 set -e
-pkgs="build-essential lua5.4 liblua5.4-dev lua-unit libopenblas-dev libpng-dev zlib1g-dev libreadline-dev libcjson-dev dataset-fashion-mnist gnuplot-nox"
+pkgs="build-essential lua5.4 liblua5.4-dev lua-unit libopenblas-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libreadline-dev libcjson-dev dataset-fashion-mnist gnuplot-nox"
 [ "${CUNET_DEPS_PYTHON:-0}" = 1 ] && pkgs="$pkgs python3-torch python3-scipy python3-skimage"
 optional=""
 [ "${CUNET_DEPS_MPI:-1}" = 1 ] && optional="libopenmpi-dev openmpi-bin"

@@ -33,6 +33,9 @@ int cnl_result(lua_State *L, cn_tensor **box, cn_tensor *r, const cn_error *err)
 int cnl_checkdim(lua_State *L, int arg, int ndim);
 /* Like cnl_checkdim for a dim value already read; `arg` names the argument in the message. */
 int cnl_todim(lua_State *L, lua_Integer d, int ndim, int arg);
+/* Lua 1-based (or negative) position at arg along a dim of `size` -> 0-based; raises "bad argument
+ * #arg (what i out of range for a dim of size n (1-based))". */
+int64_t cnl_checkpos(lua_State *L, int arg, int64_t size, const char *what);
 /* Dims at arg: nil/none -> 0 (meaning all dims), a number, or a table of numbers; fills dims
  * (0-based, CN_MAX_DIMS) and returns the count; raises on bad or repeated dims. */
 int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims);
@@ -69,23 +72,25 @@ void cnl_setfuncs(lua_State *L, const luaL_Reg *regs);
 void cnl_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions);
 
 /* Registration entry points of each binding file, called by luaopen_cunet_core. */
-void cnl_open_tensor(lua_State *L);
-void cnl_open_elementwise(lua_State *L);
-void cnl_open_reduce(lua_State *L);
-void cnl_open_autograd(lua_State *L);
-void cnl_open_conv(lua_State *L);     /* l_conv.c: conv2d, conv_transpose2d */
-void cnl_open_spatial(lua_State *L);  /* l_spatial.c: upsample, pooling, pad */
-void cnl_open_norm(lua_State *L);     /* l_norm.c: group/instance/layer/batch norm */
-void cnl_open_nn(lua_State *L);       /* l_nn.c: linear, softmax, attention, dropout, embedding, losses */
-void cnl_open_optim(lua_State *L);    /* l_optim.c: optimizer update kernels, gradient clipping */
-void cnl_open_io(lua_State *L);       /* l_io.c: safetensors, IDX */
-void cnl_open_image(lua_State *L);    /* l_image.c: PNG */
-void cnl_open_ode(lua_State *L);      /* l_ode.c: ODE solvers */
-void cnl_open_sys(lua_State *L);      /* l_sys.c: clock, isatty, threads */
-void cnl_open_metrics(lua_State *L);     /* l_metrics.c: SSIM, PSNR, FID, KID */
-void cnl_open_profile(lua_State *L);     /* l_profile.c: the per-op profiler */
-void cnl_open_bm3d(lua_State *L);        /* l_bm3d.c: BM3D denoising */
-void cnl_open_distributed(lua_State *L); /* l_distributed.c: MPI collectives (cn.distributed) */
+void cnl_open_tensor(lua_State *L);        /* l_tensor.c: creation, facts, elements, copies, metatable */
+void cnl_open_shape(lua_State *L);         /* l_shape.c: views, cat, stack, chunk, split, index_select */
+void cnl_open_elementwise(lua_State *L);   /* l_elementwise.c: elementwise ops, arithmetic metamethods */
+void cnl_open_reduce(lua_State *L);        /* l_reduce.c: sum, mean, var, std, norm, max, min, argmax */
+void cnl_open_matmul(lua_State *L);        /* l_matmul.c: matmul */
+void cnl_open_autograd(lua_State *L);      /* l_autograd.c: requires_grad, .grad, backward, no_grad */
+void cnl_open_conv(lua_State *L);          /* l_conv.c: conv2d, conv_transpose2d */
+void cnl_open_spatial(lua_State *L);       /* l_spatial.c: upsample, pooling, pad */
+void cnl_open_norm(lua_State *L);          /* l_norm.c: group/instance/layer/batch norm */
+void cnl_open_nn(lua_State *L);            /* l_nn.c: linear, softmax, attention, dropout, embedding, losses */
+void cnl_open_optim(lua_State *L);         /* l_optim.c: optimizer update kernels, gradient clipping */
+void cnl_open_io(lua_State *L);            /* l_io.c: safetensors, IDX */
+void cnl_open_image(lua_State *L);         /* l_image.c: PNG */
+void cnl_open_ode(lua_State *L);           /* l_ode.c: ODE solvers */
+void cnl_open_sys(lua_State *L);           /* l_sys.c: clock, isatty, threads */
+void cnl_open_metrics(lua_State *L);       /* l_metrics.c: SSIM, PSNR, FID, KID */
+void cnl_open_profile(lua_State *L);       /* l_profile.c: the per-op profiler */
+void cnl_open_bm3d(lua_State *L);          /* l_bm3d.c: BM3D denoising */
+void cnl_open_distributed(lua_State *L);   /* l_distributed.c: MPI collectives (cn.distributed) */
 
 /* The module opener: require "cunet.core". */
 int luaopen_cunet_core(lua_State *L);

@@ -79,6 +79,15 @@ int cnl_checkdim(lua_State *L, int arg, int ndim) {
     return cnl_todim(L, luaL_checkinteger(L, arg), ndim, arg);
 }
 
+int64_t cnl_checkpos(lua_State *L, int arg, int64_t size, const char *what) {
+    lua_Integer i = luaL_checkinteger(L, arg);
+    int64_t i0 = i > 0 ? i - 1 : i + size;
+    if (i == 0 || i0 < 0 || i0 >= size)
+        luaL_argerror(L, arg, lua_pushfstring(L, "%s %d out of range for a dim of size %d (1-based)", what,
+                                              (int)i, (int)size));
+    return i0;
+}
+
 int cnl_checkdims(lua_State *L, int arg, int ndim, int *dims) {
     int n = 0;
     if (lua_isnoneornil(L, arg)) return 0;
@@ -164,8 +173,10 @@ int luaopen_cunet_core(lua_State *L) {
     }
     lua_pop(L, 1);
     cnl_open_tensor(L);
+    cnl_open_shape(L);
     cnl_open_elementwise(L);
     cnl_open_reduce(L);
+    cnl_open_matmul(L);
     cnl_open_autograd(L);
     cnl_open_conv(L);
     cnl_open_spatial(L);

@@ -1,8 +1,8 @@
-/* l_reduce.c — Lua binding of reductions and matmul (ops_reduce.c, ops_matmul.c).
+/* l_reduce.c — Lua binding of reductions (ops_reduce.c).
  *
  *   t:sum(dims, keepdim)  t:mean(dims, keepdim)  t:var(dims, keepdim, correction)  t:std(...)
  *   t:norm(p, dims, keepdim)  t:max(dim, keepdim)  t:min(dim, keepdim)  t:argmax(dim, keepdim)
- *   t:argmin(dim, keepdim)  a:matmul(b)
+ *   t:argmin(dim, keepdim)
  *
  * dims: nil (all), a dim, or a table of dims; 1-based, negatives from the end. Indices returned by
  * max/min/argmax/argmin are 1-based: the engine's 0-based indices plus one. Every function is also
@@ -105,23 +105,8 @@ static int arg_extremum(lua_State *L, bool is_max) {
 static int t_argmax(lua_State *L) { return arg_extremum(L, true); }
 static int t_argmin(lua_State *L) { return arg_extremum(L, false); }
 
-static int t_matmul(lua_State *L) {
-    cn_tensor *a = cnl_checktensor(L, 1), *b = cnl_checktensor(L, 2);
-    cn_error err;
-    cn_tensor **box = cnl_newbox(L);
-    return cnl_result(L, box, cn_matmul(a, b, &err), &err);
-}
-
-static const luaL_Reg reduce_methods[] = {
-    {"sum", t_sum},       {"mean", t_mean},     {"var", t_var},
-    {"std", t_std},       {"norm", t_norm},     {"max", t_max},
-    {"min", t_min},       {"argmax", t_argmax}, {"argmin", t_argmin},
-    {"matmul", t_matmul}, {NULL, NULL}};
-
 static const luaL_Reg reduce_functions[] = {
-    {"sum", t_sum},       {"mean", t_mean},     {"var", t_var},
-    {"std", t_std},       {"norm", t_norm},     {"max", t_max},
-    {"min", t_min},       {"argmax", t_argmax}, {"argmin", t_argmin},
-    {"matmul", t_matmul}, {NULL, NULL}};
+    {"sum", t_sum}, {"mean", t_mean}, {"var", t_var},       {"std", t_std},       {"norm", t_norm},
+    {"max", t_max}, {"min", t_min},   {"argmax", t_argmax}, {"argmin", t_argmin}, {NULL, NULL}};
 
-void cnl_open_reduce(lua_State *L) { cnl_register(L, reduce_methods, reduce_functions); }
+void cnl_open_reduce(lua_State *L) { cnl_register(L, reduce_functions, reduce_functions); }

@@ -155,12 +155,16 @@ local function resize_crop(img, h, w)
   return x[1]
 end
 
---- The PNG files under a directory (recursively, sorted bytewise), e.g. a CelebA or LSUN extract,
--- as {images = [N, C, h, w] in [0, 1], paths = {...}, name = "folder:PATH"}. opts: size (64: a
--- number or {h, w}; each image is resized so its shorter side fits, then centre-cropped),
--- channels (1 or 3; default: 3 if the first image has colour, else 1; grey is repeated into RGB,
--- RGB turned grey with ITU-R 601-2 luma; alpha dropped), limit (at most this many files).
--- A file that is not a readable PNG raises an error naming it.
+-- The reader of an image file, by its extension (case-insensitive): PNG or JPEG.
+local READERS = {png = cn.load_png, jpg = cn.load_jpeg, jpeg = cn.load_jpeg}
+
+--- The PNG and JPEG files (.png, .jpg, .jpeg, any case) under a directory (recursively, sorted
+-- bytewise), e.g. CelebA (JPEG) or an LSUN extract, as {images = [N, C, h, w] in [0, 1], paths =
+-- {...}, name = "folder:PATH"}. opts: size (64: a number or {h, w}; each image is resized so its
+-- shorter side fits, then centre-cropped), channels (1 or 3; default: 3 if the first image has
+-- colour, else 1; grey is repeated into RGB, RGB turned grey with ITU-R 601-2 luma; alpha
+-- dropped), limit (at most this many files). A file that is not a readable image of its
+-- extension's format raises an error naming it.
 function M.image_folder(path, opts)
   opts = options.check(opts, {"size", "channels", "limit"}, "image_folder")
   if type(path) ~= "string" then error("image_folder: expected a directory path, got " .. type(path), 2) end
@@ -174,18 +178,19 @@ function M.image_folder(path, opts)
   if channels ~= nil and channels ~= 1 and channels ~= 3 then error("image_folder: channels must be 1 or 3, got " .. tostring(channels), 2) end
   if not os.execute("test -d " .. fs.shell_quote(path)) then error("image_folder: " .. path .. " is not a directory", 2) end
   local files = {}
-  local p = io.popen("find " .. fs.shell_quote(path) .. " -type f -iname '*.png' 2>/dev/null | LC_ALL=C sort")
+  local p = io.popen("find " .. fs.shell_quote(path) .. " -type f \\( -iname '*.png' -o -iname '*.jpg' -o -iname '*.jpeg' \\)"
+    .. " 2>/dev/null | LC_ALL=C sort")
   for line in p:lines() do files[#files + 1] = line end
   p:close()
   if opts.limit then
     for i = #files, opts.limit + 1, -1 do files[i] = nil end
   end
   if #files == 0 then
-    error("image_folder: no .png files under " .. path .. " (other formats: convert them first, e.g. mogrify -format png *.jpg)", 2)
+    error("image_folder: no .png, .jpg or .jpeg files under " .. path .. " (other formats: convert them first, e.g. mogrify -format png *.webp)", 2)
   end
   local images
   for i, file in ipairs(files) do
-    local ok, img = pcall(cn.load_png, file)
+    local ok, img = pcall(READERS[file:match("%.(%w+)$"):lower()], file)
     if not ok then
       local msg = tostring(img)
       if not msg:find(file, 1, true) then msg = file .. ": " .. msg end

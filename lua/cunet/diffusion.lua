@@ -261,18 +261,21 @@ function M.loss(sched, model, x0, opts)
   return cn.mse_loss(out, M.target(sched, x0, noise, t, prediction)), t
 end
 
+local VARIANCES = { beta = true, posterior = true, none = true }
+
 --- One DDPM ancestral step (paper Eq. 2) from x_t at the integer timestep t with the predicted
 -- eps and the noise z: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
--- sigma_t^2 = beta_t ("beta", default) or the posterior variance ("posterior"); no noise at t = 1
--- (z may be nil there).
+-- sigma_t^2 = beta_t ("beta", default) or the posterior variance ("posterior"), or no noise at all
+-- ("none": the mean of the reverse step, as the diffusion paper's authors' denoising code runs it);
+-- no noise at t = 1 (z may be nil there, and with "none").
 function M.ddpm_step(sched, x_t, t, eps, z, variance)
   check_schedule(sched, "ddpm_step")
   check_t(sched, t, nil, "ddpm_step")
   if type(t) ~= "number" then error("ddpm_step: t must be one timestep (a number)", 2) end
   variance = variance or "beta"
-  if variance ~= "beta" and variance ~= "posterior" then error("ddpm_step: variance must be 'beta' or 'posterior', got " .. tostring(variance), 2) end
+  if not VARIANCES[variance] then error("ddpm_step: variance must be 'beta', 'posterior' or 'none', got " .. tostring(variance), 2) end
   local mean = (x_t - eps * (sched.beta[t] / math.sqrt(1 - sched.alpha_bar[t]))) / math.sqrt(sched.alpha[t])
-  if t == 1 then return mean end
+  if t == 1 or variance == "none" then return mean end
   if not cn.is_tensor(z) then error(string.format("ddpm_step: the noise z (a tensor) is needed at t = %d > 1", t), 2) end
   local var = variance == "posterior" and sched.posterior_variance[t] or sched.beta[t]
   return mean + z * math.sqrt(var)
@@ -479,7 +482,7 @@ end
 
 --- Ancestral DDPM sampling. shape: the batch shape {N, C, H, W}. opts: x_t and t_start (start
 -- from a given noisy batch at timestep t_start instead of pure noise at T), variance ("beta" |
--- "posterior"), steps and spacing (fewer steps than T run on the respaced schedule of
+-- "posterior" | "none": see ddpm_step), steps and spacing (fewer steps than T run on the respaced schedule of
 -- ddim_timesteps(sched, steps, spacing): see respace; spacing "uniform" by default), prediction,
 -- clip_x0, seed (draw every random number from this seed, leaving the global generator as it was),
 -- return_trajectory, return_x0, callback(i, t, x_{t-1}, x0_pred) (t the original timestep),
@@ -488,7 +491,7 @@ end
 function M.sample_ddpm(sched, model, shape, opts)
   opts = check_sampler_opts(sched, shape, opts, "sample_ddpm", {"variance", "steps", "spacing"})
   local variance = opts.variance or "beta"
-  if variance ~= "beta" and variance ~= "posterior" then error("sample_ddpm: variance must be 'beta' or 'posterior', got " .. tostring(variance), 2) end
+  if not VARIANCES[variance] then error("sample_ddpm: variance must be 'beta', 'posterior' or 'none', got " .. tostring(variance), 2) end
   local steps = check_steps(opts.steps, "sample_ddpm", sched.T)
   check_spacing(opts.spacing, "sample_ddpm")
   if steps < sched.T then
@@ -509,7 +512,7 @@ function M.sample_ddpm(sched, model, shape, opts)
   return with_seed(opts.seed, function()
     local x = opts.x_t or cn.randn(shape)
     return run_sampler(sched, model, x, ts, opts, function(xt, _, t, eps)
-      return M.ddpm_step(sched, xt, t, eps, t > 1 and cn.randn_like(xt) or nil, variance)
+      return M.ddpm_step(sched, xt, t, eps, t > 1 and variance ~= "none" and cn.randn_like(xt) or nil, variance)
     end, "sample_ddpm")
   end)
 end

@@ -3,6 +3,7 @@
 --   local fs = require "cunet.fs"
 --   if fs.exists(path) then ... end
 --   local ok, err = fs.mkdir_p("runs/a b/c")        -- like `mkdir -p`, with the path shell-quoted
+--   assert(fs.write_atomic("runs/table.csv", text))  -- a temp file renamed over the path
 
 local M = {}
 
@@ -21,8 +22,31 @@ end
 --- mkdir_p(path) -> true, or nil and a message: creates path and its parents (`mkdir -p`).
 function M.mkdir_p(path)
   if M.exists(path .. "/.") then return true end
-  if os.execute("mkdir -p " .. M.shell_quote(path)) then return true end
-  return nil, string.format("cannot create the directory '%s'", path)
+  local p = io.popen("mkdir -p " .. M.shell_quote(path) .. " 2>&1") -- mkdir's reason goes into the message
+  local said = p:read("a")
+  if p:close() then return true end
+  local why = said:match("[^\n]*: ([^:\n]+)\n?$")
+  return nil, string.format("cannot create the directory '%s'%s", path, why and (": " .. why) or "")
+end
+
+--- write_atomic(path, text) -> true, or nil and a message: writes text to path.tmp and renames it
+-- over path, so a reader never sees half a file.
+function M.write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if not f then return nil, string.format("cannot write '%s': %s", tmp, tostring(err)) end
+  local ok, werr = f:write(text)
+  f:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, string.format("cannot write '%s': %s", tmp, tostring(werr))
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    return nil, string.format("cannot write '%s': %s", path, tostring(rerr))
+  end
+  return true
 end
 
 return M

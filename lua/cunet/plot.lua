@@ -14,6 +14,7 @@
 -- and a message (the CSV is written first, so the numbers are kept); wrong arguments raise.
 
 local options = require "cunet.options"
+local fs = require "cunet.fs"
 
 local M = {}
 
@@ -80,14 +81,13 @@ end
 
 --- Writes series as CSV ("series,x,y", one row per point). Returns path, or nil and a message.
 function M.write_csv(path, series)
-  local f, err = io.open(path, "w")
-  if not f then return nil, "plot: cannot write " .. tostring(err) end
-  f:write("series,x,y\n")
+  local lines = {"series,x,y"}
   for i, s in ipairs(series) do
     local name = csv_field(s.name or ("series " .. i))
-    for j = 1, #s.x do f:write(name, ",", number(s.x[j]), ",", number(s.y[j]), "\n") end
+    for j = 1, #s.x do lines[#lines + 1] = name .. "," .. number(s.x[j]) .. "," .. number(s.y[j]) end
   end
-  f:close()
+  local ok, err = fs.write_atomic(path, table.concat(lines, "\n") .. "\n")
+  if not ok then return nil, "plot: " .. err end
   return path
 end
 

@@ -1,4 +1,4 @@
--- cunet.repl — how the REPL (engine/main.c) shows a value: a plain table as Lua source, not as an
+-- cunet.repl — how the REPL (cli/main.c) shows a value: a plain table as Lua source, not as an
 -- address.
 --
 --   local pretty = require("cunet.repl").pretty

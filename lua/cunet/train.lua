@@ -70,6 +70,8 @@ M.defaults = {
   recipe = false,             -- the caller's own resolved options (a recipe's), recorded in the run's config
   loss_tail = 1000,           -- losses kept in the checkpoint
   on_step = false,            -- fn(step, info) after each step (info: loss, lr, grad_norm, seconds, state)
+  loss = false,               -- fn(model, x0) -> loss tensor in place of the diffusion loss (the denoising
+                              -- baselines); one process only, no sample grids
 }
 
 local function fail(fmt, ...) error("train: " .. string.format(fmt, ...), 0) end
@@ -111,6 +113,9 @@ local function check(o)
   if not modes[o.progress] then fail("progress must be auto, bar, lines or none, got %s", tostring(o.progress)) end
   if o.clip and (type(o.clip) ~= "number" or o.clip < 0) then fail("clip must be a number >= 0 or false") end
   if o.ema and (type(o.ema) ~= "number" or o.ema < 0 or o.ema > 1) then fail("ema must be a decay in [0, 1] or false") end
+  if o.loss and type(o.loss) ~= "function" then fail("loss must be a function(model, x0) -> loss, got %s", type(o.loss)) end
+  if o.loss and o.sample_every > 0 then fail("sample_every must be 0 with a loss of your own (the model is no diffusion denoiser)") end
+  if o.loss and distributed.world_size() > 1 then fail("a loss of your own trains in one process only, not over %d ranks", distributed.world_size()) end
 end
 
 -- ---- data -----------------------------------------------------------------------------------------
@@ -190,13 +195,8 @@ end
 
 -- Writes text to path atomically: a temporary file renamed over it.
 local function write_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "w")
-  if not f then fail("cannot write '%s': %s", tmp, err) end
-  f:write(text)
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then fail("cannot write '%s': %s", path, rerr) end
+  local ok, err = fs.write_atomic(path, text)
+  if not ok then fail("%s", err) end
 end
 
 -- Opens out/loss.csv for appending; on resume keeps the rows of steps <= start_step only.
@@ -600,6 +600,7 @@ function M.run(opts)
   -- the 1-rank run. What the model draws (dropout) comes from a stream of its own per (seed, step,
   -- rank), and the shared stream is put back after, so every rank's generator stays the same.
   local function shard_loss(x0)
+    if o.loss then return o.loss(model, x0) end
     if not shard then return (diffusion.loss(sched, model, x0, {prediction = o.prediction})) end
     local t = diffusion.sample_timesteps(sched, o.batch_size)
     local noise = cn.randn{o.batch_size, x0:size(2), x0:size(3), x0:size(4)}

@@ -33,7 +33,10 @@ M.DEFAULT_MODEL = "cunet.models.unet"
 
 -- The keys of a recipe's spec (a misspelt one, say `ablaton`, would train another experiment).
 local SPEC_KEYS = {"name", "description", "epilog", "continuous", "data", "preset", "model", "steps", "batch", "lr",
-  "warmup", "ema", "out", "checkpoint_every", "sample_every", "ablation"}
+  "warmup", "ema", "clip", "out", "checkpoint_every", "sample_every", "ablation", "denoiser"}
+
+-- The options of diffusion training only: a denoiser recipe (spec.denoiser) has none of them.
+local DIFFUSION_ONLY = {schedule = true, T = true, prediction = true, ["sample-every"] = true, ["sample-steps"] = true}
 
 --- The option table of a recipe: each option's default is the spec's value when it sets one, else
 -- train.defaults' (the one table of training defaults), so --help shows what a run gets.
@@ -59,7 +62,7 @@ function M.options(spec)
     {"weight-decay", D.weight_decay, "weight decay", min = 0},
     {"warmup", default("warmup"), "linear learning-rate warmup steps", integer = true, min = 0},
     {"ema", default("ema"), "EMA decay (0: no EMA)", min = 0, max = 1},
-    {"clip", D.clip, "gradient-norm clipping (0: none)", min = 0},
+    {"clip", default("clip"), "gradient-norm clipping (0: none)", min = 0},
     {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear | FILE.lua returning beta(t, T) or a list of betas (default "
       .. D.schedule .. ")", type = "string"},
     {"T", 0, string.format("diffusion steps (0: %d; on --resume the checkpoint's)", D.T), integer = true, min = 0},
@@ -75,6 +78,15 @@ function M.options(spec)
     {"seed", D.seed, "random seed (model initialisation, data order, training draws)", integer = true, min = 0},
     {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
   }
+  if spec.denoiser then -- a denoising baseline: noise levels instead of the diffusion options
+    local kept = {}
+    for _, o in ipairs(opts) do if not DIFFUSION_ONLY[o[1]] then kept[#kept + 1] = o end end
+    opts = kept
+    opts[#opts + 1] = {"noise", spec.denoiser.noise or "t:50,150,400", "noise levels, each training image draws one: "
+      .. "sigma:S1,S2,... (Gaussian sigma on [0, 1] images) or t:T1,T2,... (the sigma equivalent to forward-process timestep t)"}
+    opts[#opts + 1] = {"noise-schedule", "sigmoid", "the diffusion schedule (T = 1000) that maps t:... levels to sigma",
+      choices = {"linear", "cosine", "sigmoid", "scaled_linear"}}
+  end
   if continuous then -- the cU-Net's own switches (continuous_unet.defaults documents each)
     local more = {
       {"ablation", spec.ablation or "none", "none | no_attention | no_resblocks | no_attention_no_resblocks | time_embedding_only", choices = {"none", "no_attention", "no_resblocks", "no_attention_no_resblocks", "time_embedding_only"}},
@@ -90,6 +102,7 @@ end
 
 -- Options that become model overrides (a fresh model only; a resumed one keeps its checkpoint's config).
 local function model_overrides(args, spec, size, in_channels, models)
+  if spec.denoiser then return {in_channels = in_channels} end -- fully convolutional: any size
   local overrides = {resolution = size, in_channels = in_channels}
   local preset = models.presets and models.presets[args.preset]
   if preset and preset.attn_resolutions and preset.resolution ~= size then -- keep attention at the same levels
@@ -134,6 +147,8 @@ local function show(v) return type(v) == "table" and checkpoint.json.encode(v) o
 local MODEL_KEYS = {ablation = "ablation", method = "method", ode_steps = "steps", adjoint = "adjoint", form = "form"}
 -- Recipe options a resumed run takes back from the checkpoint, or applies with a notice when given.
 local APPLIED = {"data", "limit", "threads"}
+-- Recipe options a resumed run takes back from the checkpoint and refuses to change (a denoiser's noise).
+local FIXED = {"noise", "noise_schedule"}
 
 -- On --resume: checks the checkpoint against the recipe and the command line, fills the recipe's own
 -- options from it, and returns the model module and the notices (raises for what cannot change).
@@ -178,6 +193,14 @@ local function resume_recipe(name, spec, args, given, ck)
     end
     args.ablation = ck.config.ablation
   end
+  for _, k in ipairs(FIXED) do
+    if stored[k] ~= nil and args[k] ~= nil then
+      if given[k] and not train.same(args[k], stored[k]) then
+        refuse("--%s %s differs from its %s (the noise levels cannot change on resume)", k:gsub("_", "-"), show(args[k]), show(stored[k]))
+      end
+      args[k] = stored[k]
+    end
+  end
   for _, k in ipairs(APPLIED) do
     if stored[k] ~= nil then
       if not given[k] then args[k] = stored[k]
@@ -202,9 +225,21 @@ local function schedule_option(name, value, T)
   return made, value
 end
 
+-- --betas into t.betas (a new run, given on resume, or not recorded); returns t.
+local function with_betas(name, args, given, record, resuming, t)
+  if not resuming or given.betas or record.betas == nil then
+    local beta1, beta2 = args.betas:match("^%s*([%d.eE+-]+)%s*,%s*([%d.eE+-]+)%s*$")
+    if not tonumber(beta1) or not tonumber(beta2) then
+      error(string.format("%s: --betas expects two numbers like 0.9,0.999, got %s", name, args.betas), 0)
+    end
+    t.betas = {tonumber(beta1), tonumber(beta2)}
+  end
+  return t
+end
+
 -- The train.run options from the command line: all of them for a new run; on resume the given ones,
 -- and the recipe's defaults for what the checkpoint does not record (one written by an older cunet).
-local function train_options(name, args, given, ck)
+local function train_options(name, args, given, ck, spec)
   local t, record = {}, ck and ck.train or {}
   local resuming = ck ~= nil
   local function put(key, option, value)
@@ -216,21 +251,19 @@ local function train_options(name, args, given, ck)
   end
   put("batch", "batch_size", args.batch)
   put("keep", "keep_checkpoints", args.keep)
+  if spec.denoiser then -- no diffusion options, no sample grids
+    t.sample_every, t.sample_steps = 0, nil
+    return with_betas(name, args, given, record, resuming, t)
+  end
   local D = train.defaults
   if not resuming or given.prediction then t.prediction = args.prediction or D.prediction end -- else the checkpoint's
   if not resuming or (given.T and args.T > 0) then t.T = args.T > 0 and math.tointeger(args.T) or D.T end
   if not resuming or given.schedule then
     t.schedule, t.schedule_name = schedule_option(name, args.schedule, t.T or args.T > 0 and args.T or D.T)
   end
-  if not resuming or given.betas or record.betas == nil then
-    local beta1, beta2 = args.betas:match("^%s*([%d.eE+-]+)%s*,%s*([%d.eE+-]+)%s*$")
-    if not tonumber(beta1) or not tonumber(beta2) then
-      error(string.format("%s: --betas expects two numbers like 0.9,0.999, got %s", name, args.betas), 0)
-    end
-    t.betas = {tonumber(beta1), tonumber(beta2)}
-  end
-  return t
+  return with_betas(name, args, given, record, resuming, t)
 end
+
 
 local function main(argv, spec)
   local name = spec.name
@@ -253,7 +286,7 @@ local function main(argv, spec)
   if size == 0 then
     size = models.presets and models.presets[args.preset] and models.presets[args.preset].resolution or 28
   end
-  local options = train_options(name, args, given, ck)
+  local options = train_options(name, args, given, ck, spec)
   local ds = train.dataset(args.data, {size = size, limit = args.limit})
   print(string.format("%s: %d images %s", args.data, ds.images:size(1), table.concat(ds.images:shape(), "x", 2)))
   local model, config
@@ -284,6 +317,13 @@ local function main(argv, spec)
   options.resume = args.resume
   options.recipe = {name = name, model = module_name, preset = args.preset, data = args.data, size = size,
                     limit = args.limit, threads = args.threads, command = table.concat(argv, " ")}
+  if spec.denoiser then
+    local denoise = require "cunet.denoise"
+    local levels = denoise.levels(args.noise, args.noise_schedule)
+    options.loss = denoise.training_loss(levels)
+    options.recipe.noise, options.recipe.noise_schedule = args.noise, args.noise_schedule
+    print(string.format("noise levels (sigma on [0, 1] images): %s", denoise.levels_text(levels)))
+  end
   local result = train.run(options)
   print(string.format("step %d: loss %s, %.1f s; checkpoint %s", result.step,
     result.loss and string.format("%.4f", result.loss) or "-", result.seconds, tostring(result.checkpoint)))

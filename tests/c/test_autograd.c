@@ -16,6 +16,7 @@
 #include "ctest.h"
 #include "ops.h"
 #include "tensor.h"
+#include "test_util.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
@@ -35,16 +36,6 @@ static cn_tensor *leaf(int n, const float *values) {
     return t;
 }
 
-/* Element i (row-major) of any tensor, contiguous or not. */
-static float elem(const cn_tensor *t, size_t i) {
-    int64_t idx[CN_MAX_DIMS];
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        idx[d] = (int64_t)(i % (size_t)t->shape[d]);
-        i /= (size_t)t->shape[d];
-    }
-    return t->storage->data[cn_offset_of(t, idx)];
-}
-
 /* t (non-NULL, numel n) equals want within rtol 1e-6 / atol 1e-6. */
 static bool values_are(const cn_tensor *t, size_t n, const double *want) {
     if (!t || cn_numel(t) != n) return false;
@@ -56,12 +47,6 @@ static bool values_are(const cn_tensor *t, size_t n, const double *want) {
         }
     }
     return true;
-}
-
-static bool mentions(const cn_error *err, const char *fragment) {
-    if (strstr(err->msg, fragment)) return true;
-    fprintf(stderr, "    message \"%s\" lacks \"%s\"\n", err->msg, fragment);
-    return false;
 }
 
 static cn_tensor *mul(cn_tensor *a, cn_tensor *b) {

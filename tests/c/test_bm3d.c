@@ -17,12 +17,7 @@
 #include "bm3d.h"
 #include "ctest.h"
 #include "rng.h"
-
-static bool msg_has(const cn_error *err, const char *piece) {
-    if (strstr(err->msg, piece)) return true;
-    fprintf(stderr, "  message \"%s\" lacks \"%s\"\n", err->msg, piece);
-    return false;
-}
+#include "test_util.h"
 
 /* max |F I - identity| for the n x n pair */
 static double inverse_error(const double *f, const double *inv, int n) {
@@ -73,7 +68,7 @@ static void test_bior15_matrix(void) {
     CHECK_CLOSE(f[4 * 8 + 0], M_SQRT1_2, 0, 1e-12);
     CHECK_CLOSE(f[4 * 8 + 1], -M_SQRT1_2, 0, 1e-12);
     cn_error err;
-    CHECK(cn_bm3d_matrix(CN_BM3D_BIOR15, 12, f, inv, &err) == -1 && msg_has(&err, "power-of-two"));
+    CHECK(cn_bm3d_matrix(CN_BM3D_BIOR15, 12, f, inv, &err) == -1 && mentions(&err, "power-of-two"));
 }
 
 static void test_group_transforms(void) {
@@ -188,28 +183,28 @@ static void test_errors(void) {
     cn_error err;
     float img[16 * 16] = {0}, out[16 * 16];
     cn_bm3d_params p = cn_bm3d_defaults(0.1);
-    CHECK(cn_bm3d_plane(img, 7, 16, 0.1, &p, out, &err) == -1 && msg_has(&err, "smaller than the 8x8 blocks"));
-    CHECK(cn_bm3d_plane(img, 16, 16, 0.0, &p, out, &err) == -1 && msg_has(&err, "sigma must be positive"));
+    CHECK(cn_bm3d_plane(img, 7, 16, 0.1, &p, out, &err) == -1 && mentions(&err, "smaller than the 8x8 blocks"));
+    CHECK(cn_bm3d_plane(img, 16, 16, 0.0, &p, out, &err) == -1 && mentions(&err, "sigma must be positive"));
     p.ht.search = 38;
-    CHECK(cn_bm3d_check(&p, &err) == -1 && msg_has(&err, "ht search must be odd"));
+    CHECK(cn_bm3d_check(&p, &err) == -1 && mentions(&err, "ht search must be odd"));
     p = cn_bm3d_defaults(0.1);
     p.wiener.block_size = 12;
     p.wiener.transform = CN_BM3D_BIOR15;
-    CHECK(cn_bm3d_check(&p, &err) == -1 && msg_has(&err, "wiener transform bior1.5 needs a power-of-two"));
+    CHECK(cn_bm3d_check(&p, &err) == -1 && mentions(&err, "wiener transform bior1.5 needs a power-of-two"));
     p = cn_bm3d_defaults(0.1);
     p.ht.group_max = 65;
-    CHECK(cn_bm3d_check(&p, &err) == -1 && msg_has(&err, "group_max must be 1..64"));
+    CHECK(cn_bm3d_check(&p, &err) == -1 && mentions(&err, "group_max must be 1..64"));
     p = cn_bm3d_defaults(0.1);
     p.stages = 3;
-    CHECK(cn_bm3d_check(&p, &err) == -1 && msg_has(&err, "stages must be 1 or 2"));
+    CHECK(cn_bm3d_check(&p, &err) == -1 && mentions(&err, "stages must be 1 or 2"));
     int64_t shape[2] = {16, 16};
     cn_tensor *t = cn_zeros(2, shape, &err);
     cn_data(t)[5] = NAN;
-    CHECK(cn_bm3d(t, 0.1, NULL, &err) == NULL && msg_has(&err, "non-finite"));
+    CHECK(cn_bm3d(t, 0.1, NULL, &err) == NULL && mentions(&err, "non-finite"));
     cn_release(t);
     int64_t one = 16;
     t = cn_zeros(1, &one, &err);
-    CHECK(cn_bm3d(t, 0.1, NULL, &err) == NULL && msg_has(&err, "[H, W] or [C, H, W] expected, got [16]"));
+    CHECK(cn_bm3d(t, 0.1, NULL, &err) == NULL && mentions(&err, "[H, W] or [C, H, W] expected, got [16]"));
     cn_release(t);
 }
 

@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "ctest.h"
 #include "ops.h"
+#include "test_util.h"
 
 /* got (float) against a double reference rounded to float: NaN matches NaN, inf matches the same inf. */
 #define CHECK_REF(got, ref, rtol, atol)                                                       \
@@ -25,28 +26,12 @@
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
-static uint32_t lcg_state = 12345;
-
-/* Uniform in [lo, hi) from a fixed LCG, so failures reproduce. */
-static float frand(float lo, float hi) {
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(lcg_state >> 8) / (float)(1u << 24);
-}
-
 static cn_tensor *make(int ndim, const int64_t *shape, const float *data) {
     cn_tensor *t = cn_from_data(ndim, shape, data, NULL);
     if (!t) {
         fprintf(stderr, "fixture allocation failed\n");
         exit(2);
     }
-    return t;
-}
-
-static cn_tensor *make_rand(int ndim, const int64_t *shape, float lo, float hi) {
-    cn_tensor *t = cn_empty(ndim, shape, NULL);
-    if (!t) exit(2);
-    float *p = cn_data(t);
-    for (size_t i = 0; i < cn_numel(t); i++) p[i] = frand(lo, hi);
     return t;
 }
 
@@ -337,8 +322,8 @@ static void test_broadcast_shapes(void) {
         {2, {1, 1}, 1, {1}, 2, {1, 1}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        cn_tensor *a = make_rand(cases[c].na, cases[c].sa, -3, 3);
-        cn_tensor *b = make_rand(cases[c].nb, cases[c].sb, 0.5f, 3);
+        cn_tensor *a = random_tensor(cases[c].na, cases[c].sa, -3, 3);
+        cn_tensor *b = random_tensor(cases[c].nb, cases[c].sb, 0.5f, 3);
         for (int op = 0; op < CN_BINARY_COUNT; op++)
             check_binary_ref((cn_binary_op)op, a, b, cases[c].nr, cases[c].sr);
         cn_release(a);
@@ -390,9 +375,9 @@ static void check_view_vs_clone(cn_tensor *view, cn_tensor *other) {
 }
 
 static void test_strided_views(void) {
-    cn_tensor *base = make_rand(3, (int64_t[]){4, 5, 6}, -2, 2);
-    cn_tensor *row = make_rand(1, (int64_t[]){4}, -2, 2);
-    cn_tensor *mat = make_rand(2, (int64_t[]){5, 4}, -2, 2);
+    cn_tensor *base = random_tensor(3, (int64_t[]){4, 5, 6}, -2, 2);
+    cn_tensor *row = random_tensor(1, (int64_t[]){4}, -2, 2);
+    cn_tensor *mat = random_tensor(2, (int64_t[]){5, 4}, -2, 2);
     /* permuted: [6, 5, 4] with strides (1, 6, 30) */
     cn_tensor *perm = cn_permute(base, (int[]){2, 1, 0}, NULL);
     CHECK(perm && !cn_is_contiguous(perm));
@@ -407,7 +392,7 @@ static void test_strided_views(void) {
     check_view_vs_clone(nar, row);
     check_view_vs_clone(nar, mat);
     /* expanded: stride-0 dims in the middle and in front */
-    cn_tensor *col = make_rand(2, (int64_t[]){5, 1}, -2, 2);
+    cn_tensor *col = random_tensor(2, (int64_t[]){5, 1}, -2, 2);
     cn_tensor *ex = cn_expand(col, 3, (int64_t[]){3, 5, 4}, NULL);
     CHECK(ex && ex->stride[0] == 0 && ex->stride[2] == 0);
     check_view_vs_clone(ex, row);
@@ -520,7 +505,7 @@ static void test_where(void) {
     }
     cn_release(r);
     /* the condition may be the broadcast one and the values full-size */
-    cn_tensor *big = make_rand(2, (int64_t[]){3, 4}, -1, 1);
+    cn_tensor *big = random_tensor(2, (int64_t[]){3, 4}, -1, 1);
     r = cn_where(b, a, big, &err); /* cond -1 != 0: all from a */
     CHECK(has_shape(r, 2, (int64_t[]){3, 4}) && cn_data(r)[5] == 2);
     cn_release(r);
@@ -557,7 +542,7 @@ static void test_clamp(void) {
 }
 
 static void test_axpby(void) {
-    cn_tensor *a = make_rand(2, (int64_t[]){3, 4}, -1, 1), *b = make_rand(1, (int64_t[]){4}, -1, 1);
+    cn_tensor *a = random_tensor(2, (int64_t[]){3, 4}, -1, 1), *b = random_tensor(1, (int64_t[]){4}, -1, 1);
     cn_tensor *r = cn_axpby(a, 0.5f, b, -2, NULL);
     CHECK(has_shape(r, 2, (int64_t[]){3, 4}));
     if (r)
@@ -581,8 +566,8 @@ static void test_empty_tensors(void) {
 /* > 1e6 elements: the threaded path, contiguous and strided, against a serial reference. */
 static void test_big(void) {
     const int64_t n = 1031; /* n * n = 1,062,961 */
-    cn_tensor *a = make_rand(2, (int64_t[]){n, n}, -4, 4);
-    cn_tensor *row = make_rand(1, (int64_t[]){n}, -4, 4);
+    cn_tensor *a = random_tensor(2, (int64_t[]){n, n}, -4, 4);
+    cn_tensor *row = random_tensor(1, (int64_t[]){n}, -4, 4);
     const float *pa = cn_data(a), *pr = cn_data(row);
     cn_tensor *e = cn_unary(CN_GELU, a, NULL);
     size_t bad = 0;
@@ -618,6 +603,7 @@ static void test_big(void) {
 }
 
 int main(void) {
+    test_seed(12345u);
     size_t live = cn_memory_live();
     RUN(test_names);
     RUN(test_unary_all_ops);

@@ -131,6 +131,11 @@ static void test_replay_png(void) {
     CHECK(replay_dir("crashes", "png", fuzz_png, 1) >= 4);
 }
 
+static void test_replay_jpeg(void) {
+    CHECK(replay_dir("corpus", "jpeg", fuzz_jpeg, 0) >= 3);
+    CHECK(replay_dir("crashes", "jpeg", fuzz_jpeg, 1) >= 5);
+}
+
 static void test_replay_idx(void) {
     CHECK(replay_dir("corpus", "idx", fuzz_idx, 0) >= 3);
     CHECK(replay_dir("crashes", "idx", fuzz_idx, 1) >= 3);
@@ -154,6 +159,7 @@ int main(void) {
     snprintf(root, sizeof root, "%s", r && *r ? r : ".");
     RUN(test_replay_safetensors);
     RUN(test_replay_png);
+    RUN(test_replay_jpeg);
     RUN(test_replay_idx);
     RUN(test_memory_bound_is_measured);
     return CTEST_SUMMARY("fuzz_replay");

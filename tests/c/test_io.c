@@ -17,71 +17,11 @@
 
 #include "alloc.h"
 #include "ctest.h"
+#include "io_file.h"
 #include "io_idx.h"
 #include "io_safetensors.h"
 #include "tensor.h"
-
-static char tmpdir[64];
-
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/cunet_test_io.XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static int count_entries(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    closedir(d);
-    return n;
-}
-
-static void remove_tmpdir(void) {
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *e;
-    char path[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
-static const char *tmp_path(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    fwrite(bytes, 1, n, f);
-    fclose(f);
-}
-
-static unsigned char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(len > 0 ? (size_t)len : 1);
-    *n = fread(p, 1, (size_t)len, f);
-    fclose(f);
-    return p;
-}
+#include "test_util.h"
 
 static cn_tensor *iota(int ndim, const int64_t *shape, float start) {
     cn_tensor *t = cn_empty(ndim, shape, NULL);
@@ -169,7 +109,7 @@ static void test_round_trip(void) {
         CHECK(cn_safetensors_tensor(f, 9, &err) == NULL && strstr(err.msg, "out of range"));
         cn_safetensors_close(f);
     }
-    CHECK(count_entries(tmpdir) == 1);
+    CHECK(count_entries(test_tmpdir()) == 1);
     for (int i = 0; i < 6; i++) cn_release(ts[i]);
     unlink(path);
 }
@@ -296,7 +236,7 @@ static void test_atomic_save(void) {
     CHECK(cn_safetensors_save(path, 1, bad, &t, 0, NULL, NULL, &err) == -1 && strstr(err.msg, "UTF-8"));
     unsigned char *after = read_bytes(path, &n1);
     CHECK(before && after && n0 == n1 && memcmp(before, after, n0) == 0);
-    CHECK(count_entries(tmpdir) == 1);
+    CHECK(count_entries(test_tmpdir()) == 1);
     /* a missing directory */
     CHECK(cn_safetensors_save(tmp_path("no/dir/x.safetensors"), 1, names, &t, 0, NULL, NULL, &err) == -1);
     CHECK(strstr(err.msg, "No such file or directory") != NULL);
@@ -304,7 +244,7 @@ static void test_atomic_save(void) {
     const char *dir = tmp_path("sub");
     CHECK(mkdir(dir, 0755) == 0);
     CHECK(cn_safetensors_save(dir, 1, names, &t, 0, NULL, NULL, &err) == -1 && strstr(err.msg, "cannot replace"));
-    CHECK(count_entries(tmpdir) == 2 && count_entries(dir) == 0);
+    CHECK(count_entries(test_tmpdir()) == 2 && count_entries(dir) == 0);
     rmdir(dir);
     free(before), free(after);
     cn_release(t);
@@ -341,12 +281,12 @@ static void test_stale_temp_files(void) {
     int status = 0;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    CHECK(count_entries(tmpdir) == 1);
-    DIR *d = opendir(tmpdir);
+    CHECK(count_entries(test_tmpdir()) == 1);
+    DIR *d = opendir(test_tmpdir());
     char killed[512] = "";
     struct dirent *e;
     while (d && (e = readdir(d)))
-        if (strncmp(e->d_name, "ckpt.safetensors.tmp.", 21) == 0) snprintf(killed, sizeof killed, "%s/%s", tmpdir, e->d_name);
+        if (strncmp(e->d_name, "ckpt.safetensors.tmp.", 21) == 0) snprintf(killed, sizeof killed, "%s/%s", test_tmpdir(), e->d_name);
     if (d) closedir(d);
     CHECK(killed[0] && exists(killed));
     /* fresh: it may still be some writer's, between mkstemp and flock: kept */
@@ -360,7 +300,7 @@ static void test_stale_temp_files(void) {
     int hold_fd = open(held, O_RDONLY);
     CHECK(hold_fd >= 0 && flock(hold_fd, LOCK_EX) == 0);
     /* names that are not exactly path.tmp.XXXXXX: never touched */
-    snprintf(other, sizeof other, "%s/other.safetensors.tmp.AbC123", tmpdir);
+    snprintf(other, sizeof other, "%s/other.safetensors.tmp.AbC123", test_tmpdir());
     snprintf(longer, sizeof longer, "%s.tmp.AbC1234", path);
     snprintf(plain, sizeof plain, "%s.tmp", path);
     const char *keep[] = {other, longer, plain};
@@ -380,7 +320,7 @@ static void test_stale_temp_files(void) {
     cn_release(back);
     for (int i = 0; i < 3; i++) unlink(keep[i]);
     unlink(path);
-    CHECK(count_entries(tmpdir) == 0);
+    CHECK(count_entries(test_tmpdir()) == 0);
     cn_release(t);
 }
 
@@ -667,7 +607,7 @@ static void test_fuzz_idx(void) {
 }
 
 int main(void) {
-    make_tmpdir();
+    make_tmpdir("test_io");
     RUN(test_round_trip);
     RUN(test_reference_bytes);
     RUN(test_conversions);

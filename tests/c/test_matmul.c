@@ -12,21 +12,7 @@
 #include "ctest.h"
 #include "ops.h"
 #include "tensor.h"
-
-static uint32_t lcg_state = 777u;
-
-static float next_value(void) { /* uniform in [-1, 1) */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0 * 2.0 - 1.0);
-}
-
-static cn_tensor *random_tensor(int ndim, const int64_t *shape) {
-    cn_error err;
-    cn_tensor *t = cn_empty(ndim, shape, &err);
-    float *p = cn_data(t);
-    for (size_t i = 0; i < cn_numel(t); i++) p[i] = next_value();
-    return t;
-}
+#include "test_util.h"
 
 static float at(const cn_tensor *t, const int64_t *idx) {
     return t->storage->data[cn_offset_of(t, idx)];
@@ -102,7 +88,7 @@ static bool check_matmul(const cn_tensor *a, const cn_tensor *b, double rtol, co
 
 /* Random operands of the given shapes, multiplied and checked. */
 static bool check_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, const char *what) {
-    cn_tensor *a = random_tensor(na, sa), *b = random_tensor(nb, sb);
+    cn_tensor *a = random_tensor(na, sa, -1, 1), *b = random_tensor(nb, sb, -1, 1);
     bool ok = check_matmul(a, b, 1e-5, what);
     cn_release(a);
     cn_release(b);
@@ -170,8 +156,8 @@ static void test_batched(void) {
 static void test_transposed_operands(void) {
     cn_error err;
     int64_t s43[] = {4, 3}, s54[] = {5, 4}, s34[] = {3, 4}, s45[] = {4, 5};
-    cn_tensor *x = random_tensor(2, s43), *y = random_tensor(2, s54), *z = random_tensor(2, s34);
-    cn_tensor *m45 = random_tensor(2, s45);
+    cn_tensor *x = random_tensor(2, s43, -1, 1), *y = random_tensor(2, s54, -1, 1), *z = random_tensor(2, s34, -1, 1);
+    cn_tensor *m45 = random_tensor(2, s45, -1, 1);
     cn_tensor *xt = cn_transpose(x, 0, 1, &err), *yt = cn_transpose(y, 0, 1, &err); /* [3,4], [4,5] */
     CHECK(!cn_is_contiguous(xt) && !cn_is_contiguous(yt));
     CHECK(check_matmul(xt, m45, 1e-5, "A^T @ B"));
@@ -179,22 +165,22 @@ static void test_transposed_operands(void) {
     CHECK(check_matmul(xt, yt, 1e-5, "A^T @ B^T"));
     /* vectors against transposed matrices (sgemv paths) */
     int64_t s4[] = {4}, s3[] = {3};
-    cn_tensor *v4 = random_tensor(1, s4), *v3 = random_tensor(1, s3);
+    cn_tensor *v4 = random_tensor(1, s4, -1, 1), *v3 = random_tensor(1, s3, -1, 1);
     CHECK(check_matmul(v4, yt, 1e-5, "v @ B^T"));
     CHECK(check_matmul(xt, v4, 1e-5, "A^T @ v"));
     CHECK(check_matmul(v3, xt, 1e-5, "v @ A^T"));
     /* batched transposes: p^T [2,3,5], q^T [2,5,4] */
     int64_t s253[] = {2, 5, 3}, s245[] = {2, 4, 5}, s254[] = {2, 5, 4};
-    cn_tensor *p = random_tensor(3, s253), *q = random_tensor(3, s245), *plain = random_tensor(3, s254);
+    cn_tensor *p = random_tensor(3, s253, -1, 1), *q = random_tensor(3, s245, -1, 1), *plain = random_tensor(3, s254, -1, 1);
     cn_tensor *pt = cn_transpose(p, 1, 2, &err), *qt = cn_transpose(q, 1, 2, &err);
     CHECK(check_matmul(pt, plain, 1e-5, "batched A^T @ B"));
     CHECK(check_matmul(pt, qt, 1e-5, "batched A^T @ B^T"));
     int64_t s235[] = {2, 3, 5};
-    cn_tensor *a235 = random_tensor(3, s235);
+    cn_tensor *a235 = random_tensor(3, s235, -1, 1);
     CHECK(check_matmul(a235, qt, 1e-5, "batched A @ B^T"));
     /* the batch dim behind the matrix dims: [3,2,4] viewed as [2,3,4]; rows do not nest */
     int64_t s324[] = {3, 2, 4};
-    cn_tensor *w = random_tensor(3, s324);
+    cn_tensor *w = random_tensor(3, s324, -1, 1);
     cn_tensor *wp = cn_transpose(w, 0, 1, &err);
     CHECK(check_matmul(wp, m45, 1e-5, "batch-permuted A @ 2-D"));
     cn_tensor *m45t = cn_transpose(m45, 0, 1, &err); /* [5,4] */
@@ -202,7 +188,7 @@ static void test_transposed_operands(void) {
     cn_release(m45t);
     /* [k, b, m] permuted to [b, m, k]: every row unit-strided, folded as one transposed GEMM */
     int64_t s523[] = {5, 2, 3};
-    cn_tensor *u = random_tensor(3, s523);
+    cn_tensor *u = random_tensor(3, s523, -1, 1);
     int perm[] = {1, 2, 0};
     cn_tensor *up = cn_permute(u, perm, &err); /* [2,3,5] */
     CHECK(check_matmul(up, y, 1e-5, "folded transposed A @ 2-D"));
@@ -214,34 +200,34 @@ static void test_transposed_operands(void) {
 static void test_other_views(void) {
     cn_error err;
     int64_t s38[] = {3, 8}, s76[] = {7, 6};
-    cn_tensor *a = random_tensor(2, s38), *b = random_tensor(2, s76);
+    cn_tensor *a = random_tensor(2, s38, -1, 1), *b = random_tensor(2, s76, -1, 1);
     cn_tensor *an = cn_narrow(a, 1, 2, 5, &err);  /* [3,5], row stride 8 */
     cn_tensor *bn = cn_narrow(b, 0, 1, 5, &err);  /* [5,6] */
     cn_tensor *bnn = cn_narrow(bn, 1, 1, 4, &err); /* [5,4], row stride 6 */
     CHECK(check_matmul(an, bnn, 1e-5, "narrowed @ narrowed"));
     cn_tensor *col = cn_select(b, 1, 2, &err);      /* [7] with stride 6 */
     int64_t s27[] = {2, 7};
-    cn_tensor *m27 = random_tensor(2, s27);
+    cn_tensor *m27 = random_tensor(2, s27, -1, 1);
     CHECK(check_matmul(m27, col, 1e-5, "2-D @ strided vector"));
     CHECK(check_matmul(col, b, 1e-5, "strided vector @ 2-D"));
     CHECK(check_matmul(col, col, 1e-5, "strided dot"));
     /* expanded: stride-0 matrix dims and broadcast batch dims */
     int64_t s15[] = {1, 5}, e35[] = {3, 5}, s5[] = {5}, e45[] = {4, 5}, e345[] = {3, 4, 5};
-    cn_tensor *row = random_tensor(2, s15), *vec = random_tensor(1, s5);
+    cn_tensor *row = random_tensor(2, s15, -1, 1), *vec = random_tensor(1, s5, -1, 1);
     cn_tensor *er = cn_expand(row, 2, e35, &err);   /* [3,5], row stride 0 */
     cn_tensor *ev = cn_expand(vec, 2, e45, &err);   /* [4,5], row stride 0 */
     int64_t s56[] = {5, 6}, s54[] = {5, 4};
-    cn_tensor *m56 = random_tensor(2, s56), *m54 = random_tensor(2, s54);
+    cn_tensor *m56 = random_tensor(2, s56, -1, 1), *m54 = random_tensor(2, s54, -1, 1);
     CHECK(check_matmul(er, m56, 1e-5, "expanded rows @ B"));
     CHECK(check_matmul(m54, ev, 1e-5, "A @ expanded"));
-    cn_tensor *m45 = random_tensor(2, e45);
+    cn_tensor *m45 = random_tensor(2, e45, -1, 1);
     cn_tensor *b345 = cn_expand(m45, 3, e345, &err); /* batch stride 0 */
     CHECK(check_matmul(b345, m56, 1e-5, "batch-expanded A @ B"));
     int64_t s234[] = {3, 2, 4};
-    cn_tensor *a234 = random_tensor(3, s234);
+    cn_tensor *a234 = random_tensor(3, s234, -1, 1);
     CHECK(check_matmul(a234, b345, 1e-5, "A @ batch-expanded B"));
     int64_t zero_stride[] = {5, 1};
-    cn_tensor *v51 = random_tensor(2, zero_stride);
+    cn_tensor *v51 = random_tensor(2, zero_stride, -1, 1);
     int64_t e56[] = {5, 6};
     cn_tensor *ecol = cn_expand(v51, 2, e56, &err); /* column stride 0 */
     CHECK(check_matmul(m45, ecol, 1e-5, "A @ column-expanded B"));
@@ -262,7 +248,7 @@ static size_t extra_bytes(const cn_tensor *a, const cn_tensor *b) {
 static void test_no_copies(void) {
     cn_error err;
     int64_t s43[] = {4, 3}, s54[] = {5, 4}, s2534[] = {2, 5, 3, 4}, s38[] = {3, 8}, s6[] = {6, 5};
-    cn_tensor *x = random_tensor(2, s43), *y = random_tensor(2, s54), *z = random_tensor(4, s2534);
+    cn_tensor *x = random_tensor(2, s43, -1, 1), *y = random_tensor(2, s54, -1, 1), *z = random_tensor(4, s2534, -1, 1);
     cn_tensor *xt = cn_transpose(x, 0, 1, &err), *yt = cn_transpose(y, 0, 1, &err);
     CHECK(extra_bytes(xt, yt) == 0);                /* both transposed */
     cn_tensor *zt = cn_transpose(z, 2, 3, &err);    /* [2,5,4,3] batched transposes */
@@ -270,7 +256,7 @@ static void test_no_copies(void) {
     CHECK(extra_bytes(z, yt) == 0);                 /* folded into one GEMM */
     cn_tensor *zb = cn_transpose(z, 0, 1, &err);    /* [5,2,3,4]: batch strides permuted */
     CHECK(extra_bytes(zb, yt) == 0);
-    cn_tensor *w = random_tensor(2, s38), *v = random_tensor(2, s6);
+    cn_tensor *w = random_tensor(2, s38, -1, 1), *v = random_tensor(2, s6, -1, 1);
     cn_tensor *wn = cn_narrow(w, 1, 1, 6, &err);    /* [3,6], row stride 8 */
     CHECK(extra_bytes(wn, v) == 0);
     cn_tensor *col = cn_select(w, 1, 0, &err);      /* [3], stride 8 */
@@ -281,12 +267,12 @@ static void test_no_copies(void) {
 
 static void test_large(void) {
     int64_t sa[] = {257, 129}, sb[] = {129, 65};
-    cn_tensor *a = random_tensor(2, sa), *b = random_tensor(2, sb);
+    cn_tensor *a = random_tensor(2, sa, -1, 1), *b = random_tensor(2, sb, -1, 1);
     CHECK(check_matmul(a, b, 1e-4, "257x129 @ 129x65"));
     cn_error err;
     cn_tensor *at_ = cn_transpose(a, 0, 1, &err); /* [129, 257] */
     int64_t sc[] = {3, 65, 129};
-    cn_tensor *c = random_tensor(3, sc);
+    cn_tensor *c = random_tensor(3, sc, -1, 1);
     CHECK(check_matmul(c, at_, 1e-4, "[3,65,129] @ A^T"));
     cn_release(at_);
     cn_release(c);
@@ -302,11 +288,11 @@ static void test_empty(void) {
     CHECK(r && r->ndim == 2 && r->shape[0] == 3 && r->shape[1] == 4);
     for (size_t i = 0; r && i < 12; i++) CHECK(cn_data(r)[i] == 0.0f);
     cn_release(r);
-    cn_tensor *c = cn_empty(2, s03, &err), *d = random_tensor(2, s34);
+    cn_tensor *c = cn_empty(2, s03, &err), *d = random_tensor(2, s34, -1, 1);
     r = cn_matmul(c, d, &err); /* m = 0 */
     CHECK(r && r->shape[0] == 0 && r->shape[1] == 4);
     cn_release(r);
-    cn_tensor *e = random_tensor(2, s43), *f = cn_empty(2, s30, &err);
+    cn_tensor *e = random_tensor(2, s43, -1, 1), *f = cn_empty(2, s30, &err);
     r = cn_matmul(e, f, &err); /* n = 0 */
     CHECK(r && r->shape[0] == 4 && r->shape[1] == 0);
     cn_release(r);
@@ -362,6 +348,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    test_seed(777u);
     RUN(test_dot);
     RUN(test_2d);
     RUN(test_vector_matrix);

@@ -18,32 +18,14 @@
 #include "ctest.h"
 #include "metrics.h"
 #include "rng.h"
+#include "test_util.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static uint32_t lcg_state = 77u;
-
-static float next_value(void) { /* uniform in [0, 1), deterministic */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0);
-}
-
-static cn_tensor *random_tensor(int ndim, const int64_t *shape, float scale) {
-    cn_error err;
-    cn_tensor *t = cn_empty(ndim, shape, &err);
-    for (size_t i = 0; i < cn_numel(t); i++) cn_data(t)[i] = scale * next_value();
-    return t;
-}
 
 static cn_tensor *full(int ndim, const int64_t *shape, float v) {
     cn_error err;
     return cn_full(ndim, shape, v, &err);
-}
-
-static bool msg_has(const cn_error *err, const char *piece) {
-    if (strstr(err->msg, piece)) return true;
-    fprintf(stderr, "  message \"%s\" lacks \"%s\"\n", err->msg, piece);
-    return false;
 }
 
 static int64_t reflect_ref(int64_t i, int64_t n) { /* scipy 'reflect' by repeated mirroring */
@@ -82,13 +64,13 @@ static void test_ssim_window_is_skimage_11_taps(void) {
     p.sigma = 1.0;
     CHECK(cn_ssim_window(&p, w, &err) == 9); /* int(3.5 + 0.5) = 4 */
     p.sigma = 0.0;
-    CHECK(cn_ssim_window(&p, w, &err) == -1 && msg_has(&err, "sigma"));
+    CHECK(cn_ssim_window(&p, w, &err) == -1 && mentions(&err, "sigma"));
 }
 
 static void test_ssim_matches_direct_definition(void) {
     cn_error err;
     const int64_t shape[4] = {2, 2, 13, 12};
-    cn_tensor *a = random_tensor(4, shape, 1.0f), *b = random_tensor(4, shape, 1.0f);
+    cn_tensor *a = random_tensor(4, shape, 0, 1.0f), *b = random_tensor(4, shape, 0, 1.0f);
     for (size_t i = 0; i < cn_numel(b); i++) cn_data(b)[i] = 0.6f * cn_data(a)[i] + 0.4f * cn_data(b)[i];
     cn_ssim_params p = cn_ssim_defaults(1.0);
     double v[2];
@@ -121,7 +103,7 @@ static void test_ssim_constant_and_identical_images(void) {
     CHECK(cn_ssim(a, b, &p, &v, NULL, &err) == 0);
     const double ca = (double)0.2f, cb = 0.5, c1 = 1e-4;
     CHECK_CLOSE(v, (2 * ca * cb + c1) / (ca * ca + cb * cb + c1), 1e-12, 0);
-    cn_tensor *r = random_tensor(4, shape, 255.0f);
+    cn_tensor *r = random_tensor(4, shape, 0, 255.0f);
     p.data_range = 255;
     CHECK(cn_ssim(r, r, &p, &v, NULL, &err) == 0);
     CHECK_CLOSE(v, 1.0, 1e-12, 0);
@@ -131,7 +113,7 @@ static void test_ssim_constant_and_identical_images(void) {
 static void test_ssim_strided_equals_contiguous(void) {
     cn_error err;
     const int64_t shape[4] = {3, 2, 14, 17};
-    cn_tensor *a = random_tensor(4, shape, 1.0f), *b = random_tensor(4, shape, 1.0f);
+    cn_tensor *a = random_tensor(4, shape, 0, 1.0f), *b = random_tensor(4, shape, 0, 1.0f);
     /* the same values behind a transposed view */
     cn_tensor *at = cn_transpose(a, 2, 3, &err), *ac = cn_contiguous(at, &err), *av = cn_transpose(ac, 2, 3, &err);
     CHECK(!cn_is_contiguous(av));
@@ -152,7 +134,7 @@ static void test_ssim_strided_equals_contiguous(void) {
 static void test_ssim_batched_equals_per_image_in_parallel(void) {
     cn_error err;
     const int64_t shape[4] = {12, 3, 32, 32};
-    cn_tensor *a = random_tensor(4, shape, 1.0f), *b = random_tensor(4, shape, 1.0f);
+    cn_tensor *a = random_tensor(4, shape, 0, 1.0f), *b = random_tensor(4, shape, 0, 1.0f);
     cn_ssim_params p = cn_ssim_defaults(1.0);
     double v[12];
     CHECK(cn_ssim(a, b, &p, v, NULL, &err) == 0);
@@ -171,7 +153,7 @@ static void test_ssim_batched_equals_per_image_in_parallel(void) {
 static void test_ms_ssim_one_scale_is_ssim(void) {
     cn_error err;
     const int64_t shape[4] = {2, 3, 23, 30};
-    cn_tensor *a = random_tensor(4, shape, 1.0f), *b = random_tensor(4, shape, 1.0f);
+    cn_tensor *a = random_tensor(4, shape, 0, 1.0f), *b = random_tensor(4, shape, 0, 1.0f);
     for (size_t i = 0; i < cn_numel(b); i++) cn_data(b)[i] = 0.5f * cn_data(a)[i] + 0.5f * cn_data(b)[i];
     cn_ssim_params p = cn_ssim_defaults(1.0);
     double s[2], m[2], one = 1.0;
@@ -223,7 +205,7 @@ static void test_sqrtm_2x2(void) {
     CHECK_CLOSE(s[0], 2, 1e-14, 0);
     CHECK(s[3] == 0 && s[1] == 0);
     const double bad[4] = {1, NAN, NAN, 1};
-    CHECK(cn_sqrtm_psd(2, bad, s, &err) == -1 && msg_has(&err, "non-finite"));
+    CHECK(cn_sqrtm_psd(2, bad, s, &err) == -1 && mentions(&err, "non-finite"));
 }
 
 static void test_frechet_closed_forms(void) {
@@ -253,7 +235,7 @@ static void test_frechet_closed_forms(void) {
 static void test_feature_stats_uneven_batches(void) {
     cn_error err;
     const int64_t n = 700, d = 5, shape[2] = {n, d};
-    cn_tensor *x = random_tensor(2, shape, 1.0f);
+    cn_tensor *x = random_tensor(2, shape, 0, 1.0f);
     for (int64_t i = 0; i < n; i++) cn_data(x)[i * d + 2] += 1000.0f; /* a large mean */
     /* two-pass reference */
     double mean[5] = {0}, cov[25] = {0};
@@ -305,18 +287,18 @@ static void test_feature_stats_uneven_batches(void) {
 static void test_feature_stats_errors(void) {
     cn_error err;
     const int64_t s3[2] = {4, 3}, s4[2] = {4, 4}, s1[1] = {4};
-    cn_tensor *a = random_tensor(2, s3, 1.0f), *b = random_tensor(2, s4, 1.0f), *v = random_tensor(1, s1, 1.0f);
+    cn_tensor *a = random_tensor(2, s3, 0, 1.0f), *b = random_tensor(2, s4, 0, 1.0f), *v = random_tensor(1, s1, 0, 1.0f);
     cn_feature_stats *s = cn_feature_stats_new(0, &err), *t = cn_feature_stats_new(0, &err);
-    CHECK(cn_feature_stats_add(s, v, &err) == -1 && msg_has(&err, "2-D [N, D], got [4]"));
+    CHECK(cn_feature_stats_add(s, v, &err) == -1 && mentions(&err, "2-D [N, D], got [4]"));
     CHECK(cn_feature_stats_add(s, a, &err) == 0);
-    CHECK(cn_feature_stats_add(s, b, &err) == -1 && msg_has(&err, "dimension 4, the statistics 3"));
+    CHECK(cn_feature_stats_add(s, b, &err) == -1 && mentions(&err, "dimension 4, the statistics 3"));
     double cov[9], f;
-    CHECK(cn_feature_stats_cov(t, cov, &err) == -1 && msg_has(&err, "at least 2"));
-    CHECK(cn_frechet_distance_stats(s, t, &f, &err) == -1 && msg_has(&err, "at least 2"));
+    CHECK(cn_feature_stats_cov(t, cov, &err) == -1 && mentions(&err, "at least 2"));
+    CHECK(cn_frechet_distance_stats(s, t, &f, &err) == -1 && mentions(&err, "at least 2"));
     CHECK(cn_feature_stats_add(t, b, &err) == 0);
-    CHECK(cn_frechet_distance_stats(s, t, &f, &err) == -1 && msg_has(&err, "dimensions differ: 3 and 4"));
-    CHECK(cn_feature_stats_merge(s, t, &err) == -1 && msg_has(&err, "dimension 4 into 3"));
-    CHECK(cn_feature_stats_new(-1, &err) == NULL && msg_has(&err, "dimension"));
+    CHECK(cn_frechet_distance_stats(s, t, &f, &err) == -1 && mentions(&err, "dimensions differ: 3 and 4"));
+    CHECK(cn_feature_stats_merge(s, t, &err) == -1 && mentions(&err, "dimension 4 into 3"));
+    CHECK(cn_feature_stats_new(-1, &err) == NULL && mentions(&err, "dimension"));
     cn_feature_stats_free(s), cn_feature_stats_free(t);
     cn_release(a), cn_release(b), cn_release(v);
 }
@@ -353,12 +335,12 @@ static double mmd2_brute(const cn_tensor *x, const cn_tensor *y) {
 static void test_mmd2_and_kid(void) {
     cn_error err;
     const int64_t sx[2] = {30, 6}, sy[2] = {24, 6};
-    cn_tensor *x = random_tensor(2, sx, 1.0f), *y = random_tensor(2, sy, 1.5f);
+    cn_tensor *x = random_tensor(2, sx, 0, 1.0f), *y = random_tensor(2, sy, 0, 1.5f);
     double v;
     CHECK(cn_mmd2_poly(x, y, &v, &err) == 0);
     CHECK_CLOSE(v, mmd2_brute(x, y), 1e-12, 1e-14);
     /* subset = every row: each subset's MMD^2 is the whole sets' (a permutation changes nothing) */
-    cn_tensor *y30 = random_tensor(2, sx, 1.5f);
+    cn_tensor *y30 = random_tensor(2, sx, 0, 1.5f);
     double whole, vals[3], mean, std;
     CHECK(cn_mmd2_poly(x, y30, &whole, &err) == 0);
     cn_rng_seed(5);
@@ -383,11 +365,11 @@ static void test_mmd2_and_kid(void) {
     CHECK_CLOSE(s1, sqrt(sq / 4), 1e-12, 0);
     CHECK(v1[0] != v1[1]);
     /* errors */
-    CHECK(cn_kid(x, y, 4, 25, v1, &m1, &s1, &err) == -1 && msg_has(&err, "subset_size must be in 2..min(N) = 24"));
-    CHECK(cn_kid(x, y, 0, 5, v1, &m1, &s1, &err) == -1 && msg_has(&err, "subsets"));
+    CHECK(cn_kid(x, y, 4, 25, v1, &m1, &s1, &err) == -1 && mentions(&err, "subset_size must be in 2..min(N) = 24"));
+    CHECK(cn_kid(x, y, 0, 5, v1, &m1, &s1, &err) == -1 && mentions(&err, "subsets"));
     const int64_t sz[2] = {5, 7};
-    cn_tensor *z = random_tensor(2, sz, 1.0f);
-    CHECK(cn_mmd2_poly(x, z, &v, &err) == -1 && msg_has(&err, "feature dimensions differ: [30, 6] and [5, 7]"));
+    cn_tensor *z = random_tensor(2, sz, 0, 1.0f);
+    CHECK(cn_mmd2_poly(x, z, &v, &err) == -1 && mentions(&err, "feature dimensions differ: [30, 6] and [5, 7]"));
     cn_release(x), cn_release(y), cn_release(y30), cn_release(z);
 }
 
@@ -396,28 +378,29 @@ static void test_mmd2_and_kid(void) {
 static void test_image_errors(void) {
     cn_error err;
     const int64_t s4[4] = {1, 1, 16, 16}, s4b[4] = {1, 1, 16, 15}, s3[3] = {1, 16, 16}, small[4] = {1, 1, 10, 30};
-    cn_tensor *a = random_tensor(4, s4, 1.0f), *b = random_tensor(4, s4b, 1.0f), *c = random_tensor(3, s3, 1.0f);
-    cn_tensor *d = random_tensor(4, small, 1.0f);
+    cn_tensor *a = random_tensor(4, s4, 0, 1.0f), *b = random_tensor(4, s4b, 0, 1.0f), *c = random_tensor(3, s3, 0, 1.0f);
+    cn_tensor *d = random_tensor(4, small, 0, 1.0f);
     cn_ssim_params p = cn_ssim_defaults(1.0);
     double v[1];
-    CHECK(cn_ssim(a, b, &p, v, NULL, &err) == -1 && msg_has(&err, "same shape, got [1, 1, 16, 16] and [1, 1, 16, 15]"));
-    CHECK(cn_ssim(c, c, &p, v, NULL, &err) == -1 && msg_has(&err, "4-D [N, C, H, W], got [1, 16, 16]"));
-    CHECK(cn_ssim(d, d, &p, v, NULL, &err) == -1 && msg_has(&err, "10x30 are smaller than the 11x11"));
-    CHECK(cn_psnr(a, b, 1.0, v, &err) == -1 && msg_has(&err, "psnr: images must have the same shape"));
-    CHECK(cn_psnr(a, a, 0.0, v, &err) == -1 && msg_has(&err, "data_range must be a positive number"));
+    CHECK(cn_ssim(a, b, &p, v, NULL, &err) == -1 && mentions(&err, "same shape, got [1, 1, 16, 16] and [1, 1, 16, 15]"));
+    CHECK(cn_ssim(c, c, &p, v, NULL, &err) == -1 && mentions(&err, "4-D [N, C, H, W], got [1, 16, 16]"));
+    CHECK(cn_ssim(d, d, &p, v, NULL, &err) == -1 && mentions(&err, "10x30 are smaller than the 11x11"));
+    CHECK(cn_psnr(a, b, 1.0, v, &err) == -1 && mentions(&err, "psnr: images must have the same shape"));
+    CHECK(cn_psnr(a, a, 0.0, v, &err) == -1 && mentions(&err, "data_range must be a positive number"));
     p.data_range = -1;
-    CHECK(cn_ssim(a, a, &p, v, NULL, &err) == -1 && msg_has(&err, "data_range"));
+    CHECK(cn_ssim(a, a, &p, v, NULL, &err) == -1 && mentions(&err, "data_range"));
     p.data_range = 1;
     CHECK(cn_ms_ssim(a, a, &p, 5, cn_ms_ssim_weights, v, &err) == -1 &&
-          msg_has(&err, "16x16 are too small for 5 scales with a 11-tap window (need min(H, W) > 160); "
+          mentions(&err, "16x16 are too small for 5 scales with a 11-tap window (need min(H, W) > 160); "
                         "at most 1 scale fit"));
-    CHECK(cn_ms_ssim(a, a, &p, 0, cn_ms_ssim_weights, v, &err) == -1 && msg_has(&err, "number of scales"));
+    CHECK(cn_ms_ssim(a, a, &p, 0, cn_ms_ssim_weights, v, &err) == -1 && mentions(&err, "number of scales"));
     p.win_size = 4;
-    CHECK(cn_ssim(a, a, &p, v, NULL, &err) == -1 && msg_has(&err, "odd"));
+    CHECK(cn_ssim(a, a, &p, v, NULL, &err) == -1 && mentions(&err, "odd"));
     cn_release(a), cn_release(b), cn_release(c), cn_release(d);
 }
 
 int main(void) {
+    test_seed(77u);
     RUN(test_ssim_window_is_skimage_11_taps);
     RUN(test_ssim_matches_direct_definition);
     RUN(test_ssim_constant_and_identical_images);

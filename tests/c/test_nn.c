@@ -18,22 +18,13 @@
 #include "ops_nn.h"
 #include "rng.h"
 #include "tensor.h"
+#include "test_util.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-static uint32_t lcg_state = 2024u;
-
-static float next_value(void) { /* uniform in [-1, 1) */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0 * 2.0 - 1.0);
-}
-
-static cn_tensor *random_tensor(int ndim, const int64_t *shape, float scale) {
-    cn_error err;
-    cn_tensor *t = cn_empty(ndim, shape, &err);
-    float *p = cn_data(t);
-    for (size_t i = 0; i < cn_numel(t); i++) p[i] = scale * next_value();
-    return t;
+/* Values uniform in [-scale, scale). */
+static cn_tensor *symmetric(int ndim, const int64_t *shape, double scale) {
+    return random_tensor(ndim, shape, -scale, scale);
 }
 
 static cn_tensor *leaf(cn_tensor *t) {
@@ -44,22 +35,6 @@ static cn_tensor *leaf(cn_tensor *t) {
 static cn_tensor *from_values(int ndim, const int64_t *shape, const float *values) {
     cn_error err;
     return cn_from_data(ndim, shape, values, &err);
-}
-
-/* Element i (row-major) of any tensor, contiguous or not. */
-static float elem(const cn_tensor *t, size_t i) {
-    int64_t idx[CN_MAX_DIMS];
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        idx[d] = (int64_t)(i % (size_t)t->shape[d]);
-        i /= (size_t)t->shape[d];
-    }
-    return t->storage->data[cn_offset_of(t, idx)];
-}
-
-static bool mentions(const cn_error *err, const char *fragment) {
-    if (strstr(err->msg, fragment)) return true;
-    fprintf(stderr, "    message \"%s\" lacks \"%s\"\n", err->msg, fragment);
-    return false;
 }
 
 /* ---- the reference harness ----------------------------------------------------------------- */
@@ -117,7 +92,7 @@ static void check_case(ref_case *c, cn_tensor *out, const char *what, double rto
         }
     }
     if (out->requires_grad) {
-        cn_tensor *g = random_tensor(out->ndim, out->shape, 1.0f);
+        cn_tensor *g = symmetric(out->ndim, out->shape, 1.0f);
         CHECK(cn_backward(out, g, 0, &err) == 0);
         const float *pg = cn_data(g);
         for (int k = 0; k < c->n_in; k++) {
@@ -172,31 +147,31 @@ static void test_linear(void) {
     int64_t xs[3] = {2, 3, 4}, ws[2] = {5, 4}, bs[1] = {5};
     linear_ctx p = {6, 4, 5, true};
     ref_case c;
-    cn_tensor *ins[3] = {leaf(random_tensor(3, xs, 1)), leaf(random_tensor(2, ws, 1)), leaf(random_tensor(1, bs, 1))};
+    cn_tensor *ins[3] = {leaf(symmetric(3, xs, 1)), leaf(symmetric(2, ws, 1)), leaf(symmetric(1, bs, 1))};
     case_init(&c, 3, ins, ref_linear, &p);
     check_case(&c, cn_linear(ins[0], ins[1], ins[2], &err), "linear 3-d with bias", 1e-5, 1e-6);
 
     /* no bias; the weight a transposed view of a row-major [in, out] (read in place) */
     linear_ctx p2 = {6, 4, 5, false};
     int64_t wts[2] = {4, 5};
-    cn_tensor *wt = random_tensor(2, wts, 1);
-    cn_tensor *ins2[2] = {leaf(random_tensor(2, (int64_t[]){6, 4}, 1)), leaf(cn_transpose(wt, 0, 1, &err))};
+    cn_tensor *wt = symmetric(2, wts, 1);
+    cn_tensor *ins2[2] = {leaf(symmetric(2, (int64_t[]){6, 4}, 1)), leaf(cn_transpose(wt, 0, 1, &err))};
     cn_release(wt);
     case_init(&c, 2, ins2, ref_linear, &p2);
     check_case(&c, cn_linear(ins2[0], ins2[1], NULL, &err), "linear, transposed weight", 1e-5, 1e-6);
 
     /* 1-d input, only the bias requires grad; a strided (transposed) input */
     linear_ctx p3 = {1, 4, 5, true};
-    cn_tensor *ins3[3] = {random_tensor(1, (int64_t[]){4}, 1), random_tensor(2, ws, 1), leaf(random_tensor(1, bs, 1))};
+    cn_tensor *ins3[3] = {symmetric(1, (int64_t[]){4}, 1), symmetric(2, ws, 1), leaf(symmetric(1, bs, 1))};
     case_init(&c, 3, ins3, ref_linear, &p3);
     cn_tensor *y = cn_linear(ins3[0], ins3[1], ins3[2], &err);
     CHECK(y && y->ndim == 1 && y->shape[0] == 5);
     check_case(&c, y, "linear 1-d", 1e-5, 1e-6);
 
     linear_ctx p4 = {4, 3, 2, true};
-    cn_tensor *xt = random_tensor(2, (int64_t[]){3, 4}, 1);
-    cn_tensor *ins4[3] = {leaf(cn_transpose(xt, 0, 1, &err)), leaf(random_tensor(2, (int64_t[]){2, 3}, 1)),
-                          random_tensor(1, (int64_t[]){2}, 1)};
+    cn_tensor *xt = symmetric(2, (int64_t[]){3, 4}, 1);
+    cn_tensor *ins4[3] = {leaf(cn_transpose(xt, 0, 1, &err)), leaf(symmetric(2, (int64_t[]){2, 3}, 1)),
+                          symmetric(1, (int64_t[]){2}, 1)};
     cn_release(xt);
     case_init(&c, 3, ins4, ref_linear, &p4);
     check_case(&c, cn_linear(ins4[0], ins4[1], ins4[2], &err), "linear, strided input", 1e-5, 1e-6);
@@ -231,7 +206,7 @@ static void test_softmax(void) {
             for (int d = dim + 1; d < 3; d++) p.inner *= shape[d];
             for (int big = 0; big < 2; big++) {
                 ref_case c;
-                cn_tensor *x = leaf(random_tensor(3, shape, big ? 500.0f : 3.0f));
+                cn_tensor *x = leaf(symmetric(3, shape, big ? 500.0f : 3.0f));
                 case_init(&c, 1, &x, ref_softmax, &p);
                 char what[64];
                 snprintf(what, sizeof what, "%s dim %d%s", log_out ? "log_softmax" : "softmax", dim,
@@ -244,7 +219,7 @@ static void test_softmax(void) {
     int64_t wide[2] = {3, 150};
     softmax_ctx p = {1, 3, 150, false};
     ref_case c;
-    cn_tensor *x = leaf(random_tensor(2, wide, 2.0f));
+    cn_tensor *x = leaf(symmetric(2, wide, 2.0f));
     case_init(&c, 1, &x, ref_softmax, &p);
     check_case(&c, cn_softmax(x, 0, &err), "softmax over dim 0 of [3, 150]", 1e-5, 1e-6);
 }
@@ -313,8 +288,8 @@ static void test_attention(void) {
     /* q [2, 3, 4, 5], k [3, 6, 5] (no batch dim 1), v [2, 1, 6, 2], mask [2, 1, 4, 6] with a grad */
     sdpa_ctx p = {{2, 3, 4, 5}, {1, 3, 6, 5}, {2, 1, 6, 2}, {2, 1, 4, 6}, true, 1.0 / sqrt(5.0)};
     ref_case c;
-    cn_tensor *ins[4] = {leaf(random_tensor(4, p.q, 1)), leaf(random_tensor(3, p.k + 1, 1)),
-                         leaf(random_tensor(4, p.v, 1)), leaf(random_tensor(4, p.m, 1))};
+    cn_tensor *ins[4] = {leaf(symmetric(4, p.q, 1)), leaf(symmetric(3, p.k + 1, 1)),
+                         leaf(symmetric(4, p.v, 1)), leaf(symmetric(4, p.m, 1))};
     case_init(&c, 4, ins, ref_sdpa, &p);
     cn_tensor *o = cn_scaled_dot_product_attention(ins[0], ins[1], ins[2], ins[3], 0.0, &err);
     CHECK(o && o->ndim == 4 && o->shape[0] == 2 && o->shape[1] == 3 && o->shape[2] == 4 && o->shape[3] == 2);
@@ -322,10 +297,10 @@ static void test_attention(void) {
 
     /* 2-d operands, a blocking mask [Lk] broadcast over queries, explicit scale, strided k */
     sdpa_ctx p2 = {{1, 1, 3, 4}, {1, 1, 5, 4}, {1, 1, 5, 3}, {1, 1, 1, 5}, true, 0.8};
-    cn_tensor *kt = random_tensor(2, (int64_t[]){4, 5}, 1);
+    cn_tensor *kt = symmetric(2, (int64_t[]){4, 5}, 1);
     cn_tensor *mask = from_values(1, (int64_t[]){5}, (float[]){0.0f, -INFINITY, 0.5f, 0.0f, -INFINITY});
-    cn_tensor *ins2[4] = {leaf(random_tensor(2, (int64_t[]){3, 4}, 1)), leaf(cn_transpose(kt, 0, 1, &err)),
-                          leaf(random_tensor(2, (int64_t[]){5, 3}, 1)), mask};
+    cn_tensor *ins2[4] = {leaf(symmetric(2, (int64_t[]){3, 4}, 1)), leaf(cn_transpose(kt, 0, 1, &err)),
+                          leaf(symmetric(2, (int64_t[]){5, 3}, 1)), mask};
     cn_release(kt);
     case_init(&c, 4, ins2, ref_sdpa, &p2);
     check_case(&c, cn_scaled_dot_product_attention(ins2[0], ins2[1], ins2[2], ins2[3], 0.8, &err),
@@ -333,8 +308,8 @@ static void test_attention(void) {
 
     /* Lq = 1, Lk = 1: weights are 1, q and k get zero gradients */
     sdpa_ctx p3 = {{1, 2, 1, 3}, {1, 2, 1, 3}, {1, 2, 1, 4}, {0}, false, 1.0 / sqrt(3.0)};
-    cn_tensor *ins3[3] = {leaf(random_tensor(3, p3.q + 1, 1)), leaf(random_tensor(3, p3.k + 1, 1)),
-                          leaf(random_tensor(3, p3.v + 1, 1))};
+    cn_tensor *ins3[3] = {leaf(symmetric(3, p3.q + 1, 1)), leaf(symmetric(3, p3.k + 1, 1)),
+                          leaf(symmetric(3, p3.v + 1, 1))};
     case_init(&c, 3, ins3, ref_sdpa, &p3);
     check_case(&c, cn_scaled_dot_product_attention(ins3[0], ins3[1], ins3[2], NULL, -1.0, &err),
                "attention, one key", 1e-5, 1e-6);
@@ -356,7 +331,7 @@ static void test_embedding(void) {
     cn_tensor *ids = from_values(2, (int64_t[]){2, 3}, ids_v);
     embedding_ctx p = {ids_v, 6, 3};
     ref_case c;
-    cn_tensor *w = leaf(random_tensor(2, (int64_t[]){5, 3}, 1));
+    cn_tensor *w = leaf(symmetric(2, (int64_t[]){5, 3}, 1));
     case_init(&c, 1, &w, ref_embedding, &p);
     cn_tensor *y = cn_embedding(ids, w, &err);
     CHECK(y && y->ndim == 3 && y->shape[0] == 2 && y->shape[1] == 3 && y->shape[2] == 3);
@@ -390,9 +365,9 @@ static void test_pointwise_losses(void) {
             for (int b_row = 0; b_row < 2; b_row++) {
                 pointwise_ctx p = {3, 4, b_row, l1, reds[r]};
                 ref_case c;
-                cn_tensor *ins[2] = {leaf(random_tensor(2, (int64_t[]){3, 4}, 1)),
-                                     leaf(b_row ? random_tensor(1, (int64_t[]){4}, 1)
-                                                : random_tensor(2, (int64_t[]){3, 4}, 1))};
+                cn_tensor *ins[2] = {leaf(symmetric(2, (int64_t[]){3, 4}, 1)),
+                                     leaf(b_row ? symmetric(1, (int64_t[]){4}, 1)
+                                                : symmetric(2, (int64_t[]){3, 4}, 1))};
                 case_init(&c, 2, ins, ref_pointwise, &p);
                 char what[64];
                 snprintf(what, sizeof what, "%s reduction %d%s", l1 ? "l1" : "mse", r, b_row ? " broadcast" : "");
@@ -459,7 +434,7 @@ static void test_cross_entropy(void) {
             ce_ctx p = {spatial ? 2 : 8, 4, spatial ? 4 : 1, variant == 1 ? 3 : -100, ids,
                         variant ? weight_v : NULL, variant ? 0.15 : 0.0, reds[r]};
             ref_case c;
-            cn_tensor *x = leaf(random_tensor(spatial ? 3 : 2, spatial ? (int64_t[]){2, 4, 4} : (int64_t[]){8, 4}, 2));
+            cn_tensor *x = leaf(symmetric(spatial ? 3 : 2, spatial ? (int64_t[]){2, 4, 4} : (int64_t[]){8, 4}, 2));
             cn_tensor *t = from_values(spatial ? 2 : 1, spatial ? (int64_t[]){2, 4} : (int64_t[]){8}, ids);
             case_init(&c, 1, &x, ref_ce, &p);
             char what[64];
@@ -472,13 +447,13 @@ static void test_cross_entropy(void) {
     for (int r = 0; r < 3; r++) {
         ce_ctx p = {3, 4, 1, -100, NULL, weight_v, 0.1, reds[r]};
         ref_case c;
-        cn_tensor *ins[2] = {leaf(random_tensor(2, (int64_t[]){3, 4}, 2)), leaf(random_tensor(2, (int64_t[]){3, 4}, 1))};
+        cn_tensor *ins[2] = {leaf(symmetric(2, (int64_t[]){3, 4}, 2)), leaf(symmetric(2, (int64_t[]){3, 4}, 1))};
         case_init(&c, 2, ins, ref_ce, &p);
         check_case(&c, cn_cross_entropy(ins[0], ins[1], weight, reds[r], -100, 0.1, &err), "cross_entropy probs",
                    1e-5, 1e-6);
     }
     /* every target ignored: mean is 0/0 */
-    cn_tensor *x = random_tensor(2, (int64_t[]){2, 4}, 1);
+    cn_tensor *x = symmetric(2, (int64_t[]){2, 4}, 1);
     cn_tensor *t = from_values(1, (int64_t[]){2}, (float[]){1, 1});
     cn_tensor *y = cn_cross_entropy(x, t, NULL, CN_REDUCTION_MEAN, 1, 0.0, &err);
     CHECK(y && isnan(elem(y, 0)));
@@ -534,8 +509,8 @@ static void test_dropout(void) {
 
 static void test_errors(void) {
     cn_error err;
-    cn_tensor *a23 = random_tensor(2, (int64_t[]){2, 3}, 1), *w45 = random_tensor(2, (int64_t[]){4, 5}, 1);
-    cn_tensor *w43 = random_tensor(2, (int64_t[]){4, 3}, 1), *b5 = random_tensor(1, (int64_t[]){5}, 1);
+    cn_tensor *a23 = symmetric(2, (int64_t[]){2, 3}, 1), *w45 = symmetric(2, (int64_t[]){4, 5}, 1);
+    cn_tensor *w43 = symmetric(2, (int64_t[]){4, 3}, 1), *b5 = symmetric(1, (int64_t[]){5}, 1);
     CHECK(cn_linear(a23, w45, NULL, &err) == NULL && mentions(&err, "linear") && mentions(&err, "[2, 3]") &&
           mentions(&err, "[4, 5]"));
     CHECK(cn_linear(a23, w43, b5, &err) == NULL && mentions(&err, "bias") && mentions(&err, "[5]"));
@@ -543,14 +518,14 @@ static void test_errors(void) {
     CHECK(cn_softmax(a23, 2, &err) == NULL && mentions(&err, "softmax") && mentions(&err, "dim 2"));
     CHECK(cn_log_softmax(a23, -3, &err) == NULL && mentions(&err, "log_softmax"));
 
-    cn_tensor *q = random_tensor(3, (int64_t[]){2, 3, 4}, 1), *k = random_tensor(3, (int64_t[]){2, 5, 4}, 1);
-    cn_tensor *v = random_tensor(3, (int64_t[]){2, 5, 6}, 1), *m = random_tensor(2, (int64_t[]){3, 4}, 1);
+    cn_tensor *q = symmetric(3, (int64_t[]){2, 3, 4}, 1), *k = symmetric(3, (int64_t[]){2, 5, 4}, 1);
+    cn_tensor *v = symmetric(3, (int64_t[]){2, 5, 6}, 1), *m = symmetric(2, (int64_t[]){3, 4}, 1);
     CHECK(cn_scaled_dot_product_attention(q, k, v, m, 0, &err) == NULL && mentions(&err, "mask of shape [3, 4]") &&
           mentions(&err, "[2, 3, 5]"));
     CHECK(cn_scaled_dot_product_attention(q, v, v, NULL, 0, &err) == NULL && mentions(&err, "same last dim"));
     CHECK(cn_scaled_dot_product_attention(q, k, q, NULL, 0, &err) == NULL && mentions(&err, "same length"));
     CHECK(cn_scaled_dot_product_attention(b5, k, v, NULL, 0, &err) == NULL && mentions(&err, "at least 2 dims"));
-    cn_tensor *k3 = random_tensor(3, (int64_t[]){3, 5, 4}, 1);
+    cn_tensor *k3 = symmetric(3, (int64_t[]){3, 5, 4}, 1);
     CHECK(cn_scaled_dot_product_attention(q, k3, v, NULL, 0, &err) == NULL && mentions(&err, "broadcast"));
 
     cn_tensor *ids = from_values(1, (int64_t[]){3}, (float[]){0, 7, 1});
@@ -582,7 +557,7 @@ static void test_errors(void) {
 /* Forward without grad records nothing; ids the caller rewrites after forward do not reach backward. */
 static void test_no_grad_and_private_ids(void) {
     cn_error err;
-    cn_tensor *w = leaf(random_tensor(2, (int64_t[]){3, 2}, 1));
+    cn_tensor *w = leaf(symmetric(2, (int64_t[]){3, 2}, 1));
     cn_tensor *ids = from_values(1, (int64_t[]){2}, (float[]){2, 2});
     bool mode = cn_set_grad_enabled(false);
     cn_tensor *y = cn_embedding(ids, w, &err);
@@ -598,6 +573,7 @@ static void test_no_grad_and_private_ids(void) {
 }
 
 int main(void) {
+    test_seed(2024u);
     size_t baseline = cn_memory_live();
     RUN(test_linear);
     RUN(test_softmax);

@@ -26,6 +26,7 @@
 #include "ode.h"
 #include "ops.h"
 #include "tensor.h"
+#include "test_util.h"
 
 #define B 64            /* initial conditions per batch */
 #define INTERVAL 0.75   /* spacing of the output times: with k steps per interval, h = 3 / (4k) */
@@ -100,22 +101,6 @@ static cn_tensor *from(int ndim, const int64_t *shape, const double *values) {
 static cn_tensor *vec1(double v) {
     int64_t shape[1] = {1};
     return from(1, shape, &v);
-}
-
-/* Element i (row-major) of any tensor. */
-static double elem(const cn_tensor *t, size_t i) {
-    int64_t idx[CN_MAX_DIMS];
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        idx[d] = (int64_t)(i % (size_t)t->shape[d]);
-        i /= (size_t)t->shape[d];
-    }
-    return t->storage->data[cn_offset_of(t, idx)];
-}
-
-static bool mentions(const cn_error *err, const char *fragment) {
-    if (strstr(err->msg, fragment)) return true;
-    fprintf(stderr, "    message \"%s\" lacks \"%s\"\n", err->msg, fragment);
-    return false;
 }
 
 static void release_n(int n, cn_tensor **ts) {

@@ -12,24 +12,12 @@
 #include "ctest.h"
 #include "optim.h"
 #include "tensor.h"
+#include "test_util.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static uint32_t lcg_state = 2024u;
-
-static double next_value(void) { /* uniform in [-1, 1), deterministic */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (lcg_state >> 8) / 16777216.0 * 2.0 - 1.0;
-}
-
-static cn_tensor *random_tensor(int64_t n, double scale) {
-    cn_error err;
-    int64_t shape[1] = {n};
-    cn_tensor *t = cn_empty(1, shape, &err);
-    float *p = cn_data(t);
-    for (int64_t i = 0; i < n; i++) p[i] = (float)(scale * next_value());
-    return t;
-}
+/* n values uniform in [-scale, scale). */
+static cn_tensor *random_vector(int64_t n, double scale) { return random_tensor(1, &n, -scale, scale); }
 
 static cn_tensor *zeros(int64_t n) {
     cn_error err;
@@ -69,11 +57,11 @@ static const int64_t sizes[] = {37, 100003}; /* small, and above the OpenMP thre
 static void check_sgd(double lr, double momentum, double dampening, double wd, bool nesterov) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         int64_t n = sizes[s];
-        cn_tensor *p = random_tensor(n, 1.0), *buf = momentum != 0 ? zeros(n) : NULL;
+        cn_tensor *p = random_vector(n, 1.0), *buf = momentum != 0 ? zeros(n) : NULL;
         double *rp = to_double(p), *rbuf = calloc((size_t)n, sizeof *rbuf);
         cn_error err;
         for (int step = 1; step <= 4; step++) {
-            cn_tensor *g = random_tensor(n, 0.5);
+            cn_tensor *g = random_vector(n, 0.5);
             CHECK(cn_sgd_step(p, g, buf, lr, momentum, dampening, wd, nesterov, step == 1, &err) == 0);
             for (int64_t i = 0; i < n; i++) {
                 double d = cn_data(g)[i] + wd * rp[i];
@@ -101,7 +89,7 @@ static void test_sgd_momentum_dampening(void) { check_sgd(0.05, 0.9, 0.2, 0.01, 
 static void test_sgd_nesterov(void) { check_sgd(0.05, 0.9, 0, 0.01, true); }
 
 static void test_sgd_errors(void) {
-    cn_tensor *p = random_tensor(4, 1), *g = random_tensor(5, 1), *g4 = random_tensor(4, 1);
+    cn_tensor *p = random_vector(4, 1), *g = random_vector(5, 1), *g4 = random_vector(4, 1);
     cn_error err;
     CHECK(cn_sgd_step(p, g, NULL, 0.1, 0, 0, 0, false, true, &err) == -1);
     CHECK(strstr(err.msg, "sgd_step: gradient has shape [5] but the parameter has shape [4]") != NULL);
@@ -125,13 +113,13 @@ static void test_sgd_errors(void) {
 static void check_adam(double lr, double beta1, double beta2, double eps, double wd, bool amsgrad, bool decoupled) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         int64_t n = sizes[s];
-        cn_tensor *p = random_tensor(n, 1.0), *m = zeros(n), *v = zeros(n), *vmax = amsgrad ? zeros(n) : NULL;
+        cn_tensor *p = random_vector(n, 1.0), *m = zeros(n), *v = zeros(n), *vmax = amsgrad ? zeros(n) : NULL;
         double *rp = to_double(p), *rm = calloc((size_t)n, sizeof *rm), *rv = calloc((size_t)n, sizeof *rv);
         double *rvmax = calloc((size_t)n, sizeof *rvmax);
         cn_error err;
         for (int step = 1; step <= 6; step++) {
             /* shrinking gradients exercise amsgrad's running max */
-            cn_tensor *g = random_tensor(n, 1.0 / step);
+            cn_tensor *g = random_vector(n, 1.0 / step);
             CHECK(cn_adam_step(p, g, m, v, vmax, step, lr, beta1, beta2, eps, wd, decoupled, &err) == 0);
             double bc1 = 1 - pow(beta1, step), bc2 = 1 - pow(beta2, step);
             for (int64_t i = 0; i < n; i++) {
@@ -185,7 +173,7 @@ static void test_adam_eps_placement(void) {
 }
 
 static void test_adam_errors(void) {
-    cn_tensor *p = random_tensor(4, 1), *g = random_tensor(4, 1), *m = zeros(4), *v = zeros(3);
+    cn_tensor *p = random_vector(4, 1), *g = random_vector(4, 1), *m = zeros(4), *v = zeros(3);
     cn_error err;
     CHECK(cn_adam_step(p, g, m, v, NULL, 1, 1e-3, 0.9, 0.999, 1e-8, 0, false, &err) == -1);
     CHECK(strstr(err.msg, "adam_step: exp_avg_sq has shape [3] but the parameter has shape [4]") != NULL);
@@ -202,7 +190,7 @@ static void test_adam_errors(void) {
 static void test_grad_norm(void) {
     cn_error err;
     int64_t shape[2] = {3, 5};
-    cn_tensor *a = random_tensor(100003, 2.0), *b = random_tensor(15, 3.0);
+    cn_tensor *a = random_vector(100003, 2.0), *b = random_vector(15, 3.0);
     cn_tensor *b2 = cn_view(b, 2, shape, &err), *bt = cn_transpose(b2, 0, 1, &err); /* strided */
     const cn_tensor *ts[2] = {a, bt};
     double s1 = 0, s2 = 0, s3 = 0, sinf = 0, s0 = 0;
@@ -239,7 +227,7 @@ static void test_grad_norm(void) {
 
 static void test_scale(void) {
     cn_error err;
-    cn_tensor *a = random_tensor(100003, 1.0);
+    cn_tensor *a = random_vector(100003, 1.0);
     double *ra = to_double(a);
     CHECK(cn_scale_(a, 0.25f, &err) == 0);
     for (size_t i = 0; i < cn_numel(a); i++) ra[i] *= 0.25;
@@ -271,18 +259,18 @@ static void test_scale(void) {
 static void test_ema_update(void) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         int64_t n = sizes[s];
-        cn_tensor *shadow = random_tensor(n, 1.0);
+        cn_tensor *shadow = random_vector(n, 1.0);
         double *rs = to_double(shadow);
         cn_error err;
         for (int k = 1; k <= 5; k++) {
-            cn_tensor *p = random_tensor(n, 1.0);
+            cn_tensor *p = random_vector(n, 1.0);
             double decay = fmin(0.99, (1.0 + k) / (10.0 + k));
             CHECK(cn_ema_update_(shadow, p, decay, &err) == 0);
             for (int64_t i = 0; i < n; i++) rs[i] = decay * rs[i] + (1 - decay) * cn_data(p)[i];
             cn_release(p);
         }
         CHECK(worst_ratio(shadow, rs, 1e-5, 1e-6) <= 1.0);
-        cn_tensor *wrong = random_tensor(n + 1, 1.0);
+        cn_tensor *wrong = random_vector(n + 1, 1.0);
         CHECK(cn_ema_update_(shadow, wrong, 0.9, &err) == -1);
         CHECK(strstr(err.msg, "ema_update: parameter has shape") != NULL);
         cn_release(wrong);
@@ -292,7 +280,7 @@ static void test_ema_update(void) {
 }
 
 static void test_swap(void) {
-    cn_tensor *a = random_tensor(100003, 1.0), *b = random_tensor(100003, 1.0), *c = random_tensor(3, 1.0);
+    cn_tensor *a = random_vector(100003, 1.0), *b = random_vector(100003, 1.0), *c = random_vector(3, 1.0);
     double *ra = to_double(a), *rb = to_double(b);
     cn_error err;
     CHECK(cn_swap_(a, b, &err) == 0);
@@ -310,6 +298,7 @@ static void test_swap(void) {
 }
 
 int main(void) {
+    test_seed(2024u);
     RUN(test_sgd_plain);
     RUN(test_sgd_weight_decay);
     RUN(test_sgd_momentum_dampening);

@@ -21,75 +21,14 @@
 #include "ctest.h"
 #include "io_png.h"
 #include "tensor.h"
+#include "test_util.h"
 
-static char tmpdir[64];
 static char fixture_dir[512];
-
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/cunet_test_png.XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tmpdir(void) {
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *e;
-    char path[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
-        if (rmdir(path) != 0) unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
-static int count_entries(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    closedir(d);
-    return n;
-}
-
-static const char *tmp_path(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
 
 static const char *fixture(const char *name) {
     static char buf[768];
     snprintf(buf, sizeof buf, "%s/%s", fixture_dir, name);
     return buf;
-}
-
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    fwrite(bytes, 1, n, f);
-    fclose(f);
-}
-
-static unsigned char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    *n = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(len > 0 ? (size_t)len : 1);
-    *n = fread(p, 1, (size_t)len, f);
-    fclose(f);
-    return p;
 }
 
 /* value of t at [c, y, x] (3-D contiguous) */
@@ -150,7 +89,7 @@ static void test_round_trip(void) {
             cn_release(t);
             cn_release(r);
         }
-    CHECK(count_entries(tmpdir) == 1); /* rt.png, rewritten in place, and no temp files */
+    CHECK(count_entries(test_tmpdir()) == 1); /* rt.png, rewritten in place, and no temp files */
     unlink(tmp_path("rt.png"));
 }
 
@@ -195,7 +134,7 @@ static void test_bad_shapes(void) {
     CHECK(cn_png_write(path, flat, &err) != 0 && strstr(err.msg, "[4]"));
     CHECK(cn_png_write(path, four, &err) != 0 && strstr(err.msg, "[1, 1, 2, 2]"));
     CHECK(cn_png_write(path, empty, &err) != 0 && strstr(err.msg, "[1, 0, 3]"));
-    CHECK(count_entries(tmpdir) == 0);
+    CHECK(count_entries(test_tmpdir()) == 0);
     cn_release(five), cn_release(flat), cn_release(empty), cn_release(four);
 }
 
@@ -302,7 +241,7 @@ static void test_not_png(void) {
     /* tmp_path's buffers rotate: name the files again */
     static const char *const names[] = {"text.png", "empty.png", "short.png", "photo.png"};
     for (int i = 0; i < 4; i++) unlink(tmp_path(names[i]));
-    CHECK(count_entries(tmpdir) == 0);
+    CHECK(count_entries(test_tmpdir()) == 0);
 }
 
 /* Every prefix of a valid file, and every single-bit flip of it, is refused with the file named. */
@@ -513,11 +452,8 @@ static void test_atomic_save(void) {
     /* failing mid-write: a file-size limit of 2 KiB, and a noisy image that compresses to ~12 KiB */
     int64_t big_shape[3] = {3, 64, 64};
     cn_tensor *noise = cn_empty(3, big_shape, &err);
-    uint32_t state = 12345;
-    for (size_t i = 0; i < cn_numel(noise); i++) {
-        state = state * 1664525u + 1013904223u;
-        cn_data(noise)[i] = (float)(state >> 24) / 255.0f;
-    }
+    test_seed(12345);
+    for (size_t i = 0; i < cn_numel(noise); i++) cn_data(noise)[i] = (float)floor(test_uniform() * 256.0) / 255.0f;
     struct rlimit old_limit, limit;
     getrlimit(RLIMIT_FSIZE, &old_limit);
     limit = old_limit;
@@ -530,7 +466,7 @@ static void test_atomic_save(void) {
     if (limited) {
         CHECK(status != 0 && strstr(err.msg, path) && strstr(err.msg, "too large"));
         CHECK(same_file(path, before, n));
-        CHECK(count_entries(tmpdir) == 1); /* the temp file is gone */
+        CHECK(count_entries(test_tmpdir()) == 1); /* the temp file is gone */
     }
     /* without the limit it goes through and replaces the file */
     CHECK(cn_png_write(path, noise, &err) == 0);
@@ -542,7 +478,7 @@ static void test_atomic_save(void) {
     CHECK(cn_png_write(dir, small, &err) != 0 && strstr(err.msg, dir));
     struct stat st;
     CHECK(stat(dir, &st) == 0 && S_ISDIR(st.st_mode));
-    CHECK(count_entries(tmpdir) == 2);
+    CHECK(count_entries(test_tmpdir()) == 2);
     rmdir(dir);
 
     /* a missing directory */
@@ -574,7 +510,7 @@ static void test_file_mode(void) {
 int main(void) {
     const char *root = getenv("CUNET_ROOT");
     snprintf(fixture_dir, sizeof fixture_dir, "%s/tests/fixtures/png", root && *root ? root : ".");
-    make_tmpdir();
+    make_tmpdir("test_png");
     RUN(test_round_trip);
     RUN(test_two_d_and_clamping);
     RUN(test_bad_shapes);

@@ -13,23 +13,9 @@
 #include "ctest.h"
 #include "ops.h"
 #include "tensor.h"
+#include "test_util.h"
 
 /* ---- helpers ----------------------------------------------------------------------------- */
-
-static uint32_t lcg_state = 12345u;
-
-static float next_value(void) { /* uniform in [-2, 2), deterministic */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0 * 4.0 - 2.0);
-}
-
-static cn_tensor *random_tensor(int ndim, const int64_t *shape) {
-    cn_error err;
-    cn_tensor *t = cn_empty(ndim, shape, &err);
-    float *p = cn_data(t);
-    for (size_t i = 0; i < cn_numel(t); i++) p[i] = next_value();
-    return t;
-}
 
 static cn_tensor *tensor_of(int ndim, const int64_t *shape, const float *values) {
     cn_error err;
@@ -273,14 +259,14 @@ static int check_all_subsets(const cn_tensor *t, const char *label) {
 
 static void test_all_dims_3d(void) {
     int64_t shape[] = {3, 4, 5};
-    cn_tensor *t = random_tensor(3, shape);
+    cn_tensor *t = random_tensor(3, shape, -2, 2);
     CHECK(check_all_subsets(t, "3d") == 0);
     cn_release(t);
 }
 
 static void test_all_dims_4d(void) {
     int64_t shape[] = {2, 3, 4, 5};
-    cn_tensor *t = random_tensor(4, shape);
+    cn_tensor *t = random_tensor(4, shape, -2, 2);
     CHECK(check_all_subsets(t, "4d") == 0);
     cn_release(t);
 }
@@ -305,7 +291,7 @@ static void check_view(cn_tensor *view, const char *label) {
 static void test_transposed_view(void) {
     int64_t shape[] = {2, 3, 4, 5};
     cn_error err;
-    cn_tensor *t = random_tensor(4, shape);
+    cn_tensor *t = random_tensor(4, shape, -2, 2);
     cn_tensor *v = cn_transpose(t, 1, 3, &err);
     CHECK(v && !cn_is_contiguous(v));
     check_view(v, "transposed");
@@ -320,7 +306,7 @@ static void test_transposed_view(void) {
 static void test_narrowed_view(void) {
     int64_t shape[] = {4, 6, 7};
     cn_error err;
-    cn_tensor *t = random_tensor(3, shape);
+    cn_tensor *t = random_tensor(3, shape, -2, 2);
     cn_tensor *a = cn_narrow(t, 1, 2, 3, &err);
     cn_tensor *v = cn_narrow(a, 2, 1, 5, &err);
     CHECK(v && !cn_is_contiguous(v));
@@ -333,7 +319,7 @@ static void test_narrowed_view(void) {
 static void test_expanded_view(void) {
     int64_t shape[] = {3, 1, 5}, big[] = {2, 3, 4, 5};
     cn_error err;
-    cn_tensor *t = random_tensor(3, shape);
+    cn_tensor *t = random_tensor(3, shape, -2, 2);
     cn_tensor *v = cn_expand(t, 4, big, &err);
     CHECK(v && v->stride[0] == 0 && v->stride[2] == 0);
     check_view(v, "expanded");
@@ -344,7 +330,7 @@ static void test_expanded_view(void) {
 /* Sizes large enough for the parallel paths: many rows, tiles wider than one tile, one long row. */
 static void test_large(void) {
     int64_t s2[] = {300, 2100}, s3[] = {6, 5, 2100}, s1[] = {200003};
-    cn_tensor *a = random_tensor(2, s2), *b = random_tensor(3, s3), *c = random_tensor(1, s1);
+    cn_tensor *a = random_tensor(2, s2, -2, 2), *b = random_tensor(3, s3, -2, 2), *c = random_tensor(1, s1, -2, 2);
     cn_tensor *ts[] = {a, b, c};
     for (int i = 0; i < 3; i++) {
         cn_tensor *t = ts[i];
@@ -568,7 +554,7 @@ static void test_empty_and_scalar(void) {
 /* Reducing adjacent dims of a contiguous tensor allocates only the result. */
 static void test_no_copies(void) {
     int64_t shape[] = {4, 5, 6, 7};
-    cn_tensor *t = random_tensor(4, shape);
+    cn_tensor *t = random_tensor(4, shape, -2, 2);
     int d12[] = {1, 2}, d3[] = {3};
     cn_error err;
     size_t before = cn_memory_allocated_total();
@@ -607,6 +593,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    test_seed(12345u);
     RUN(test_all_dims_3d);
     RUN(test_all_dims_4d);
     RUN(test_transposed_view);

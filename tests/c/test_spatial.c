@@ -17,25 +17,12 @@
 #include "ctest.h"
 #include "ops.h"
 #include "ops_spatial.h"
+#include "test_util.h"
 
 #define RTOL 1e-5
 #define ATOL 1e-6
 
 /* ---- helpers ----------------------------------------------------------------------------- */
-
-static uint32_t lcg_state = 2024u;
-
-static float next_value(void) { /* uniform in [-2, 2), deterministic, no ties in practice */
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0 * 4.0 - 2.0);
-}
-
-static cn_tensor *random_tensor(int ndim, const int64_t *shape) {
-    cn_error err;
-    cn_tensor *t = cn_empty(ndim, shape, &err);
-    for (size_t i = 0; i < cn_numel(t); i++) cn_data(t)[i] = next_value();
-    return t;
-}
 
 /* A transposed-storage copy of x with the same values: non-contiguous (last two dims swapped). */
 static cn_tensor *strided_copy(cn_tensor *x) {
@@ -46,12 +33,6 @@ static cn_tensor *strided_copy(cn_tensor *x) {
     cn_tensor *v = cn_transpose(c, nd - 2, nd - 1, &err);
     cn_release(t), cn_release(c);
     return v;
-}
-
-static bool msg_has(const cn_error *err, const char *piece) {
-    if (strstr(err->msg, piece)) return true;
-    fprintf(stderr, "  message \"%s\" lacks \"%s\"\n", err->msg, piece);
-    return false;
 }
 
 /* ---- the cases and their references ----------------------------------------------------------- */
@@ -265,8 +246,8 @@ static void check_case(const spatial_case *c, bool check_grad) {
     int64_t os[CN_MAX_DIMS];
     int nd = ref_shape(c, os);
     int64_t n_in = numel_of(c->ndim, c->shape), n_out = numel_of(nd, os);
-    cn_tensor *x = random_tensor(c->ndim, c->shape);
-    cn_tensor *g = random_tensor(nd, os);
+    cn_tensor *x = random_tensor(c->ndim, c->shape, -2, 2);
+    cn_tensor *g = random_tensor(nd, os, -2, 2);
     double *xd = malloc((size_t)n_in * sizeof *xd), *gd = malloc((size_t)(n_out ? n_out : 1) * sizeof *gd);
     double *yd = malloc((size_t)(n_out ? n_out : 1) * sizeof *yd), *gxd = malloc((size_t)n_in * sizeof *gxd);
     for (int64_t i = 0; i < n_in; i++) xd[i] = cn_data(x)[i];
@@ -405,7 +386,7 @@ static void test_large(void) {
 static void test_large_backward(void) {
     cn_error err;
     int64_t shape[4] = {4, 16, 32, 32};
-    cn_tensor *x = random_tensor(4, shape);
+    cn_tensor *x = random_tensor(4, shape, -2, 2);
     x->requires_grad = true;
     int64_t k[2] = {2, 2};
     cn_tensor *y = cn_max_pool2d(x, k, NULL, NULL, NULL, false, &err);
@@ -423,32 +404,32 @@ static void test_large_backward(void) {
 static void test_errors(void) {
     cn_error err;
     int64_t s4[4] = {1, 2, 4, 4}, s2[2] = {4, 4};
-    cn_tensor *x = random_tensor(4, s4), *m = random_tensor(2, s2);
+    cn_tensor *x = random_tensor(4, s4, -2, 2), *m = random_tensor(2, s2, -2, 2);
     int64_t k3[2] = {3, 3}, k0[2] = {0, 2}, k5[2] = {5, 5}, one[2] = {1, 1}, two[2] = {2, 2}, zero[2] = {0, 0};
 
-    CHECK(!cn_upsample_nearest2d(m, 8, 8, &err) && msg_has(&err, "upsample_nearest2d: expected a 4-D [N, C, H, W] input") &&
-          msg_has(&err, "[4, 4]"));
-    CHECK(!cn_upsample_bilinear2d(x, 0, 3, false, &err) && msg_has(&err, "upsample_bilinear2d") &&
-          msg_has(&err, "0x3") && msg_has(&err, "[1, 2, 4, 4]"));
-    CHECK(!cn_avg_pool2d(m, k3, NULL, NULL, false, true, &err) && msg_has(&err, "avg_pool2d: expected a 3-D"));
-    CHECK(!cn_avg_pool2d(x, k0, NULL, NULL, false, true, &err) && msg_has(&err, "kernel size must be positive, got 0x2"));
-    CHECK(!cn_avg_pool2d(x, k3, zero, NULL, false, true, &err) && msg_has(&err, "stride must be positive"));
-    CHECK(!cn_max_pool2d(x, k3, one, two, NULL, false, &err) && msg_has(&err, "max_pool2d") &&
-          msg_has(&err, "half the kernel size, got padding 2x2 for kernel 3x3"));
-    CHECK(!cn_max_pool2d(x, two, NULL, NULL, zero, false, &err) && msg_has(&err, "dilation must be positive"));
-    CHECK(!cn_max_pool2d(x, k5, NULL, NULL, NULL, false, &err) && msg_has(&err, "[1, 2, 4, 4] is too small") &&
-          msg_has(&err, "kernel 5x5"));
-    CHECK(!cn_adaptive_avg_pool2d(x, 2, 0, &err) && msg_has(&err, "adaptive_avg_pool2d") && msg_has(&err, "2x0"));
+    CHECK(!cn_upsample_nearest2d(m, 8, 8, &err) && mentions(&err, "upsample_nearest2d: expected a 4-D [N, C, H, W] input") &&
+          mentions(&err, "[4, 4]"));
+    CHECK(!cn_upsample_bilinear2d(x, 0, 3, false, &err) && mentions(&err, "upsample_bilinear2d") &&
+          mentions(&err, "0x3") && mentions(&err, "[1, 2, 4, 4]"));
+    CHECK(!cn_avg_pool2d(m, k3, NULL, NULL, false, true, &err) && mentions(&err, "avg_pool2d: expected a 3-D"));
+    CHECK(!cn_avg_pool2d(x, k0, NULL, NULL, false, true, &err) && mentions(&err, "kernel size must be positive, got 0x2"));
+    CHECK(!cn_avg_pool2d(x, k3, zero, NULL, false, true, &err) && mentions(&err, "stride must be positive"));
+    CHECK(!cn_max_pool2d(x, k3, one, two, NULL, false, &err) && mentions(&err, "max_pool2d") &&
+          mentions(&err, "half the kernel size, got padding 2x2 for kernel 3x3"));
+    CHECK(!cn_max_pool2d(x, two, NULL, NULL, zero, false, &err) && mentions(&err, "dilation must be positive"));
+    CHECK(!cn_max_pool2d(x, k5, NULL, NULL, NULL, false, &err) && mentions(&err, "[1, 2, 4, 4] is too small") &&
+          mentions(&err, "kernel 5x5"));
+    CHECK(!cn_adaptive_avg_pool2d(x, 2, 0, &err) && mentions(&err, "adaptive_avg_pool2d") && mentions(&err, "2x0"));
 
     int64_t p_odd[2] = {4, 0}, p_neg[2] = {-2, -2}, p_crop[2] = {-3, -2}, p4[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-    CHECK(!cn_pad(m, 3, p4, CN_PAD_CONSTANT, 0, &err) && msg_has(&err, "pad: 3 padding pairs for a 2-D input [4, 4]"));
-    CHECK(!cn_pad(x, 4, p4, CN_PAD_REFLECT, 0, &err) && msg_has(&err, "reflect mode pads 1 to 3 trailing dims"));
+    CHECK(!cn_pad(m, 3, p4, CN_PAD_CONSTANT, 0, &err) && mentions(&err, "pad: 3 padding pairs for a 2-D input [4, 4]"));
+    CHECK(!cn_pad(x, 4, p4, CN_PAD_REFLECT, 0, &err) && mentions(&err, "reflect mode pads 1 to 3 trailing dims"));
     CHECK(!cn_pad(x, 1, p_odd, CN_PAD_REFLECT, 0, &err) &&
-          msg_has(&err, "reflect padding (4, 0) must be smaller than the size 4 of dim -1"));
-    CHECK(!cn_pad(x, 1, p_neg, CN_PAD_REPLICATE, 0, &err) && msg_has(&err, "leaves dim -1") &&
-          msg_has(&err, "size 0 in replicate mode"));
-    CHECK(!cn_pad(m, 1, p_crop, CN_PAD_CONSTANT, 0, &err) && msg_has(&err, "size -1"));
-    CHECK(!cn_pad(x, 1, p4, (cn_pad_mode)7, 0, &err) && msg_has(&err, "unknown mode"));
+          mentions(&err, "reflect padding (4, 0) must be smaller than the size 4 of dim -1"));
+    CHECK(!cn_pad(x, 1, p_neg, CN_PAD_REPLICATE, 0, &err) && mentions(&err, "leaves dim -1") &&
+          mentions(&err, "size 0 in replicate mode"));
+    CHECK(!cn_pad(m, 1, p_crop, CN_PAD_CONSTANT, 0, &err) && mentions(&err, "size -1"));
+    CHECK(!cn_pad(x, 1, p4, (cn_pad_mode)7, 0, &err) && mentions(&err, "unknown mode"));
     cn_release(x), cn_release(m);
 }
 
@@ -478,7 +459,7 @@ static void test_max_pool_ties_nan(void) {
 static void test_pad_to_empty(void) {
     cn_error err;
     int64_t s[2] = {2, 3}, p[2] = {-3, 0};
-    cn_tensor *x = random_tensor(2, s);
+    cn_tensor *x = random_tensor(2, s, -2, 2);
     x->requires_grad = true;
     cn_tensor *y = cn_pad(x, 1, p, CN_PAD_CONSTANT, 0, &err);
     CHECK(y && y->shape[0] == 2 && y->shape[1] == 0);
@@ -490,6 +471,7 @@ static void test_pad_to_empty(void) {
 }
 
 int main(void) {
+    test_seed(2024u);
     RUN(test_against_reference);
     RUN(test_without_grad);
     RUN(test_large);

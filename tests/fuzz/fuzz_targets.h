@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "io_idx.h"
+#include "io_jpeg.h"
 #include "io_png.h"
 #include "io_safetensors.h"
 #include "tensor.h"
@@ -29,13 +30,10 @@ static inline fuzz_outcome fuzz_refused(const cn_error *err, const char *label, 
     return FUZZ_BUG;
 }
 
-/* PNG: [C, H, W] with C in 1..4, H and W >= 1, every value in [0, 1]. */
-static inline fuzz_outcome fuzz_png(const char *path, char *why, size_t cap) {
-    cn_error err = {{0}};
-    cn_tensor *t = cn_png_read(path, &err);
-    if (!t) return fuzz_refused(&err, path, why, cap);
+/* An image [C, H, W] with C in 1..max_channels, H and W >= 1, every value in [0, 1]. */
+static inline fuzz_outcome fuzz_image(cn_tensor *t, int64_t max_channels, char *why, size_t cap) {
     fuzz_outcome r = FUZZ_LOADED;
-    if (t->ndim != 3 || t->shape[0] < 1 || t->shape[0] > 4 || t->shape[1] < 1 || t->shape[2] < 1) {
+    if (t->ndim != 3 || t->shape[0] < 1 || t->shape[0] > max_channels || t->shape[1] < 1 || t->shape[2] < 1) {
         snprintf(why, cap, "loaded a tensor of %d dims that is no image", t->ndim);
         r = FUZZ_BUG;
     }
@@ -47,6 +45,25 @@ static inline fuzz_outcome fuzz_png(const char *path, char *why, size_t cap) {
         }
     cn_release(t);
     return r;
+}
+
+/* PNG: an image with 1..4 channels. */
+static inline fuzz_outcome fuzz_png(const char *path, char *why, size_t cap) {
+    cn_error err = {{0}};
+    cn_tensor *t = cn_png_read(path, &err);
+    return t ? fuzz_image(t, 4, why, cap) : fuzz_refused(&err, path, why, cap);
+}
+
+/* JPEG: an image with 1 or 3 channels. */
+static inline fuzz_outcome fuzz_jpeg(const char *path, char *why, size_t cap) {
+    cn_error err = {{0}};
+    cn_tensor *t = cn_jpeg_read(path, &err);
+    if (t && t->ndim == 3 && t->shape[0] == 2) {
+        snprintf(why, cap, "loaded a 2-channel JPEG");
+        cn_release(t);
+        return FUZZ_BUG;
+    }
+    return t ? fuzz_image(t, 3, why, cap) : fuzz_refused(&err, path, why, cap);
 }
 
 /* IDX: at most 8 dims; reading every value must be safe (ASan checks the extent). */

@@ -24,6 +24,12 @@ local function root()
   return dir .. "/../.."
 end
 
+--- The repository root ($CUNET_ROOT, else found from this file's path).
+M.root = root
+
+--- helpers.assert_error (tests/lua/helpers.lua), for the suites that already hold this module.
+M.assert_error = require("helpers").assert_error
+
 --- The list of cases of tests/fixtures/<name>.lua.
 function M.load(name)
   return dofile(root() .. "/tests/fixtures/" .. name .. ".lua")

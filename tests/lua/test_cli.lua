@@ -1,4 +1,4 @@
--- test_cli.lua — the cunet executable (engine/main.c) driven from outside through the shell:
+-- test_cli.lua — the cunet executable (cli/main.c) driven from outside through the shell:
 -- options, the `arg` table, exit statuses, stdin, the library path, and the REPL on a pseudo-terminal
 -- (util-linux `script`). CUNET_EXE names the executable; ./cunet by default.
 local lu = require "luaunit"

@@ -406,7 +406,7 @@ end
 
 function TestDataImageFolder:testErrors()
   assert_error(function() data.image_folder(tmp .. "/nothing") end, "image_folder: " .. tmp .. "/nothing is not a directory")
-  assert_error(function() data.image_folder(tmp) end, "no .png files under " .. tmp)
+  assert_error(function() data.image_folder(tmp) end, "no .png, .jpg or .jpeg files under " .. tmp)
   cn.save_png(tmp .. "/good.png", cn.rand{3, 8, 8})
   local f = io.open(tmp .. "/sub/bad.png", "wb"); f:write("\137PNG\r\n\26\n\0\0\0\13IHDRtruncated"); f:close()
   local err = assert_error(function() data.image_folder(tmp, {size = 8}) end, "image_folder: ", tmp .. "/sub/bad.png")

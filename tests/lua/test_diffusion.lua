@@ -217,6 +217,23 @@ end
 
 TestDiffusionArguments = {}
 
+-- variance "none": the reverse step's mean (the authors' denoising code), deterministic whatever the seed
+function TestDiffusionArguments:testVarianceNone()
+  local s = named("linear")
+  cn.seed(5)
+  local x, eps = cn.randn{2, 3}, cn.randn{2, 3}
+  local mean = (x - eps * (s.beta[7] / math.sqrt(1 - s.alpha_bar[7]))) / math.sqrt(s.alpha[7])
+  lu.assertTrue((diffusion.ddpm_step(s, x, 7, eps, nil, "none") - mean):abs():max():item() < 1e-6)
+  lu.assertTrue((diffusion.ddpm_step(s, x, 7, eps, cn.ones{2, 3}, "beta") - mean):abs():max():item() > 1e-3)
+  local model = function(xt) return xt * 0.1 end
+  local x_t = cn.randn{2, 1, 2, 2}
+  local a = diffusion.sample_ddpm(s, model, nil, {x_t = x_t, t_start = 20, variance = "none", seed = 1})
+  local b = diffusion.sample_ddpm(s, model, nil, {x_t = x_t, t_start = 20, variance = "none", seed = 2})
+  local c = diffusion.sample_ddpm(s, model, nil, {x_t = x_t, t_start = 20, seed = 2})
+  lu.assertEquals((a - b):abs():max():item(), 0)
+  lu.assertTrue((a - c):abs():max():item() > 1e-3)
+end
+
 function TestDiffusionArguments:testTimesteps()
   local s = named("linear")
   local x = cn.zeros{2, 3}
@@ -229,7 +246,7 @@ function TestDiffusionArguments:testTimesteps()
   assert_error(function() diffusion.q_sample({T = 10}, x, 5) end, "q_sample: expected a schedule")
   assert_error(function() diffusion.ddpm_step(s, x, 0, x, x) end, "ddpm_step: timestep 0")
   assert_error(function() diffusion.ddpm_step(s, x, 5, x, nil) end, "noise z", "t = 5")
-  assert_error(function() diffusion.ddpm_step(s, x, 5, x, x, "posterir") end, "variance must be 'beta' or 'posterior'")
+  assert_error(function() diffusion.ddpm_step(s, x, 5, x, x, "posterir") end, "variance must be 'beta', 'posterior' or 'none'")
   assert_error(function() diffusion.ddim_step(s, x, 5, 5, x, x, 0) end, "t_prev = 5 must be below t = 5")
   assert_error(function() diffusion.ddim_step(s, x, 5, -1, x, x, 0) end, "timestep -1 outside 0..1000")
   assert_error(function() diffusion.ddim_step(s, x, 5, 3, x, nil, 1) end, "needs the noise z")

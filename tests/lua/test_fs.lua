@@ -1,4 +1,4 @@
--- test_fs.lua — lua/cunet/fs.lua: exists, shell_quote and mkdir_p with paths a shell would mangle.
+-- test_fs.lua — lua/cunet/fs.lua: exists, shell_quote, mkdir_p and write_atomic with paths a shell would mangle.
 
 local lu = require "luaunit"
 local helpers = require "helpers"
@@ -31,7 +31,7 @@ function TestFs:testMkdirPFailureIsAMessage()
   f:close()
   local ok, err = fs.mkdir_p(self.dir .. "/sub")
   lu.assertNil(ok)
-  lu.assertStrContains(err, "cannot create the directory '" .. self.dir .. "/sub'")
+  lu.assertStrContains(err, "cannot create the directory '" .. self.dir .. "/sub': Not a directory")
 end
 
 function TestFs:testShellQuoteRoundTrips()
@@ -40,4 +40,18 @@ function TestFs:testShellQuoteRoundTrips()
     lu.assertEquals(p:read("a"), s)
     p:close()
   end
+end
+
+function TestFs:testWriteAtomic()
+  assert(fs.mkdir_p(self.dir))
+  local path = self.dir .. "/table.csv"
+  lu.assertTrue(fs.write_atomic(path, "a,b\n1,2\n"))
+  lu.assertTrue(fs.write_atomic(path, "a,b\n3,4\n")) -- replaced whole
+  local f = assert(io.open(path))
+  lu.assertEquals(f:read("a"), "a,b\n3,4\n")
+  f:close()
+  lu.assertFalse(fs.exists(path .. ".tmp"))
+  local ok, err = fs.write_atomic(self.dir .. "/missing/x.csv", "x")
+  lu.assertNil(ok)
+  lu.assertStrContains(err, "cannot write '" .. self.dir .. "/missing/x.csv.tmp'")
 end

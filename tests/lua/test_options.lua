@@ -32,6 +32,7 @@ local cunet_blocks = require "cunet.models.continuous_unet_blocks"
 local classifier = require "cunet.models.classifier"
 local lpips = require "cunet.models.lpips"
 local inception = require "cunet.models.inception"
+local denoise = require "cunet.denoise"
 local fs = require "cunet.fs"
 
 local EXE = os.getenv("CUNET_EXE") or "./cunet"
@@ -304,6 +305,20 @@ local ROWS = {
     call = function(o) efficiency.profile(nn.Linear(2, 2), function(b) return {cn.randn{b, 2}} end, o) end},
   {who = "plot.lines", typo = "colour", base = {series = {{name = "a", x = {1}, y = {1}}}}, covers = {"plot.lua:M.lines"},
     call = function(o) plot.lines("/nonexistent/plot.png", o) end},
+
+  -- the denoising protocol
+  {who = "denoise.noisy", typo = "sed", covers = {"denoise.lua:M.noisy"},
+    call = function(o) denoise.noisy(cn.rand{1, 1, 12, 12}, denoise.levels("t:5", schedule10())[1], schedule10(), o) end},
+  {who = "denoise.reverse", typo = "use_x_0", covers = {"denoise.lua:M.reverse"},
+    call = function(o)
+      local s, clean = schedule10(), cn.rand{1, 1, 12, 12}
+      denoise.reverse(zero_model, s, denoise.noisy(clean, denoise.levels("t:2", s)[1], s), clean, o)
+    end},
+  {who = "denoise.baseline", typo = "per_imag", covers = {"denoise.lua:M.baseline"},
+    call = function(o)
+      local s, clean = schedule10(), cn.rand{1, 1, 12, 12}
+      denoise.baseline(function(y) return y end, denoise.noisy(clean, denoise.levels("t:2", s)[1], s), clean, o)
+    end},
 
   -- checkpoints, progress, gradcheck, profile, printing, cli
   {who = "checkpoint.load", typo = "allow_nan", covers = {"checkpoint.lua:M.load"},

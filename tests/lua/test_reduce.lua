@@ -1,5 +1,6 @@
--- test_reduce.lua — the Lua API of reductions and matmul (engine/lua/l_reduce.c): 1-based and
--- negative dims, keepdim, max/min returning values and 1-based indices, module functions, errors.
+-- test_reduce.lua — the Lua API of reductions and matmul (engine/lua/l_reduce.c, l_matmul.c):
+-- 1-based and negative dims, keepdim, max/min returning values and 1-based indices, module
+-- functions, errors.
 local lu = require "luaunit"
 local helpers = require "helpers"
 local cn = require "cunet"
