@@ -49,6 +49,13 @@ cn_tensor *cn_axpby(const cn_tensor *a, float alpha, const cn_tensor *b, float b
 /* sum_i coeffs[i] * ts[i] over n same-shaped tensors, in one pass (differentiable; ODE solvers
  * build their stages with it). */
 cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_error *err);
+/* Chaining forms, for code that builds an expression step by step (the recorded backwards): the
+ * op on a, then a released. A NULL operand (a step before failed, err already filled) gives NULL. */
+cn_tensor *cn_binary_drop(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err);
+/* cn_binary_scalar on a, then a released (NULL a gives NULL). */
+cn_tensor *cn_binary_scalar_drop(cn_binary_op op, cn_tensor *a, float s, bool scalar_first, cn_error *err);
+/* cn_unary on a, then a released (NULL a gives NULL). */
+cn_tensor *cn_unary_drop(cn_unary_op op, cn_tensor *a, cn_error *err);
 /* min(max(a, lo), hi); pass -INFINITY / INFINITY to leave a side open. */
 cn_tensor *cn_clamp(const cn_tensor *a, float lo, float hi, cn_error *err);
 /* cond != 0 ? a : b, all three broadcast together. */

@@ -298,17 +298,11 @@ static cn_tensor *t_matmul(cn_tensor *a, const cn_tensor *b, cn_error *err) { /*
     return r;
 }
 
-static cn_tensor *scale_drop(cn_tensor *t, float scale, cn_error *err) {
-    cn_tensor *r = t ? cn_binary_scalar(CN_MUL, t, scale, false, err) : NULL;
-    cn_release(t);
-    return r;
-}
-
 static int attention_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
     float scale = CN_NODE_ARGS(n, struct attention_args)->scale;
     cn_tensor *q = n->inputs[0], *k = n->inputs[1], *v = n->inputs[2], *mask = n->n_inputs > 3 ? n->inputs[3] : NULL;
     int status = -1, last = -1;
-    cn_tensor *s = scale_drop(matmul_t(q, k, err), scale, err), *p = NULL, *dp = NULL, *ds = NULL;
+    cn_tensor *s = cn_binary_scalar_drop(CN_MUL, matmul_t(q, k, err), scale, false, err), *p = NULL, *dp = NULL, *ds = NULL;
     if (s && mask) {
         cn_tensor *masked = cn_binary(CN_ADD, s, mask, err);
         cn_release(s);
@@ -327,8 +321,8 @@ static int attention_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **
     ds = centred ? cn_binary(CN_MUL, p, centred, err) : NULL;
     cn_release(dpp), cn_release(dot), cn_release(centred);
     if (!ds) goto done;
-    if (q->requires_grad && !(gi[0] = scale_drop(cn_matmul(ds, k, err), scale, err))) goto done;
-    if (k->requires_grad && !(gi[1] = scale_drop(t_matmul(ds, q, err), scale, err))) goto done;
+    if (q->requires_grad && !(gi[0] = cn_binary_scalar_drop(CN_MUL, cn_matmul(ds, k, err), scale, false, err))) goto done;
+    if (k->requires_grad && !(gi[1] = cn_binary_scalar_drop(CN_MUL, t_matmul(ds, q, err), scale, false, err))) goto done;
     if (mask && mask->requires_grad) gi[3] = cn_retain(ds);
     status = 0;
 done:

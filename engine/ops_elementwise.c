@@ -479,25 +479,6 @@ static cn_tensor *times_step(const kernel *k, const cn_tensor *g, int n, const c
     return r;
 }
 
-/* Chaining helpers for the recorded backwards: each releases its first operand (NULL-safe). */
-static cn_tensor *mul_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    cn_tensor *r = a && b ? cn_binary(CN_MUL, a, b, err) : NULL;
-    cn_release(a);
-    return r;
-}
-
-static cn_tensor *scalar_drop(cn_binary_op op, cn_tensor *a, float s, bool scalar_first, cn_error *err) {
-    cn_tensor *r = a ? cn_binary_scalar(op, a, s, scalar_first, err) : NULL;
-    cn_release(a);
-    return r;
-}
-
-static cn_tensor *unary_drop(cn_unary_op op, cn_tensor *a, cn_error *err) {
-    cn_tensor *r = a ? cn_unary(op, a, err) : NULL;
-    cn_release(a);
-    return r;
-}
-
 /* ---- unary ops: forward, args, backward -------------------------------------------------- */
 
 static cn_tensor *unary_forward(cn_unary_op op, const cn_tensor *a, cn_error *err) {
@@ -537,23 +518,23 @@ static cn_tensor *unary_derivative(cn_unary_op op, cn_tensor *x, cn_error *err) 
     switch (op) {
     case CN_EXP: return cn_unary(CN_EXP, x, err);
     case CN_LOG: return cn_unary(CN_RECIPROCAL, x, err);
-    case CN_SQRT: return scalar_drop(CN_MUL, unary_drop(CN_RSQRT, cn_retain(x), err), 0.5f, false, err);
+    case CN_SQRT: return cn_binary_scalar_drop(CN_MUL, cn_unary_drop(CN_RSQRT, cn_retain(x), err), 0.5f, false, err);
     case CN_RSQRT: { /* -x^(-3/2) / 2 */
         cn_tensor *r = cn_unary(CN_RSQRT, x, err);
-        cn_tensor *r3 = r ? mul_drop(cn_unary(CN_SQUARE, r, err), r, err) : NULL;
+        cn_tensor *r3 = r ? cn_binary_drop(CN_MUL, cn_unary(CN_SQUARE, r, err), r, err) : NULL;
         cn_release(r);
-        return scalar_drop(CN_MUL, r3, -0.5f, false, err);
+        return cn_binary_scalar_drop(CN_MUL, r3, -0.5f, false, err);
     }
     case CN_SIN: return cn_unary(CN_COS, x, err);
-    case CN_COS: return unary_drop(CN_NEG, cn_unary(CN_SIN, x, err), err);
+    case CN_COS: return cn_unary_drop(CN_NEG, cn_unary(CN_SIN, x, err), err);
     case CN_TANH: /* 1 - tanh^2 */
-        return scalar_drop(CN_SUB, unary_drop(CN_SQUARE, cn_unary(CN_TANH, x, err), err), 1.0f, true, err);
+        return cn_binary_scalar_drop(CN_SUB, cn_unary_drop(CN_SQUARE, cn_unary(CN_TANH, x, err), err), 1.0f, true, err);
     case CN_SIGMOID: /* s (1 - s) */
     case CN_SILU: {  /* s (1 + x (1 - s)) */
         cn_tensor *sg = cn_unary(CN_SIGMOID, x, err);
         cn_tensor *rest = sg ? cn_binary_scalar(CN_SUB, sg, 1.0f, true, err) : NULL;
-        if (op == CN_SILU) rest = scalar_drop(CN_ADD, mul_drop(rest, x, err), 1.0f, false, err);
-        cn_tensor *r = mul_drop(rest, sg, err);
+        if (op == CN_SILU) rest = cn_binary_scalar_drop(CN_ADD, cn_binary_drop(CN_MUL, rest, x, err), 1.0f, false, err);
+        cn_tensor *r = cn_binary_drop(CN_MUL, rest, sg, err);
         cn_release(sg);
         return r;
     }
@@ -567,7 +548,7 @@ static cn_tensor *unary_derivative(cn_unary_op op, cn_tensor *x, cn_error *err) 
     }
     case CN_SQUARE: return cn_binary_scalar(CN_MUL, x, 2.0f, false, err);
     case CN_RECIPROCAL: /* -1 / x^2 */
-        return unary_drop(CN_NEG, unary_drop(CN_SQUARE, cn_unary(CN_RECIPROCAL, x, err), err), err);
+        return cn_unary_drop(CN_NEG, cn_unary_drop(CN_SQUARE, cn_unary(CN_RECIPROCAL, x, err), err), err);
     default:
         cn_error_set(err, "%s has no differentiable backward yet (create_graph)", cn_unary_name(op));
         return NULL;
@@ -586,7 +567,7 @@ cn_tensor *cn_unary_backward(cn_unary_op op, const cn_tensor *x, const cn_tensor
         return r;
     }
     default:
-        return mul_drop(unary_derivative(op, (cn_tensor *)x, err), g, err);
+        return cn_binary_drop(CN_MUL, unary_derivative(op, (cn_tensor *)x, err), g, err);
     }
 }
 
@@ -735,25 +716,25 @@ static cn_tensor *binary_operand_grad_graph(cn_binary_op op, int which, const cn
     case CN_DIV: { /* g / b; -g a / b^2 (b is a tensor when which is 1) */
         cn_tensor *q = b ? cn_binary(CN_DIV, g, b, err) : cn_binary_scalar(CN_DIV, g, *vb, false, err);
         if (which == 0) return q;
-        cn_tensor *qa = a ? mul_drop(q, a, err) : scalar_drop(CN_MUL, q, *va, false, err);
+        cn_tensor *qa = a ? cn_binary_drop(CN_MUL, q, a, err) : cn_binary_scalar_drop(CN_MUL, q, *va, false, err);
         cn_tensor *r = qa ? cn_binary(CN_DIV, qa, b, err) : NULL;
         cn_release(qa);
-        return unary_drop(CN_NEG, r, err);
+        return cn_unary_drop(CN_NEG, r, err);
     }
     case CN_POW: {
         if (which == 0) { /* g b a^(b-1) (a is a tensor) */
-            if (!b) return mul_drop(scalar_drop(CN_MUL, cn_binary_scalar(CN_POW, a, *vb - 1.0f, false, err), *vb, false, err), g, err);
+            if (!b) return cn_binary_drop(CN_MUL, cn_binary_scalar_drop(CN_MUL, cn_binary_scalar(CN_POW, a, *vb - 1.0f, false, err), *vb, false, err), g, err);
             cn_tensor *b1 = cn_binary_scalar(CN_SUB, b, 1.0f, false, err);
             cn_tensor *p = b1 ? cn_binary(CN_POW, a, b1, err) : NULL;
             cn_release(b1);
-            return mul_drop(mul_drop(p, b, err), g, err);
+            return cn_binary_drop(CN_MUL, cn_binary_drop(CN_MUL, p, b, err), g, err);
         }
         /* g a^b log a, 0 where a is 0 (as the fast kernel) */
         cn_tensor *p = a ? cn_binary(CN_POW, a, b, err) : cn_binary_scalar(CN_POW, b, *va, true, err);
         cn_tensor *lg = a ? cn_unary(CN_LOG, a, err) : NULL;
-        cn_tensor *r = a ? mul_drop(p, lg, err) : scalar_drop(CN_MUL, p, logf(*va), false, err);
+        cn_tensor *r = a ? cn_binary_drop(CN_MUL, p, lg, err) : cn_binary_scalar_drop(CN_MUL, p, logf(*va), false, err);
         cn_release(lg);
-        r = mul_drop(r, g, err);
+        r = cn_binary_drop(CN_MUL, r, g, err);
         if (!a || !r) return r;
         cn_tensor *at_zero = cn_binary_scalar(CN_EQ, a, 0.0f, false, err);
         cn_tensor *zero = cn_scalar(0.0f, err);
@@ -766,7 +747,7 @@ static cn_tensor *binary_operand_grad_graph(cn_binary_op op, int which, const cn
         cn_tensor *ones = cn_full(g->ndim, g->shape, 1.0f, err);
         cn_tensor *step = ones ? binary_operand_grad(op, which, ones, a, b, NULL, va, vb, err) : NULL;
         cn_release(ones);
-        return mul_drop(step, g, err);
+        return cn_binary_drop(CN_MUL, step, g, err);
     }
     default:
         return binary_operand_grad(op, which, g, a, b, NULL, va, vb, err); /* the error */
@@ -1160,5 +1141,25 @@ cn_tensor *cn_lincomb(int n, cn_tensor *const *ts, const double *coeffs, cn_erro
     cn_node *node;
     cn_tensor *r = cn_record_result(lincomb_forward(n, ts, coeffs, err), &op_lincomb, n, ts, &node, err);
     if (node) memcpy(CN_NODE_ARGS(node, struct lincomb_args)->coeffs, coeffs, (size_t)n * sizeof *coeffs);
+    return r;
+}
+
+/* ---- chaining forms (ops.h) ---------------------------------------------------------------- */
+
+cn_tensor *cn_binary_drop(cn_binary_op op, cn_tensor *a, const cn_tensor *b, cn_error *err) {
+    cn_tensor *r = a && b ? cn_binary(op, a, b, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+cn_tensor *cn_binary_scalar_drop(cn_binary_op op, cn_tensor *a, float s, bool scalar_first, cn_error *err) {
+    cn_tensor *r = a ? cn_binary_scalar(op, a, s, scalar_first, err) : NULL;
+    cn_release(a);
+    return r;
+}
+
+cn_tensor *cn_unary_drop(cn_unary_op op, cn_tensor *a, cn_error *err) {
+    cn_tensor *r = a ? cn_unary(op, a, err) : NULL;
+    cn_release(a);
     return r;
 }

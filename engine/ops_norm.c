@@ -469,18 +469,6 @@ done:
  * Group and instance norm scale per channel (dim 2 of x): w is viewed as [C, 1, ...] and the
  * sums run over the other dims; layer norm's weight has x's trailing shape, and the engine sums
  * its gradient down to it. Batch norm has none yet. */
-static cn_tensor *sub_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    cn_tensor *r = a && b ? cn_binary(CN_SUB, a, b, err) : NULL;
-    cn_release(a);
-    return r;
-}
-
-static cn_tensor *mul_drop(cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    cn_tensor *r = a && b ? cn_binary(CN_MUL, a, b, err) : NULL;
-    cn_release(a);
-    return r;
-}
-
 static int norm_backward_graph(cn_node *nd, const cn_tensor *gout, cn_tensor **gi, cn_error *err) {
     const struct norm_args *args = CN_NODE_ARGS(nd, struct norm_args);
     if (args->kind != KIND_ROWS) {
@@ -522,7 +510,7 @@ static int norm_backward_graph(cn_node *nd, const cn_tensor *gout, cn_tensor **g
         cn_release(prod);
         if (!m2 || !(m1 = cn_mean(ghr, 1, &one, true, err))) goto done;
         cn_tensor *xm2 = cn_binary(CN_MUL, xhat_r, m2, err);
-        dx = mul_drop(sub_drop(sub_drop(cn_retain(ghr), m1, err), xm2, err), rstd, err);
+        dx = cn_binary_drop(CN_MUL, cn_binary_drop(CN_SUB, cn_binary_drop(CN_SUB, cn_retain(ghr), m1, err), xm2, err), rstd, err);
         cn_release(xm2);
         if (!dx || !(gi[0] = cn_reshape(dx, x->ndim, x->shape, err))) goto done;
     }

@@ -413,21 +413,6 @@ static cn_tensor *deviation(const cn_tensor *x, int64_t mask, cn_error *err) {
     return dev;
 }
 
-/* Multiplies a by b and releases a (chaining helper; NULL-safe). */
-static cn_tensor *mul_consume(cn_tensor *a, const cn_tensor *b, cn_error *err) {
-    if (!a) return NULL;
-    cn_tensor *r = cn_binary(CN_MUL, a, b, err);
-    cn_release(a);
-    return r;
-}
-
-static cn_tensor *scale_consume(cn_tensor *a, double s, cn_error *err) {
-    if (!a) return NULL;
-    cn_tensor *r = cn_binary_scalar(CN_MUL, a, (float)s, false, err);
-    cn_release(a);
-    return r;
-}
-
 /* One node type for sum / mean / var / std / norm. */
 enum { R_SUM, R_MEAN, R_VAR, R_STD, R_NORM };
 struct reduce_args {
@@ -454,10 +439,11 @@ static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, cons
         r = cn_expand(gk, x->ndim, x->shape, err);
         break;
     case R_MEAN:
-        r = scale_consume(cn_expand(gk, x->ndim, x->shape, err), 1.0 / count, err);
+        r = cn_binary_scalar_drop(CN_MUL, cn_expand(gk, x->ndim, x->shape, err), (float)(1.0 / count), false, err);
         break;
     case R_VAR: /* 2 (x - mean) g / (N - correction) */
-        r = scale_consume(mul_consume(deviation(x, mask, err), gk, err), 2.0 / (count - (double)args->correction), err);
+        r = cn_binary_scalar_drop(CN_MUL, cn_binary_drop(CN_MUL, deviation(x, mask, err), gk, err),
+                                  (float)(2.0 / (count - (double)args->correction)), false, err);
         break;
     case R_STD: { /* (x - mean) g / ((N - correction) std), 0 where std is 0 (as torch) */
         cn_tensor *sk = keepdim_view(out, x, mask, NULL, err);
@@ -466,7 +452,9 @@ static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, cons
         cn_tensor *flat = sk && zero ? cn_binary(CN_EQ, sk, zero, err) : NULL;
         cn_tensor *q = ratio && flat ? cn_where(flat, zero, ratio, err) : NULL;
         cn_release(sk), cn_release(ratio), cn_release(zero), cn_release(flat);
-        r = q ? scale_consume(mul_consume(deviation(x, mask, err), q, err), 1.0 / (count - (double)args->correction), err) : NULL;
+        r = q ? cn_binary_scalar_drop(CN_MUL, cn_binary_drop(CN_MUL, deviation(x, mask, err), q, err),
+                                      (float)(1.0 / (count - (double)args->correction)), false, err)
+              : NULL;
         cn_release(q);
         break;
     }
@@ -477,7 +465,7 @@ static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, cons
         if (p == 0.0) {
             r = cn_zeros(x->ndim, x->shape, err);
         } else if (p == 1.0) {
-            r = mul_consume(cn_unary(CN_SIGN, x, err), gk, err);
+            r = cn_binary_drop(CN_MUL, cn_unary(CN_SIGN, x, err), gk, err);
         } else if (isinf(p)) {
             /* as torch: split evenly between the elements that reach the norm (or are NaN) */
             cn_tensor *ax = cn_unary(CN_ABS, x, err);
@@ -489,7 +477,7 @@ static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, cons
                 if (mask >> d & 1) dims[nd++] = d;
             cn_tensor *cnt = m ? sum_forward(m, nd, dims, true, err) : NULL;
             cn_tensor *share = cnt ? cn_binary(CN_DIV, gk, cnt, err) : NULL;
-            r = share ? mul_consume(mul_consume(cn_unary(CN_SIGN, x, err), m, err), share, err) : NULL;
+            r = share ? cn_binary_drop(CN_MUL, cn_binary_drop(CN_MUL, cn_unary(CN_SIGN, x, err), m, err), share, err) : NULL;
             cn_release(ax), cn_release(hit), cn_release(nan), cn_release(m), cn_release(cnt), cn_release(share);
         } else {
             /* x |x|^(p-2) g / norm^(p-1), 0 where the norm is 0 */
@@ -501,7 +489,7 @@ static int reduce_grads(cn_node *n, const cn_tensor *g, const cn_tensor *x, cons
             cn_tensor *zero = cn_scalar(0.0f, err);
             cn_tensor *iszero = cn_binary(CN_EQ, nk, zero, err);
             cn_tensor *qm = q && iszero ? cn_where(iszero, zero, q, err) : NULL;
-            r = w && qm ? mul_consume(mul_consume(cn_retain((cn_tensor *)x), w, err), qm, err) : NULL;
+            r = w && qm ? cn_binary_drop(CN_MUL, cn_binary_drop(CN_MUL, cn_retain((cn_tensor *)x), w, err), qm, err) : NULL;
             cn_release(ax), cn_release(w), cn_release(np), cn_release(q), cn_release(zero), cn_release(iszero),
                 cn_release(qm);
         }
@@ -738,7 +726,28 @@ static int max_dim_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return 0;
 }
 
-static const cn_op_def op_max_dim = {"max_dim", max_dim_backward, NULL};
+/* The recorded backward (create_graph): a constant one-hot mask at the indices times g, g
+ * broadcast along dim (recorded reshape and multiply). */
+static int max_dim_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *x = n->inputs[0];
+    int dim = CN_NODE_ARGS(n, struct max_dim_args)->dim;
+    cn_tensor *mask = cn_zeros(x->ndim, x->shape, err);
+    cn_tensor *ic = mask ? cn_contiguous(n->saved[MAX_DIM_SAVED_INDICES], err) : NULL;
+    cn_tensor *gk = ic ? keepdim_view(g, x, (int64_t)1 << dim, NULL, err) : NULL;
+    if (gk) {
+        int64_t outer = 1, inner = 1, red = x->ndim ? x->shape[dim] : 1;
+        for (int d = 0; d < dim; d++) outer *= x->shape[d];
+        for (int d = dim + 1; d < x->ndim; d++) inner *= x->shape[d];
+        const float *pi = cn_data(ic);
+        for (int64_t o = 0; o < outer; o++)
+            for (int64_t i = 0; i < inner; i++) cn_data(mask)[(o * red + (int64_t)pi[o * inner + i]) * inner + i] = 1.0f;
+        gi[0] = cn_binary(CN_MUL, mask, gk, err);
+    }
+    cn_release(mask), cn_release(ic), cn_release(gk);
+    return gi[0] ? 0 : -1;
+}
+
+static const cn_op_def op_max_dim = {"max_dim", max_dim_backward, max_dim_backward_graph};
 
 int cn_max_dim(const cn_tensor *t, int dim, bool keepdim, bool is_max, cn_tensor **values, cn_tensor **indices,
                cn_error *err) {
@@ -790,7 +799,9 @@ static cn_tensor *max_all_forward(const cn_tensor *t, bool is_max, cn_error *err
     return out;
 }
 
-/* max/min over everything: as torch, split evenly between the elements equal to the result */
+/* max/min over everything: as torch, split evenly between the elements equal to the result (the
+ * share and the product are recorded ops, the mask and count constants: this backward is its own
+ * recorded one) */
 enum { MAX_ALL_SAVED_X, MAX_ALL_SAVED_OUT };
 
 static int max_all_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
@@ -803,7 +814,7 @@ static int max_all_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_e
     return gi[0] ? 0 : -1;
 }
 
-static const cn_op_def op_max_all = {"max_all", max_all_backward, NULL};
+static const cn_op_def op_max_all = {"max_all", max_all_backward, max_all_backward};
 
 cn_tensor *cn_max_all(const cn_tensor *t, bool is_max, cn_error *err) {
     cn_tensor *r;

@@ -195,6 +195,13 @@ def gen_statistics():
     add("norm1", "norm", [rand(3, 4)], lambda x: x.norm(1, 0) ** 2, {"p": 1, "dims": 1, "square": True})
 
 
+def gen_extrema():
+    """max and min, over a dim and over everything (no ties: random data)."""
+    add("max_dim", "max", [rand(3, 4)], lambda x: x.max(1)[0] ** 2, {"dim": 2})
+    add("min_dim_keepdim", "min", [rand(3, 4)], lambda x: x.min(0, keepdim=True)[0] ** 2, {"dim": 1, "keepdim": True})
+    add("max_all", "max", [rand(3, 4)], lambda x: (x * x).max() ** 2, {"square_first": True})
+
+
 def main():
     global fx
     fx = Fixture("double_backward", seed=SEED)
@@ -206,6 +213,7 @@ def main():
     gen_unet_ops()
     gen_attention()
     gen_statistics()
+    gen_extrema()
     fx.write("fixtures_double_backward.py")
 
 
