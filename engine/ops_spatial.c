@@ -121,14 +121,14 @@ static cn_tensor *nearest_forward(const cn_tensor *x, int64_t out_h, int64_t out
     return out;
 }
 
-/* The recorded backward of a separable resize (create_graph): out = A_h x A_w^T with constant
- * interpolation matrices a_h [out_h, in_h] and a_w [out_w, in_w], so dx = A_h^T g A_w as two
- * matmuls, themselves differentiable. Takes over a_h and a_w (NULL-safe). */
+/* The recorded backward of a separable op (create_graph): the resizes and the average pools are
+ * out = A_h x A_w^T with constant matrices a_h [out_h, in_h] and a_w [out_w, in_w], so
+ * dx = A_h^T g A_w as two matmuls, themselves differentiable. Takes over a_h and a_w (NULL-safe). */
 static cn_tensor *resize_backward_graph(const cn_tensor *g, cn_tensor *a_h, cn_tensor *a_w, cn_error *err) {
     cn_tensor *a_ht = a_h ? cn_transpose(a_h, 0, 1, err) : NULL;
     cn_tensor *rows = a_ht && a_w ? cn_matmul(a_ht, g, err) : NULL; /* [N, C, in_h, out_w] */
     cn_tensor *r = rows ? cn_matmul(rows, a_w, err) : NULL;
-    if (!a_h || !a_w) cn_error_set(err, "upsample backward: out of memory");
+    /* a failed matrix has filled err already */
     cn_release(a_h), cn_release(a_w), cn_release(a_ht), cn_release(rows);
     return r;
 }
@@ -448,17 +448,22 @@ typedef struct avg_window {
     double divisor; /* 0: empty window */
 } avg_window;
 
+/* The window of output o along axis (0: h, 1: w) clipped to the input, [*lo, *hi), and its share
+ * of the divisor: the padded-clipped size with count_include_pad, else the input-clipped one (the
+ * divisor is the product over the two axes, so the op is separable). */
+static int64_t avg_axis(const pool_geom *g, int axis, int64_t o, bool count_include_pad, int64_t *lo, int64_t *hi) {
+    int64_t a0 = o * g->stride[axis] - g->padding[axis], a1 = a0 + g->kernel[axis];
+    if (a1 > g->in[axis] + g->padding[axis]) a1 = g->in[axis] + g->padding[axis];
+    *lo = a0 > 0 ? a0 : 0;
+    *hi = a1 < g->in[axis] ? a1 : g->in[axis];
+    return count_include_pad ? a1 - a0 : *hi - *lo;
+}
+
 static avg_window avg_window_at(const pool_geom *g, int64_t oh, int64_t ow, bool count_include_pad) {
     avg_window a;
-    int64_t h0 = oh * g->stride[0] - g->padding[0], w0 = ow * g->stride[1] - g->padding[1];
-    int64_t h1 = h0 + g->kernel[0], w1 = w0 + g->kernel[1];
-    if (h1 > g->in[0] + g->padding[0]) h1 = g->in[0] + g->padding[0];
-    if (w1 > g->in[1] + g->padding[1]) w1 = g->in[1] + g->padding[1];
-    int64_t pool_size = (h1 - h0) * (w1 - w0);
-    a.h0 = h0 > 0 ? h0 : 0, a.w0 = w0 > 0 ? w0 : 0;
-    a.h1 = h1 < g->in[0] ? h1 : g->in[0], a.w1 = w1 < g->in[1] ? w1 : g->in[1];
-    if (a.h0 >= a.h1 || a.w0 >= a.w1) a.divisor = 0;
-    else a.divisor = (double)(count_include_pad ? pool_size : (a.h1 - a.h0) * (a.w1 - a.w0));
+    int64_t dh = avg_axis(g, 0, oh, count_include_pad, &a.h0, &a.h1);
+    int64_t dw = avg_axis(g, 1, ow, count_include_pad, &a.w0, &a.w1);
+    a.divisor = a.h0 >= a.h1 || a.w0 >= a.w1 ? 0 : (double)(dh * dw);
     return a;
 }
 
@@ -521,7 +526,26 @@ static int avg_pool_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_avg_pool2d = {"avg_pool2d", avg_pool_backward, NULL};
+/* A[o, i] = 1 / share for i in the window of o, along one axis (an empty window: a zero row). */
+static cn_tensor *avg_matrix(const pool_geom *g, int axis, bool count_include_pad, cn_error *err) {
+    const int64_t shape[2] = {g->out[axis], g->in[axis]};
+    cn_tensor *a = cn_zeros(2, shape, err);
+    for (int64_t o = 0; a && o < g->out[axis]; o++) {
+        int64_t lo, hi, share = avg_axis(g, axis, o, count_include_pad, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) cn_data(a)[o * g->in[axis] + i] = (float)(1.0 / (double)share);
+    }
+    return a;
+}
+
+/* The recorded backward (create_graph): average pooling is separable, out = A_h x A_w^T. */
+static int avg_pool_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const struct avg_pool_args *args = CN_NODE_ARGS(n, struct avg_pool_args);
+    cn_tensor *a_h = avg_matrix(&args->geom, 0, args->count_include_pad, err);
+    cn_tensor *a_w = avg_matrix(&args->geom, 1, args->count_include_pad, err);
+    return (gi[0] = resize_backward_graph(g, a_h, a_w, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_avg_pool2d = {"avg_pool2d", avg_pool_backward, avg_pool_backward_graph};
 
 cn_tensor *cn_avg_pool2d(const cn_tensor *x, const int64_t kernel[2], const int64_t stride[2],
                          const int64_t padding[2], bool ceil_mode, bool count_include_pad, cn_error *err) {
@@ -701,7 +725,27 @@ static int adaptive_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_
     return gx ? 0 : -1;
 }
 
-static const cn_op_def op_adaptive_avg_pool2d = {"adaptive_avg_pool2d", adaptive_backward, NULL};
+/* A[o, i] = 1 / window size for i in o's window, along one axis. */
+static cn_tensor *adaptive_matrix(int64_t out, int64_t in, cn_error *err) {
+    const int64_t shape[2] = {out, in};
+    cn_tensor *a = cn_zeros(2, shape, err);
+    for (int64_t o = 0; a && o < out; o++) {
+        int64_t lo = adaptive_start(o, out, in), hi = adaptive_end(o, out, in);
+        for (int64_t i = lo; i < hi; i++) cn_data(a)[o * in + i] = (float)(1.0 / (double)(hi - lo));
+    }
+    return a;
+}
+
+/* The recorded backward (create_graph): separable too, out = A_h x A_w^T. */
+static int adaptive_backward_graph(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error *err) {
+    const cn_tensor *x = n->inputs[0];
+    int64_t in_h = x->shape[x->ndim - 2], in_w = x->shape[x->ndim - 1];
+    cn_tensor *a_h = adaptive_matrix(g->shape[g->ndim - 2], in_h, err);
+    cn_tensor *a_w = adaptive_matrix(g->shape[g->ndim - 1], in_w, err);
+    return (gi[0] = resize_backward_graph(g, a_h, a_w, err)) ? 0 : -1;
+}
+
+static const cn_op_def op_adaptive_avg_pool2d = {"adaptive_avg_pool2d", adaptive_backward, adaptive_backward_graph};
 
 cn_tensor *cn_adaptive_avg_pool2d(const cn_tensor *x, int64_t out_h, int64_t out_w, cn_error *err) {
     if (check_spatial(x, "adaptive_avg_pool2d", true, err)) return NULL;

@@ -79,6 +79,11 @@ local dispatch = {
     return square((x[1]:max(a.dim, a.keepdim)))
   end,
   min = function(x, a) return square((x[1]:min(a.dim, a.keepdim))) end,
+  avg_pool2d = function(x, a)
+    return square(cn.avg_pool2d(x[1], a.kernel, {stride = a.stride, padding = a.padding, ceil_mode = a.ceil_mode,
+      count_include_pad = a.count_include_pad}))
+  end,
+  adaptive_avg_pool2d = function(x, a) return square(cn.adaptive_avg_pool2d(x[1], a.size)) end,
   softmax = function(x, a) return cn.softmax(x[1], a.dim) end,
   log_softmax = function(x, a) return cn.log_softmax(x[1], a.dim) end,
   sdpa = function(x) return cn.scaled_dot_product_attention(x[1], x[2], x[3], {mask = x[4]}) end,

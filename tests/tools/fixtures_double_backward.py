@@ -202,6 +202,16 @@ def gen_extrema():
     add("max_all", "max", [rand(3, 4)], lambda x: (x * x).max() ** 2, {"square_first": True})
 
 
+def gen_pools():
+    """average pools (separable: two constant matrices)."""
+    add("avg_pool2d", "avg_pool2d", [rand(1, 2, 4, 5)], lambda x: F.avg_pool2d(x, 2) ** 2, {"kernel": 2})
+    add("avg_pool2d_ceil_nopad", "avg_pool2d", [rand(2, 1, 5, 6)],
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False) ** 2,
+        {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False})
+    add("adaptive_avg_pool2d", "adaptive_avg_pool2d", [rand(1, 2, 5, 7)],
+        lambda x: F.adaptive_avg_pool2d(x, (3, 2)) ** 2, {"size": [3, 2]})
+
+
 def main():
     global fx
     fx = Fixture("double_backward", seed=SEED)
@@ -214,6 +224,7 @@ def main():
     gen_attention()
     gen_statistics()
     gen_extrema()
+    gen_pools()
     fx.write("fixtures_double_backward.py")
 
 
