@@ -222,7 +222,7 @@ function M.odeint(f, z0, ts, opts)
   return core.odeint(fn, z0, times, has_lua_option and engine_options(opts) or opts)
 end
 
-local TRACE_DEFAULTS = {samples = 1, distribution = "rademacher", per_sample = false}
+local TRACE_DEFAULTS = {samples = 1, distribution = "rademacher", per_sample = false, create_graph = false}
 
 --- cn.ode.trace_estimate(f_out, z [, opts]) -> estimate: Hutchinson's estimate of tr(∂f_out/∂z),
 -- the mean over opts.samples of vᵀ (∂f_out/∂z) v with v random of z's shape ("rademacher": ±1,
@@ -230,8 +230,9 @@ local TRACE_DEFAULTS = {samples = 1, distribution = "rademacher", per_sample = f
 -- (cn.autograd.grad; the graph is kept for the caller). f_out must have z's shape and a graph to
 -- z. Returns a 0-d tensor, or with per_sample = true a [B] tensor for a batch along z's first dim
 -- (the trace of each sample's block: FFJORD's divergence, when f treats samples independently).
--- Unbiased: E[vᵀJv] = tr J for any v with E[v vᵀ] = I. The estimate carries no graph (that
--- needs double backward).
+-- Unbiased: E[vᵀJv] = tr J for any v with E[v vᵀ] = I. With create_graph = true the estimate has a
+-- graph (through double backward), so a loss holding it trains the parameters of f (FFJORD's
+-- likelihood, a divergence penalty); without, it carries none and costs one plain backward a sample.
 function M.trace_estimate(f_out, z, opts)
   local o = options.merge(opts, TRACE_DEFAULTS, "trace_estimate")
   if not cn.is_tensor(f_out) or not cn.is_tensor(z) then error("trace_estimate: f_out and z must be tensors", 2) end
@@ -255,17 +256,20 @@ function M.trace_estimate(f_out, z, opts)
   if not f_out:requires_grad() then
     error("trace_estimate: f_out has no graph (compute it from z with z:requires_grad(true), grad mode on)", 2)
   end
-  return cn.no_grad(function()
+  local function estimate()
     local total
     for _ = 1, o.samples do
       local v = draw()
-      local vjp = core.autograd_grad({f_out}, {z}, {v}, {retain_graph = true, allow_unused = true})[1]
+      local vjp = core.autograd_grad({f_out}, {z}, {v},
+        {retain_graph = true, allow_unused = true, create_graph = o.create_graph == true})[1]
       local term = vjp and vjp * v or cn.zeros_like(v)
       term = o.per_sample and term:reshape{zs[1], -1}:sum(2) or term:sum()
       total = total and total + term or term
     end
     return total / o.samples
-  end)
+  end
+  if o.create_graph then return estimate() end
+  return cn.no_grad(estimate)
 end
 
 --- Turns a second-order system x'' = accel(t, x, v) into the first-order one on {x, v}.

@@ -159,6 +159,33 @@ function TestOdeTraceEstimate:testRademacherExactOnDiagonal()
   lu.assertAlmostEquals(g:sum():item(), exact, 1e-5)
 end
 
+-- With create_graph the estimate is differentiable: for f(z) = a ⊙ z the Jacobian is diag(a), one
+-- Rademacher sample gives Σ aᵢ exactly, so d estimate / d a is all ones (and d/dz is zero); without
+-- create_graph the estimate has no graph.
+function TestOdeTraceEstimate:testCreateGraphGivesADifferentiableEstimate()
+  cn.seed(7)
+  local a = cn.randn{2, 4}:requires_grad(true)
+  local z = cn.randn{2, 4}:requires_grad(true)
+  local est = cn.ode.trace_estimate(a * z, z, {create_graph = true})
+  lu.assertAlmostEquals(est:item(), a:detach():sum():item(), 1e-5)
+  lu.assertTrue(est:requires_grad())
+  local ga = cn.autograd.grad({est}, {a})[1]
+  lu.assertAlmostEquals((ga - 1):abs():max():item(), 0, 1e-6)
+  -- a nonlinear f: tr J of tanh(a ⊙ z) is Σ aᵢ (1 - tanh²(aᵢ zᵢ)); its gradient in a against central differences
+  local function tr(av) return (av * (1 - (av * z:detach()):tanh():square())):sum():item() end
+  local est2 = cn.ode.trace_estimate((a * z):tanh(), z, {create_graph = true})
+  lu.assertAlmostEquals(est2:item(), tr(a:detach()), 1e-5)
+  local g = cn.autograd.grad({est2}, {a})[1]
+  local h, av = 1e-2, a:detach():clone()
+  for _, idx in ipairs{{1, 1}, {2, 3}} do
+    local plus, minus = av:clone(), av:clone()
+    plus[idx] = av[idx] + h
+    minus[idx] = av[idx] - h
+    lu.assertAlmostEquals(g[idx], (tr(plus) - tr(minus)) / (2 * h), 2e-3)
+  end
+  lu.assertFalse(cn.ode.trace_estimate(a * z, z):requires_grad())
+end
+
 function TestOdeTraceEstimate:testErrors()
   local z = cn.randn{2, 3}:requires_grad(true)
   local y = z * 2
