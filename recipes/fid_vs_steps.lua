@@ -26,6 +26,7 @@ local plot = require "cunet.plot"
 local fs = require "cunet.fs"
 local diffusion = require "cunet.diffusion"
 local dist = require "cunet.distributed"
+local block_solver = require "cunet.block_solver"
 local print = dist.print -- under mpirun, rank 0 speaks, scores and writes
 
 local spec = {
@@ -48,6 +49,7 @@ local spec = {
   },
 }
 for i, o in ipairs(train.sampler_cli_options(true)) do table.insert(spec.options, 1 + i, o) end
+for _, o in ipairs(block_solver.cli_options()) do spec.options[#spec.options + 1] = o end
 local args = cli.parse(arg, spec)
 
 local function fail(msg)
@@ -88,6 +90,9 @@ end
 
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, { ema = args.ema })
+block_solver.apply(model, args, fail) -- --block-*: a cU-Net's ODE blocks solved otherwise than in training
+local blocks = block_solver.describe(model)
+local meter = block_solver.meter(model)
 local sched = checkpoint.schedule(ck) -- its stored beta values: a Lua-made schedule too
 local shape = ck.image_shape or fail(args.ckpt .. " does not record the image shape (image_shape)")
 local net_path = fid.checkpoint_path(args.dataset)
@@ -99,9 +104,9 @@ if dist.rank() == 0 then
   print(string.format("%s: %s split, %d real images (%s %s)", fid.NAME, args.split, real.count,
     real.cached and "cached in" or "computed and cached in", real.cache))
 end
-print(string.format("checkpoint %s: step %d, %s weights, %s, T = %d, %s prediction; %d samples per step count",
+print(string.format("checkpoint %s: step %d, %s weights, %s, T = %d, %s prediction; %d samples per step count%s",
   args.ckpt, ck.step, (args.ema and ck.ema) and "EMA" or "trained", ck.schedule or "linear", sched.T, ck.prediction or "eps",
-  args.n))
+  args.n, blocks and "; ODE blocks: " .. blocks or ""))
 
 -- --append reads the earlier scan first, so a mismatch is refused before any sampling
 local variant = args.sampler .. (gen.spacing and "_" .. gen.spacing or "") .. (gen.variance == "posterior" and "_posterior" or "")
@@ -109,14 +114,16 @@ local variant = args.sampler .. (gen.spacing and "_" .. gen.spacing or "") .. (g
 local base = string.format("%s/fid_vs_steps_%s", args.out, variant)
 local spacing = gen.spacing or (args.sampler == "ode" and "-") or diffusion.default_spacing[args.sampler]
 local earlier = {}
+local block_field = blocks and (blocks:gsub(" ", "_")) or "-" -- the CSV's block_solver
 if args.append and fs.exists(base .. ".csv") then
   local err
   earlier, err = fid.read_scan(base .. ".csv")
   if not earlier then fail(err) end
   for _, r in ipairs(earlier) do
-    if r.sampler ~= args.sampler or r.n ~= args.n or r.checkpoint ~= args.ckpt or (r.spacing and r.spacing ~= spacing) then
-      fail(string.format("%s.csv holds another scan (%s %s, n = %s, %s); --append needs the same sampler, spacing, --n and --ckpt",
-        base, r.sampler, r.spacing or "", r.n, r.checkpoint))
+    if r.sampler ~= args.sampler or r.n ~= args.n or r.checkpoint ~= args.ckpt or (r.spacing and r.spacing ~= spacing)
+      or (r.block_solver and r.block_solver ~= block_field) then
+      fail(string.format("%s.csv holds another scan (%s %s, n = %s, %s, blocks %s); --append needs the same sampler, spacing, "
+        .. "--n, --ckpt and block solver", base, r.sampler, r.spacing or "", r.n, r.checkpoint, r.block_solver or "-"))
     end
   end
 end
@@ -132,6 +139,7 @@ for _, run in ipairs(runs) do
   local sizes = {}
   for first = 1, args.n, args.batch do sizes[#sizes + 1] = math.min(args.batch, args.n - first + 1) end
   local parts, done, nfe = {}, 0, 0
+  if meter then meter:reset() end
   local t0 = cn.time()
   for _, c in ipairs(dist.my_chunks(#sizes)) do
     local opts = {}
@@ -152,7 +160,8 @@ for _, run in ipairs(runs) do
   if dist.rank() == 0 then
     local r = fid.score(samples, args.dataset, { split = args.split })
     rows[#rows + 1] = { steps = count or math.floor(nfe + 0.5), fid = r.fid, kid = r.kid, kid_std = r.kid_std,
-      seconds = seconds / args.n, nfe = nfe, rtol = run.rtol, atol = run.atol }
+      seconds = seconds / args.n, nfe = nfe, rtol = run.rtol, atol = run.atol, block_solver = blocks,
+      block_nfe = meter and meter:per_forward() }
   end
   samples, parts = nil, nil
   collectgarbage("collect")
@@ -177,9 +186,10 @@ end
 fs.mkdir_p(args.out)
 local csv = {fid.SCAN_HEADER}
 for _, r in ipairs(rows) do
-  csv[#csv + 1] = string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s,%.9g,%s,%s,%s,%s,%s", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
+  csv[#csv + 1] = string.format("%d,%.9g,%.9g,%.9g,%.9g,%d,%s,%s,%s,%s,%.9g,%s,%s,%s,%s,%s,%s,%s", r.steps, r.fid, r.kid, r.kid_std, r.seconds, args.n,
     args.sampler, args.dataset, args.split, args.ckpt, r.nfe or r.steps, spacing, gen.variance or "-", gen.ode_method or "-",
-    r.rtol and string.format("%g", r.rtol) or "-", r.atol and string.format("%g", r.atol) or "-")
+    r.rtol and string.format("%g", r.rtol) or "-", r.atol and string.format("%g", r.atol) or "-",
+    block_field, r.block_nfe and string.format("%.9g", r.block_nfe) or "-")
 end
 assert(fs.write_atomic(base .. ".csv", table.concat(csv, "\n") .. "\n"))
 
@@ -195,10 +205,11 @@ local png, err = plot.lines(base .. ".png", {
 })
 
 print("")
-print(string.format("%8s  %8s  %26s  %26s  %14s%s", "steps", "NFE", fid.NAME, fid.KID_NAME, "s per sample",
-  gen.rtol and "  rtol / atol" or ""))
+print(string.format("%8s  %8s  %26s  %26s  %14s%s%s", "steps", "NFE", fid.NAME, fid.KID_NAME, "s per sample",
+  meter and "  block NFE/forward" or "", gen.rtol and "  rtol / atol" or ""))
 for _, r in ipairs(rows) do
-  print(string.format("%8d  %8.1f  %26.3f  %17.4f ± %6.4f  %14.4f%s%s", r.steps, r.nfe or r.steps, r.fid, r.kid, r.kid_std, r.seconds,
+  print(string.format("%8d  %8.1f  %26.3f  %17.4f ± %6.4f  %14.4f%s%s%s", r.steps, r.nfe or r.steps, r.fid, r.kid, r.kid_std, r.seconds,
+    r.block_nfe and string.format("  %18.1f", r.block_nfe) or "",
     r.rtol and string.format("  %g / %g", r.rtol, r.atol) or "", r == best and "  <- best" or ""))
 end
 print(string.format("best: %d steps, %s %.3f, %.4f s per sample (%s, %d samples)", best.steps, fid.NAME, best.fid,

@@ -13,6 +13,7 @@ local train = require "cunet.train"
 local checkpoint = require "cunet.checkpoint"
 local image = require "cunet.image"
 local dist = require "cunet.distributed"
+local block_solver = require "cunet.block_solver"
 
 local spec = {
   name = "sample",
@@ -33,6 +34,7 @@ local spec = {
   },
 }
 for i, o in ipairs(train.sampler_cli_options()) do table.insert(spec.options, 1 + i, o) end
+for _, o in ipairs(block_solver.cli_options()) do spec.options[#spec.options + 1] = o end
 local args = cli.parse(arg, spec)
 local function fail(msg) cli.fail(spec, msg) end
 local gen = train.sampler_args(args, fail)
@@ -44,6 +46,8 @@ dist.setup()
 if args.threads > 0 then cn.set_num_threads(args.threads) end
 local ck = checkpoint.load(args.ckpt)
 local model = checkpoint.build_model(ck, {ema = args.ema})
+block_solver.apply(model, args, fail) -- --block-*: a cU-Net's ODE blocks solved otherwise than in training
+local meter = block_solver.meter(model)
 local sched = checkpoint.schedule(ck) -- its stored beta values: a Lua-made schedule too
 local shape = ck.image_shape
 if not shape then error("sample: " .. args.ckpt .. " does not record the image shape (image_shape)", 0) end
@@ -74,3 +78,7 @@ if gen.variance then how = how .. " " .. gen.variance end
 if gen.ode_method then how = how .. " " .. gen.ode_method .. (gen.rtol and string.format(" rtol %g atol %g", gen.rtol, gen.atol) or "") end
 print(string.format("wrote %s: %d samples, %s, %d model evaluations, step %d %s weights; %.3f s per sample", args.out, args.n,
   how, info.nfe, ck.step, (args.ema and ck.ema) and "EMA" or "trained", seconds / args.n))
+if meter and meter:per_forward() then
+  print(string.format("ODE blocks: %s, %.1f function evaluations per forward (all blocks)", block_solver.describe(model),
+    meter:per_forward()))
+end

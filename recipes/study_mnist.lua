@@ -22,6 +22,8 @@ local fs = require "cunet.fs"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local json = require("cunet.checkpoint").json
+local study = require "cunet.study"
+local word, command_text, append = study.word, study.command_text, study.append
 
 local M = {}
 
@@ -94,194 +96,27 @@ local function fail(msg)
   os.exit(2)
 end
 
--- A word as the shell needs it: plain words bare, others single-quoted.
-local function word(s)
-  s = tostring(s)
-  if s:match("^[%w%._/,:=+-]+$") then return s end
-  return fs.shell_quote(s)
-end
+local write_atomic = study.write_atomic
 
-local function command_text(list)
-  local out = {}
-  for i, w in ipairs(list) do out[i] = word(w) end
-  return table.concat(out, " ")
-end
+-- ---- the driver (cunet.study's, with this study's training and scan commands) -----------------------
 
-local function append(list, more)
-  for _, v in ipairs(more) do list[#list + 1] = v end
-  return list
-end
-
-local function write_atomic(path, text)
-  local ok, err = fs.write_atomic(path, text)
-  if not ok then fail(err) end
-end
-
--- The step of a checkpoint, from its safetensors header alone (8-byte length, then JSON): cheap.
-function M.checkpoint_step(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local head = f:read(8)
-  local len = head and #head == 8 and string.unpack("<I8", head)
-  local text = len and len < (1 << 26) and f:read(len)
-  f:close()
-  if not text then return nil end
-  local ok, header = pcall(json.decode, text)
-  local meta = ok and type(header) == "table" and header.__metadata__
-  return meta and math.tointeger(tonumber(meta.step)) or nil
-end
-
--- CPU seconds of the waited-for children of this process (Linux: /proc/self/stat cutime + cstime).
-local clock_ticks
-local function children_cpu()
-  local f = io.open("/proc/self/stat", "r")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  local fields = {}
-  for v in text:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = v end
-  if not clock_ticks then
-    local p = io.popen("getconf CLK_TCK 2>/dev/null")
-    clock_ticks = tonumber(p and p:read("l") or "") or 100
-    if p then p:close() end
-  end
-  return (tonumber(fields[14]) + tonumber(fields[15])) / clock_ticks -- fields 16, 17 of stat(5)
-end
-
--- ---- the driver -----------------------------------------------------------------------------------
-
-local Study = {}
+local Study = setmetatable({}, {__index = study.Driver})
 Study.__index = Study
 
 --- A study over the directory out. opts: exe (the cunet executable), steps (total per run),
 -- limit (training images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()).
 function M.new(out, opts)
-  local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or M.STEPS, limit = opts.limit or 0,
-    n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline or math.huge, failed = {}}, Study)
-  self.checkpoint_every = math.min(M.CHECKPOINT_EVERY, self.steps)
-  self.state_path = out .. "/study_state.json"
-  self.state = self:load_state()
-  self.touched = {}
-  return self
+  return study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
+    limit = opts.limit, n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline})
 end
 
--- The state file's contents ({runs = {}} when it is missing or unreadable).
-function Study:load_state()
-  local f = io.open(self.state_path, "r")
-  if f then
-    local ok, s = pcall(json.decode, f:read("a"))
-    f:close()
-    if ok and type(s) == "table" and type(s.runs) == "table" then return s end
-  end
-  return {runs = {}}
+--- The training recipe of run, and the options of its first call (cunet.study's Driver:train_command).
+function Study:recipe(run) return M.FAMILIES[run.family].recipe end
+function Study:fresh_flags(run)
+  return append(append({"--preset", run.preset, "--seed", tostring(run.seed)}, M.SETUPS[run.setup]), M.COMMON)
 end
 
-function Study:dir(run) return self.out .. "/" .. run.name end
-function Study:ckpt(run) return self:dir(run) .. "/checkpoint.safetensors" end
-function Study:done_steps(run) return M.checkpoint_step(self:ckpt(run)) or 0 end
-
-function Study:record(run)
-  local r = self.state.runs[run.name]
-  if not r then
-    r = {train_wall = 0, train_cpu = 0, train_steps = 0, scan_wall = 0, scan_cpu = 0, calls = 0}
-    self.state.runs[run.name] = r
-  end
-  self.touched[run.name] = true
-  return r
-end
-
--- Writes the records of the runs this driver touched over the file's current contents, so that two
--- drivers on different runs (--only) never drop each other's records.
-function Study:save_state()
-  if self.dry then return end
-  fs.mkdir_p(self.out)
-  local merged = self:load_state()
-  for name in pairs(self.touched) do merged.runs[name] = self.state.runs[name] end
-  self.state = merged
-  write_atomic(self.state_path, json.encode(self.state) .. "\n")
-end
-
---- The training command of run: a fresh start, or (when a checkpoint exists) its resumption, up to target steps.
-function Study:train_command(run, target)
-  local c = {self.exe, M.FAMILIES[run.family].recipe}
-  if fs.exists(self:ckpt(run)) then
-    return append(c, {"--resume", self:ckpt(run), "--steps", tostring(target)})
-  end
-  append(c, {"--preset", run.preset, "--seed", tostring(run.seed)})
-  append(c, M.SETUPS[run.setup])
-  append(c, M.COMMON)
-  append(c, {"--steps", tostring(target), "--checkpoint-every", tostring(self.checkpoint_every), "--out", self:dir(run)})
-  if self.limit > 0 then append(c, {"--limit", tostring(self.limit)}) end
-  if self.steps ~= M.STEPS then append(c, {"--sample-every", "0"}) end -- a test's few steps: no grids
-  return c
-end
-
-local function remaining(self) return self.deadline - cn.time() end
-
--- Runs a command with its output appended to log, killed at the deadline (the checkpoints on disk stay).
--- Returns ok, wall seconds, CPU seconds (nil where /proc is missing), timed_out.
-function Study:execute(cmd, log, limit)
-  local text = command_text(cmd)
-  local f = io.open(log, "a")
-  if f then f:write(string.format("\n# %s  %s\n", os.date("!%Y-%m-%d %H:%M:%S UTC"), text)) f:close() end
-  local wrapped = text .. " >> " .. word(log) .. " 2>&1"
-  if limit < math.huge then wrapped = string.format("timeout -s TERM %d %s", math.max(1, math.floor(limit)), wrapped) end
-  local cpu0, t0 = children_cpu(), cn.time()
-  local ok, _, code = os.execute(wrapped)
-  local wall, cpu1 = cn.time() - t0, children_cpu()
-  return ok == true, wall, cpu0 and cpu1 and cpu1 - cpu0, code == 124
-end
-
--- The steps run's next training call should reach before the deadline (nil: no time for one checkpoint).
-function Study:next_target(run, done)
-  if self.deadline == math.huge then return self.steps end
-  local rec = self.state.runs[run.name]
-  local rate = rec and rec.train_steps > 0 and rec.train_wall / rec.train_steps
-  local every = self.checkpoint_every
-  if not rate then return math.min(self.steps, (done // every + 1) * every) end -- measure on one interval
-  local fit = math.floor((remaining(self) - 30) / rate) -- 30 s: loading data and the model
-  if done + fit >= self.steps then return self.steps end
-  local target = (done + fit) // every * every
-  return target > done and target or nil
-end
-
---- Trains (or resumes) each run in order up to self.steps; stops before the deadline.
-function Study:train(runs)
-  for _, run in ipairs(runs) do
-    while true do
-      local done = self:done_steps(run)
-      if done >= self.steps then
-        if self.dry then print(string.format("# %s: trained (%d/%d steps)", run.name, done, self.steps)) end
-        break
-      end
-      local target = self:next_target(run, done)
-      if not target or remaining(self) < 60 then
-        print(string.format("study: stopping before the deadline (%s at step %d/%d)", run.name, done, self.steps))
-        return false
-      end
-      local cmd = self:train_command(run, target)
-      if self.dry then print(command_text(cmd)) break end
-      fs.mkdir_p(self:dir(run))
-      print(string.format("study: %s steps %d..%d (%s)", run.name, done + 1, target, os.date("!%H:%M UTC")))
-      io.stdout:flush()
-      local ok, wall, cpu, timed_out = self:execute(cmd, self:dir(run) .. "/train.log", remaining(self))
-      local now = self:done_steps(run)
-      local rec = self:record(run)
-      rec.train_wall, rec.train_cpu = rec.train_wall + wall, rec.train_cpu + (cpu or 0)
-      rec.train_steps, rec.calls = rec.train_steps + math.max(0, now - done), rec.calls + 1
-      self:save_state()
-      print(string.format("study: %s at step %d, %.0f s wall, %s CPU%s", run.name, now, wall,
-        cpu and string.format("%.0f s", cpu) or "?", timed_out and " (stopped at the deadline)" or ""))
-      if timed_out then return false end
-      if not ok or now <= done then
-        self.failed[#self.failed + 1] = run.name
-        print(string.format("study: %s failed (see %s/train.log); going on with the next run", run.name, self:dir(run)))
-        break
-      end
-    end
-  end
-  return true
-end
+local function remaining(self) return self:remaining() end
 
 -- The scan's rows of run that exist: variant -> set of step counts (or "rtol:<r>").
 function Study:scanned(run)
@@ -635,6 +470,7 @@ end
 -- ---- the command line -----------------------------------------------------------------------------
 
 function M.main(argv)
+  local t0 = cn.time()
   local args = cli.parse(argv, {
     name = "study_mnist",
     usage = "cunet recipes/study_mnist.lua [--list | --train | --scan | --report] [--only NAME,...] [--max-minutes M] [--dry-run]",
@@ -646,41 +482,11 @@ function M.main(argv)
       {"scan", false, "FID scans of the runs whose training finished (recipes/fid_vs_steps.lua, one row per call)"},
       {"report", false, "write <out>/report.md and <out>/plots/ from the scans"},
       {"dry-run", false, "print the commands --train / --scan / --report would run (all three when none is given)"},
-      {"only", nil, "the runs to act on, comma-separated names (default: all, in the matrix's order)", type = "string"},
-      {"max-minutes", 0, "stop before this many minutes, with the checkpoints on disk (0: no limit)", min = 0},
-      {"out", "runs/study", "the study's directory"},
-      {"steps-override", 0, "tests only: train each run for N steps instead of 6,000, without sample grids (0: the study's)",
-        integer = true, min = 0},
-      {"limit", 0, "tests only: train on the first N images (0: all)", integer = true, min = 0},
-      {"n", M.SCAN_N, "samples per scan cell", integer = true, min = 2},
+      table.unpack(study.common_options{out = "runs/study", steps = M.STEPS, n = M.SCAN_N, n_help = "samples per scan cell"}),
     },
   })
-  local t0 = cn.time()
-  local exe = (arg and arg[-1]) or "./cunet"
-  local runs = M.RUNS
-  if args.only then
-    local by_name, picked = {}, {}
-    for _, run in ipairs(M.RUNS) do by_name[run.name] = run end
-    for name in args.only:gmatch("[^,%s]+") do
-      if not by_name[name] then
-        local names = {}
-        for _, run in ipairs(M.RUNS) do names[#names + 1] = run.name end
-        fail(string.format("--only: no run named '%s' (the runs: %s)", name, table.concat(names, ", ")))
-      end
-      picked[#picked + 1] = by_name[name]
-    end
-    runs = picked
-  end
-  local study = M.new(args.out, {exe = exe, steps = args.steps_override > 0 and math.tointeger(args.steps_override) or nil,
-    limit = math.tointeger(args.limit), n = math.tointeger(args.n), dry = args.dry_run,
-    deadline = args.max_minutes > 0 and t0 + args.max_minutes * 60 or nil})
-  local any = args.train or args.scan or args.report
-  if args.dry_run and not any then args.train, args.scan, args.report = true, true, true end
-  if args.list or not (any or args.dry_run) then study:list(runs) end
-  if args.train then study:train(runs) end
-  if args.scan then study:scan(runs) end
-  if args.report then study:report(runs) end
-  if #study.failed > 0 then fail("failed: " .. table.concat(study.failed, ", ")) end
+  local runs, opts = study.from_args(args, M.RUNS, t0, fail)
+  study.run_actions(M.new(args.out, opts), runs, args, "scan", fail)
 end
 
 if arg and arg[0] and arg[0]:match("study_mnist%.lua$") then M.main(arg) end

@@ -7,6 +7,8 @@
 --
 --   ./cunet recipes/train_cunet.lua                                  -- MNIST, the mnist_small preset
 --   ./cunet recipes/train_cunet.lua --adjoint --method dopri5        -- adjoint gradients, adaptive solver
+--   ./cunet recipes/train_cunet.lua --method dopri5 --ode-rtol 1e-2 --ode-atol 1e-2 --kinetic 0.01 --jacobian 0.01
+--                                                                    -- adaptive blocks with RNODE (docs/ode.md)
 --   ./cunet recipes/train_cunet.lua --ablation no_attention          -- what the ablation recipes do
 
 require("cunet.train_recipe").main(arg, {

@@ -271,10 +271,11 @@ end
 -- The columns after checkpoint (nfe: model evaluations per sample; spacing, variance, ode_method, rtol,
 -- atol: "-" where the sampler has none) came with the DPM-Solver++ and ODE samplers; older CSVs lack them.
 M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,"
-  .. "nfe,spacing,variance,ode_method,rtol,atol"
+  .. "nfe,spacing,variance,ode_method,rtol,atol,block_solver,block_nfe"
 
 --- read_scan(path) -> rows {steps=, fid=, kid=, kid_std=, seconds=, n=, sampler=, dataset=, split=, checkpoint=,
--- and where the CSV has them nfe=, spacing=, variance=, ode_method=, rtol=, atol=} of a fid_vs_steps CSV,
+-- and where the CSV has them nfe=, spacing=, variance=, ode_method=, rtol=, atol=, block_solver= (a cU-Net's
+-- ODE blocks' solver, "-" for other models), block_nfe= (the blocks' evaluations per forward)} of a fid_vs_steps CSV,
 -- or nil and a message naming the file (unreadable, another header, a bad row).
 function M.read_scan(path)
   local f = io.open(path, "r")
@@ -295,7 +296,8 @@ function M.read_scan(path)
     end
     rows[#rows + 1] = { steps = steps, fid = value, kid = tonumber(v[3]), kid_std = tonumber(v[4]), seconds = seconds,
       n = n, sampler = v[7], dataset = v[8], split = v[9], checkpoint = v[10], nfe = tonumber(v[11]), spacing = v[12],
-      variance = v[13], ode_method = v[14], rtol = tonumber(v[15]), atol = tonumber(v[16]) }
+      variance = v[13], ode_method = v[14], rtol = tonumber(v[15]), atol = tonumber(v[16]), block_solver = v[17],
+      block_nfe = tonumber(v[18]) }
   end
   f:close()
   return rows

@@ -69,9 +69,12 @@ M.defaults = {
   resume = false,             -- a checkpoint to continue from (the options not given come from it)
   recipe = false,             -- the caller's own resolved options (a recipe's), recorded in the run's config
   loss_tail = 1000,           -- losses kept in the checkpoint
-  on_step = false,            -- fn(step, info) after each step (info: loss, lr, grad_norm, seconds, state)
+  on_step = false,            -- fn(step, info) after each step (info: loss, penalty, lr, grad_norm, seconds, state)
   loss = false,               -- fn(model, x0) -> loss tensor in place of the diffusion loss (the denoising
                               -- baselines); one process only, no sample grids
+  penalty = false,            -- fn(model) -> a 0-d tensor (or 0) added to the loss after each training
+                              -- forward, e.g. the cU-Net's RNODE penalties (model:penalties().total);
+                              -- loss.csv keeps the task loss, the log lines and on_step's info the penalty
 }
 
 local function fail(fmt, ...) error("train: " .. string.format(fmt, ...), 0) end
@@ -114,6 +117,7 @@ local function check(o)
   if o.clip and (type(o.clip) ~= "number" or o.clip < 0) then fail("clip must be a number >= 0 or false") end
   if o.ema and (type(o.ema) ~= "number" or o.ema < 0 or o.ema > 1) then fail("ema must be a decay in [0, 1] or false") end
   if o.loss and type(o.loss) ~= "function" then fail("loss must be a function(model, x0) -> loss, got %s", type(o.loss)) end
+  if o.penalty and type(o.penalty) ~= "function" then fail("penalty must be a function(model) -> tensor, got %s", type(o.penalty)) end
   if o.loss and o.sample_every > 0 then fail("sample_every must be 0 with a loss of your own (the model is no diffusion denoiser)") end
   if o.loss and distributed.world_size() > 1 then fail("a loss of your own trains in one process only, not over %d ranks", distributed.world_size()) end
 end
@@ -572,6 +576,7 @@ function M.run(opts)
   local losses = {}
   local t0 = cn.time()
   local window_loss, window_n, window_t = 0, 0, t0
+  local window_penalty = 0
 
   local function elapsed() return seconds0 + cn.time() - t0 end
 
@@ -622,6 +627,22 @@ function M.run(opts)
     local x0 = stream.next()
     local loss, global_value = shard_loss(x0)
     local value = global_value or loss:item()
+    local penalty_value
+    if o.penalty then
+      local p = o.penalty(model)
+      if cn.is_tensor(p) then
+        penalty_value = p:item()
+        loss = loss + p
+      elseif p == 0 then
+        penalty_value = 0
+      else
+        fail("penalty must return a 0-d tensor or 0, got %s", tostring(p))
+      end
+      if finite_or_name(penalty_value) then
+        fail("the penalty is %s at step %d; stopped before the optimizer step", finite_or_name(penalty_value), step)
+      end
+      window_penalty = window_penalty + penalty_value
+    end
     if finite_or_name(value) then
       fail("the loss is %s at step %d; stopped before the optimizer step%s", finite_or_name(value), step,
         last_checkpoint and string.format(" (the last checkpoint, '%s', is untouched)", last_checkpoint) or "")
@@ -652,9 +673,10 @@ function M.run(opts)
       bar:update(step - start_step, {loss = value, ["img/s"] = rate})
     elseif mode == "lines" and o.log_every > 0 and (step % o.log_every == 0 or step == o.steps) then
       local eta = (o.steps - step) * (clock - t0) / (step - start_step)
-      say(string.format("step %d/%d  loss %.4f  lr %.3g  %.1f img/s  %s < %s", step, o.steps, window_loss / window_n,
+      say(string.format("step %d/%d  loss %.4f%s  lr %.3g  %.1f img/s  %s < %s", step, o.steps, window_loss / window_n,
+        o.penalty and string.format("  penalty %.4g", window_penalty / window_n) or "",
         lr, window_n * o.batch_size / math.max(clock - window_t, 1e-9), format_duration(now), format_duration(eta)))
-      window_loss, window_n, window_t = 0, 0, clock
+      window_loss, window_n, window_t, window_penalty = 0, 0, clock, 0
     end
 
     if out and (step == o.steps or (o.checkpoint_every > 0 and step % o.checkpoint_every == 0)) then save_checkpoint() end
@@ -665,7 +687,8 @@ function M.run(opts)
       say(string.format("step %d: samples %s", step, path))
     end
     if o.on_step then
-      o.on_step(step, {loss = value, lr = lr, grad_norm = grad_norm, seconds = now, epoch = stream.epoch, position = stream.position})
+      o.on_step(step, {loss = value, penalty = penalty_value, lr = lr, grad_norm = grad_norm, seconds = now, epoch = stream.epoch,
+        position = stream.position})
     end
   end
 

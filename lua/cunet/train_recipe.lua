@@ -92,12 +92,23 @@ function M.options(spec)
       {"ablation", spec.ablation or "none", "none | no_attention | no_resblocks | no_attention_no_resblocks | time_embedding_only", choices = {"none", "no_attention", "no_resblocks", "no_attention_no_resblocks", "time_embedding_only"}},
       {"method", nil, "ODE solver: euler | midpoint | heun | rk4 | rk4_38 | bosh3 | dopri5 (default: the preset's)", type = "string", choices = {"euler", "midpoint", "heun", "rk4", "rk4_38", "bosh3", "dopri5"}},
       {"ode-steps", 0, "fixed solver steps per ODE block (0: the preset's)", integer = true, min = 0},
+      {"ode-rtol", 0, "relative tolerance of an adaptive solver (0: the preset's)", min = 0},
+      {"ode-atol", 0, "absolute tolerance of an adaptive solver (0: the preset's)", min = 0},
+      {"kinetic", 0, "RNODE kinetic-energy weight λ1 on every ODE block, added to the loss (docs/ode.md)", min = 0},
+      {"jacobian", 0, "RNODE Jacobian-norm weight λ2 on every ODE block, added to the loss (docs/ode.md)", min = 0},
       {"adjoint", false, "gradients through the adjoint ODE instead of backpropagation through the solver"},
       {"form", nil, "second_order | augmented (default: the preset's)", type = "string", choices = {"second_order", "augmented"}},
     }
     for _, o in ipairs(more) do opts[#opts + 1] = o end
   end
   return opts
+end
+
+--- The cU-Net's regularize config from --kinetic and --jacobian: {kinetic=, jacobian=}, or false
+-- when both are 0.
+function M.regularize(args)
+  if args.kinetic == 0 and args.jacobian == 0 then return false end
+  return {kinetic = args.kinetic, jacobian = args.jacobian}
 end
 
 -- Options that become model overrides (a fresh model only; a resumed one keeps its checkpoint's config).
@@ -115,6 +126,9 @@ local function model_overrides(args, spec, size, in_channels, models)
     overrides.steps = args.ode_steps > 0 and math.tointeger(args.ode_steps) or nil
     overrides.adjoint = args.adjoint or nil
     overrides.form = args.form
+    overrides.rtol = args.ode_rtol > 0 and args.ode_rtol or nil
+    overrides.atol = args.ode_atol > 0 and args.ode_atol or nil
+    overrides.regularize = M.regularize(args) or nil
   end
   return overrides
 end
@@ -144,7 +158,10 @@ end
 local function show(v) return type(v) == "table" and checkpoint.json.encode(v) or tostring(v) end
 
 -- The cU-Net options that are model config keys (recipe option -> config key).
-local MODEL_KEYS = {ablation = "ablation", method = "method", ode_steps = "steps", adjoint = "adjoint", form = "form"}
+local MODEL_KEYS = {ablation = "ablation", method = "method", ode_steps = "steps", adjoint = "adjoint", form = "form",
+  ode_rtol = "rtol", ode_atol = "atol"}
+-- The model keys whose option value 0 means "the preset's" (not given).
+local ZERO_IS_PRESET = {ode_steps = true, ode_rtol = true, ode_atol = true}
 -- Recipe options a resumed run takes back from the checkpoint, or applies with a notice when given.
 local APPLIED = {"data", "limit", "threads"}
 -- Recipe options a resumed run takes back from the checkpoint and refuses to change (a denoiser's noise).
@@ -185,11 +202,20 @@ local function resume_recipe(name, spec, args, given, ck)
     end
     for opt, key in pairs(MODEL_KEYS) do
       local value = args[opt]
-      if opt == "ode_steps" and value == 0 then value = nil end
+      if ZERO_IS_PRESET[opt] and value == 0 then value = nil end
       if given[opt] and value ~= nil and not train.same(value, ck.config[key]) then
         refuse("--%s %s differs from its model config (%s = %s; the model cannot change on resume)", opt:gsub("_", "-"),
           show(value), key, show(ck.config[key]))
       end
+    end
+    local stored_reg = ck.config.regularize or {}
+    for _, k in ipairs{"kinetic", "jacobian"} do
+      local had = stored_reg[k] or 0
+      if given[k] and args[k] ~= had then
+        refuse("--%s %s differs from its model config (regularize.%s = %s; the model cannot change on resume)", k,
+          show(args[k]), k, show(had))
+      end
+      args[k] = had
     end
     args.ablation = ck.config.ablation
   end
@@ -315,6 +341,11 @@ local function main(argv, spec)
 
   options.model, options.model_module, options.config, options.dataset = model, module_name, config, ds
   options.resume = args.resume
+  if spec.continuous and type(model.config) == "table" and model.config.regularize then -- RNODE: the blocks' penalties join the loss
+    options.penalty = function(m) return m:penalties().total end
+    print(string.format("RNODE: kinetic %s, jacobian %s on every ODE block, added to the loss",
+      show(model.config.regularize.kinetic or 0), show(model.config.regularize.jacobian or 0)))
+  end
   options.recipe = {name = name, model = module_name, preset = args.preset, data = args.data, size = size,
                     limit = args.limit, threads = args.threads, command = table.concat(argv, " ")}
   if spec.denoiser then

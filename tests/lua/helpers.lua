@@ -62,4 +62,23 @@ end
 --- s quoted for sh (fs.shell_quote).
 M.shell_quote = fs.shell_quote
 
+--- run_script(script, args) -> exit code (0 on success), output: `$CUNET_EXE script args` (default
+-- ./cunet) with stderr joined to stdout; args is shell text.
+function M.run_script(script, args)
+  local p = io.popen(string.format("%s %s %s 2>&1", os.getenv("CUNET_EXE") or "./cunet", script, args))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok and 0 or code, out
+end
+
+--- The losses of a training run's loss.csv: {step -> loss}.
+function M.csv_losses(path)
+  local out = {}
+  for line in io.lines(path) do
+    local step, loss = line:match("^(%d+),([^,]+),")
+    if step then out[tonumber(step)] = tonumber(loss) end
+  end
+  return out
+end
+
 return M

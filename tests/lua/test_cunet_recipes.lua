@@ -10,16 +10,9 @@ local checkpoint = require "cunet.checkpoint"
 local fs = require "cunet.fs"
 local cunet = require "cunet.models.continuous_unet"
 
-local EXE = os.getenv("CUNET_EXE") or "./cunet"
-
 local shell_quote = helpers.shell_quote
 
-local function run(script, args)
-  local p = io.popen(string.format("%s %s %s 2>&1", EXE, script, args))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return ok and 0 or code, out
-end
+local run = helpers.run_script
 
 local function csv_rows(path)
   local f = io.open(path, "r")

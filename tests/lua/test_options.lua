@@ -285,6 +285,12 @@ local ROWS = {
     call = function(o) local a = cn.rand{1, 1, 4, 4}; metrics.psnr(a, a, o) end},
   {who = "kid", typo = "subset", covers = {"metrics.lua:M.kid"},
     call = function(o) local a = cn.randn{8, 2}; metrics.kid(a, a, o) end},
+  {who = "study.new", typo = "step", covers = {"study.lua:M.new"},
+    base = {exe = "./cunet", steps = 2, full_steps = 2, checkpoint_every = 1},
+    call = function(o)
+      local study = require "cunet.study"
+      study.new(setmetatable({}, {__index = study.Driver}), "/nonexistent/study", o)
+    end},
   {who = "fid.feature_net", typo = "ckpt", covers = {"fid.lua:M.feature_net"},
     call = function(o) fid.feature_net("mnist", o) end},
   {who = "fid.features", typo = "batch_size", covers = {"fid.lua:M.features"},

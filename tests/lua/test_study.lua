@@ -13,21 +13,8 @@ local json = require("cunet.checkpoint").json
 local EXE = os.getenv("CUNET_EXE") or "./cunet"
 local study = dofile("recipes/study_mnist.lua")
 
-local function run(args)
-  local p = io.popen(string.format("%s recipes/study_mnist.lua %s 2>&1", EXE, args))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return ok and 0 or code, out
-end
-
-local function losses(path)
-  local out = {}
-  for line in io.lines(path) do
-    local step, loss = line:match("^(%d+),([^,]+),")
-    if step then out[tonumber(step)] = tonumber(loss) end
-  end
-  return out
-end
+local losses = helpers.csv_losses
+local function run(args) return helpers.run_script("recipes/study_mnist.lua", args) end
 
 TestStudy = {}
 

@@ -63,6 +63,9 @@ M.defaults = {
   -- step over [0, 1] (docs/cunet.md); their tolerances, 1e-3, count only when an adaptive method is
   -- chosen. These differ from nn.ODEBlock's defaults (classic rk4, 1e-5) on purpose: docs/ode.md.
   method = "rk4_38", steps = 1, t0 = 0, t1 = 1, rtol = 1e-3, atol = 1e-3, adjoint = false,
+  -- RNODE on every ODE block: {kinetic = λ1, jacobian = λ2[, noise =]} (nn.SecondOrderODEBlock's
+  -- regularize, docs/ode.md); a training forward then leaves model:penalties() to add to the loss
+  regularize = false,
   ablation = "none",              -- applied on top of the other options: see M.ablations
 }
 
@@ -164,6 +167,14 @@ local function resolve(opts)
   for _, key in ipairs { "t0", "t1", "rtol", "atol" } do
     if type(c[key]) ~= "number" then fail("%s must be a number, got %s", key, tostring(c[key])) end
   end
+  if c.regularize then -- the blocks check its keys and values when they are built
+    if type(c.regularize) ~= "table" then
+      fail("regularize must be false or a table {kinetic=, jacobian=}, got %s", tostring(c.regularize))
+    end
+    local r = {}
+    for k, v in pairs(c.regularize) do r[k] = v end
+    c.regularize = r
+  end
   return c
 end
 
@@ -176,7 +187,7 @@ M.ContinuousUNet = ContinuousUNet
 
 local function solver_options(c)
   return { form = c.form, method = c.method, steps = c.steps, t0 = c.t0, t1 = c.t1, rtol = c.rtol, atol = c.atol,
-    adjoint = c.adjoint, return_velocity = true }
+    adjoint = c.adjoint, return_velocity = true, regularize = c.regularize }
 end
 
 -- One ODE block of state width w, with its optional time MLP, in the container `level` (children
@@ -321,6 +332,31 @@ function ContinuousUNet:ode_levels()
   out[#out + 1] = { "mid", self.mid }
   for i = #self.up, 1, -1 do out[#out + 1] = { "up." .. (i - 1), self.up[i] } end
   return out
+end
+
+--- model:penalties() -> {kinetic=, jacobian=, total=}: the sums over the ODE blocks of their
+-- block:penalties() after the last forward (weighted by λ; total = 0 when none were computed: no
+-- regularize, eval mode or no_grad), so `loss + model:penalties().total` always works.
+function ContinuousUNet:penalties()
+  local out = { total = 0 }
+  for _, entry in ipairs(self:ode_levels()) do
+    for k, v in pairs(entry[2].ode:penalties()) do
+      out[k] = out[k] and out[k] + v or v
+    end
+  end
+  return out
+end
+
+--- model:nfe() -> the function evaluations of the last forward, summed over the ODE blocks
+-- (each block's stats.nfe); raises before any forward.
+function ContinuousUNet:nfe()
+  local n = 0
+  for _, entry in ipairs(self:ode_levels()) do
+    local stats = entry[2].ode.stats
+    if not stats then error("ContinuousUNet:nfe: no forward has run (block " .. entry[1] .. " has no stats)", 2) end
+    n = n + stats.nfe
+  end
+  return n
 end
 
 --- Changes the solver of every ODE block (and model.config): opts among method, steps, t0, t1, rtol,

@@ -1,0 +1,275 @@
+-- study — the shared machinery of the study drivers (recipes/study_mnist.lua, recipes/ode_blocks_study.lua):
+-- runs trained by a recipe as subprocesses, resumed from their checkpoints up to a step count, stopped
+-- in time before a deadline, with each run's wall and CPU seconds in <out>/study_state.json (written
+-- atomically, merged so that two drivers on different runs keep each other's records).
+--
+--   local study = require "cunet.study"
+--   local Mine = setmetatable({}, {__index = study.Driver}); Mine.__index = Mine
+--   function Mine:train_command(run, target) return {self.exe, "recipes/train_cunet.lua", ...} end
+--   local s = study.new(Mine, "runs/mine", {exe = "./cunet", steps = 1500, checkpoint_every = 250})
+--   s:train(runs)   -- runs: {name = ...} each; <out>/<name>/ holds checkpoint.safetensors and train.log
+
+local cn = require "cunet"
+local fs = require "cunet.fs"
+local json = require("cunet.checkpoint").json
+local check_options = require("cunet.options").check
+
+local M = {}
+
+--- A word as the shell needs it: plain words bare, others single-quoted.
+function M.word(s)
+  s = tostring(s)
+  if s:match("^[%w%._/,:=+-]+$") then return s end
+  return fs.shell_quote(s)
+end
+
+--- The shell text of a command list (cunet.study.word of each).
+function M.command_text(list)
+  local out = {}
+  for i, w in ipairs(list) do out[i] = M.word(w) end
+  return table.concat(out, " ")
+end
+
+--- Appends the items of more to list; returns list.
+function M.append(list, more)
+  for _, v in ipairs(more) do list[#list + 1] = v end
+  return list
+end
+
+--- Writes text to path (temp file + rename), raising on failure.
+function M.write_atomic(path, text)
+  local ok, err = fs.write_atomic(path, text)
+  if not ok then error(err, 0) end
+end
+
+--- The step of a checkpoint, from its safetensors header alone (8-byte length, then JSON): cheap.
+function M.checkpoint_step(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local head = f:read(8)
+  local len = head and #head == 8 and string.unpack("<I8", head)
+  local text = len and len < (1 << 26) and f:read(len)
+  f:close()
+  if not text then return nil end
+  local ok, header = pcall(json.decode, text)
+  local meta = ok and type(header) == "table" and header.__metadata__
+  return meta and math.tointeger(tonumber(meta.step)) or nil
+end
+
+--- CPU seconds of the waited-for children of this process (Linux: /proc/self/stat cutime + cstime).
+local clock_ticks
+function M.children_cpu()
+  local f = io.open("/proc/self/stat", "r")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  local fields = {}
+  for v in text:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = v end
+  if not clock_ticks then
+    local p = io.popen("getconf CLK_TCK 2>/dev/null")
+    clock_ticks = tonumber(p and p:read("l") or "") or 100
+    if p then p:close() end
+  end
+  return (tonumber(fields[14]) + tonumber(fields[15])) / clock_ticks -- fields 16, 17 of stat(5)
+end
+
+--- The runs named in only (comma-separated, in that order) from the list runs ({name = ...} each);
+-- nil and a message naming the unknown one and the known ones.
+function M.select(runs, only)
+  local by_name, picked, names = {}, {}, {}
+  for _, run in ipairs(runs) do by_name[run.name] = run names[#names + 1] = run.name end
+  for name in only:gmatch("[^,%s]+") do
+    if not by_name[name] then
+      return nil, string.format("--only: no run named '%s' (the runs: %s)", name, table.concat(names, ", "))
+    end
+    picked[#picked + 1] = by_name[name]
+  end
+  return picked
+end
+
+--- The command-line options every study driver shares (cunet.cli form): --only, --max-minutes, --out,
+-- --steps-override, --limit, --n. d: {out = default directory, steps = the study's steps, n = samples
+-- per cell, n_help = what n counts}.
+function M.common_options(d)
+  return {
+    {"only", nil, "the runs to act on, comma-separated names (default: all, in the matrix's order)", type = "string"},
+    {"max-minutes", 0, "stop before this many minutes, with the checkpoints on disk (0: no limit)", min = 0},
+    {"out", d.out, "the study's directory"},
+    {"steps-override", 0, string.format("tests only: train each run for N steps instead of %s, without sample grids "
+      .. "(0: the study's)", tostring(d.steps):reverse():gsub("(%d%d%d)(%d)", "%1,%2"):reverse()), integer = true, min = 0},
+    {"limit", 0, "tests only: train on the first N images (0: all)", integer = true, min = 0},
+    {"n", d.n, d.n_help, integer = true, min = 2},
+  }
+end
+
+--- From the parsed common options: the runs to act on (all, or --only's; fail(message) on an unknown
+-- name) and the options of a driver (exe, steps, limit, n, dry, deadline from t0 + --max-minutes).
+function M.from_args(args, all, t0, fail)
+  local runs = all
+  if args.only then
+    local err
+    runs, err = M.select(all, args.only)
+    if not runs then fail(err) end
+  end
+  return runs, {exe = (arg and arg[-1]) or "./cunet", steps = args.steps_override > 0 and math.tointeger(args.steps_override) or nil,
+    limit = math.tointeger(args.limit), n = math.tointeger(args.n), dry = args.dry_run,
+    deadline = args.max_minutes > 0 and t0 + args.max_minutes * 60 or nil}
+end
+
+--- Runs what the parsed flags ask of driver on runs: --list (the default), --train, the driver's
+-- own scoring action (args[action], driver[action]: "scan" or "eval"), --report; --dry-run alone is
+-- all three. fail(message) when a run failed.
+function M.run_actions(driver, runs, args, action, fail)
+  local any = args.train or args[action] or args.report
+  if args.dry_run and not any then args.train, args[action], args.report = true, true, true end
+  if args.list or not (any or args.dry_run) then driver:list(runs) end
+  if args.train then driver:train(runs) end
+  if args[action] then driver[action](driver, runs) end
+  if args.report then driver:report(runs) end
+  if #driver.failed > 0 then fail("failed: " .. table.concat(driver.failed, ", ")) end
+end
+
+-- ---- the driver -----------------------------------------------------------------------------------
+
+local Driver = {}
+Driver.__index = Driver
+M.Driver = Driver
+
+--- A driver over the directory out, an object of class cls (a table whose __index chain reaches
+-- Driver, and which defines cls:recipe(run) -> the training recipe's path and cls:fresh_flags(run) ->
+-- the options of a run's first call). opts: exe (the cunet executable), steps (total per run; nil:
+-- full_steps), full_steps (the study's), checkpoint_every (the runs' interval), limit (training
+-- images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()).
+function M.new(cls, out, opts)
+  check_options(opts, {"exe", "steps", "full_steps", "checkpoint_every", "limit", "n", "dry", "deadline"}, "study.new")
+  local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or opts.full_steps, full_steps = opts.full_steps,
+    limit = opts.limit or 0,
+    n = opts.n, dry = opts.dry, deadline = opts.deadline or math.huge, failed = {}}, cls)
+  self.checkpoint_every = math.min(opts.checkpoint_every, self.steps)
+  self.state_path = out .. "/study_state.json"
+  self.state = self:load_state()
+  self.touched = {}
+  return self
+end
+
+-- The state file's contents ({runs = {}} when it is missing or unreadable).
+function Driver:load_state()
+  local f = io.open(self.state_path, "r")
+  if f then
+    local ok, s = pcall(json.decode, f:read("a"))
+    f:close()
+    if ok and type(s) == "table" and type(s.runs) == "table" then return s end
+  end
+  return {runs = {}}
+end
+
+function Driver:dir(run) return self.out .. "/" .. run.name end
+function Driver:ckpt(run) return self:dir(run) .. "/checkpoint.safetensors" end
+function Driver:done_steps(run) return M.checkpoint_step(self:ckpt(run)) or 0 end
+
+function Driver:record(run)
+  local r = self.state.runs[run.name]
+  if not r then
+    r = {train_wall = 0, train_cpu = 0, train_steps = 0, scan_wall = 0, scan_cpu = 0, calls = 0}
+    self.state.runs[run.name] = r
+  end
+  self.touched[run.name] = true
+  return r
+end
+
+-- Writes the records of the runs this driver touched over the file's current contents, so that two
+-- drivers on different runs (--only) never drop each other's records.
+function Driver:save_state()
+  if self.dry then return end
+  fs.mkdir_p(self.out)
+  local merged = self:load_state()
+  for name in pairs(self.touched) do merged.runs[name] = self.state.runs[name] end
+  self.state = merged
+  M.write_atomic(self.state_path, json.encode(self.state) .. "\n")
+end
+
+--- The training command of run: a fresh start (self:fresh_flags(run), then the steps, checkpoint
+-- interval and directory), or (when a checkpoint exists) its resumption, up to target steps.
+function Driver:train_command(run, target)
+  local c = {self.exe, self:recipe(run)}
+  if fs.exists(self:ckpt(run)) then
+    return M.append(c, {"--resume", self:ckpt(run), "--steps", tostring(target)})
+  end
+  M.append(c, self:fresh_flags(run))
+  M.append(c, {"--steps", tostring(target), "--checkpoint-every", tostring(self.checkpoint_every), "--out", self:dir(run)})
+  if self.limit > 0 then M.append(c, {"--limit", tostring(self.limit)}) end
+  if self.steps ~= self.full_steps then M.append(c, {"--sample-every", "0"}) end -- a test's few steps: no grids
+  return c
+end
+
+--- Seconds left before the deadline (math.huge without one).
+function Driver:remaining() return self.deadline - cn.time() end
+local function remaining(self) return self:remaining() end
+
+-- Runs a command with its output appended to log, killed at the deadline (the checkpoints on disk stay).
+-- Returns ok, wall seconds, CPU seconds (nil where /proc is missing), timed_out.
+function Driver:execute(cmd, log, limit)
+  local text = M.command_text(cmd)
+  local f = io.open(log, "a")
+  if f then f:write(string.format("\n# %s  %s\n", os.date("!%Y-%m-%d %H:%M:%S UTC"), text)) f:close() end
+  local wrapped = text .. " >> " .. M.word(log) .. " 2>&1"
+  if limit < math.huge then wrapped = string.format("timeout -s TERM %d %s", math.max(1, math.floor(limit)), wrapped) end
+  local cpu0, t0 = M.children_cpu(), cn.time()
+  local ok, _, code = os.execute(wrapped)
+  local wall, cpu1 = cn.time() - t0, M.children_cpu()
+  return ok == true, wall, cpu0 and cpu1 and cpu1 - cpu0, code == 124
+end
+
+-- The steps run's next training call should reach before the deadline (nil: no time for one checkpoint).
+function Driver:next_target(run, done)
+  if self.deadline == math.huge then return self.steps end
+  local rec = self.state.runs[run.name]
+  local rate = rec and rec.train_steps > 0 and rec.train_wall / rec.train_steps
+  local every = self.checkpoint_every
+  if not rate then return math.min(self.steps, (done // every + 1) * every) end -- measure on one interval
+  local fit = math.floor((remaining(self) - 30) / rate) -- 30 s: loading data and the model
+  if done + fit >= self.steps then return self.steps end
+  local target = (done + fit) // every * every
+  return target > done and target or nil
+end
+
+--- Trains (or resumes) each run in order up to self.steps; stops before the deadline.
+function Driver:train(runs)
+  for _, run in ipairs(runs) do
+    while true do
+      local done = self:done_steps(run)
+      if done >= self.steps then
+        if self.dry then print(string.format("# %s: trained (%d/%d steps)", run.name, done, self.steps)) end
+        break
+      end
+      local target = self:next_target(run, done)
+      if not target or remaining(self) < 60 then
+        print(string.format("study: stopping before the deadline (%s at step %d/%d)", run.name, done, self.steps))
+        return false
+      end
+      local cmd = self:train_command(run, target)
+      if self.dry then print(M.command_text(cmd)) break end
+      fs.mkdir_p(self:dir(run))
+      print(string.format("study: %s steps %d..%d (%s)", run.name, done + 1, target, os.date("!%H:%M UTC")))
+      io.stdout:flush()
+      local ok, wall, cpu, timed_out = self:execute(cmd, self:dir(run) .. "/train.log", remaining(self))
+      local now = self:done_steps(run)
+      local rec = self:record(run)
+      rec.train_wall, rec.train_cpu = rec.train_wall + wall, rec.train_cpu + (cpu or 0)
+      rec.train_steps, rec.calls = rec.train_steps + math.max(0, now - done), rec.calls + 1
+      self:save_state()
+      print(string.format("study: %s at step %d, %.0f s wall, %s CPU%s", run.name, now, wall,
+        cpu and string.format("%.0f s", cpu) or "?", timed_out and " (stopped at the deadline)" or ""))
+      if timed_out then return false end
+      if not ok or now <= done then
+        self.failed[#self.failed + 1] = run.name
+        print(string.format("study: %s failed (see %s/train.log); going on with the next run", run.name, self:dir(run)))
+        break
+      end
+    end
+  end
+  return true
+end
+
+
+return M

@@ -1,0 +1,249 @@
+-- recipes/ode_blocks_study.lua — issue 14, item 5: the MNIST cU-Net with its ODE blocks solved by dopri5
+-- (adaptive) instead of the authors' one fixed rk4_38 step, with and without the RNODE regulariser in
+-- training, as one command that continues where it stopped: short training runs (train_cunet.lua as
+-- subprocesses, resumed from their checkpoints), then every checkpoint scored at several block solvers
+-- (fid_vs_steps.lua --block-method/--block-rtol: NFE per forward, seconds per sample at batch 64, FID
+-- with classifier features), and --report writes the table and the plot of FID against NFE for
+-- docs/ode.md ("Adaptive cU-Net blocks").
+--
+--   ./cunet recipes/ode_blocks_study.lua --list                      -- the matrix and where each run stands
+--   ./cunet recipes/ode_blocks_study.lua --train --max-minutes 170   -- train (or resume) in order; stop in time
+--   ./cunet recipes/ode_blocks_study.lua --eval --max-minutes 170    -- score the finished runs (resumable)
+--   ./cunet recipes/ode_blocks_study.lua --report                    -- runs/ode_blocks/report.md and the plot
+--   ./cunet recipes/ode_blocks_study.lua --dry-run                   -- every command it would run, run nothing
+--
+-- Under --out (runs/ode_blocks): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and
+-- eval.log, <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each
+-- run's wall and CPU seconds (cunet.study). A session may be killed at any moment: the checkpoints are
+-- written atomically every 250 steps and every evaluation cell is its own CSV.
+
+local cn = require "cunet"
+local cli = require "cunet.cli"
+local fs = require "cunet.fs"
+local fid = require "cunet.fid"
+local plot = require "cunet.plot"
+local study = require "cunet.study"
+local command_text, append = study.command_text, study.append
+
+-- the MNIST study's setups and common options (recipes/study_mnist.lua), read from its file beside this one
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "recipes"
+local mnist_study = dofile(here .. "/study_mnist.lua")
+
+local M = {}
+
+-- ---- the matrix ----------------------------------------------------------------------------------
+-- Short runs: 1,500 steps of batch 64 at the 0.28 M preset, the authors' setup of the MNIST study
+-- (v-prediction, the sigmoid schedule, Adam betas (0.9, 0.99), its optimizer settings), seed 0.
+M.STEPS, M.CHECKPOINT_EVERY, M.PRESET, M.SEED = 1500, 250, "mnist_028m", 0
+M.SETUP = mnist_study.SETUPS.authors
+M.COMMON = mnist_study.COMMON
+
+-- RNODE's weights: λ1 = λ2 = 0.01, the value of Finlay et al. (ICML 2020) for their MNIST and CIFAR
+-- models. The penalties are per element of the block's state (docs/ode.md), so λ does not scale with
+-- the features' size; every one of the cU-Net's 7 blocks adds its own.
+M.RNODE = {kinetic = 0.01, jacobian = 0.01}
+
+-- (a) the authors' blocks: rk4_38, one step; (b) dopri5 at two tolerances; (c) the same with RNODE.
+M.RUNS = {
+  {name = "rk4_38", label = "rk4_38, 1 step (authors)", flags = {"--method", "rk4_38", "--ode-steps", "1"}},
+}
+for _, rtol in ipairs{1e-2, 1e-3} do
+  local tol = string.format("%g", rtol)
+  local solver = {"--method", "dopri5", "--ode-rtol", tol, "--ode-atol", tol}
+  M.RUNS[#M.RUNS + 1] = {name = "dopri5_" .. tol, label = "dopri5 rtol " .. tol, flags = solver}
+  M.RUNS[#M.RUNS + 1] = {name = "dopri5_" .. tol .. "_rnode", label = "dopri5 rtol " .. tol .. " + RNODE", rnode = true,
+    flags = append(append({}, solver), {"--kinetic", string.format("%g", M.RNODE.kinetic),
+      "--jacobian", string.format("%g", M.RNODE.jacobian)})}
+end
+
+-- ---- the evaluation --------------------------------------------------------------------------------
+-- Every checkpoint at each block solver (atol = rtol): DDIM on the trailing grid at 20 steps, n = 1,024
+-- samples in batches of 64 (the time per sample is at batch 64), noise seed 0, FID with classifier features.
+M.EVAL_N, M.EVAL_BATCH, M.EVAL_SEED, M.EVAL_STEPS = 1024, 64, 0, 20
+M.EVAL_SOLVERS = {
+  {key = "rk4_38", label = "rk4_38 1 step", flags = {"--block-method", "rk4_38", "--block-steps", "1"}},
+}
+for _, rtol in ipairs{1e-1, 1e-2, 1e-3} do
+  local tol = string.format("%g", rtol)
+  M.EVAL_SOLVERS[#M.EVAL_SOLVERS + 1] = {key = "dopri5_" .. tol, label = "dopri5 rtol " .. tol,
+    flags = {"--block-method", "dopri5", "--block-rtol", tol, "--block-atol", tol}}
+end
+
+local function fail(msg)
+  io.stderr:write("ode_blocks_study: " .. msg .. "\n")
+  os.exit(2)
+end
+
+-- ---- the driver (cunet.study's) ----------------------------------------------------------------------
+
+local Study = setmetatable({}, {__index = study.Driver})
+Study.__index = Study
+
+--- A study over the directory out. opts: exe (the cunet executable), steps (total per run), limit
+-- (training images, 0: all), n (samples per evaluation cell), dry (print, run nothing), deadline (cn.time()).
+function M.new(out, opts)
+  return study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
+    limit = opts.limit, n = opts.n or M.EVAL_N, dry = opts.dry, deadline = opts.deadline})
+end
+
+--- The training recipe of run, and the options of its first call (cunet.study's Driver:train_command).
+function Study:recipe() return "recipes/train_cunet.lua" end
+function Study:fresh_flags(run)
+  return append(append(append({"--preset", M.PRESET, "--seed", tostring(M.SEED)}, M.SETUP), M.COMMON), run.flags)
+end
+
+function Study:eval_dir(run, solver) return string.format("%s/eval/%s", self:dir(run), solver.key) end
+function Study:eval_csv(run, solver)
+  return string.format("%s/fid_vs_steps_ddim_trailing.csv", self:eval_dir(run, solver))
+end
+
+--- The row of an evaluation cell (fid.read_scan's, with block_nfe), or nil when it has not run at this n.
+function Study:eval_row(run, solver)
+  for _, r in ipairs(fid.read_scan(self:eval_csv(run, solver)) or {}) do
+    if r.n == self.n and r.steps == M.EVAL_STEPS then return r end
+  end
+  return nil
+end
+
+--- The evaluation cells of run still missing: {solver =, command =}.
+function Study:eval_items(run)
+  local items = {}
+  for _, s in ipairs(M.EVAL_SOLVERS) do
+    if not self:eval_row(run, s) then
+      local c = {self.exe, "recipes/fid_vs_steps.lua", "--ckpt", self:ckpt(run), "--sampler", "ddim", "--spacing", "trailing",
+        "--steps", tostring(M.EVAL_STEPS)}
+      append(c, s.flags)
+      append(c, {"--n", tostring(self.n), "--batch", tostring(M.EVAL_BATCH), "--seed", tostring(M.EVAL_SEED),
+        "--out", self:eval_dir(run, s)})
+      items[#items + 1] = {solver = s, command = c}
+    end
+  end
+  return items
+end
+
+--- Scores the runs whose training finished, one cell per call; stops before the deadline.
+function Study:eval(runs)
+  for _, run in ipairs(runs) do
+    local done = self:done_steps(run)
+    if done < self.steps and self.dry then
+      print(string.format("# %s: training not finished (%d/%d steps); once it is:", run.name, done, self.steps))
+    end
+    if done >= self.steps or self.dry then
+      for _, item in ipairs(self:eval_items(run)) do
+        if self.dry then
+          print(command_text(item.command))
+        else
+          if self:remaining() < 120 then
+            print(string.format("study: stopping the evaluation before the deadline (%s)", run.name))
+            return false
+          end
+          print(string.format("study: %s at %s (%s)", run.name, item.solver.label, os.date("!%H:%M UTC")))
+          io.stdout:flush()
+          fs.mkdir_p(self:eval_dir(run, item.solver))
+          local ok, wall, cpu, timed_out = self:execute(item.command, self:dir(run) .. "/eval.log", self:remaining())
+          local rec = self:record(run)
+          rec.scan_wall, rec.scan_cpu = (rec.scan_wall or 0) + wall, (rec.scan_cpu or 0) + (cpu or 0)
+          self:save_state()
+          if timed_out then return false end
+          if not ok then
+            self.failed[#self.failed + 1] = run.name .. " (eval)"
+            print(string.format("study: the evaluation of %s failed (see %s/eval.log)", run.name, self:dir(run)))
+            break
+          end
+        end
+      end
+    end
+  end
+  return true
+end
+
+function Study:list(runs)
+  print(string.format("%-20s %-30s %11s  %8s  %8s  %8s", "run", "training blocks", "steps", "train h", "CPU h", "eval"))
+  for _, run in ipairs(runs) do
+    local rec = self.state.runs[run.name] or {}
+    print(string.format("%-20s %-30s %5d/%-5d  %8.2f  %8.2f  %4d/%-3d", run.name, run.label, self:done_steps(run), self.steps,
+      (rec.train_wall or 0) / 3600, ((rec.train_cpu or 0) + (rec.scan_cpu or 0)) / 3600,
+      #M.EVAL_SOLVERS - #self:eval_items(run), #M.EVAL_SOLVERS))
+  end
+  print(string.format("(every run: train_cunet.lua --preset %s --seed %d %s %s; state in %s)", M.PRESET, M.SEED,
+    command_text(M.SETUP), command_text(M.COMMON), self.state_path))
+end
+
+--- Writes <out>/report.md (the table for docs/ode.md) and <out>/fid_vs_nfe.png (gnuplot).
+function Study:report(runs)
+  local md = {"# Adaptive cU-Net blocks: the table (recipes/ode_blocks_study.lua --report)", "",
+    string.format("The cU-Net at %s, %d training steps of batch 64 (the authors' setup), each checkpoint's EMA weights " ..
+      "sampled by DDIM (trailing, %d steps) with its ODE blocks solved by each solver below; n = %d samples (batch %d, " ..
+      "seed %d), %s against the 9,000 training digits. NFE: the blocks' function evaluations per network forward " ..
+      "(all 7 blocks, adaptive: the mean over the forwards); s/sample: wall time at batch %d on the machine the " ..
+      "evaluation ran on. RNODE: λ kinetic %g, λ Jacobian %g.", M.PRESET, self.steps, M.EVAL_STEPS, self.n, M.EVAL_BATCH,
+      M.EVAL_SEED, fid.NAME, M.EVAL_BATCH, M.RNODE.kinetic, M.RNODE.jacobian), "",
+    "| trained with | steps | train CPU h | evaluated with | NFE / forward | s / sample | " .. fid.NAME .. " |",
+    "|---|---:|---:|---|---:|---:|---:|"}
+  local series = {}
+  for _, run in ipairs(runs) do
+    local rec = self.state.runs[run.name] or {}
+    local xs, ys = {}, {}
+    for _, s in ipairs(M.EVAL_SOLVERS) do
+      local r = self:eval_row(run, s)
+      md[#md + 1] = string.format("| %s | %d | %.2f | %s | %s | %s | %s |", run.label, self:done_steps(run),
+        (rec.train_cpu or 0) / 3600, s.label, r and r.block_nfe and string.format("%.1f", r.block_nfe) or "–",
+        r and string.format("%.4f", r.seconds) or "–", r and string.format("%.2f", r.fid) or "–")
+      if r and r.block_nfe then xs[#xs + 1], ys[#ys + 1] = r.block_nfe, r.fid end
+    end
+    if #xs > 0 then series[#series + 1] = {name = run.label, x = xs, y = ys} end
+  end
+  md[#md + 1] = ""
+  local png = self.out .. "/fid_vs_nfe.png"
+  if self.dry then
+    print(string.format("# report: reads %s/<run>/eval/*/fid_vs_steps_ddim_trailing.csv, writes %s/report.md and %s (gnuplot)",
+      self.out, self.out, png))
+    return
+  end
+  fs.mkdir_p(self.out)
+  if #series > 0 then
+    -- each run's points in the order of the solvers: a line through them, sorted by NFE
+    for _, s in ipairs(series) do
+      local idx = {}
+      for i = 1, #s.x do idx[i] = i end
+      table.sort(idx, function(a, b) return s.x[a] < s.x[b] end)
+      local x, y = {}, {}
+      for i, j in ipairs(idx) do x[i], y[i] = s.x[j], s.y[j] end
+      s.x, s.y = x, y
+    end
+    local ok, err = plot.lines(png, {title = string.format("cU-Net blocks: %s vs NFE per forward (%s, DDIM %d steps, n = %d)",
+      fid.NAME, M.PRESET, M.EVAL_STEPS, self.n), xlabel = "ODE-block function evaluations per forward (NFE)",
+      ylabel = fid.NAME .. " (lower is better)", series = series, logx = true, csv = self.out .. "/fid_vs_nfe.csv"})
+    md[#md + 1] = ok and string.format("![%s against NFE per forward](%s)", fid.NAME, png) or ("(no plot: " .. tostring(err) .. ")")
+    md[#md + 1] = ""
+  end
+  study.write_atomic(self.out .. "/report.md", table.concat(md, "\n") .. "\n")
+  print("wrote " .. self.out .. "/report.md")
+end
+
+-- ---- the command line -----------------------------------------------------------------------------
+
+function M.main(argv)
+  local t0 = cn.time()
+  local args = cli.parse(argv, {
+    name = "ode_blocks_study",
+    usage = "cunet recipes/ode_blocks_study.lua [--list | --train | --eval | --report] [--only NAME,...] [--max-minutes M] [--dry-run]",
+    description = "Issue 14 item 5: the cU-Net with adaptive (dopri5) ODE blocks, with and without RNODE: " .. #M.RUNS
+      .. " short training runs,\nFID / NFE / time per sample of each at several block solvers, the report. Re-run it at any "
+      .. "time: it continues from the checkpoints and CSVs under --out.",
+    options = {
+      {"list", false, "the matrix with each run's steps (from its checkpoint), hours and evaluation cells (the default)"},
+      {"train", false, "start or resume the runs in order (recipes/train_cunet.lua)"},
+      {"eval", false, "score the runs whose training finished (recipes/fid_vs_steps.lua, one block solver per call)"},
+      {"report", false, "write <out>/report.md and <out>/fid_vs_nfe.png from the evaluations"},
+      {"dry-run", false, "print the commands --train / --eval / --report would run (all three when none is given)"},
+      table.unpack(study.common_options{out = "runs/ode_blocks", steps = M.STEPS, n = M.EVAL_N,
+        n_help = "samples per evaluation cell"}),
+    },
+  })
+  local runs, opts = study.from_args(args, M.RUNS, t0, fail)
+  study.run_actions(M.new(args.out, opts), runs, args, "eval", fail)
+end
+
+if arg and arg[0] and arg[0]:match("ode_blocks_study%.lua$") then M.main(arg) end
+return M
