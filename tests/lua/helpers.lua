@@ -35,6 +35,26 @@ function M.max_abs_diff(a, b)
   return (a - b):abs():max():item()
 end
 
+--- The bytes of the file at path. A missing or unreadable file raises, unless a default is given
+-- (then that is returned instead, e.g. "" for a log that may not exist).
+function M.read_file(path, default)
+  local f, err = io.open(path, "rb")
+  if not f then
+    if default ~= nil then return default end
+    error("cannot read " .. tostring(err), 2)
+  end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Writes bytes to the file at path (a test's input; raises on failure).
+function M.write_file(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
 --- A fresh name under /tmp (os.tmpname's) for a file or a directory a test makes; nothing is there.
 function M.temp_path()
   local path = os.tmpname()

@@ -3,6 +3,7 @@
 -- (util-linux `script`). CUNET_EXE names the executable; ./cunet by default.
 local lu = require "luaunit"
 local helpers = require "helpers"
+local read_file, write_file = helpers.read_file, helpers.write_file
 
 local shell_quote = helpers.shell_quote
 
@@ -19,29 +20,13 @@ end
 local EXE = absolute(os.getenv("CUNET_EXE") or "./cunet")
 local CUNET = shell_quote(EXE)
 
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local s = f:read("a")
-    f:close()
-    return s
-end
-
-local function write_file(path, text)
-    local f = assert(io.open(path, "wb"))
-    f:write(text)
-    f:close()
-end
-
 -- Runs a shell command; returns its stdout, its stderr and its exit status.
 local function run(command)
     local err_path = os.tmpname()
     local pipe = assert(io.popen("(" .. command .. ") 2>" .. err_path))
     local out = pipe:read("a")
     local _, _, code = pipe:close()
-    local err = read_file(err_path) or ""
+    local err = read_file(err_path, "")
     os.remove(err_path)
     return out, err, code
 end
@@ -199,7 +184,7 @@ function TestCli:testRequireLibraryFromAnotherDirectory()
     local kind, dir, found = out:match("^(%S+)\n(%S+)\n(%S+)\n$")
     lu.assertEquals(kind, "table")
     lu.assertEquals(found, dir .. "/cunet/init.lua")
-    lu.assertNotNil(read_file(found), "CUNET_LUADIR has no cunet/init.lua")
+    lu.assertTrue(require("cunet.fs").exists(found), "CUNET_LUADIR has no cunet/init.lua")
 end
 
 function TestCli:testCoreModuleIsPreloaded()
@@ -305,7 +290,7 @@ end
 
 function TestRepl:testHistoryPersistsAcrossSessions()
     repl_session({"print('hist' .. 'ory ok')\n"}, self.history)
-    lu.assertStrContains(read_file(self.history) or "", "print('hist' .. 'ory ok')")
+    lu.assertStrContains(read_file(self.history, ""), "print('hist' .. 'ory ok')")
     local out = repl_session({"\27[A\n"}, self.history)     -- Up, Enter: the last session's line
     lu.assertStrContains(out, "\nhistory ok\n")
 end

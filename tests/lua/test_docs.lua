@@ -16,6 +16,7 @@
 -- command written `cunet …` where a checkout has `./cunet`.
 local lu = require "luaunit"
 local helpers = require "helpers"
+local read_file, write_file = helpers.read_file, helpers.write_file
 
 local shell_quote = helpers.shell_quote
 
@@ -32,20 +33,6 @@ local EXE = absolute(os.getenv("CUNET_EXE") or "./cunet")
 -- Files whose blocks are not run yet, and why. A file here is still linted once it is fenced.
 local SKIP = {
 }
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
 
 -- The code blocks of a Markdown file: {kind, info, line, lines}, plus lint problems.
 -- kind: "lua"/"sh" (run), "no-run", "output", "other".
@@ -180,7 +167,7 @@ local function run_block(block)
   local pipe = assert(io.popen("(" .. command .. ") 2>" .. err_path .. " </dev/null"))
   local raw = pipe:read("a")
   local ok = pipe:close()
-  local err = read_file(err_path) or ""
+  local err = read_file(err_path, "")
   os.remove(err_path)
   os.remove(path)
   local by_line, out = {}, {}

@@ -5,6 +5,7 @@
 -- classifier are there, else Fashion-MNIST; skips (saying why) when neither is.
 local lu = require "luaunit"
 local helpers = require "helpers"
+local read = helpers.read_file
 local cn = require "cunet"
 local data = require "cunet.data"
 local metrics = require "cunet.metrics"
@@ -23,13 +24,6 @@ local function setup()
     why[#why + 1] = ok and msg or (name .. ": " .. tostring(ds))
   end
   return nil, table.concat(why, "; ")
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 TestFid = {}

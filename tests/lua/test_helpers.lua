@@ -41,3 +41,12 @@ function TestHelpers:testMaxAbsDiff()
   local cn = require "cunet"
   lu.assertEquals(helpers.max_abs_diff(cn.tensor { 1, 2, 3 }, cn.tensor { 1, 2.5, 1 }), 2)
 end
+
+function TestHelpers:testReadAndWriteFile()
+  local path = helpers.temp_path()
+  helpers.write_file(path, "a\0b\n")
+  lu.assertEquals(helpers.read_file(path), "a\0b\n")
+  os.remove(path)
+  lu.assertEquals(helpers.read_file(path, ""), "")
+  helpers.assert_error(function() helpers.read_file(path) end, "cannot read", path)
+end

@@ -4,6 +4,7 @@
 -- mid-write, leaves the old file); make_grid's geometry and value mapping; save_grid; save_strips.
 local lu = require "luaunit"
 local helpers = require "helpers"
+local read_file, write_file = helpers.read_file, helpers.write_file
 local cn = require "cunet"
 local image = require "cunet.image"
 
@@ -20,19 +21,6 @@ local FIXTURES = root() .. "/tests/fixtures/png/"
 local assert_error = helpers.assert_error
 
 local max_abs_diff = helpers.max_abs_diff
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
 
 local function listdir(dir)
   local names = {}

@@ -3,6 +3,7 @@
 -- corrupt input, built from crafted bytes, raising an error that names the file and the problem.
 local lu = require "luaunit"
 local helpers = require "helpers"
+local read_file, write_file = helpers.read_file, helpers.write_file
 local cn = require "cunet"
 local fx = require "fixture_check"
 
@@ -19,19 +20,6 @@ local FASHION = "/usr/share/datasets/fashion-mnist/"
 -- ---- helpers ------------------------------------------------------------------------------
 
 local assert_error = helpers.assert_error
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local function listdir(dir)
   local names = {}

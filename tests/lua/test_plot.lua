@@ -4,12 +4,7 @@ local lu = require "luaunit"
 local cn = require "cunet"
 local plot = require "cunet.plot"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require("helpers").read_file
 
 local function series()
   return {
