@@ -342,10 +342,10 @@ function M.load(path, opts)
   return ck
 end
 
--- The checkpoint's model config as this cunet reads it: options added to the model since the
+--- The checkpoint's model config as this cunet reads it: options added to the model since the
 -- checkpoint was written are absent from it and take their defaults, through the model module's
 -- resolve_config (a config it refuses, or a module without one, is compared as stored).
-local function current_config(ck)
+function M.current_config(ck)
   local okm, mod = pcall(M.model_module, ck.model_module or "cunet.models.unet")
   if not okm or type(mod) ~= "table" or type(mod.resolve_config) ~= "function" or type(ck.config) ~= "table" then
     return ck.config
@@ -364,7 +364,7 @@ function M.restore(ck, opts)
   local model = opts.model
   local want = opts.config or (model and model.config)
   if want then
-    local diff = config_diff(current_config(ck), want)
+    local diff = config_diff(M.current_config(ck), want)
     if #diff > 0 then
       error(string.format("checkpoint.load: model config mismatch between '%s' and the model:\n  %s", path,
         table.concat(diff, "\n  ")), 2)

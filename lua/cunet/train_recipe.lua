@@ -70,6 +70,7 @@ function M.options(spec)
     {"flip", D.flip, "random horizontal flips"},
     {"out", spec.out or ("runs/" .. spec.name), "output directory"},
     {"resume", nil, "checkpoint to continue from", type = "string"},
+    {"init", nil, "a new run from these weights (a checkpoint's EMA ones when it has them, or an exported file): fine-tuning, docs/training.md", type = "string"},
     {"checkpoint-every", default("checkpoint_every"), "checkpoint every N steps (the last step always is)", integer = true, min = 0},
     {"keep", D.keep_checkpoints, "also keep checkpoint_step<N>.safetensors at each checkpoint"},
     {"sample-every", default("sample_every"), "sample grid every N steps (0: none)", integer = true, min = 0},
@@ -291,6 +292,46 @@ local function train_options(name, args, given, ck, spec)
 end
 
 
+-- --init: the diffusion setup of a new run started from a file's weights. The schedule (its β values),
+-- T and prediction the command line does not give are the file's, so the weights keep meaning what they
+-- were trained for; given ones win. Returns the notices that say which came from where.
+local function init_diffusion(init, options, given, spec)
+  local notices = {}
+  if spec.denoiser then return notices end
+  if not given.prediction and init.prediction then
+    options.prediction = init.prediction
+    notices[#notices + 1] = "init: prediction " .. init.prediction .. " (the weights' own)"
+  elseif init.prediction and options.prediction ~= init.prediction then
+    notices[#notices + 1] = string.format("init: prediction %s, the weights were trained for %s (given)", options.prediction, init.prediction)
+  end
+  if not given.schedule and not given.T and (init.schedule_beta or init.schedule) then
+    options.schedule, options.schedule_name = checkpoint.schedule(init), init.schedule or "custom"
+    options.T = init.T or options.T
+    notices[#notices + 1] = string.format("init: schedule %s, T = %s (the weights' own)", tostring(init.schedule), tostring(init.T))
+  elseif given.schedule or given.T then
+    notices[#notices + 1] = string.format("init: schedule and T as given; the weights were trained with %s, T = %s",
+      tostring(init.schedule), tostring(init.T))
+  end
+  return notices
+end
+
+-- --init: copies the file's weights (its EMA weights when it holds them) into the new model, whose
+-- tensors must be the same names and shapes; a model of another module is refused, and every config
+-- key that differs from the file's (a solver option, say) is added to the notices.
+local function init_weights(name, init, model, module_name, notices)
+  if init.model_module and init.model_module ~= module_name then
+    error(string.format("%s: --init '%s' holds a %s model, not %s (give --model %s)", name, init.path, init.model_module,
+      module_name, init.model_module), 0)
+  end
+  local ok, err = pcall(model.load_state_dict, model, checkpoint.weights(init))
+  if not ok then error(string.format("%s: --init '%s' does not fit the model: %s", name, init.path, tostring(err)), 0) end
+  for _, d in ipairs(checkpoint.config_diff(checkpoint.current_config(init), model.config or {})) do
+    notices[#notices + 1] = "init: " .. d:gsub(" in the model$", " in this run")
+  end
+  notices[#notices + 1] = string.format("init: %s weights of '%s' (step %d); optimizer, EMA and step start afresh",
+    init.ema and "EMA" or "model", init.path, init.step or 0)
+end
+
 local function main(argv, spec)
   local name = spec.name
   local cli_spec = {
@@ -303,6 +344,10 @@ local function main(argv, spec)
   local args = cli.parse(argv, cli_spec)
   local given = given_options(argv, cli_spec)
   local ck = args.resume and checkpoint.load(args.resume) -- read only; train.run restores the state
+  if args.resume and args.init then
+    error(string.format("%s: --init starts a new run from weights and --resume continues a run: give one of them", name), 0)
+  end
+  local init = args.init and checkpoint.load(args.init)
   local module_name, notices
   if ck then module_name, notices = resume_recipe(name, spec, args, given, ck)
   else module_name, notices = module_path(args.model), {} end
@@ -313,6 +358,7 @@ local function main(argv, spec)
     size = models.presets and models.presets[args.preset] and models.presets[args.preset].resolution or 28
   end
   local options = train_options(name, args, given, ck, spec)
+  if init then notices = init_diffusion(init, options, given, spec) end
   local ds = train.dataset(args.data, {size = size, limit = args.limit})
   print(string.format("%s: %d images %s", args.data, ds.images:size(1), table.concat(ds.images:shape(), "x", 2)))
   local model, config
@@ -335,8 +381,9 @@ local function main(argv, spec)
         name, module_name), 0)
     end
   end
-  print(string.format("model %s: %d parameters%s", ck and "from " .. args.resume or args.preset, model:num_parameters(),
-    spec.continuous and ", ablation " .. args.ablation or ""))
+  if init then init_weights(name, init, model, module_name, notices) end
+  print(string.format("model %s: %d parameters%s", ck and "from " .. args.resume or args.preset .. (init and ", weights from " .. args.init or ""),
+    model:num_parameters(), spec.continuous and ", ablation " .. args.ablation or ""))
   for _, notice in ipairs(notices) do print(notice) end
 
   options.model, options.model_module, options.config, options.dataset = model, module_name, config, ds
@@ -347,7 +394,7 @@ local function main(argv, spec)
       show(model.config.regularize.kinetic or 0), show(model.config.regularize.jacobian or 0)))
   end
   options.recipe = {name = name, model = module_name, preset = args.preset, data = args.data, size = size,
-                    limit = args.limit, threads = args.threads, command = table.concat(argv, " ")}
+                    limit = args.limit, threads = args.threads, init = args.init, command = table.concat(argv, " ")}
   if spec.denoiser then
     local denoise = require "cunet.denoise"
     local levels = denoise.levels(args.noise, args.noise_schedule)

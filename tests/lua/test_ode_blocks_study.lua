@@ -122,8 +122,8 @@ function TestOdeBlocks:testRecipePenalty()
   lu.assertStrContains(log, "penalty")
 end
 
--- The matrix: the authors' blocks, dopri5 at two tolerances, each with and without RNODE; the authors'
--- setup at the 0.28 M preset, 1,500 steps; every checkpoint at several block solvers, n >= 1,000.
+-- The matrix: the authors' blocks, dopri5 at two tolerances, each with and without RNODE; 300 steps
+-- fine-tuning the committed 0.28 M cU-Net of the study; every checkpoint at several block solvers, n >= 1,000.
 function TestOdeBlocks:testMatrix()
   lu.assertEquals(#study.RUNS, 5)
   local function opts(list)
@@ -145,9 +145,10 @@ function TestOdeBlocks:testMatrix()
   end
   lu.assertEquals(seen, {["0.01"] = true, ["0.001"] = true, ["0.01+rnode"] = true, ["0.001+rnode"] = true})
   lu.assertTrue(study.RNODE.kinetic > 0 and study.RNODE.jacobian > 0)
-  local a = opts(study.SETUP)
-  lu.assertEquals({a["--prediction"], a["--schedule"]}, {"v", "sigmoid"})
-  lu.assertEquals({study.STEPS, study.PRESET, opts(study.COMMON)["--batch"]}, {1500, "mnist_028m", "64"})
+  local f = opts(study.FINETUNE)
+  lu.assertEquals({f["--batch"], f["--lr"], f["--sample-every"]}, {"64", "1e-4", "0"})
+  lu.assertEquals({study.STEPS, study.PRESET}, {300, "mnist_028m"})
+  lu.assertTrue(fs.exists(study.INIT), study.INIT) -- the committed weights every run starts from
   lu.assertTrue(study.EVAL_N >= 1000)
   lu.assertEquals(study.EVAL_STEPS, 20)
   lu.assertTrue(#study.EVAL_SOLVERS >= 3)
@@ -159,9 +160,9 @@ function TestOdeBlocks:testDryRun()
   local code, out = run("recipes/ode_blocks_study.lua", "--dry-run --out " .. out_dir)
   lu.assertEquals(code, 0, out)
   lu.assertFalse(fs.exists(out_dir), "--dry-run wrote " .. out_dir)
-  lu.assertStrContains(out, "recipes/train_cunet.lua --preset mnist_028m --seed 0 --prediction v --schedule sigmoid")
-  lu.assertStrContains(out, "--method dopri5 --ode-rtol 0.001 --ode-atol 0.001 --kinetic 0.01 --jacobian 0.01 --steps 1500 "
-    .. "--checkpoint-every 250 --out " .. out_dir .. "/dopri5_0.001_rnode")
+  lu.assertStrContains(out, "recipes/train_cunet.lua --init checkpoints/study/authors_cunet_028m_s0.safetensors --preset mnist_028m --seed 0")
+  lu.assertStrContains(out, "--method dopri5 --ode-rtol 0.001 --ode-atol 0.001 --kinetic 0.01 --jacobian 0.01 --steps 300 "
+    .. "--checkpoint-every 50 --out " .. out_dir .. "/dopri5_0.001_rnode")
   lu.assertStrContains(out, "recipes/fid_vs_steps.lua --ckpt " .. out_dir .. "/rk4_38/checkpoint.safetensors --sampler ddim "
     .. "--spacing trailing --steps 20 --block-method dopri5 --block-rtol 0.1 --block-atol 0.1 --n 1024 --batch 64")
   local _, trains = out:gsub("recipes/train_cunet.lua", "")

@@ -342,3 +342,52 @@ function TestResumeConfig:testOptionAddedSinceTheCheckpointTakesItsDefault()
   lu.assertFalse(ok)
   lu.assertStrContains(err, "mid_width = 8 in the checkpoint, 16 in the model")
 end
+
+-- --init: a new run from a file's weights (its EMA weights), its schedule, T and prediction unless
+-- given; with lr 0 the first checkpoint holds exactly the weights it started from. --init with
+-- --resume, a model of another module and a model whose tensors differ are refused by name.
+function TestResumeConfig:testInitStartsANewRunFromWeights()
+  local src = self.dir .. "/src"
+  local code, log = run("recipes/train_unet.lua", self.common .. " --prediction v --steps 3 --out " .. q(src))
+  lu.assertEquals(code, 0, log)
+  local from = src .. "/checkpoint.safetensors"
+  local dst = self.dir .. "/dst"
+  local bare = string.format("--model %s --size 8 --data folder:%s --batch 4 --sample-every 0 --threads 1",
+    q(self.model), q(self.dir .. "/images"))
+  code, log = run("recipes/train_unet.lua", bare .. " --lr 0 --warmup 0 --steps 1 --init " .. q(from) .. " --out " .. q(dst))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "init: prediction v (the weights' own)")
+  lu.assertStrContains(log, "init: schedule cosine, T = 60 (the weights' own)")
+  lu.assertStrContains(log, "init: EMA weights of '" .. from .. "' (step 3); optimizer, EMA and step start afresh")
+  local a, b = checkpoint.load(from), checkpoint.load(dst .. "/checkpoint.safetensors")
+  lu.assertEquals(b.step, 1)
+  lu.assertEquals({b.prediction, b.T}, {"v", 60})
+  lu.assertEquals(b.schedule_beta, a.schedule_beta)
+  for name, t in pairs(a.ema) do lu.assertEquals(helpers.max_abs_diff(t, b.model[name]), 0, name) end
+  lu.assertNotEquals(helpers.max_abs_diff(a.ema["conv1.weight"], a.model["conv1.weight"]), 0) -- EMA, not the trained ones
+  lu.assertEquals(dofile(dst .. "/config.lua").recipe.init, from)
+  -- a given option wins, and says so
+  code, log = run("recipes/train_unet.lua", bare .. " --steps 1 --prediction eps --schedule linear --T 40 --init " .. q(from) ..
+    " --out " .. q(self.dir .. "/given"))
+  lu.assertEquals(code, 0, log)
+  lu.assertStrContains(log, "init: prediction eps, the weights were trained for v (given)")
+  lu.assertStrContains(log, "init: schedule and T as given; the weights were trained with cosine, T = 60")
+  lu.assertEquals(checkpoint.load(self.dir .. "/given/checkpoint.safetensors").T, 40)
+  -- refusals
+  code, log = run("recipes/train_unet.lua", "--steps 4 --init " .. q(from) .. " --resume " .. q(from))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(log, "--init starts a new run from weights and --resume continues a run: give one of them")
+  code, log = run("recipes/train_unet.lua", string.format("--preset mnist_028m --size 8 --data folder:%s --batch 2 " ..
+    "--sample-every 0 --threads 1 --steps 1 --init %s --out %s", q(self.dir .. "/images"), q(from), q(self.dir .. "/other")))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(log, "holds a " .. self.model .. " model, not cunet.models.unet")
+  code, log = run("recipes/train_unet.lua", string.format("--preset mnist_028m --size 8 --data folder:%s --batch 2 " ..
+    "--sample-every 0 --threads 1 --steps 1 --out %s", q(self.dir .. "/images"), q(self.dir .. "/u028")))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_unet.lua", string.format("--preset mnist_small --size 8 --data folder:%s --batch 2 " ..
+    "--sample-every 0 --threads 1 --steps 1 --init %s --out %s", q(self.dir .. "/images"),
+    q(self.dir .. "/u028/checkpoint.safetensors"), q(self.dir .. "/usmall")))
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(log, "does not fit the model")
+  lu.assertStrContains(log, "copying a tensor of shape")
+end
