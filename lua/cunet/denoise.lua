@@ -297,4 +297,103 @@ function M.baseline(fn, noisy, clean, opts)
   return result
 end
 
+-- ---- the tables of docs/denoising.md ----------------------------------------------------------------
+
+local METRICS = {{key = "ssim", label = "SSIM", fmt = "%.4f"}, {key = "psnr", label = "PSNR (dB)", fmt = "%.2f"},
+  {key = "lpips", label = "LPIPS", fmt = "%.4f"}}
+
+--- The rows of a CSV that recipes/denoise.lua wrote (denoise.csv, denoise_steps.csv): a list of
+-- {column = value} (numbers where the text is one, "n/a ..." texts kept), and the header's names.
+-- Raises naming the file when it is missing or not one of those.
+function M.read_results(path)
+  local f, err = io.open(path, "r")
+  if not f then error("denoise.read_results: cannot read '" .. path .. "': " .. tostring(err), 2) end
+  local header, rows = nil, {}
+  for line in f:lines() do
+    local fields = {}
+    for field in (line .. ","):gmatch("([^,]*),") do fields[#fields + 1] = field end
+    if not header then
+      header = fields
+      if header[1] ~= "level" or not (header[2] == "method" or header[4] == "method") then
+        f:close()
+        error(string.format("denoise.read_results: '%s' is not a denoise.csv (its header starts %s)", path, line:sub(1, 40)), 2)
+      end
+    elseif #fields > 1 then
+      local row = {}
+      for i, name in ipairs(header) do row[name] = tonumber(fields[i]) or fields[i] end
+      rows[#rows + 1] = row
+    end
+  end
+  f:close()
+  return rows, header
+end
+
+local function cell(v, fmt) return type(v) == "number" and string.format(fmt, v) or "n/a" end
+
+--- Markdown tables of results rows (M.read_results, several files' rows may be joined): for each
+-- metric the best value per noise level (rows) and method (columns) with the noisy input's beside
+-- it, and for the methods that run several steps (the diffusion models) the step and the seconds
+-- per image at which each reached its best. Levels and methods keep their first-seen order.
+function M.markdown(rows)
+  local levels, methods, by, seen_l, seen_m, iterative = {}, {}, {}, {}, {}, {}
+  for _, r in ipairs(rows) do
+    if not seen_l[r.level] then seen_l[r.level] = true levels[#levels + 1] = r end
+    if not seen_m[r.method] then seen_m[r.method] = true methods[#methods + 1] = r.method end
+    if type(r.steps) == "number" and r.steps > 1 then iterative[r.method] = true end
+    by[r.level .. "\0" .. r.method] = r
+  end
+  local shown, out = {}, {}
+  for _, m in ipairs(METRICS) do
+    for _, r in ipairs(rows) do if type(r["best_" .. m.key]) == "number" then shown[#shown + 1] = m break end end
+    if shown[#shown] ~= m then
+      out[#out + 1] = string.format("Best %s: n/a for every method (%s)\n", m.label,
+        tostring(rows[1] and rows[1]["best_" .. m.key] or "no rows"))
+    end
+  end
+  local function level_name(l)
+    return string.format("%s (σ %.3f)", l.level, l.sigma)
+  end
+  for _, m in ipairs(shown) do
+    out[#out + 1] = string.format("Best %s (mean over the images):\n", m.label)
+    local head, rule = {"| level | noisy |"}, {"|---|---:|"}
+    for _, name in ipairs(methods) do head[#head + 1] = " " .. name .. " |" rule[#rule + 1] = "---:|" end
+    out[#out + 1] = table.concat(head) .. "\n" .. table.concat(rule)
+    for _, l in ipairs(levels) do
+      local line = {string.format("| %s | %s |", level_name(l), cell(l["noisy_" .. m.key], m.fmt))}
+      for _, name in ipairs(methods) do
+        local r = by[l.level .. "\0" .. name]
+        line[#line + 1] = " " .. (r and cell(r["best_" .. m.key], m.fmt) or "–") .. " |"
+      end
+      out[#out + 1] = table.concat(line)
+    end
+    out[#out + 1] = ""
+  end
+  local its = {}
+  for _, name in ipairs(methods) do if iterative[name] then its[#its + 1] = name end end
+  if #its > 0 then
+    out[#out + 1] = "Reverse steps to the best value (of the level's steps) and seconds per image to reach it:\n"
+    local head, rule = {"| level |"}, {"|---|"}
+    for _, name in ipairs(its) do
+      for _, m in ipairs(shown) do
+        head[#head + 1] = string.format(" %s %s |", name, m.label:match("^%S+"))
+        rule[#rule + 1] = "---:|"
+      end
+    end
+    out[#out + 1] = table.concat(head) .. "\n" .. table.concat(rule)
+    for _, l in ipairs(levels) do
+      local line = {string.format("| %s |", level_name(l))}
+      for _, name in ipairs(its) do
+        local r = by[l.level .. "\0" .. name]
+        for _, m in ipairs(shown) do
+          local step, sec = r and r["step_" .. m.key], r and r["seconds_" .. m.key]
+          line[#line + 1] = type(step) == "number" and string.format(" %d / %d, %.2f s |", step, r.steps, sec) or " n/a |"
+        end
+      end
+      out[#out + 1] = table.concat(line)
+    end
+    out[#out + 1] = ""
+  end
+  return table.concat(out, "\n")
+end
+
 return M

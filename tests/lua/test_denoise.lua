@@ -32,19 +32,7 @@ local function sanitized()
 end
 
 local function csv(path)
-  local f = assert(io.open(path))
-  local header, rows = nil, {}
-  for line in f:lines() do
-    local fields = {}
-    for v in (line .. ","):gmatch("([^,]*),") do fields[#fields + 1] = v end
-    if not header then header = fields
-    else
-      local row = {}
-      for i, h in ipairs(header) do row[h] = tonumber(fields[i]) or fields[i] end
-      rows[#rows + 1] = row
-    end
-  end
-  f:close()
+  local rows, header = denoise.read_results(path)
   return header, rows
 end
 
@@ -161,6 +149,46 @@ function TestDenoise:testBaselineAndTrainingLoss()
   local want = (cn.randn_like(clean) * sigma):pow(2):mean():item()
   lu.assertAlmostEquals(value, want, 1e-7)
   assert_error(function() denoise.training_loss({}) end, "non-empty list of levels")
+end
+
+-- The tables of docs/denoising.md from denoise.csv rows (tools/denoise_tables.lua): best values per
+-- level and method, n/a metrics said once, steps and seconds for the iterative methods only.
+function TestDenoise:testMarkdownTables()
+  local dir = tmpdir()
+  local path = dir .. "/denoise.csv"
+  local na = "n/a (no weights: see docs)"
+  local lines = {"level,t_start,sigma,method,images,steps,noisy_psnr,best_psnr,step_psnr,seconds_psnr,final_psnr," ..
+    "noisy_ssim,best_ssim,step_ssim,seconds_ssim,final_ssim,noisy_lpips,best_lpips,step_lpips,seconds_lpips,final_lpips"}
+  local function row(level, t, sigma, method, steps, psnr, step, ssim)
+    lines[#lines + 1] = table.concat({level, t, sigma, method, 300, steps, 20.5, psnr, step, 0.25 * step, psnr - 1,
+      0.5, ssim, step, 0.25 * step, ssim - 0.1, na, na, na, na, na}, ",")
+  end
+  row("t50", 50, 0.066, "U", 50, 30.125, 48, 0.9612)
+  row("t50", 50, 0.066, "BM3D", 1, 31.5, 1, 0.99)
+  row("t400", 400, 0.5, "U", 400, 15.0, 300, 0.5)
+  local f = assert(io.open(path, "w"))
+  f:write(table.concat(lines, "\n") .. "\n")
+  f:close()
+  local rows = denoise.read_results(path)
+  lu.assertEquals(#rows, 3)
+  lu.assertEquals({rows[1].level, rows[1].method, rows[1].best_psnr, rows[1].best_lpips}, {"t50", "U", 30.125, na})
+  local md = denoise.markdown(rows)
+  lu.assertStrContains(md, "Best LPIPS: n/a for every method (" .. na .. ")")
+  lu.assertStrContains(md, "| level | noisy | U | BM3D |")
+  lu.assertStrContains(md, "| t50 (σ 0.066) | 0.5000 | 0.9612 | 0.9900 |")
+  lu.assertStrContains(md, "| t400 (σ 0.500) | 20.50 | 15.00 | – |")
+  lu.assertStrContains(md, "| level | U SSIM | U PSNR |\n")
+  lu.assertStrContains(md, "| t50 (σ 0.066) | 48 / 50, 12.00 s | 48 / 50, 12.00 s |")
+  lu.assertNotStrContains(md, "BM3D SSIM")
+  assert_error(function() denoise.read_results(dir .. "/none.csv") end, "cannot read")
+  f = assert(io.open(dir .. "/other.csv", "w"))
+  f:write("steps,fid\n1,2\n")
+  f:close()
+  assert_error(function() denoise.read_results(dir .. "/other.csv") end, "is not a denoise.csv")
+  local code, text = run("tools/denoise_tables.lua " .. fs.shell_quote(path))
+  lu.assertEquals(code, 0, text)
+  lu.assertEquals(text, md)
+  require("helpers").remove_dir(dir)
 end
 
 -- ---- the recipe ------------------------------------------------------------------------------------
