@@ -380,7 +380,7 @@ function Study:report(runs)
       local best, best_i
       for i in ipairs(values) do
         local p = per[i]
-        cells[i] = p and (show(p.fid, "%.2f") .. (s.rtol and string.format(" (%.0f)", (stats(p.nfe)))) or "") or "–"
+        cells[i] = p and (show(p.fid, "%.2f") .. (s.rtol and string.format(" (%.0f)", (stats(p.nfe))) or "")) or "–"
         local mean = p and stats(p.fid)
         if mean then
           local _, _, lo, hi = stats(p.fid)

@@ -2,7 +2,8 @@
 -- issue asks for (10 runs and their options), --dry-run prints commands the recipes accept, --train
 -- trains a run for a few steps and resumes it from its checkpoint exactly (the losses of a 2 + 2-step
 -- run are those of a straight 4-step one), the scan commands of every sampler run and are found again
--- (so --scan resumes), a deadline sizes the training chunks to whole checkpoint intervals, and two
+-- (so --scan resumes), --report tables scan CSVs with seed spreads, a deadline sizes the training chunks to
+-- whole checkpoint intervals, and two
 -- drivers on different runs keep each other's records in the shared state file.
 
 local lu = require "luaunit"
@@ -152,4 +153,34 @@ function TestStudy:testTwoDriversKeepEachOthersRecords()
   lu.assertEquals(state.runs[ra.name].train_steps, 250)
   lu.assertEquals(state.runs[ra.name].calls, 3)
   lu.assertEquals(state.runs[rb.name].train_steps, 500)
+end
+
+-- --report on scan CSVs alone (two seeds of one model, one of another, no checkpoints): each sampler's
+-- table gives mean ± half the range over the seeds, the best, the fewest steps within 10% of it and the
+-- time there; the probability-flow ODE's cells carry their NFE; the plot scripts are written.
+function TestStudy:testReportTables()
+  local header = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe," ..
+    "spacing,variance,ode_method,rtol,atol"
+  local function scan(run, variant, lines)
+    local dir = string.format("%s/%s/scan", self.dir, run)
+    assert(fs.mkdir_p(dir))
+    helpers.write_file(string.format("%s/fid_vs_steps_%s.csv", dir, variant), header .. "\n" .. table.concat(lines, "\n") .. "\n")
+  end
+  local function row(steps, fid, seconds, nfe, rtol)
+    return string.format("%d,%g,1,0.1,%g,4,ddim,mnist,train,x,%d,trailing,-,-,%s,%s", steps, fid, seconds, nfe or steps,
+      rtol or "-", rtol or "-")
+  end
+  scan("authors_unet_028m_s0", "ddim_trailing", {row(1, 400, 0.01), row(2, 100, 0.02), row(3, 52, 0.03), row(5, 50, 0.05)})
+  scan("authors_unet_028m_s1", "ddim_trailing", {row(1, 600, 0.01), row(2, 120, 0.02), row(3, 58, 0.03), row(5, 50, 0.05)})
+  scan("authors_cunet_028m_s0", "ddim_trailing", {row(1, 700, 0.02), row(2, 300, 0.04)})
+  scan("authors_cunet_028m_s0", "ode_dopri5", {row(1, 90, 0.5, 40, "0.1"), row(1, 60, 0.9, 80, "0.01")})
+  local code, out = run("--report --n 4 --out " .. helpers.shell_quote(self.dir))
+  lu.assertEquals(code, 0, out)
+  local md = helpers.read_file(self.dir .. "/report.md")
+  -- steps 1, 2, 3, 5 then "–" for 10, 20, 50, 100; best 50 at 5 steps; 55 (3 steps) is within 10% of it
+  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 500.00 ± 100.00 | 110.00 ± 10.00 | 55.00 ± 3.00 | 50.00 ± 0.00 | – | – | – | – | 50.00 | 3 | 0.0300 |")
+  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 700.00 | 300.00 | – |")
+  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 90.00 (40) | 60.00 (80) | – | – | 60.00 | 80 | 0.9000 |")
+  lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ddim_trailing.gp"))
+  lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ode_dopri5.gp"))
 end
