@@ -2,9 +2,9 @@
 -- issue asks for (10 runs and their options), --dry-run prints commands the recipes accept, --train
 -- trains a run for a few steps and resumes it from its checkpoint exactly (the losses of a 2 + 2-step
 -- run are those of a straight 4-step one), the scan commands of every sampler run and are found again
--- (so --scan resumes), --report tables scan CSVs with seed spreads, a deadline sizes the training chunks to
--- whole checkpoint intervals, and two
--- drivers on different runs keep each other's records in the shared state file.
+-- (so --scan resumes), --report tables scan CSVs with seed spreads, a deadline sizes the training
+-- chunks to whole checkpoint intervals, and two drivers on different runs keep each other's records in
+-- the shared state file.
 
 local lu = require "luaunit"
 local helpers = require "helpers"
