@@ -89,6 +89,11 @@ M.SAMPLERS = {
   {variant = "ddpm_trailing", label = "DDPM (trailing)", flags = {"--sampler", "ddpm", "--spacing", "trailing"}},
   {variant = "ode_dopri5", label = "PF-ODE (dopri5)", flags = {"--sampler", "ode", "--ode-method", "dopri5"}, rtol = true},
 }
+-- The time per sample at batch 64, measured apart from the scans (whose wall times depend on what else
+-- the machine ran): --time samples one batch of 64 with DDIM (trailing, 20 steps) from each finished
+-- run's checkpoint, TIME_REPEATS times with all cores, keeps the fastest, and records the 1-minute load
+-- average before each; --report divides by the 20 evaluations and multiplies by each cell's NFE.
+M.TIME_STEPS, M.TIME_REPEATS, M.TIME_BATCH = 20, 3, 64
 -- ε-MSE bands (timesteps, inclusive) for the paired eval-mode comparison in --report
 M.BANDS = {{1, 100}, {101, 300}, {301, 600}, {601, 1000}}
 
@@ -315,6 +320,89 @@ local function band_plot(png, title, xlabel, models, gnuplot)
   return gp, gnuplot and os.execute(gnuplot .. " " .. word(gp) .. " 2>/dev/null")
 end
 
+local TIME_HEADER = "run,step,sampler,steps,batch,threads,seconds_per_sample,seconds_per_eval,load_before,date"
+
+local function load_average()
+  local f = io.open("/proc/loadavg", "r")
+  local text = f and f:read("l")
+  if f then f:close() end
+  return text and tonumber(text:match("^(%S+)")) or nil
+end
+
+--- <out>/timing.csv as {run -> row} (rows as numbers and texts), {} when absent.
+function Study:read_timing()
+  local rows = {}
+  local f = io.open(self.out .. "/timing.csv", "r")
+  if not f then return rows end
+  local header
+  for line in f:lines() do
+    local fields = {}
+    for v in (line .. ","):gmatch("([^,]*),") do fields[#fields + 1] = v end
+    if not header then header = fields
+    elseif #fields == #header then
+      local r = {}
+      for i, h in ipairs(header) do r[h] = tonumber(fields[i]) or fields[i] end
+      rows[r.run] = r
+    end
+  end
+  f:close()
+  return rows
+end
+
+--- Times sampling from each finished run (M.TIME_*), into <out>/timing.csv (a run's row replaced).
+function Study:time(runs)
+  local p = io.popen("nproc 2>/dev/null")
+  local threads = math.tointeger(tonumber(p and p:read("l") or "")) or 1
+  if p then p:close() end
+  local rows = self:read_timing()
+  for _, run in ipairs(runs) do
+    local done = self:done_steps(run)
+    local png = string.format("%s/time_samples.png", self:dir(run))
+    local c = {self.exe, "recipes/sample.lua", "--ckpt", self:ckpt(run), "--sampler", "ddim", "--spacing", "trailing",
+      "--steps", tostring(M.TIME_STEPS), "--n", tostring(M.TIME_BATCH), "--batch", tostring(M.TIME_BATCH), "--seed", "0",
+      "--threads", tostring(threads), "--out", png}
+    if self.dry then
+      print(string.format("%s  # x%d, the fastest kept%s", command_text(c), M.TIME_REPEATS,
+        done < self.steps and string.format(" (once %s has finished training)", run.name) or ""))
+    elseif done >= self.steps then
+      local best, load
+      for _ = 1, M.TIME_REPEATS do
+        local before = load_average()
+        local h = io.popen(command_text(c) .. " 2>&1")
+        local text = h:read("a")
+        local ok = h:close()
+        local sps = ok and tonumber(text:match("([%d.]+) s per sample"))
+        if not sps then
+          self.failed[#self.failed + 1] = run.name .. " (time)"
+          print(string.format("study: timing %s failed:\n%s", run.name, text))
+          break
+        end
+        if not best or sps < best then best, load = sps, before end
+      end
+      os.remove(png)
+      if best then
+        rows[run.name] = {run = run.name, step = done, sampler = "ddim_trailing", steps = M.TIME_STEPS, batch = M.TIME_BATCH,
+          threads = threads, seconds_per_sample = best, seconds_per_eval = best / M.TIME_STEPS, load_before = load or "-",
+          date = os.date("!%Y-%m-%dT%H:%MZ")}
+        print(string.format("study: %s %.4f s per sample (DDIM %d steps, batch %d, %d threads; load before %s)", run.name, best,
+          M.TIME_STEPS, M.TIME_BATCH, threads, tostring(load)))
+      end
+    end
+  end
+  if self.dry then return end
+  local names = {}
+  for name in pairs(rows) do names[#names + 1] = name end
+  table.sort(names)
+  local lines = {TIME_HEADER}
+  for _, name in ipairs(names) do
+    local r, cells = rows[name], {}
+    for h in TIME_HEADER:gmatch("[^,]+") do cells[#cells + 1] = type(r[h]) == "number" and string.format("%.6g", r[h]) or tostring(r[h]) end
+    lines[#lines + 1] = table.concat(cells, ",")
+  end
+  fs.mkdir_p(self.out)
+  write_atomic(self.out .. "/timing.csv", table.concat(lines, "\n") .. "\n")
+end
+
 --- Writes <out>/report.md (the tables for docs/results.md) and the plots under <out>/plots.
 function Study:report(runs)
   local groups, order = {}, {}
@@ -323,10 +411,13 @@ function Study:report(runs)
     if not groups[k] then groups[k] = {label = model_label(run), runs = {}} order[#order + 1] = k end
     table.insert(groups[k].runs, run)
   end
+  local timing = self:read_timing()
   local md = {"# The MNIST study: tables (recipes/study_mnist.lua --report)", "",
     string.format("%s, n = %d samples per cell (batch %d), against the 9,000 training digits; mean ± half the " ..
-      "range over the seeds (one seed: the value). s/sample: wall time at batch %d, on the machine the scan ran on.",
-      fid.NAME, self.n, M.SCAN_BATCH, M.SCAN_BATCH), ""}
+      "range over the seeds (one seed: the value). s/sample: the seconds per model evaluation that --time measured " ..
+      "(batch %d, all cores, the fastest of %d; %s) times the cell's NFE; marked (scan) where --time has not run, the " ..
+      "scan's own wall time on whatever else the machine was doing.", fid.NAME, self.n, M.SCAN_BATCH, M.TIME_BATCH,
+      M.TIME_REPEATS, "the load before each in timing.csv"), ""}
   if self.dry then
     print("# report: reads " .. self.out .. "/<run>/scan/fid_vs_steps_*.csv, writes " .. self.out
       .. "/report.md and " .. self.out .. "/plots/*.png (gnuplot), then:")
@@ -394,9 +485,20 @@ function Study:report(runs)
         local x = per[i] and (s.rtol and stats(per[i].nfe) or values[i])
         if mean and mean <= 1.1 * best and (not fewest or x < fewest) then fewest, fewest_i = x, i end
       end
+      -- s/sample there: the quiet --time measurement (s per evaluation × the cell's NFE) where it exists
+      local per_eval = {}
+      for _, run in ipairs(g.runs) do
+        local t = timing[run.name]
+        if t and type(t.seconds_per_eval) == "number" then per_eval[#per_eval + 1] = t.seconds_per_eval end
+      end
+      local there = "–"
+      if fewest_i and #per_eval > 0 then
+        there = string.format("%.4f", stats(per_eval) * stats(per[fewest_i].nfe))
+      elseif fewest_i then
+        there = string.format("%.4f (scan)", (stats(per[fewest_i].seconds)))
+      end
       md[#md + 1] = string.format("| %s | %d | %s | %s | %s | %s |", g.label, seeds, table.concat(cells, " | "),
-        best and string.format("%.2f", best) or "–", fewest and string.format("%.0f", fewest) or "–",
-        fewest_i and string.format("%.4f", (stats(per[fewest_i].seconds))) or "–")
+        best and string.format("%.2f", best) or "–", fewest and string.format("%.0f", fewest) or "–", there)
       if #points > 0 then table.sort(points, function(a, b) return a.x < b.x end) models[#models + 1] = {label = g.label, points = points} end
     end
     md[#md + 1] = ""
@@ -476,20 +578,30 @@ function M.main(argv)
   local t0 = cn.time()
   local args = cli.parse(argv, {
     name = "study_mnist",
-    usage = "cunet recipes/study_mnist.lua [--list | --train | --scan | --report] [--only NAME,...] [--max-minutes M] [--dry-run]",
+    usage = "cunet recipes/study_mnist.lua [--list | --train | --scan | --time | --report] [--only NAME,...] [--max-minutes M] [--dry-run]",
     description = "The MNIST study of issue 12: 10 training runs (the matrix is in this file), FID scans, the report.\n"
       .. "Re-run it at any time: it continues from the checkpoints and the scan CSVs under --out.",
     options = {
       {"list", false, "the matrix with each run's steps (from its checkpoint), hours and scan rows (the default)"},
       {"train", false, "start or resume the runs in order (recipes/train_unet.lua, train_cunet.lua)"},
       {"scan", false, "FID scans of the runs whose training finished (recipes/fid_vs_steps.lua, one row per call)"},
+      {"time", false, "time sampling at batch 64 from each finished run, all cores (run it on a quiet machine): <out>/timing.csv"},
       {"report", false, "write <out>/report.md and <out>/plots/ from the scans"},
       {"dry-run", false, "print the commands --train / --scan / --report would run (all three when none is given)"},
       table.unpack(study.common_options{out = "runs/study", steps = M.STEPS, n = M.SCAN_N, n_help = "samples per scan cell"}),
     },
   })
   local runs, opts = study.from_args(args, M.RUNS, t0, fail)
-  study.run_actions(M.new(args.out, opts), runs, args, "scan", fail)
+  local driver = M.new(args.out, opts)
+  if args.time then
+    if args.train or args.scan then fail("--time measures on a quiet machine: run it on its own, not with --train or --scan") end
+    driver:time(runs)
+    if not args.report then
+      if #driver.failed > 0 then fail("failed: " .. table.concat(driver.failed, ", ")) end
+      return
+    end
+  end
+  study.run_actions(driver, runs, args, "scan", fail)
 end
 
 if arg and arg[0] and arg[0]:match("study_mnist%.lua$") then M.main(arg) end

@@ -122,6 +122,20 @@ function TestStudy:testTrainResumeScan()
   lu.assertEquals(#left, 24)
   local guess = s:cell_seconds(r, left[#left]) -- --scan skips a cell that would outlast the deadline
   lu.assertTrue(guess and guess > 30, tostring(guess))
+
+  -- --time: one row per finished run in timing.csv (a run not finished is skipped), replaced when timed again
+  code, out = run("--time --only authors_unet_028m_s0,authors_cunet_028m_s0 --steps-override 4 --out " .. self.dir .. "/a")
+  lu.assertEquals(code, 0, out)
+  lu.assertStrContains(out, "study: " .. name .. " ")
+  local timing = s:read_timing()
+  lu.assertEquals({timing[name].step, timing[name].steps, timing[name].batch}, {4, study.TIME_STEPS, study.TIME_BATCH})
+  lu.assertTrue(timing[name].seconds_per_sample > 0)
+  lu.assertAlmostEquals(timing[name].seconds_per_eval, timing[name].seconds_per_sample / study.TIME_STEPS, 1e-6)
+  lu.assertNil(timing.authors_cunet_028m_s0)
+  lu.assertFalse(fs.exists(self.dir .. "/a/" .. name .. "/time_samples.png"))
+  code, out = run("--time --train " .. base .. "--steps-override 4 --out " .. self.dir .. "/a")
+  lu.assertNotEquals(code, 0)
+  lu.assertStrContains(out, "run it on its own")
 end
 
 -- With a deadline, a chunk ends on a checkpoint that fits: the first one measures one interval.
@@ -157,7 +171,8 @@ end
 
 -- --report on scan CSVs alone (two seeds of one model, one of another, no checkpoints): each sampler's
 -- table gives mean ± half the range over the seeds, the best, the fewest steps within 10% of it and the
--- time there; the probability-flow ODE's cells carry their NFE; the plot scripts are written.
+-- time there (from timing.csv, else the scan's, marked); the probability-flow ODE's cells carry their
+-- NFE; the plot scripts are written.
 function TestStudy:testReportTables()
   local header = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe," ..
     "spacing,variance,ode_method,rtol,atol"
@@ -174,13 +189,16 @@ function TestStudy:testReportTables()
   scan("authors_unet_028m_s1", "ddim_trailing", {row(1, 600, 0.01), row(2, 120, 0.02), row(3, 58, 0.03), row(5, 50, 0.05)})
   scan("authors_cunet_028m_s0", "ddim_trailing", {row(1, 700, 0.02), row(2, 300, 0.04)})
   scan("authors_cunet_028m_s0", "ode_dopri5", {row(1, 90, 0.5, 40, "0.1"), row(1, 60, 0.9, 80, "0.01")})
+  helpers.write_file(self.dir .. "/timing.csv", "run,step,sampler,steps,batch,threads,seconds_per_sample,seconds_per_eval," ..
+    "load_before,date\nauthors_unet_028m_s0,6000,ddim_trailing,20,64,2,0.02,0.001,0.1,x\n" ..
+    "authors_unet_028m_s1,6000,ddim_trailing,20,64,2,0.06,0.003,0.1,x\n")
   local code, out = run("--report --n 4 --out " .. helpers.shell_quote(self.dir))
   lu.assertEquals(code, 0, out)
   local md = helpers.read_file(self.dir .. "/report.md")
   -- steps 1, 2, 3, 5 then "–" for 10, 20, 50, 100; best 50 at 5 steps; 55 (3 steps) is within 10% of it
-  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 500.00 ± 100.00 | 110.00 ± 10.00 | 55.00 ± 3.00 | 50.00 ± 0.00 | – | – | – | – | 50.00 | 3 | 0.0300 |")
+  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 500.00 ± 100.00 | 110.00 ± 10.00 | 55.00 ± 3.00 | 50.00 ± 0.00 | – | – | – | – | 50.00 | 3 | 0.0060 |") -- 0.002 s per evaluation x 3
   lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 700.00 | 300.00 | – |")
-  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 90.00 (40) | 60.00 (80) | – | – | 60.00 | 80 | 0.9000 |")
+  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 90.00 (40) | 60.00 (80) | – | – | 60.00 | 80 | 0.9000 (scan) |")
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ddim_trailing.gp"))
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ode_dopri5.gp"))
 end
