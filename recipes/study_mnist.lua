@@ -441,7 +441,7 @@ function Study:report(runs)
       head[#head + 1] = string.format(" %s |", s.rtol and string.format("rtol %g (NFE)", v) or tostring(v))
       rule[#rule + 1] = "---:|"
     end
-    head[#head + 1] = " best | fewest steps ≤ 1.1 × best | s/sample there |"
+    head[#head + 1] = s.rtol and " best | fewest NFE ≤ 1.1 × best | s/sample there |" or " best | fewest steps ≤ 1.1 × best | s/sample there |"
     rule[#rule + 1] = "---:|---:|---:|"
     md[#md + 1] = "## " .. s.label .. (s.rtol and ": FID by tolerance (mean NFE in brackets)" or ": FID by steps")
     md[#md + 1] = ""
