@@ -332,8 +332,8 @@ local function cell(v, fmt) return type(v) == "number" and string.format(fmt, v)
 
 --- Markdown tables of results rows (M.read_results, several files' rows may be joined): for each
 -- metric the best value per noise level (rows) and method (columns) with the noisy input's beside
--- it, and for the methods that run several steps (the diffusion models) the step and the seconds
--- per image at which each reached its best. Levels and methods keep their first-seen order.
+-- it, and for the methods that run several steps (the diffusion models) the step (a mean over the
+-- images, one decimal when not whole) and the seconds per image at which each reached its best. Levels and methods keep their first-seen order.
 function M.markdown(rows)
   local levels, methods, by, seen_l, seen_m, iterative = {}, {}, {}, {}, {}, {}
   for _, r in ipairs(rows) do
@@ -386,7 +386,8 @@ function M.markdown(rows)
         local r = by[l.level .. "\0" .. name]
         for _, m in ipairs(shown) do
           local step, sec = r and r["step_" .. m.key], r and r["seconds_" .. m.key]
-          line[#line + 1] = type(step) == "number" and string.format(" %d / %d, %.2f s |", step, r.steps, sec) or " n/a |"
+          line[#line + 1] = type(step) == "number" and string.format(" %s / %d, %.2f s |",
+            math.tointeger(step) and string.format("%d", step) or string.format("%.1f", step), r.steps, sec) or " n/a |"
         end
       end
       out[#out + 1] = table.concat(line)
