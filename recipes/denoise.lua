@@ -224,8 +224,7 @@ for _, metric in ipairs(METRICS) do
   if #curves[metric] > 0 then
     local ok, err = plot.lines(string.format("%s/denoise_%s.png", args.out, metric), {
       title = string.format("%s of the prediction along the reverse process (%s, %d images)", LABELS[metric], args.data, n),
-      xlabel = "reverse steps", ylabel = LABELS[metric], series = curves[metric],
-      key = metric == "lpips" and "top right" or "bottom right"})
+      xlabel = "reverse steps", ylabel = LABELS[metric], series = curves[metric], key = "outside right top", width = 1000})
     if not ok then print("denoise: no plot: " .. tostring(err)) end
   end
 end
