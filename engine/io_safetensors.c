@@ -138,17 +138,79 @@ static int cmp_named(const void *a, const void *b) {
     return strcmp(((const named *)a)->name, ((const named *)b)->name);
 }
 
-static int write_tensor_data(cn_atomic_file *af, const cn_tensor *t, cn_error *err) {
+
+/* IEEE binary32 -> binary16, round to nearest even; NaN stays NaN, infinities stay infinite.
+ * *overflow is set when a finite x rounds beyond F16's largest value (65504). */
+static uint16_t float_to_half(float x, bool *overflow) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+    uint32_t exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
+    if (exponent == 0xFF) return (uint16_t)(sign | 0x7C00u | (mantissa ? 0x200u | (mantissa >> 13) : 0));
+    int e = (int)exponent - 127 + 15;
+    if (e >= 0x1F) {
+        *overflow = true;
+        return (uint16_t)(sign | 0x7C00u);
+    }
+    if (e <= 0) { /* subnormal half (or zero): value = m * 2^-24, m = round(|x| * 2^24) */
+        if (e < -10) return sign; /* below half the smallest subnormal: rounds to zero */
+        uint32_t m = mantissa | 0x800000u;
+        int shift = 14 - e; /* 14..24 */
+        uint32_t q = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (q & 1u))) q++;
+        return (uint16_t)(sign | q); /* q == 0x400 carries into the smallest normal: still right */
+    }
+    uint32_t q = ((uint32_t)e << 10) | (mantissa >> 13), rest = mantissa & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (q & 1u))) q++; /* may carry into the exponent */
+    if (q >= 0x7C00u) {
+        *overflow = true;
+        return (uint16_t)(sign | 0x7C00u);
+    }
+    return (uint16_t)(sign | q);
+}
+
+/* Element i of t (row-major) as written: for messages. */
+static void element_text(const cn_tensor *t, size_t i, char *buf, size_t cap) {
+    size_t idx[CN_MAX_DIMS];
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        idx[d] = i % (size_t)t->shape[d];
+        i /= (size_t)t->shape[d];
+    }
+    size_t len = 0;
+    buf[0] = 0;
+    for (int d = 0; d < t->ndim && len < cap; d++)
+        len += (size_t)snprintf(buf + len, cap - len, d ? ", %zu" : "%zu", idx[d]);
+}
+
+static int write_tensor_data(cn_atomic_file *af, const char *name, const cn_tensor *t, cn_safetensors_store dtype,
+                             cn_error *err) {
     size_t n = cn_numel(t);
     if (n == 0) return 0;
-    if (cn_is_contiguous(t)) return cn_atomic_write(af, cn_data(t), n * sizeof(float), err);
+    if (dtype == CN_SAFETENSORS_F32 && cn_is_contiguous(t)) return cn_atomic_write(af, cn_data(t), n * sizeof(float), err);
+    size_t bytes = n * (dtype == CN_SAFETENSORS_F16 ? sizeof(uint16_t) : sizeof(float));
     float *tmp = malloc(n * sizeof(float));
     if (!tmp) {
         cn_error_set(err, "cannot write '" CN_PATH_FMT "': out of memory (%zu bytes)", af->path, n * sizeof(float));
         return -1;
     }
     cn_to_buffer(t, tmp);
-    int rc = cn_atomic_write(af, tmp, n * sizeof(float), err);
+    if (dtype == CN_SAFETENSORS_F16) { /* in place: halves are written over the floats already read */
+        uint16_t *h = (uint16_t *)tmp;
+        for (size_t i = 0; i < n; i++) {
+            bool overflow = false;
+            float x = tmp[i];
+            h[i] = float_to_half(x, &overflow);
+            if (overflow) {
+                char where[CN_MAX_DIMS * 22];
+                element_text(t, i, where, sizeof where);
+                cn_error_set(err, "cannot write '" CN_PATH_FMT "' as F16: tensor '" NAME_FMT "' element [%s] is %g, "
+                             "beyond F16's range (+-65504)", af->path, name, where, (double)x);
+                free(tmp);
+                return -1;
+            }
+        }
+    }
+    int rc = cn_atomic_write(af, tmp, bytes, err);
     free(tmp);
     return rc;
 }
@@ -188,7 +250,13 @@ static named *sorted_names(const char *path, int n, const char *const *names, co
 int cn_safetensors_save(const char *path, int n, const char *const *names, cn_tensor *const *tensors,
                         int n_meta, const char *const *meta_keys, const char *const *meta_values,
                         cn_error *err) {
-    if (n < 0 || n_meta < 0 || (n > 0 && (!names || !tensors)) ||
+    return cn_safetensors_save_as(path, CN_SAFETENSORS_F32, n, names, tensors, n_meta, meta_keys, meta_values, err);
+}
+
+int cn_safetensors_save_as(const char *path, cn_safetensors_store dtype, int n, const char *const *names,
+                           cn_tensor *const *tensors, int n_meta, const char *const *meta_keys,
+                           const char *const *meta_values, cn_error *err) {
+    if ((dtype != CN_SAFETENSORS_F32 && dtype != CN_SAFETENSORS_F16) || n < 0 || n_meta < 0 || (n > 0 && (!names || !tensors)) ||
         (n_meta > 0 && (!meta_keys || !meta_values))) {
         cn_error_set(err, "cannot save '" CN_PATH_FMT "': bad arguments", path);
         return -1;
@@ -232,7 +300,7 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
         const cn_tensor *t = tensors[order[i].index];
         if (i || n_meta > 0) sb_puts(&h, ",");
         sb_json_string(&h, order[i].name);
-        sb_puts(&h, ":{\"dtype\":\"F32\",\"shape\":[");
+        sb_puts(&h, dtype == CN_SAFETENSORS_F16 ? ":{\"dtype\":\"F16\",\"shape\":[" : ":{\"dtype\":\"F32\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             if (d) sb_puts(&h, ",");
             sb_uint(&h, (uint64_t)t->shape[d]);
@@ -240,7 +308,7 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
         sb_puts(&h, "],\"data_offsets\":[");
         sb_uint(&h, offset);
         sb_puts(&h, ",");
-        offset += (uint64_t)cn_numel(t) * sizeof(float);
+        offset += (uint64_t)cn_numel(t) * (dtype == CN_SAFETENSORS_F16 ? 2u : 4u);
         sb_uint(&h, offset);
         sb_puts(&h, "]}");
     }
@@ -261,7 +329,7 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
     uint64_t hlen = h.len; /* little-endian host: the bytes are the u64 */
     int rc = cn_atomic_write(&af, &hlen, 8, err);
     if (!rc) rc = cn_atomic_write(&af, h.p, h.len, err);
-    for (int i = 0; !rc && i < n; i++) rc = write_tensor_data(&af, tensors[order[i].index], err);
+    for (int i = 0; !rc && i < n; i++) rc = write_tensor_data(&af, order[i].name, tensors[order[i].index], dtype, err);
     free(h.p), free(order);
     if (rc) {
         cn_atomic_abort(&af);

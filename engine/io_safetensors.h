@@ -46,6 +46,16 @@ int cn_safetensors_save(const char *path, int n, const char *const *names, cn_te
                         int n_meta, const char *const *meta_keys, const char *const *meta_values,
                         cn_error *err);
 
+/* The dtypes cn_safetensors_save_as can store. */
+typedef enum { CN_SAFETENSORS_F32, CN_SAFETENSORS_F16 } cn_safetensors_store;
+
+/* cn_safetensors_save storing every tensor as dtype: F16 rounds to nearest even (half the size;
+ * infinities and NaN kept) and refuses a finite value beyond F16's range (|x| >= 65520), naming
+ * the tensor and the element, rather than writing an infinity. */
+int cn_safetensors_save_as(const char *path, cn_safetensors_store dtype, int n, const char *const *names,
+                           cn_tensor *const *tensors, int n_meta, const char *const *meta_keys,
+                           const char *const *meta_values, cn_error *err);
+
 /* Reads and validates the file at path (read whole into memory). NULL with err filled on a
  * file-system error ("cannot open 'p': No such file or directory") or corrupt content
  * ("p: tensor 'w' has data_offsets [0, 100] but shape [3, 3] of F32 needs 36 bytes"). */

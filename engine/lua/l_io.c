@@ -1,6 +1,7 @@
 /* l_io.c — Lua binding of the file formats (io_safetensors.c, io_idx.c).
  *
- *   cn.save(path, {name = tensor, ...} [, {key = "value", ...}])   safetensors, atomic
+ *   cn.save(path, {name = tensor, ...} [, {key = "value", ...} [, {dtype = "F32" | "F16"}]])
+ *                                                                   safetensors, atomic
  *   cn.load(path) -> {name = tensor, ...}, {key = "value", ...}
  *   cn.load_idx(path) -> tensor                                    IDX, plain or .gz
  *   cn.save_idx(path, t [, "u8" | "i8" | "i16" | "i32" | "f32" | "f64"])   default "u8"
@@ -47,10 +48,17 @@ static int count_pairs(lua_State *L, int arg) {
     return n;
 }
 
-/* path, {name = tensor}, {key = "value"} */
+/* path, {name = tensor}, {key = "value"}, {dtype = "F32" | "F16"} */
 static int l_save(lua_State *L) {
     const char *path = check_path(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
+    static const char *const allowed[] = {"dtype", NULL};
+    cnl_check_keys(L, 4, allowed, "save");
+    const char *dtype_name = cnl_opt_string(L, 4, "dtype", "F32");
+    cn_safetensors_store dtype = CN_SAFETENSORS_F32;
+    if (strcmp(dtype_name, "F16") == 0) dtype = CN_SAFETENSORS_F16;
+    else if (strcmp(dtype_name, "F32") != 0)
+        luaL_argerror(L, 4, lua_pushfstring(L, "dtype '%s' cannot be written (known: F32, F16)", dtype_name));
     bool has_meta = !lua_isnoneornil(L, 3);
     if (has_meta) luaL_checktype(L, 3, LUA_TTABLE);
     int n = count_pairs(L, 2), n_meta = has_meta ? count_pairs(L, 3) : 0;
@@ -95,7 +103,7 @@ static int l_save(lua_State *L) {
         luaL_argcheck(L, i == n_meta, 3, "table changed while saving");
     }
     cn_error err;
-    if (cn_safetensors_save(path, n, names, tensors, n_meta, keys, values, &err)) return cnl_raise(L, &err);
+    if (cn_safetensors_save_as(path, dtype, n, names, tensors, n_meta, keys, values, &err)) return cnl_raise(L, &err);
     return 0;
 }
 

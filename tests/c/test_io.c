@@ -3,6 +3,7 @@
  * truncates bytes of valid files (run it under the sanitizers: make BUILD=build-asan SAN=1
  * build-asan/tests/test_io && build-asan/tests/test_io). */
 #include <dirent.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,6 +249,39 @@ static void test_atomic_save(void) {
     rmdir(dir);
     free(before), free(after);
     cn_release(t);
+    unlink(path);
+}
+
+/* F16 storage: exact halves and a round-to-even tie stored as such, read back; a finite value
+ * beyond F16's range refused (the old file kept), infinities kept. */
+static void test_save_f16(void) {
+    cn_error err;
+    int64_t shape[1] = {5};
+    cn_tensor *t = cn_empty(1, shape, &err);
+    float *x = cn_data(t);
+    x[0] = -2.5f, x[1] = 65504.0f, x[2] = 0x1p-24f, x[3] = 1.0f + 0x1p-11f /* tie: to 1 */, x[4] = (float)INFINITY;
+    const char *names[] = {"h"};
+    const char *path = tmp_path("half.safetensors");
+    CHECK(cn_safetensors_save_as(path, CN_SAFETENSORS_F16, 1, names, &t, 0, NULL, NULL, &err) == 0);
+    size_t n = 0;
+    unsigned char *bytes = read_bytes(path, &n);
+    uint64_t hlen = 0;
+    if (bytes) memcpy(&hlen, bytes, 8);
+    CHECK(bytes && n == 8 + hlen + 10 && strstr((const char *)bytes + 8, "\"dtype\":\"F16\""));
+    cn_safetensors_file *f = cn_safetensors_open(path, &err);
+    CHECK(f && strcmp(cn_safetensors_dtype(f, 0), "F16") == 0);
+    cn_tensor *back = f ? cn_safetensors_tensor(f, 0, &err) : NULL;
+    const float want[5] = {-2.5f, 65504.0f, 0x1p-24f, 1.0f, (float)INFINITY};
+    CHECK(back && memcmp(cn_data(back), want, sizeof want) == 0);
+    cn_safetensors_close(f);
+    x[1] = 65520.0f; /* rounds past 65504 */
+    CHECK(cn_safetensors_save_as(path, CN_SAFETENSORS_F16, 1, names, &t, 0, NULL, NULL, &err) == -1);
+    CHECK(strstr(err.msg, "tensor 'h' element [1] is 65520, beyond F16's range") != NULL);
+    size_t n2 = 0;
+    unsigned char *after = read_bytes(path, &n2);
+    CHECK(after && n2 == n && memcmp(bytes, after, n) == 0);
+    free(bytes), free(after);
+    cn_release(back), cn_release(t);
     unlink(path);
 }
 
@@ -613,6 +647,7 @@ int main(void) {
     RUN(test_conversions);
     RUN(test_corrupt);
     RUN(test_atomic_save);
+    RUN(test_save_f16);
     RUN(test_stale_temp_files);
     RUN(test_idx);
     RUN(test_idx_memory_bounds);

@@ -224,6 +224,68 @@ function TestSafetensorsTorch:testTorchWrittenFile()
   lu.assertEquals(back.mask:totable(), {1, 0, 0, 1})
 end
 
+-- ---- writing F16 (cn.save's dtype option) -------------------------------------------------
+
+TestSafetensorsF16 = with_tmp{}
+
+-- torch's float32 -> float16 rounding (ties to even, subnormals, the edge of the range), stored
+-- by cn.save{dtype = "F16"} and read back exactly
+function TestSafetensorsF16:testRoundsAsTorch()
+  local fx16 = fx.load("io_torch_written").f16_rounding
+  local path = tmp .. "/h.safetensors"
+  -- -65519 and 65519.99 round to +-65504, the edge: stored, not refused
+  cn.save(path, {x = cn.tensor(fx16.input)}, nil, {dtype = "F16"})
+  local back = cn.load(path)
+  assert_values(back.x, {#fx16.input}, fx16.want, "F16 rounding")
+  -- half the bytes of F32, and the header says F16
+  local bytes = read_file(path)
+  lu.assertStrContains(bytes, '"dtype":"F16"')
+  local hlen = string.unpack("<I8", bytes)
+  lu.assertEquals(#bytes, 8 + hlen + 2 * #fx16.input)
+end
+
+function TestSafetensorsF16:testLayoutAndViews()
+  local path = tmp .. "/v.safetensors"
+  local base = cn.arange(6):view{2, 3}
+  cn.save(path, {t = base:transpose(1, 2), s = cn.tensor(-2.5), e = cn.zeros{0, 2}}, {k = "v"}, {dtype = "F16"})
+  local header = '{"__metadata__":{"k":"v"},' .. entry("e", "F16", {0, 2}, 0, 0) .. "," ..
+    entry("s", "F16", {}, 0, 2) .. "," .. entry("t", "F16", {3, 2}, 2, 14) .. "}"
+  header = header .. string.rep(" ", (8 - #header % 8) % 8)
+  -- F16 bits: -2.5 = 0xC100; 0, 3, 1, 4, 2, 5 (the transpose, row-major)
+  local data = string.pack("<I2I2I2I2I2I2I2", 0xC100, 0x0000, 0x4200, 0x3C00, 0x4400, 0x4000, 0x4500)
+  lu.assertEquals(read_file(path), st(header, data))
+  local back, meta = cn.load(path)
+  lu.assertEquals(meta, {k = "v"})
+  assert_values(back.t, {3, 2}, {0, 3, 1, 4, 2, 5})
+  -- the default and an explicit F32 write F32
+  cn.save(path, {s = cn.tensor(-2.5)}, nil, {dtype = "F32"})
+  lu.assertStrContains(read_file(path), '"dtype":"F32"')
+end
+
+function TestSafetensorsF16:testOverflowRefusedOldFileKept()
+  local path = tmp .. "/o.safetensors"
+  cn.save(path, {w = cn.ones{2}})
+  local before = read_file(path)
+  assert_error(function() cn.save(path, {w = cn.ones{2}, big = cn.tensor{{1, 2}, {3, 65520}}}, nil, {dtype = "F16"}) end,
+    "tensor 'big' element [1, 1] is 65520, beyond F16's range")
+  assert_error(function() cn.save(path, {w = cn.tensor{-1e6}}, nil, {dtype = "F16"}) end, "element [0] is -1e+06")
+  lu.assertEquals(read_file(path), before)
+  lu.assertEquals(listdir(tmp), {"o.safetensors"})
+  -- infinities and NaN are values, not overflow: kept
+  cn.save(path, {w = cn.tensor{1 / 0, -1 / 0, 0 / 0}}, nil, {dtype = "F16"})
+  local w = cn.load(path).w
+  lu.assertEquals(w:get{1}, 1 / 0)
+  lu.assertEquals(w:get{2}, -1 / 0)
+  lu.assertTrue(w:get{3} ~= w:get{3})
+end
+
+function TestSafetensorsF16:testOptions()
+  assert_error(function() cn.save(tmp .. "/x", {}, nil, {dtype = "BF16"}) end, "dtype 'BF16' cannot be written (known: F32, F16)")
+  assert_error(function() cn.save(tmp .. "/x", {}, nil, {dtyp = "F16"}) end, "unknown option 'dtyp' (known: dtype)")
+  assert_error(function() cn.save(tmp .. "/x", {}, nil, {dtype = 16}) end, "dtype")
+  lu.assertEquals(listdir(tmp), {})
+end
+
 -- ---- atomicity ----------------------------------------------------------------------------
 
 TestSafetensorsAtomic = with_tmp{}

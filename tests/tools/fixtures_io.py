@@ -10,7 +10,10 @@ Without arguments it writes
   tests/fixtures/io_torch_written.lua       the values cunet must load from it: each tensor
                                             converted to float32 by torch (`t.to(torch.float32)`),
                                             flat, row-major, bit-exact (%.9g; -0.0, inf and nan
-                                            spelled out).
+                                            spelled out); and f16_rounding: float32 inputs and
+                                            what torch rounds them to in float16 (ties, subnormals,
+                                            the edge of the range), which cn.save{dtype = "F16"}
+                                            must store.
 Read by tests/lua/test_io.lua.
 
 The Python `safetensors` package is not in Debian 12, so this file carries its own writer, which
@@ -163,6 +166,20 @@ def make_tensors():
     }
 
 
+def f16_rounding_inputs():
+    """float32 values whose float16 rounding is easy to get wrong, and random ones at many scales."""
+    g = torch.Generator().manual_seed(SEED + 1)
+    e = 2.0 ** -11  # half an F16 ulp at 1
+    special = [1 + e, 1 + 3 * e, -(1 + e), 1 + e * (1 + 2 ** -12), 2048 + 1, 2048 + 3,  # ties to even
+               2.0 ** -25, 3 * 2.0 ** -25, 2.0 ** -25 * (1 + 2 ** -20), 2.0 ** -26,  # subnormal ties, zero
+               2.0 ** -14 - 2.0 ** -25, 2.0 ** -14 - 2.0 ** -24 * 1.5, 6.1e-5, -3e-7, 1e-8,  # near the normal edge
+               65504.0, 65519.0, 65519.99, -65519.0, 1e-45, -0.0, 0.0,
+               float("inf"), -float("inf")]
+    scales = torch.tensor([1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4]).repeat_interleave(6)
+    randoms = torch.randn(36, generator=g) * scales
+    return torch.cat([torch.tensor(special, dtype=torch.float32), randoms.to(torch.float32)])
+
+
 METADATA = {"format": "pt", "epoch": "12", "note": "naïve ✓ \"quoted\"\ttab"}
 
 
@@ -196,7 +213,12 @@ def write_fixtures():
         lines.append("    [%s] = {dtype = %s, shape = {%s}, data = {%s}}," % (
             lua_str(name), lua_str(DTYPE_NAMES[t.dtype]), ", ".join(str(s) for s in t.shape),
             ", ".join(lua_float(x) for x in f32)))
-    lines += ["  },", "}"]
+    lines.append("  },")
+    x = f16_rounding_inputs()
+    lines.append("  f16_rounding = {input = {%s}, want = {%s}}," % (
+        ", ".join(lua_float(v) for v in x.tolist()),
+        ", ".join(lua_float(v) for v in x.to(torch.float16).to(torch.float32).tolist())))
+    lines.append("}")
     lua_path = os.path.join(FIXTURES, "io_torch_written.lua")
     with open(lua_path, "w") as f:
         f.write("\n".join(lines) + "\n")
