@@ -331,22 +331,13 @@ end
 
 --- <out>/timing.csv as {run -> row} (rows as numbers and texts), {} when absent.
 function Study:read_timing()
-  local rows = {}
-  local f = io.open(self.out .. "/timing.csv", "r")
-  if not f then return rows end
-  local header
-  for line in f:lines() do
-    local fields = {}
-    for v in (line .. ","):gmatch("([^,]*),") do fields[#fields + 1] = v end
-    if not header then header = fields
-    elseif #fields == #header then
-      local r = {}
-      for i, h in ipairs(header) do r[h] = tonumber(fields[i]) or fields[i] end
-      rows[r.run] = r
-    end
-  end
-  f:close()
-  return rows
+  local path = self.out .. "/timing.csv"
+  local out = {}
+  if not fs.exists(path) then return out end
+  local rows, err = fs.read_csv(path)
+  if not rows then error("study: " .. err, 0) end
+  for _, r in ipairs(rows) do out[r.run] = r end
+  return out
 end
 
 --- Times sampling from each finished run (M.TIME_*), into <out>/timing.csv (a run's row replaced).

@@ -19,6 +19,7 @@
 local cn = require "cunet"
 local diffusion = require "cunet.diffusion"
 local metrics = require "cunet.metrics"
+local fs = require "cunet.fs"
 local options = require "cunet.options"
 
 local M = {}
@@ -306,25 +307,12 @@ local METRICS = {{key = "ssim", label = "SSIM", fmt = "%.4f"}, {key = "psnr", la
 -- {column = value} (numbers where the text is one, "n/a ..." texts kept), and the header's names.
 -- Raises naming the file when it is missing or not one of those.
 function M.read_results(path)
-  local f, err = io.open(path, "r")
-  if not f then error("denoise.read_results: cannot read '" .. path .. "': " .. tostring(err), 2) end
-  local header, rows = nil, {}
-  for line in f:lines() do
-    local fields = {}
-    for field in (line .. ","):gmatch("([^,]*),") do fields[#fields + 1] = field end
-    if not header then
-      header = fields
-      if header[1] ~= "level" or not (header[2] == "method" or header[4] == "method") then
-        f:close()
-        error(string.format("denoise.read_results: '%s' is not a denoise.csv (its header starts %s)", path, line:sub(1, 40)), 2)
-      end
-    elseif #fields > 1 then
-      local row = {}
-      for i, name in ipairs(header) do row[name] = tonumber(fields[i]) or fields[i] end
-      rows[#rows + 1] = row
-    end
+  local rows, header = fs.read_csv(path)
+  if not rows then error("denoise.read_results: " .. header, 2) end
+  if header[1] ~= "level" or not (header[2] == "method" or header[4] == "method") then
+    error(string.format("denoise.read_results: '%s' is not a denoise.csv (its header starts %s)", path,
+      table.concat(header, ","):sub(1, 40)), 2)
   end
-  f:close()
   return rows, header
 end
 

@@ -278,29 +278,22 @@ M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,
 -- ODE blocks' solver, "-" for other models), block_nfe= (the blocks' evaluations per forward)} of a fid_vs_steps CSV,
 -- or nil and a message naming the file (unreadable, another header, a bad row).
 function M.read_scan(path)
-  local f = io.open(path, "r")
-  if not f then return nil, "cannot read " .. path end
-  local header = f:read("l")
-  if not header or not header:match("^steps,fid_classifier,") then
-    f:close()
-    return nil, path .. " is not a fid_vs_steps CSV"
-  end
-  local rows = {}
-  for line in f:lines() do
-    local v = {}
-    for field in line:gmatch("[^,]+") do v[#v + 1] = field end
-    local steps, value, seconds, n = math.tointeger(tonumber(v[1])), tonumber(v[2]), tonumber(v[5]), tonumber(v[6])
-    if #v < 10 or not (steps and value and seconds and n) then
-      f:close()
-      return nil, string.format("%s: bad row '%s'", path, line)
+  local rows, header = fs.read_csv(path)
+  if not rows then return nil, header end
+  if header[1] ~= "steps" or header[2] ~= "fid_classifier" then return nil, path .. " is not a fid_vs_steps CSV" end
+  local out = {}
+  for i, r in ipairs(rows) do
+    local steps = math.tointeger(r.steps)
+    if not (steps and type(r.fid_classifier) == "number" and type(r.seconds_per_sample) == "number" and type(r.n) == "number") then
+      return nil, string.format("%s: bad row %d (steps %s, fid %s)", path, i, tostring(r.steps), tostring(r.fid_classifier))
     end
-    rows[#rows + 1] = { steps = steps, fid = value, kid = tonumber(v[3]), kid_std = tonumber(v[4]), seconds = seconds,
-      n = n, sampler = v[7], dataset = v[8], split = v[9], checkpoint = v[10], nfe = tonumber(v[11]), spacing = v[12],
-      variance = v[13], ode_method = v[14], rtol = tonumber(v[15]), atol = tonumber(v[16]), block_solver = v[17],
-      block_nfe = tonumber(v[18]) }
+    local function num(v) return type(v) == "number" and v or nil end
+    out[i] = { steps = steps, fid = r.fid_classifier, kid = num(r.kid_classifier), kid_std = num(r.kid_std),
+      seconds = r.seconds_per_sample, n = r.n, sampler = r.sampler, dataset = r.dataset, split = r.split,
+      checkpoint = r.checkpoint, nfe = num(r.nfe), spacing = r.spacing, variance = r.variance, ode_method = r.ode_method,
+      rtol = num(r.rtol), atol = num(r.atol), block_solver = r.block_solver, block_nfe = num(r.block_nfe) }
   end
-  f:close()
-  return rows
+  return out
 end
 
 return M

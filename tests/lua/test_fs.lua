@@ -55,3 +55,32 @@ function TestFs:testWriteAtomic()
   lu.assertNil(ok)
   lu.assertStrContains(err, "cannot write '" .. self.dir .. "/missing/x.csv.tmp'")
 end
+
+function TestFs:testReadCsv()
+  assert(fs.mkdir_p(self.dir))
+  local path = self.dir .. "/t.csv"
+  assert(fs.write_atomic(path, "steps,fid,sampler,note\r\n10,41.6,ddim,\n\n2,1e3,dpmpp_2m,x y\n"))
+  local rows, header = fs.read_csv(path)
+  lu.assertEquals(header, {"steps", "fid", "sampler", "note"})
+  lu.assertEquals(rows, {{steps = 10, fid = 41.6, sampler = "ddim", note = ""}, {steps = 2, fid = 1000, sampler = "dpmpp_2m", note = "x y"}})
+  lu.assertEquals(math.type(rows[1].steps), "integer")
+  -- what goes wrong is named, with the file
+  assert(fs.write_atomic(path, "a,b\n1,2\n3\n"))
+  local r, err = fs.read_csv(path)
+  lu.assertNil(r)
+  lu.assertStrContains(err, path .. ": line 3 has 1 fields, the header 2")
+  assert(fs.write_atomic(path, "a,b,a\n"))
+  r, err = fs.read_csv(path)
+  lu.assertNil(r)
+  lu.assertStrContains(err, "column 'a' appears twice")
+  assert(fs.write_atomic(path, ""))
+  r, err = fs.read_csv(path)
+  lu.assertNil(r)
+  lu.assertStrContains(err, "empty (no header line)")
+  r, err = fs.read_csv(self.dir .. "/none.csv")
+  lu.assertNil(r)
+  lu.assertStrContains(err, "cannot read '" .. self.dir .. "/none.csv'")
+  -- a header alone: no rows
+  assert(fs.write_atomic(path, "a,b\n"))
+  lu.assertEquals(fs.read_csv(path), {})
+end
