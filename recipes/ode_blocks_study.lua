@@ -163,9 +163,9 @@ end
 function Study:list(runs)
   print(string.format("%-20s %-30s %11s  %8s  %8s  %8s", "run", "training blocks", "steps", "train h", "CPU h", "eval"))
   for _, run in ipairs(runs) do
-    local rec = self.state.runs[run.name] or {}
-    print(string.format("%-20s %-30s %5d/%-5d  %8.2f  %8.2f  %4d/%-3d", run.name, run.label, self:done_steps(run), self.steps,
-      (rec.train_wall or 0) / 3600, ((rec.train_cpu or 0) + (rec.scan_cpu or 0)) / 3600,
+    local rec, cost = self.state.runs[run.name] or {}, self:train_cost(run)
+    print(string.format("%-20s %-30s %5d/%-5d  %8.2f  %7.2f%s  %4d/%-3d", run.name, run.label, self:done_steps(run), self.steps,
+      cost.wall / 3600, (cost.cpu + (rec.scan_cpu or 0)) / 3600, cost.cpu_how == "estimated" and "~" or " ",
       #M.EVAL_SOLVERS - #self:eval_items(run), #M.EVAL_SOLVERS))
   end
   print(string.format("(every run: train_cunet.lua --init %s --preset %s --seed %d %s; state in %s)", M.INIT, M.PRESET, M.SEED,
@@ -186,12 +186,12 @@ function Study:report(runs)
     "|---|---:|---:|---|---:|---:|---:|"}
   local series = {}
   for _, run in ipairs(runs) do
-    local rec = self.state.runs[run.name] or {}
+    local cost = self:train_cost(run)
     local xs, ys = {}, {}
     for _, s in ipairs(M.EVAL_SOLVERS) do
       local r = self:eval_row(run, s)
-      md[#md + 1] = string.format("| %s | %d | %.2f | %s | %s | %s | %s |", run.label, self:done_steps(run),
-        (rec.train_cpu or 0) / 3600, s.label, r and r.block_nfe and string.format("%.1f", r.block_nfe) or "–",
+      md[#md + 1] = string.format("| %s | %d | %s%.2f | %s | %s | %s | %s |", run.label, self:done_steps(run),
+        cost.cpu_how == "estimated" and "≈ " or "", cost.cpu / 3600, s.label, r and r.block_nfe and string.format("%.1f", r.block_nfe) or "–",
         r and string.format("%.4f", r.seconds) or "–", r and string.format("%.2f", r.fid) or "–")
       if r and r.block_nfe then xs[#xs + 1], ys[#ys + 1] = r.block_nfe, r.fid end
     end

@@ -223,11 +223,11 @@ function Study:list(runs)
     "steps", "train h", "CPU h", "scan rows"))
   local total_items = #M.SCAN_STEPS * (#M.SAMPLERS - 1) + #M.SCAN_RTOLS
   for _, run in ipairs(runs) do
-    local rec = self.state.runs[run.name] or {}
+    local rec, cost = self.state.runs[run.name] or {}, self:train_cost(run)
     local missing = #self:scan_items(run)
-    print(string.format("%-22s %-7s %-6s %-11s %4d  %5d/%-5d  %8.2f  %8.2f  %4d/%-5d", run.name, run.setup, run.family,
-      run.preset, run.seed, self:done_steps(run), self.steps, (rec.train_wall or 0) / 3600,
-      ((rec.train_cpu or 0) + (rec.scan_cpu or 0)) / 3600, total_items - missing, total_items))
+    print(string.format("%-22s %-7s %-6s %-11s %4d  %5d/%-5d  %8.2f  %7.2f%s  %4d/%-5d", run.name, run.setup, run.family,
+      run.preset, run.seed, self:done_steps(run), self.steps, cost.wall / 3600,
+      (cost.cpu + (rec.scan_cpu or 0)) / 3600, cost.cpu_how == "estimated" and "~" or " ", total_items - missing, total_items))
   end
   print(string.format("(options of every run: %s; %s: see recipes/study_mnist.lua; state in %s)",
     command_text(M.COMMON), "authors / ho", self.state_path))
@@ -551,12 +551,17 @@ function Study:report(runs)
   md[#md + 1] = ""
   md[#md + 1] = "## Training cost"
   md[#md + 1] = ""
+  md[#md + 1] = "Train wall h: the larger of the driver's record and the checkpoint's own clock. Train CPU h: the " ..
+    "checkpoint's count of the training processes' CPU where it covers the whole run, else the driver's record of " ..
+    "its training calls; ≈ where a call was killed with its session before the driver could record it, so the " ..
+    "recorded CPU per step is scaled to the steps done. Scan CPU h: the driver's record of the FID scans."
+  md[#md + 1] = ""
   md[#md + 1] = "| run | steps | train wall h | train CPU h | scan CPU h |"
   md[#md + 1] = "|---|---:|---:|---:|---:|"
   for _, run in ipairs(runs) do
-    local rec = self.state.runs[run.name] or {}
-    md[#md + 1] = string.format("| %s | %d | %.2f | %.2f | %.2f |", run.name, self:done_steps(run), (rec.train_wall or 0) / 3600,
-      (rec.train_cpu or 0) / 3600, (rec.scan_cpu or 0) / 3600)
+    local rec, cost = self.state.runs[run.name] or {}, self:train_cost(run)
+    md[#md + 1] = string.format("| %s | %d | %.2f | %s%.2f | %.2f |", run.name, self:done_steps(run), cost.wall / 3600,
+      cost.cpu_how == "estimated" and "≈ " or "", cost.cpu / 3600, (rec.scan_cpu or 0) / 3600)
   end
   fs.mkdir_p(self.out)
   write_atomic(self.out .. "/report.md", table.concat(md, "\n") .. "\n")

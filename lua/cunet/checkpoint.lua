@@ -10,7 +10,8 @@
 -- names, so the averaged weights load like a state_dict), the optimiser state under "optim.<key>".
 -- Metadata (strings): "format" = "cunet.checkpoint", "format_version", "step", "rng.seed",
 -- "rng.counter", "model_config" (JSON), "model_module", "schedule", "T", "prediction",
--- "loss_tail" (JSON), "data.seed", "data.epoch", "data.position", "image_shape", "seconds", "ema.*" and
+-- "loss_tail" (JSON), "data.seed", "data.epoch", "data.position", "image_shape", "seconds",
+-- "cpu_seconds" and "cpu_seconds_from" (the training process's CPU time, counted from that step), "ema.*" and
 -- "optim.*" scalars, "train" (the trainer's options, JSON: what a resumed run restores),
 -- "schedule.beta" (the schedule's β_1..β_T, JSON: any schedule, a Lua-made one included, rebuilds
 -- from them) and "run" (the run's whole resolved configuration, JSON, as config.lua holds it). See
@@ -184,7 +185,8 @@ end
 -- (the Lua module that rebuilds it, default "cunet.models.unet"), ema, optimizer, step, rng
 -- (default cn.rng_state()), schedule (a name), schedule_beta (its β list), T, prediction, losses
 -- (a list: the loss tail), data ({seed=, epoch=, position=}), image_shape ({C, H, W} of the
--- training images), seconds, train (a table of the trainer's options), run (the resolved
+-- training images), seconds, cpu_seconds and cpu_seconds_from (the training process's CPU seconds,
+-- counted from step cpu_seconds_from: 0 when they cover the whole run), train (a table of the trainer's options), run (the resolved
 -- configuration), meta (extra string metadata). Returns path.
 function M.save(path, state)
   if type(path) ~= "string" then error("checkpoint.save: expected a path, got " .. type(path), 2) end
@@ -226,6 +228,10 @@ function M.save(path, state)
   end
   if state.image_shape then meta.image_shape = json.encode(state.image_shape) end
   if state.seconds then meta.seconds = scalar_string(state.seconds) end
+  if state.cpu_seconds then
+    meta.cpu_seconds = scalar_string(state.cpu_seconds)
+    meta.cpu_seconds_from = string.format("%d", state.cpu_seconds_from or 0)
+  end
   if state.train then meta.train = json.encode(state.train) end
   if state.schedule_beta then meta["schedule.beta"] = json.encode(state.schedule_beta) end
   if state.run then meta.run = json.encode(state.run) end
@@ -283,7 +289,8 @@ end
 -- state (after checking everything that can be checked first; see M.restore). Returns ck: {path,
 -- step, config, model_module, model (name -> tensor), ema (name -> tensor, or nil), optim_tensors,
 -- optim_scalars, ema_scalars, rng {seed, counter}, schedule, schedule_beta (β list, or nil), T,
--- prediction, losses, data {seed, epoch, position}, image_shape, seconds, train, run, meta (all
+-- prediction, losses, data {seed, epoch, position}, image_shape, seconds, cpu_seconds and
+-- cpu_seconds_from (nil in checkpoints written before they were recorded), train, run, meta (all
 -- metadata strings)}.
 function M.load(path, opts)
   options.check(opts, RESTORE_OPTIONS, "checkpoint.load")
@@ -328,6 +335,8 @@ function M.load(path, opts)
   ck.data = { seed = integer_meta(path, meta, "data.seed"), epoch = integer_meta(path, meta, "data.epoch"),
               position = integer_meta(path, meta, "data.position") }
   ck.seconds = tonumber(meta.seconds or "0") or 0
+  ck.cpu_seconds = tonumber(meta.cpu_seconds or "")
+  if ck.cpu_seconds then ck.cpu_seconds_from = integer_meta(path, meta, "cpu_seconds_from") or 0 end
   if meta.image_shape then
     local oki, shape = pcall(json.decode, meta.image_shape)
     ck.image_shape = oki and type(shape) == "table" and shape or nil

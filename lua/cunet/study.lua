@@ -42,8 +42,9 @@ function M.write_atomic(path, text)
   if not ok then error(err, 0) end
 end
 
---- The step of a checkpoint, from its safetensors header alone (8-byte length, then JSON): cheap.
-function M.checkpoint_step(path)
+--- The metadata of a checkpoint (string values), from its safetensors header alone (8-byte length,
+-- then JSON): cheap; nil when the file is missing or unreadable.
+function M.checkpoint_meta(path)
   local f = io.open(path, "rb")
   if not f then return nil end
   local head = f:read(8)
@@ -53,6 +54,12 @@ function M.checkpoint_step(path)
   if not text then return nil end
   local ok, header = pcall(json.decode, text)
   local meta = ok and type(header) == "table" and header.__metadata__
+  return type(meta) == "table" and meta or nil
+end
+
+--- The step of a checkpoint (M.checkpoint_meta), or nil.
+function M.checkpoint_step(path)
+  local meta = M.checkpoint_meta(path)
   return meta and math.tointeger(tonumber(meta.step)) or nil
 end
 
@@ -175,6 +182,23 @@ function Driver:record(run)
   end
   self.touched[run.name] = true
   return r
+end
+
+--- What training run has cost so far: {wall =, cpu = (seconds), cpu_how = "checkpoint" | "recorded" |
+-- "estimated"}. Wall: the larger of the driver's record and the checkpoint's clock (a call killed with
+-- its session is missing from the record, not from the clock). CPU: the checkpoint's count when it
+-- covers the whole run (checkpoints record it since 2026-12-06); else the driver's record when that
+-- covers every step; else the record's CPU per step times the steps done ("estimated").
+function Driver:train_cost(run)
+  local rec = self.state.runs[run.name] or {}
+  local meta = M.checkpoint_meta(self:ckpt(run)) or {}
+  local done = math.tointeger(tonumber(meta.step)) or 0
+  local rec_wall, rec_cpu, rec_steps = rec.train_wall or 0, rec.train_cpu or 0, rec.train_steps or 0
+  local wall = math.max(rec_wall, tonumber(meta.seconds) or 0)
+  local ck_cpu, from = tonumber(meta.cpu_seconds), tonumber(meta.cpu_seconds_from)
+  if ck_cpu and from == 0 then return {wall = wall, cpu = math.max(ck_cpu, rec_cpu), cpu_how = "checkpoint"} end
+  if rec_steps >= done or rec_steps == 0 then return {wall = wall, cpu = rec_cpu, cpu_how = "recorded"} end
+  return {wall = wall, cpu = rec_cpu / rec_steps * done, cpu_how = "estimated"}
 end
 
 -- Writes the records of the runs this driver touched over the file's current contents, so that two

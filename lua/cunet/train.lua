@@ -494,7 +494,8 @@ function M.config_text(cfg)
 end
 
 --- Trains; see M.defaults for the options. Returns {step, start_step, losses (step -> loss for
--- the steps run here), loss (the last), seconds, checkpoint (the last path written), model, ema,
+-- the steps run here), loss (the last), seconds, cpu_seconds and cpu_seconds_from (as the checkpoint
+-- holds them), checkpoint (the last path written), model, ema,
 -- optimizer, schedule, config (the resolved configuration, as out/config.lua holds it), notices
 -- (the "resume: ..." lines of options changed on resume)}. A NaN or infinite loss or gradient norm raises before the optimiser step
 -- and writes nothing more (the last checkpoint stays as it was).
@@ -534,6 +535,9 @@ function M.run(opts)
 
   -- start or resume
   local start_step, epoch, position, seed, seconds0, history = 0, 1, 0, o.seed, 0, {}
+  -- CPU seconds of the training processes so far, counted from step cpu_from (0 unless resumed
+  -- from a checkpoint written before they were recorded)
+  local cpu0, cpu_from = 0, 0
   local last_checkpoint
   if ck then
     if ema and not ck.ema then fail("cannot resume '%s': it holds no EMA weights (run with ema = false)", o.resume) end
@@ -543,6 +547,7 @@ function M.run(opts)
     if ema then ema.decay, ema.warmup = o.ema, o.ema_warmup end
     cn.set_rng_state(ck.rng)
     start_step, seconds0, history = ck.step, ck.seconds, ck.losses
+    cpu0, cpu_from = ck.cpu_seconds or 0, ck.cpu_seconds and ck.cpu_seconds_from or ck.step
     epoch, position, seed = ck.data.epoch or 1, ck.data.position or 0, ck.data.seed or o.seed
     last_checkpoint = o.resume
   else
@@ -578,7 +583,9 @@ function M.run(opts)
   local window_loss, window_n, window_t = 0, 0, t0
   local window_penalty = 0
 
+  local c0 = os.clock() -- this process's CPU time, every thread's
   local function elapsed() return seconds0 + cn.time() - t0 end
+  local function cpu_elapsed() return cpu0 + os.clock() - c0 end
 
   local function save_checkpoint()
     local tail = {}
@@ -587,8 +594,8 @@ function M.run(opts)
       model = model, config = config, model_module = o.model_module, ema = ema, optimizer = opt, step = step,
       rng = cn.rng_state(), schedule = schedule_name, schedule_beta = cfg.schedule.beta, T = T,
       prediction = o.prediction, losses = tail, data = {seed = seed, epoch = stream.epoch, position = stream.position},
-      seconds = elapsed(), image_shape = {images:size(2), images:size(3), images:size(4)},
-      train = cfg.train, run = cfg,
+      seconds = elapsed(), cpu_seconds = cpu_elapsed(), cpu_seconds_from = cpu_from,
+      image_shape = {images:size(2), images:size(3), images:size(4)}, train = cfg.train, run = cfg,
     }
     if csv then csv:flush() end
     local path = out .. "/checkpoint.safetensors"
@@ -714,6 +721,7 @@ function M.run(opts)
 
   return {
     step = step, start_step = start_step, losses = losses, loss = last_loss, seconds = elapsed(),
+    cpu_seconds = cpu_elapsed(), cpu_seconds_from = cpu_from,
     checkpoint = last_checkpoint, model = model, ema = ema, optimizer = opt, schedule = sched,
     config = cfg, notices = notices,
   }

@@ -202,3 +202,26 @@ function TestStudy:testReportTables()
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ddim_trailing.gp"))
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ode_dopri5.gp"))
 end
+
+-- What a run cost: the checkpoint's complete CPU count when it has one; the driver's record when it
+-- covers every step; else the record's CPU per step scaled to the steps done ("estimated", a call
+-- killed with its session); wall time never below the checkpoint's own clock.
+function TestStudy:testTrainCost()
+  local cn = require "cunet"
+  local s = study.new(self.dir, {exe = EXE})
+  local r = study.RUNS[1]
+  assert(fs.mkdir_p(s:dir(r)))
+  local function ckpt(meta) cn.save(s:ckpt(r), {["model.w"] = cn.zeros{1}}, meta) end
+  s.state.runs[r.name] = {train_wall = 900, train_cpu = 800, train_steps = 250, calls = 1}
+  ckpt({step = "250", seconds = "1000"})
+  lu.assertEquals(s:train_cost(r), {wall = 1000, cpu = 800, cpu_how = "recorded"})
+  ckpt({step = "1000", seconds = "4000"}) -- three quarters of the calls went unrecorded
+  lu.assertEquals(s:train_cost(r), {wall = 4000, cpu = 3200, cpu_how = "estimated"})
+  ckpt({step = "1000", seconds = "4000", cpu_seconds = "3500", cpu_seconds_from = "0"})
+  lu.assertEquals(s:train_cost(r), {wall = 4000, cpu = 3500, cpu_how = "checkpoint"})
+  ckpt({step = "1000", seconds = "4000", cpu_seconds = "2000", cpu_seconds_from = "500"}) -- partial count
+  lu.assertEquals(s:train_cost(r).cpu_how, "estimated")
+  s.state.runs[r.name] = nil
+  os.remove(s:ckpt(r))
+  lu.assertEquals(s:train_cost(r), {wall = 0, cpu = 0, cpu_how = "recorded"})
+end

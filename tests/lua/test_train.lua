@@ -189,6 +189,33 @@ function TestTrainResume:test_resume_equals_uninterrupted_run()
   for k, v in pairs(ca.model) do lu.assertEquals(max_diff(v, cb.model[k]), 0, k) end
 end
 
+-- The checkpoint carries the training's CPU seconds over resumes; a checkpoint written before they
+-- were recorded starts the count at its step (cpu_seconds_from), so a report can say it is partial.
+function TestTrainResume:test_cpu_seconds_add_up_over_resumes()
+  local dir = self.dir .. "/cpu"
+  local path = dir .. "/checkpoint.safetensors"
+  local first = train.run(options{model = new_model(1), steps = 3, out = dir})
+  local c1 = checkpoint.load(path)
+  lu.assertTrue(c1.cpu_seconds > 0)
+  lu.assertEquals(c1.cpu_seconds_from, 0)
+  lu.assertEquals(first.cpu_seconds_from, 0)
+  lu.assertTrue(math.abs(first.cpu_seconds - c1.cpu_seconds) < 0.5)
+  train.run(options{model = new_model(1), steps = 6, out = dir, resume = path})
+  local c2 = checkpoint.load(path)
+  lu.assertTrue(c2.cpu_seconds > c1.cpu_seconds)
+  lu.assertEquals(c2.cpu_seconds_from, 0)
+  -- an older checkpoint: no CPU record
+  local tensors, meta = cn.load(path)
+  meta.cpu_seconds, meta.cpu_seconds_from = nil, nil
+  cn.save(path, tensors, meta)
+  lu.assertNil(checkpoint.load(path).cpu_seconds)
+  local third = train.run(options{model = new_model(1), steps = 8, out = dir, resume = path})
+  local c3 = checkpoint.load(path)
+  lu.assertEquals(c3.cpu_seconds_from, 6)
+  lu.assertEquals(third.cpu_seconds_from, 6)
+  lu.assertTrue(c3.cpu_seconds > 0 and c3.cpu_seconds < c2.cpu_seconds + 60)
+end
+
 function TestTrainResume:test_resume_drops_csv_rows_past_the_checkpoint()
   -- a run that went on past its last checkpoint (killed at step 5, checkpoint at 4): the resumed
   -- run rewrites steps 5.. and the CSV has each step once
