@@ -15,7 +15,7 @@
 -- Under --out (runs/ode_blocks): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and
 -- eval.log, <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each
 -- run's wall and CPU seconds (cunet.study). A session may be killed at any moment: the checkpoints are
--- written atomically every 250 steps and every evaluation cell is its own CSV.
+-- written atomically every 50 steps and every evaluation cell is its own CSV.
 
 local cn = require "cunet"
 local cli = require "cunet.cli"
@@ -42,21 +42,28 @@ M.FINETUNE = {"--data", "mnist", "--batch", "64", "--lr", "1e-4", "--warmup", "2
 
 -- RNODE's weights: λ1 = λ2 = 0.01, the value of Finlay et al. (ICML 2020) for their MNIST and CIFAR
 -- models. The penalties are per element of the block's state (docs/ode.md), so λ does not scale with
--- the features' size; every one of the cU-Net's 7 blocks adds its own.
+-- the features' size; every one of the cU-Net's 7 blocks adds its own. At rtol 0.01 a tenth of it too
+-- (M.RNODE_LIGHT): 0.01 cost the fine-tuned model most of its quality (docs/ode.md), so the trade-off
+-- needs a second point.
 M.RNODE = {kinetic = 0.01, jacobian = 0.01}
+M.RNODE_LIGHT = {kinetic = 0.001, jacobian = 0.001}
 
 -- (a) the authors' blocks: rk4_38, one step (the control: the same 300 steps of fine-tuning); (b) dopri5
--- at two tolerances; (c) the same with RNODE.
+-- at two tolerances; (c) the same with RNODE, and at rtol 0.01 with the lighter λ.
 M.RUNS = {
   {name = "rk4_38", label = "rk4_38, 1 step (authors)", flags = {"--method", "rk4_38", "--ode-steps", "1"}},
 }
+local function rnode_run(tol, solver, lambda, suffix)
+  return {name = "dopri5_" .. tol .. "_rnode" .. suffix, label = string.format("dopri5 rtol %s + RNODE λ %g", tol, lambda.kinetic),
+    rnode = lambda, flags = append(append({}, solver), {"--kinetic", string.format("%g", lambda.kinetic),
+      "--jacobian", string.format("%g", lambda.jacobian)})}
+end
 for _, rtol in ipairs{1e-2, 1e-3} do
   local tol = string.format("%g", rtol)
   local solver = {"--method", "dopri5", "--ode-rtol", tol, "--ode-atol", tol}
   M.RUNS[#M.RUNS + 1] = {name = "dopri5_" .. tol, label = "dopri5 rtol " .. tol, flags = solver}
-  M.RUNS[#M.RUNS + 1] = {name = "dopri5_" .. tol .. "_rnode", label = "dopri5 rtol " .. tol .. " + RNODE", rnode = true,
-    flags = append(append({}, solver), {"--kinetic", string.format("%g", M.RNODE.kinetic),
-      "--jacobian", string.format("%g", M.RNODE.jacobian)})}
+  M.RUNS[#M.RUNS + 1] = rnode_run(tol, solver, M.RNODE, "")
+  if rtol == 1e-2 then M.RUNS[#M.RUNS + 1] = rnode_run(tol, solver, M.RNODE_LIGHT, "_light") end
 end
 
 -- ---- the evaluation --------------------------------------------------------------------------------
@@ -161,10 +168,10 @@ function Study:eval(runs)
 end
 
 function Study:list(runs)
-  print(string.format("%-20s %-30s %11s  %8s  %8s  %8s", "run", "training blocks", "steps", "train h", "CPU h", "eval"))
+  print(string.format("%-24s %-34s %11s  %8s  %8s  %8s", "run", "training blocks", "steps", "train h", "CPU h", "eval"))
   for _, run in ipairs(runs) do
     local rec, cost = self.state.runs[run.name] or {}, self:train_cost(run)
-    print(string.format("%-20s %-30s %5d/%-5d  %8.2f  %7.2f%s  %4d/%-3d", run.name, run.label, self:done_steps(run), self.steps,
+    print(string.format("%-24s %-34s %5d/%-5d  %8.2f  %7.2f%s  %4d/%-3d", run.name, run.label, self:done_steps(run), self.steps,
       cost.wall / 3600, (cost.cpu + (rec.scan_cpu or 0)) / 3600, cost.cpu_how == "estimated" and "~" or " ",
       #M.EVAL_SOLVERS - #self:eval_items(run), #M.EVAL_SOLVERS))
   end
@@ -180,8 +187,8 @@ function Study:report(runs)
       "sampled by DDIM (trailing, %d steps) with its ODE blocks solved by each solver below; n = %d samples (batch %d, " ..
       "seed %d), %s against the 9,000 training digits. NFE: the blocks' function evaluations per network forward " ..
       "(all 7 blocks, adaptive: the mean over the forwards); s/sample: wall time at batch %d on the machine the " ..
-      "evaluation ran on. RNODE: λ kinetic %g, λ Jacobian %g.", M.PRESET, M.INIT, self.steps, M.EVAL_STEPS, self.n, M.EVAL_BATCH,
-      M.EVAL_SEED, fid.NAME, M.EVAL_BATCH, M.RNODE.kinetic, M.RNODE.jacobian), "",
+      "evaluation ran on. RNODE λ: the kinetic and the Jacobian weight (equal).", M.PRESET, M.INIT, self.steps, M.EVAL_STEPS, self.n, M.EVAL_BATCH,
+      M.EVAL_SEED, fid.NAME, M.EVAL_BATCH), "",
     "| trained with | steps | train CPU h | evaluated with | NFE / forward | s / sample | " .. fid.NAME .. " |",
     "|---|---:|---:|---|---:|---:|---:|"}
   local series = {}

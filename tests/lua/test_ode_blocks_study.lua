@@ -122,10 +122,11 @@ function TestOdeBlocks:testRecipePenalty()
   lu.assertStrContains(log, "penalty")
 end
 
--- The matrix: the authors' blocks, dopri5 at two tolerances, each with and without RNODE; 300 steps
+-- The matrix: the authors' blocks, dopri5 at two tolerances, each with and without RNODE (and a lighter
+-- λ at rtol 0.01); 300 steps
 -- fine-tuning the committed 0.28 M cU-Net of the study; every checkpoint at several block solvers, n >= 1,000.
 function TestOdeBlocks:testMatrix()
-  lu.assertEquals(#study.RUNS, 5)
+  lu.assertEquals(#study.RUNS, 6)
   local function opts(list)
     local t = {}
     for i = 1, #list do
@@ -136,15 +137,19 @@ function TestOdeBlocks:testMatrix()
   local base = opts(study.RUNS[1].flags)
   lu.assertEquals({base["--method"], base["--ode-steps"], base["--kinetic"]}, {"rk4_38", "1", nil})
   local seen = {}
-  for i = 2, 5 do
+  for i = 2, 6 do
     local f = opts(study.RUNS[i].flags)
     lu.assertEquals(f["--method"], "dopri5")
     lu.assertEquals(f["--ode-rtol"], f["--ode-atol"])
-    lu.assertEquals(f["--kinetic"] ~= nil, study.RUNS[i].rnode == true)
-    seen[f["--ode-rtol"] .. (f["--kinetic"] and "+rnode" or "")] = true
+    local lambda = study.RUNS[i].rnode
+    lu.assertEquals(f["--kinetic"] ~= nil, lambda ~= nil)
+    if lambda then lu.assertEquals({f["--kinetic"], f["--jacobian"]}, {string.format("%g", lambda.kinetic), string.format("%g", lambda.jacobian)}) end
+    seen[f["--ode-rtol"] .. (f["--kinetic"] and "+rnode" .. f["--kinetic"] or "")] = true
   end
-  lu.assertEquals(seen, {["0.01"] = true, ["0.001"] = true, ["0.01+rnode"] = true, ["0.001+rnode"] = true})
+  lu.assertEquals(seen, {["0.01"] = true, ["0.001"] = true, ["0.01+rnode0.01"] = true, ["0.001+rnode0.01"] = true,
+    ["0.01+rnode0.001"] = true})
   lu.assertTrue(study.RNODE.kinetic > 0 and study.RNODE.jacobian > 0)
+  lu.assertTrue(study.RNODE_LIGHT.kinetic < study.RNODE.kinetic)
   local f = opts(study.FINETUNE)
   lu.assertEquals({f["--batch"], f["--lr"], f["--sample-every"]}, {"64", "1e-4", "0"})
   lu.assertEquals({study.STEPS, study.PRESET}, {300, "mnist_028m"})
@@ -154,7 +159,7 @@ function TestOdeBlocks:testMatrix()
   lu.assertTrue(#study.EVAL_SOLVERS >= 3)
 end
 
--- --dry-run writes nothing and prints the 5 training and 20 evaluation commands.
+-- --dry-run writes nothing and prints the 6 training and 24 evaluation commands.
 function TestOdeBlocks:testDryRun()
   local out_dir = self.dir .. "/dry"
   local code, out = run("recipes/ode_blocks_study.lua", "--dry-run --out " .. out_dir)
@@ -163,11 +168,13 @@ function TestOdeBlocks:testDryRun()
   lu.assertStrContains(out, "recipes/train_cunet.lua --init checkpoints/study/authors_cunet_028m_s0.safetensors --preset mnist_028m --seed 0")
   lu.assertStrContains(out, "--method dopri5 --ode-rtol 0.001 --ode-atol 0.001 --kinetic 0.01 --jacobian 0.01 --steps 300 "
     .. "--checkpoint-every 50 --out " .. out_dir .. "/dopri5_0.001_rnode")
+  lu.assertStrContains(out, "--method dopri5 --ode-rtol 0.01 --ode-atol 0.01 --kinetic 0.001 --jacobian 0.001 --steps 300 "
+    .. "--checkpoint-every 50 --out " .. out_dir .. "/dopri5_0.01_rnode_light")
   lu.assertStrContains(out, "recipes/fid_vs_steps.lua --ckpt " .. out_dir .. "/rk4_38/checkpoint.safetensors --sampler ddim "
     .. "--spacing trailing --steps 20 --block-method dopri5 --block-rtol 0.1 --block-atol 0.1 --n 1024 --batch 64")
   local _, trains = out:gsub("recipes/train_cunet.lua", "")
   local _, evals = out:gsub("recipes/fid_vs_steps.lua", "")
-  lu.assertEquals({trains, evals}, {5, 5 * #study.EVAL_SOLVERS})
+  lu.assertEquals({trains, evals}, {6, 6 * #study.EVAL_SOLVERS})
   code, out = run("recipes/ode_blocks_study.lua", "--train --only nosuchrun --out " .. out_dir)
   lu.assertEquals(code, 2)
   lu.assertStrContains(out, "no run named 'nosuchrun'")
