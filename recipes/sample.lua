@@ -76,7 +76,7 @@ local how = args.sampler
 if gen.spacing then how = how .. " " .. gen.spacing end
 if gen.variance then how = how .. " " .. gen.variance end
 if gen.ode_method then how = how .. " " .. gen.ode_method .. (gen.rtol and string.format(" rtol %g atol %g", gen.rtol, gen.atol) or "") end
-print(string.format("wrote %s: %d samples, %s, %d model evaluations, step %d %s weights; %.3f s per sample", args.out, args.n,
+print(string.format("wrote %s: %d samples, %s, %d model evaluations, step %d %s weights; %.4g s per sample", args.out, args.n,
   how, info.nfe, ck.step, (args.ema and ck.ema) and "EMA" or "trained", seconds / args.n))
 if meter and meter:per_forward() then
   print(string.format("ODE blocks: %s, %.1f function evaluations per forward (all blocks)", block_solver.describe(model),

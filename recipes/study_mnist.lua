@@ -93,7 +93,7 @@ M.SAMPLERS = {
 -- the machine ran): --time samples one batch of 64 with DDIM (trailing, 20 steps) from each finished
 -- run's checkpoint, TIME_REPEATS times with all cores, keeps the fastest, and records the 1-minute load
 -- average before each; --report divides by the 20 evaluations and multiplies by each cell's NFE.
-M.TIME_STEPS, M.TIME_REPEATS, M.TIME_BATCH = 20, 3, 64
+M.TIME_STEPS, M.TIME_REPEATS, M.TIME_BATCH = 20, 5, 64
 -- ε-MSE bands (timesteps, inclusive) for the paired eval-mode comparison in --report
 M.BANDS = {{1, 100}, {101, 300}, {301, 600}, {601, 1000}}
 
@@ -362,7 +362,7 @@ function Study:time(runs)
         local h = io.popen(command_text(c) .. " 2>&1")
         local text = h:read("a")
         local ok = h:close()
-        local sps = ok and tonumber(text:match("([%d.]+) s per sample"))
+        local sps = ok and tonumber(text:match("([%d.]+[eE]?[-+]?%d*) s per sample"))
         if not sps then
           self.failed[#self.failed + 1] = run.name .. " (time)"
           print(string.format("study: timing %s failed:\n%s", run.name, text))
