@@ -147,6 +147,11 @@ function Study:eval(runs)
             print(string.format("study: stopping the evaluation before the deadline (%s)", run.name))
             return false
           end
+          -- each cell has its own CSV, so another process may score one while this driver runs: skip it then
+          if self:eval_row(run, item.solver) then
+            print(string.format("study: %s at %s: scored meanwhile, skipped", run.name, item.solver.label))
+            goto continue
+          end
           print(string.format("study: %s at %s (%s)", run.name, item.solver.label, os.date("!%H:%M UTC")))
           io.stdout:flush()
           fs.mkdir_p(self:eval_dir(run, item.solver))
@@ -161,6 +166,7 @@ function Study:eval(runs)
             break
           end
         end
+        ::continue::
       end
     end
   end

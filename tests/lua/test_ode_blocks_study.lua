@@ -204,6 +204,19 @@ function TestOdeBlocks:testTrainResumeEvalReport()
   lu.assertEquals(code, 0, out)
   local s = study.new(a, {exe = EXE, steps = 4, n = 4})
   lu.assertEquals(#s:eval_items(study.RUNS[1]), 0)
+  -- a cell scored by another process after this driver listed its work is skipped, not run again
+  local stale = {}
+  for _, sv in ipairs(study.EVAL_SOLVERS) do stale[#stale + 1] = {solver = sv, command = {"false"}} end
+  s.eval_items = function() return stale end
+  local said, print0 = {}, _G.print
+  _G.print = function(...) said[#said + 1] = table.concat({...}, " ") end
+  local ran, ok = pcall(s.eval, s, {study.RUNS[1]})
+  _G.print = print0
+  lu.assertTrue(ran, ok)
+  lu.assertTrue(ok)
+  lu.assertEquals(#said, #study.EVAL_SOLVERS)
+  lu.assertStrContains(said[1], "scored meanwhile, skipped")
+  lu.assertEquals(#s.failed, 0)
   local fixed = s:eval_row(study.RUNS[1], study.EVAL_SOLVERS[1])
   lu.assertEquals(fixed.block_nfe, 28)
   for i = 2, #study.EVAL_SOLVERS do
