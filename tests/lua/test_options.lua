@@ -115,6 +115,8 @@ local ROWS = {
     call = function(o) cn.randn{2}:totable(o) end},
   {who = "bm3d", typo = "ht_blocksize", covers = {"c:bm3d"},
     call = function(o) cn.bm3d(cn.rand{16, 16}, 0.1, o) end},
+  {who = "save", typo = "dtyp", covers = {"c:save"}, -- refused before any file is written
+    call = function(o) cn.save("/nonexistent-dir/x.safetensors", {w = cn.zeros{1}}, nil, o) end},
 
   -- nn modules and functions (lua/cunet/nn)
   {who = "Conv2d", typo = "strde", covers = {"nn/conv.lua:Conv2d:__init"},
