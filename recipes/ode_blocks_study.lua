@@ -230,7 +230,7 @@ function Study:report(runs)
     end
     local ok, err = plot.lines(png, {title = string.format("cU-Net blocks: %s vs NFE per forward (%s, DDIM %d steps, n = %d)",
       fid.NAME, M.PRESET, M.EVAL_STEPS, self.n), xlabel = "ODE-block function evaluations per forward (NFE)",
-      ylabel = fid.NAME .. " (lower is better)", series = series, logx = true, csv = self.out .. "/fid_vs_nfe.csv"})
+      ylabel = fid.NAME .. " (lower is better)", series = series, logx = true, key = "outside right", width = 1000, csv = self.out .. "/fid_vs_nfe.csv"})
     md[#md + 1] = ok and string.format("![%s against NFE per forward](%s)", fid.NAME, png) or ("(no plot: " .. tostring(err) .. ")")
     md[#md + 1] = ""
   end
