@@ -138,6 +138,11 @@ static int cmp_named(const void *a, const void *b) {
     return strcmp(((const named *)a)->name, ((const named *)b)->name);
 }
 
+/* The header name and element size of each cn_safetensors_store, indexed by it. */
+static const struct {
+    const char *name;
+    unsigned size;
+} STORES[] = {[CN_SAFETENSORS_F32] = {"F32", 4}, [CN_SAFETENSORS_F16] = {"F16", 2}};
 
 /* IEEE binary32 -> binary16, round to nearest even; NaN stays NaN, infinities stay infinite.
  * *overflow is set when a finite x rounds beyond F16's largest value (65504). */
@@ -187,7 +192,7 @@ static int write_tensor_data(cn_atomic_file *af, const char *name, const cn_tens
     size_t n = cn_numel(t);
     if (n == 0) return 0;
     if (dtype == CN_SAFETENSORS_F32 && cn_is_contiguous(t)) return cn_atomic_write(af, cn_data(t), n * sizeof(float), err);
-    size_t bytes = n * (dtype == CN_SAFETENSORS_F16 ? sizeof(uint16_t) : sizeof(float));
+    size_t bytes = n * STORES[dtype].size;
     float *tmp = malloc(n * sizeof(float));
     if (!tmp) {
         cn_error_set(err, "cannot write '" CN_PATH_FMT "': out of memory (%zu bytes)", af->path, n * sizeof(float));
@@ -300,7 +305,9 @@ int cn_safetensors_save_as(const char *path, cn_safetensors_store dtype, int n, 
         const cn_tensor *t = tensors[order[i].index];
         if (i || n_meta > 0) sb_puts(&h, ",");
         sb_json_string(&h, order[i].name);
-        sb_puts(&h, dtype == CN_SAFETENSORS_F16 ? ":{\"dtype\":\"F16\",\"shape\":[" : ":{\"dtype\":\"F32\",\"shape\":[");
+        sb_puts(&h, ":{\"dtype\":\"");
+        sb_puts(&h, STORES[dtype].name);
+        sb_puts(&h, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             if (d) sb_puts(&h, ",");
             sb_uint(&h, (uint64_t)t->shape[d]);
@@ -308,7 +315,7 @@ int cn_safetensors_save_as(const char *path, cn_safetensors_store dtype, int n, 
         sb_puts(&h, "],\"data_offsets\":[");
         sb_uint(&h, offset);
         sb_puts(&h, ",");
-        offset += (uint64_t)cn_numel(t) * (dtype == CN_SAFETENSORS_F16 ? 2u : 4u);
+        offset += (uint64_t)cn_numel(t) * STORES[dtype].size;
         sb_uint(&h, offset);
         sb_puts(&h, "]}");
     }

@@ -273,6 +273,9 @@ end
 M.SCAN_HEADER = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,"
   .. "nfe,spacing,variance,ode_method,rtol,atol,block_solver,block_nfe"
 
+-- A CSV field that is a number, else nil (fs.read_csv keeps "-" and empty fields as strings).
+local function num(v) return type(v) == "number" and v or nil end
+
 --- read_scan(path) -> rows {steps=, fid=, kid=, kid_std=, seconds=, n=, sampler=, dataset=, split=, checkpoint=,
 -- and where the CSV has them nfe=, spacing=, variance=, ode_method=, rtol=, atol=, block_solver= (a cU-Net's
 -- ODE blocks' solver, "-" for other models), block_nfe= (the blocks' evaluations per forward)} of a fid_vs_steps CSV,
@@ -287,7 +290,6 @@ function M.read_scan(path)
     if not (steps and type(r.fid_classifier) == "number" and type(r.seconds_per_sample) == "number" and type(r.n) == "number") then
       return nil, string.format("%s: bad row %d (steps %s, fid %s)", path, i, tostring(r.steps), tostring(r.fid_classifier))
     end
-    local function num(v) return type(v) == "number" and v or nil end
     out[i] = { steps = steps, fid = r.fid_classifier, kid = num(r.kid_classifier), kid_std = num(r.kid_std),
       seconds = r.seconds_per_sample, n = r.n, sampler = r.sampler, dataset = r.dataset, split = r.split,
       checkpoint = r.checkpoint, nfe = num(r.nfe), spacing = r.spacing, variance = r.variance, ode_method = r.ode_method,
