@@ -13,7 +13,9 @@ local args = cli.parse(arg, {
   options = {
     {"runs", nil, "the runs: NAME=DIR pairs, comma-separated; DIR holds loss.csv", type = "string"},
     {"window", 50, "steps per averaged point", integer = true, min = 1},
+    {"from-step", 0, "only steps from this one on (leave out the first fall to see the ends apart)", integer = true, min = 0},
     {"max-step", 0, "only steps up to this one (0: all)", integer = true, min = 0},
+    {"linear", false, "a linear loss axis (default: logarithmic)"},
     {"out", "runs/losses.png", "the plot (its points are written as CSV beside it)"},
   },
 })
@@ -27,7 +29,16 @@ if not args.runs then fail("--runs is required, e.g. --runs U-Net=runs/unet,cU-N
 local window = math.tointeger(args.window)
 if not window or window < 1 then fail("--window must be a positive integer, got " .. tostring(args.window)) end
 
-local series = {}
+-- What a run's loss is the MSE of: its config.lua's train.prediction (recipes/train_*.lua write it),
+-- "eps" where the run has none (runs from before config.lua, whose trainer predicted ε).
+local TARGET_NAME = { eps = "epsilon", v = "v", x0 = "x0" }
+local function run_target(dir)
+  local ok, cfg = pcall(dofile, dir .. "/config.lua")
+  local prediction = ok and type(cfg) == "table" and type(cfg.train) == "table" and cfg.train.prediction or "eps"
+  return TARGET_NAME[prediction] or tostring(prediction)
+end
+
+local series, targets = {}, {}
 for pair in args.runs:gmatch("[^,]+") do
   local name, dir = pair:match("^([^=]+)=(.+)$")
   if not name then fail("--runs expects NAME=DIR pairs, got '" .. pair .. "'") end
@@ -42,7 +53,7 @@ for pair in args.runs:gmatch("[^,]+") do
     step, loss = tonumber(step), tonumber(loss)
     if not step or not loss then fail(string.format("%s: bad row '%s'", path, line)) end
     if args.max_step > 0 and step > args.max_step then break end
-    sum, count, last = sum + loss, count + 1, step
+    if step >= args.from_step then sum, count, last = sum + loss, count + 1, step end
     if count == window then
       xs[#xs + 1], ys[#ys + 1] = last, sum / count
       sum, count = 0, 0
@@ -51,11 +62,17 @@ for pair in args.runs:gmatch("[^,]+") do
   f:close()
   if #xs == 0 then fail(string.format("%s has fewer than %d steps", path, window)) end
   series[#series + 1] = { name = name, x = xs, y = ys }
+  targets[run_target(dir)] = true
   print(string.format("%s: %d steps, mean loss of the last %d: %.4f", name, last, window, ys[#ys]))
 end
 
+local names = {}
+for target in pairs(targets) do names[#names + 1] = target end
+table.sort(names)
+local ylabel = table.concat(names, " / ") .. "-prediction MSE"
+print("loss axis: " .. ylabel .. (args.linear and ", linear" or ", logarithmic"))
 local png, err = plot.lines(args.out, {
   title = string.format("training loss (mean over %d steps)", window), xlabel = "training step",
-  ylabel = "epsilon-prediction MSE", series = series, logy = true,
+  ylabel = ylabel, series = series, logy = not args.linear,
 })
 if png then print("wrote " .. png) else print(err) end

@@ -503,20 +503,26 @@ function Study:report(runs)
       md[#md + 1] = ""
     end
   end
-  -- loss curves, one plot per size (window means of loss.csv)
-  for _, size in ipairs{"028m", "11m"} do
+  -- loss curves, one plot per setup and size (each setup's loss is the MSE of its own target), window
+  -- means of loss.csv from step 500 on a linear axis, where the runs' ends can be told apart
+  for _, group in ipairs{{"authors", "028m"}, {"authors", "11m"}, {"ho", "11m"}} do
+    local setup, size = group[1], group[2]
     local pairs_ = {}
     for _, run in ipairs(runs) do
-      if run.size == size and fs.exists(self:dir(run) .. "/loss.csv") or (self.dry and run.size == size) then
+      if run.setup == setup and run.size == size and (self.dry or fs.exists(self:dir(run) .. "/loss.csv")) then
         pairs_[#pairs_ + 1] = run.name .. "=" .. self:dir(run)
       end
     end
     if #pairs_ > 0 then
-      local cmd = {self.exe, "recipes/plot_losses.lua", "--runs", table.concat(pairs_, ","), "--window", self.steps >= 1000 and "100" or "1",
-        "--out", string.format("%s/plots/loss_%s.png", self.out, size)}
+      local png = string.format("%s/plots/loss_%s_%s.png", self.out, setup, size)
+      local long = self.steps >= 1000
+      local cmd = {self.exe, "recipes/plot_losses.lua", "--runs", table.concat(pairs_, ","), "--window", long and "100" or "1",
+        "--from-step", long and "500" or "0", "--out", png}
+      if long then cmd[#cmd + 1] = "--linear" end
       if self.dry then print(command_text(cmd))
       elseif os.execute(command_text(cmd) .. " > /dev/null 2>&1") then
-        md[#md + 1] = string.format("![training loss, %s](%s/plots/loss_%s.png)", M.SIZE_LABEL[size], self.out, size)
+        md[#md + 1] = string.format("![training loss, %s setup, %s](%s)", setup == "ho" and "Ho's" or "the authors'",
+          M.SIZE_LABEL[size], png)
         md[#md + 1] = ""
       end
     end

@@ -178,6 +178,16 @@ function TestCunetRecipes:testPlotLosses()
   local csv = assert(io.open(self.dir .. "/loss.csv")):read("a")
   lu.assertStrContains(csv, "A,3,2\n")
   lu.assertStrContains(csv, "B,6,50\n")
+  lu.assertStrContains(out, "loss axis: epsilon-prediction MSE, logarithmic") -- no config.lua: an ε run
+  -- --from-step leaves out the steps before it (windows 2-4 and 5-7); config.lua names each run's target
+  local f = assert(io.open(self.dir .. "/a/config.lua", "w"))
+  f:write('return {train = {prediction = "v"}}\n')
+  f:close()
+  code, out = run("recipes/plot_losses.lua", string.format("--runs A=%s,B=%s --window 3 --from-step 2 --linear --out %s",
+    shell_quote(self.dir .. "/a"), shell_quote(self.dir .. "/b"), shell_quote(png)))
+  lu.assertEquals(code, 0, out)
+  lu.assertStrContains(out, "A: 7 steps, mean loss of the last 3: 6.0000")
+  lu.assertStrContains(out, "loss axis: epsilon / v-prediction MSE, linear")
   code, out = run("recipes/plot_losses.lua", "--runs A=" .. shell_quote(self.dir .. "/missing"))
   lu.assertNotEquals(code, 0)
   lu.assertStrContains(out, "no " .. self.dir .. "/missing/loss.csv")
