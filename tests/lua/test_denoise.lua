@@ -200,7 +200,7 @@ function TestDenoise:testRecipeFiveDigitsTwoTimesteps()
   lu.skipIf(not fs.exists(MNIST), "MNIST not fetched (sh tools/fetch_mnist.sh data)")
   local out = tmpdir()
   local t0 = cn.time()
-  local code, text = run(string.format("recipes/denoise.lua --ckpt checkpoints/unet_mnist_small.safetensors --n 5 "
+  local code, text = run(string.format("recipes/denoise.lua --ckpt checkpoints/study/authors_unet_028m_s0.safetensors --n 5 "
     .. "--noise t:50,100 --batch 0 --strips 5 --out %s", fs.shell_quote(out)))
   local seconds = cn.time() - t0
   lu.assertEquals(code, 0, text)
@@ -212,14 +212,14 @@ function TestDenoise:testRecipeFiveDigitsTwoTimesteps()
     "best_lpips", "step_lpips", "seconds_lpips", "final_lpips"})
   lu.assertEquals(#rows, 4) -- 2 levels x (the U-Net, BM3D)
   local unet50, bm3d50 = rows[1], rows[2]
-  lu.assertEquals({unet50.level, unet50.method, unet50.t_start, unet50.steps, unet50.images}, {"t50", "unet_mnist_small", 50, 50, 5})
+  lu.assertEquals({unet50.level, unet50.method, unet50.t_start, unet50.steps, unet50.images}, {"t50", "authors_unet_028m_s0", 50, 50, 5})
   lu.assertEquals({bm3d50.method, bm3d50.steps, bm3d50.step_psnr}, {"BM3D", 1, 1})
   lu.assertTrue(unet50.best_psnr > unet50.noisy_psnr + 2, string.format("best %.2f, noisy %.2f", unet50.best_psnr, unet50.noisy_psnr))
   lu.assertTrue(unet50.best_ssim > unet50.noisy_ssim)
   lu.assertTrue(unet50.best_psnr >= unet50.final_psnr)
   lu.assertTrue(unet50.step_psnr >= 1 and unet50.step_psnr <= 50)
   lu.assertTrue(rows[3].noisy_psnr < unet50.noisy_psnr) -- t = 100 is noisier
-  local sched = checkpoint.schedule(checkpoint.load(ROOT .. "/checkpoints/unet_mnist_small.safetensors"))
+  local sched = checkpoint.schedule(checkpoint.load(ROOT .. "/checkpoints/study/authors_unet_028m_s0.safetensors"))
   lu.assertAlmostEquals(unet50.sigma, denoise.equivalent_sigma(sched, 50), 1e-5)
   lu.assertEquals(unet50.best_lpips, "n/a (no weights: see docs)")
   local steps_header, steps = csv(out .. "/denoise_steps.csv")
@@ -257,7 +257,7 @@ function TestDenoise:testRecipeLpipsColumns()
   end}
   local saved_arg, cli = _G.arg, require "cunet.cli"
   local saved_short = cli.short_errors -- cli.parse sets it for the executable
-  _G.arg = {"--ckpt", ROOT .. "/checkpoints/unet_mnist_small.safetensors", "--n", "3", "--noise", "t:20", "--strips", "0",
+  _G.arg = {"--ckpt", ROOT .. "/checkpoints/study/authors_unet_028m_s0.safetensors", "--n", "3", "--noise", "t:20", "--strips", "0",
     "--lpips-weights", "/some/lpips_vgg.safetensors", "--lpips-net", "vgg", "--lpips-size", "32", "--out", out}
   local ok, err = pcall(dofile, ROOT .. "/recipes/denoise.lua")
   _G.arg, cli.short_errors = saved_arg, saved_short
@@ -281,7 +281,7 @@ function TestDenoise:testRecipeJpegFolderAtSigma()
   local jpeg = ROOT .. "/tests/fixtures/jpeg/"
   assert(os.execute(string.format("cp %s %s %s", fs.shell_quote(jpeg .. "grey_16x12.jpg"), fs.shell_quote(jpeg .. "rgb420_20x14.jpg"),
     fs.shell_quote(folder))))
-  local code, text = run(string.format("recipes/denoise.lua --ckpt checkpoints/unet_mnist_small.safetensors --data folder:%s "
+  local code, text = run(string.format("recipes/denoise.lua --ckpt checkpoints/study/authors_unet_028m_s0.safetensors --data folder:%s "
     .. "--noise sigma:0.1 --sigma-start matched --sampler ddim --x0 --strips 0 --out %s", fs.shell_quote(folder), fs.shell_quote(out)))
   lu.assertEquals(code, 0, text)
   lu.assertStrContains(text, "2 images of folder:")
@@ -289,7 +289,7 @@ function TestDenoise:testRecipeJpegFolderAtSigma()
   lu.assertEquals(#rows, 2)
   lu.assertEquals(rows[1].level, "sigma0.1")
   lu.assertAlmostEquals(rows[1].sigma, 0.1, 1e-9)
-  local s = checkpoint.schedule(checkpoint.load(ROOT .. "/checkpoints/unet_mnist_small.safetensors"))
+  local s = checkpoint.schedule(checkpoint.load(ROOT .. "/checkpoints/study/authors_unet_028m_s0.safetensors"))
   lu.assertEquals(rows[1].t_start, denoise.matched_timestep(s, 0.1))
   lu.assertEquals(rows[1].steps, rows[1].t_start)
   lu.assertFalse(fs.exists(out .. "/strips_sigma0.1.png"))
@@ -311,14 +311,14 @@ function TestDenoise:testRecipeOptions()
   lu.assertEquals(code, 2)
   lu.assertStrContains(text, "--sigma-start must be a timestep or 'matched', got 'soon'")
   -- LPIPS weights: without the module a clear error; with it, a missing weights file is named
-  code, text = run("recipes/denoise.lua --lpips-weights /nonexistent/lpips.safetensors --ckpt checkpoints/unet_mnist_small.safetensors")
+  code, text = run("recipes/denoise.lua --lpips-weights /nonexistent/lpips.safetensors --ckpt checkpoints/study/authors_unet_028m_s0.safetensors")
   lu.assertNotEquals(code, 0)
   if pcall(require, "cunet.models.lpips") then
     lu.assertStrContains(text, "/nonexistent/lpips.safetensors")
   else
     lu.assertStrContains(text, "--lpips-weights needs the LPIPS module cunet.models.lpips")
   end
-  code, text = run("recipes/denoise.lua --ckpt checkpoints/unet_mnist_small.safetensors --dncnn checkpoints/cunet_mnist_small.safetensors")
+  code, text = run("recipes/denoise.lua --ckpt checkpoints/study/authors_unet_028m_s0.safetensors --dncnn checkpoints/study/authors_cunet_028m_s0.safetensors")
   lu.assertNotEquals(code, 0)
   lu.assertStrContains(text, "holds a cunet.models.continuous_unet model, not cunet.models.dncnn")
 end

@@ -309,7 +309,7 @@ function TestDistributedMPI:test_fid_vs_steps_matches_one_rank()
   local fid = require "cunet.fid"
   lu.skipIf(not fid.checkpoint_path("mnist") or not fs.exists("data/mnist-images-idx3-ubyte.gz"),
     "no MNIST digits or classifier checkpoint (make data)")
-  local args = "--ckpt checkpoints/unet_mnist_small.safetensors --sampler ddim --steps 1,2 --n 6 --batch 2 " ..
+  local args = "--ckpt checkpoints/study/authors_unet_028m_s0.safetensors --sampler ddim --steps 1,2 --n 6 --batch 2 " ..
     "--dataset mnist --split test --threads 1 --out "
   local env = "CUNET_CACHE=" .. shell_quote(self.dir .. "/cache") .. " "
   local code, out = self:cunet(0, "recipes/fid_vs_steps.lua", args .. shell_quote(self.dir .. "/one"), env)

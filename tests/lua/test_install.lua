@@ -22,7 +22,7 @@ function TestInstall:testInstalledRecipeRunsElsewhere()
   lu.assertTrue(ok, out)
   local share = prefix .. "/share/cunet"
   local png = prefix .. "/samples.png"
-  ok, out = sh(string.format("cd / && %s/bin/cunet %s/recipes/sample.lua --ckpt %s/checkpoints/unet_mnist_small.safetensors " ..
+  ok, out = sh(string.format("cd / && %s/bin/cunet %s/recipes/sample.lua --ckpt %s/checkpoints/study/authors_unet_028m_s0.safetensors " ..
     "--n 2 --steps 2 --out %s", prefix, share, share, png))
   lu.assertTrue(ok, out)
   lu.assertStrContains(out, "wrote " .. png)
