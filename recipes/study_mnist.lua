@@ -255,6 +255,13 @@ local function show(xs, fmt)
   return string.format(fmt .. " ± " .. fmt, mean, spread)
 end
 
+-- s/sample of a scan cell ({nfe=, seconds=} lists over the seeds): the quiet --time measurement (s per
+-- evaluation, a list over the model's runs) times the cell's NFE where there is one, else the scan's own time
+local function seconds_there(per_eval, cell)
+  if #per_eval > 0 then return string.format("%.4f", stats(per_eval) * stats(cell.nfe)) end
+  return string.format("%.4f (scan)", (stats(cell.seconds)))
+end
+
 -- Paired eval-mode ε-MSE by timestep band on the 1,000 held-out digits (the same images, timesteps and
 -- noise for every run; EMA weights), cached in <run>/eps_mse_step<N>.csv. Returns {band -> mse}.
 function Study:eps_mse(run)
@@ -423,6 +430,17 @@ function Study:report(runs)
     md[#md + 1] = ""
   end
   if not self.dry then fs.mkdir_p(self.out .. "/plots") end
+  -- each model's s per evaluation from the quiet --time measurements of its runs; its cells for the summary
+  local per_eval, summary = {}, {}
+  for _, k in ipairs(order) do
+    local list = {}
+    for _, run in ipairs(groups[k].runs) do
+      local t = timing[run.name]
+      if t and type(t.seconds_per_eval) == "number" then list[#list + 1] = t.seconds_per_eval end
+    end
+    per_eval[k], summary[k] = list, {label = groups[k].label, cells = {}}
+  end
+  local summary_at = #md + 1 -- the summary goes here once every sampler's cells are known
   local gnuplot = plot.gnuplot()
   for _, s in ipairs(M.SAMPLERS) do
     local values = s.rtol and M.SCAN_RTOLS or M.SCAN_STEPS
@@ -462,7 +480,8 @@ function Study:report(runs)
       local best, best_i
       for i in ipairs(values) do
         local p = per[i]
-        cells[i] = p and (show(p.fid, "%.2f") .. (s.rtol and string.format(" (%.0f)", (stats(p.nfe))) or "")) or "–"
+        cells[i] = p and (show(p.fid, "%.2f") .. (s.rtol and string.format(" (%.0f)", (stats(p.nfe))) or "")
+          .. (#p.fid < seeds and " ¹" or "")) or "–"
         local mean = p and stats(p.fid)
         if mean then
           local _, _, lo, hi = stats(p.fid)
@@ -476,17 +495,12 @@ function Study:report(runs)
         local x = per[i] and (s.rtol and stats(per[i].nfe) or values[i])
         if mean and mean <= 1.1 * best and (not fewest or x < fewest) then fewest, fewest_i = x, i end
       end
-      -- s/sample there: the quiet --time measurement (s per evaluation × the cell's NFE) where it exists
-      local per_eval = {}
-      for _, run in ipairs(g.runs) do
-        local t = timing[run.name]
-        if t and type(t.seconds_per_eval) == "number" then per_eval[#per_eval + 1] = t.seconds_per_eval end
-      end
-      local there = "–"
-      if fewest_i and #per_eval > 0 then
-        there = string.format("%.4f", stats(per_eval) * stats(per[fewest_i].nfe))
-      elseif fewest_i then
-        there = string.format("%.4f (scan)", (stats(per[fewest_i].seconds)))
+      local there = fewest_i and seconds_there(per_eval[k], per[fewest_i]) or "–"
+      for i, v in ipairs(values) do
+        if per[i] then
+          local cell = summary[k].cells
+          cell[#cell + 1] = {sampler = s, value = v, p = per[i], fid = (stats(per[i].fid)), nfe = (stats(per[i].nfe))}
+        end
       end
       md[#md + 1] = string.format("| %s | %d | %s | %s | %s | %s |", g.label, seeds, table.concat(cells, " | "),
         best and string.format("%.2f", best) or "–", fewest and string.format("%.0f", fewest) or "–", there)
@@ -502,6 +516,33 @@ function Study:report(runs)
       md[#md + 1] = ok and string.format("![%s](%s)", s.label, png) or ("(plot: gnuplot " .. gp .. ")")
       md[#md + 1] = ""
     end
+  end
+  -- the summary: each model's best cell over all samplers, and its cheapest cell within 10% of that
+  if not self.dry then
+    local lines = {"## Each model's best over all samplers", "",
+      "The best FID of any sampler and step count, and the cell with the fewest model evaluations (NFE) whose " ..
+      "FID is within 10% of that best, with its time per sample. ¹: a cell scored for fewer seeds than the model has.", "",
+      "| model | best FID | where | fewest NFE ≤ 1.1 × best | where | its FID | s/sample there |",
+      "|---|---:|---|---:|---|---:|---:|"}
+    local function where(c)
+      return c.sampler.label .. (c.sampler.rtol and string.format(", rtol %g", c.value) or string.format(", %d steps", c.value))
+    end
+    for _, k in ipairs(order) do
+      local cells, best, cheap = summary[k].cells, nil, nil
+      for _, c in ipairs(cells) do if not best or c.fid < best.fid then best = c end end
+      for _, c in ipairs(cells) do
+        if c.fid <= 1.1 * best.fid and (not cheap or c.nfe < cheap.nfe) then cheap = c end
+      end
+      if best then
+        local function fids(c) return show(c.p.fid, "%.2f") .. (#c.p.fid < #groups[k].runs and " ¹" or "") end
+        lines[#lines + 1] = string.format("| %s | %s | %s | %.0f | %s | %s | %s |", summary[k].label, fids(best),
+          where(best), cheap.nfe, where(cheap), fids(cheap), seconds_there(per_eval[k], cheap.p))
+      else
+        lines[#lines + 1] = string.format("| %s | – | – | – | – | – | – |", summary[k].label)
+      end
+    end
+    lines[#lines + 1] = ""
+    for i, line in ipairs(lines) do table.insert(md, summary_at + i - 1, line) end
   end
   -- loss curves, one plot per setup and size (each setup's loss is the MSE of its own target), window
   -- means of loss.csv from step 500 on a linear axis, where the runs' ends can be told apart

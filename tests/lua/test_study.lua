@@ -172,7 +172,7 @@ end
 -- --report on scan CSVs alone (two seeds of one model, one of another, no checkpoints): each sampler's
 -- table gives mean ± half the range over the seeds, the best, the fewest steps within 10% of it and the
 -- time there (from timing.csv, else the scan's, marked); the probability-flow ODE's cells carry their
--- NFE; the plot scripts are written.
+-- NFE; a summary table gives each model's best over all samplers; the plot scripts are written.
 function TestStudy:testReportTables()
   local header = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe," ..
     "spacing,variance,ode_method,rtol,atol"
@@ -187,6 +187,8 @@ function TestStudy:testReportTables()
   end
   scan("authors_unet_028m_s0", "ddim_trailing", {row(1, 400, 0.01), row(2, 100, 0.02), row(3, 52, 0.03), row(5, 50, 0.05)})
   scan("authors_unet_028m_s1", "ddim_trailing", {row(1, 600, 0.01), row(2, 120, 0.02), row(3, 58, 0.03), row(5, 50, 0.05)})
+  scan("authors_unet_028m_s0", "dpmpp_2m_trailing", {row(1, 800, 0.01), row(2, 700, 0.02)})
+  scan("authors_unet_028m_s1", "dpmpp_2m_trailing", {row(1, 900, 0.01)}) -- its 2 steps not scored yet
   scan("authors_cunet_028m_s0", "ddim_trailing", {row(1, 700, 0.02), row(2, 300, 0.04)})
   scan("authors_cunet_028m_s0", "ode_dopri5", {row(1, 90, 0.5, 40, "0.1"), row(1, 60, 0.9, 80, "0.01")})
   helpers.write_file(self.dir .. "/timing.csv", "run,step,sampler,steps,batch,threads,seconds_per_sample,seconds_per_eval," ..
@@ -199,6 +201,15 @@ function TestStudy:testReportTables()
   lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 500.00 ± 100.00 | 110.00 ± 10.00 | 55.00 ± 3.00 | 50.00 ± 0.00 | – | – | – | – | 50.00 | 3 | 0.0060 |") -- 0.002 s per evaluation x 3
   lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 700.00 | 300.00 | – |")
   lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 1 | 90.00 (40) | 60.00 (80) | – | – | 60.00 | 80 | 0.9000 (scan) |")
+  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 850.00 ± 50.00 | 700.00 ¹ | – |") -- ¹: fewer seeds than the row
+  -- the summary: each model's best over all samplers and its cheapest cell within 10% of it; ¹ where a cell
+  -- has fewer seeds than the model has runs (the cU-Net: 1 of 2)
+  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 50.00 ± 0.00 | DDIM (trailing), 5 steps | 3 | DDIM (trailing), 3 steps | "
+    .. "55.00 ± 3.00 | 0.0060 |")
+  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 60.00 ¹ | PF-ODE (dopri5), rtol 0.01 | 80 | PF-ODE (dopri5), rtol 0.01 | "
+    .. "60.00 ¹ | 0.9000 (scan) |")
+  lu.assertStrContains(md, "| Ho U-Net 1.1 M | – | – | – | – | – | – |")
+  lu.assertTrue(md:find("## Each model's best over all samplers", 1, true) < md:find("## DDIM (trailing)", 1, true))
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ddim_trailing.gp"))
   lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ode_dopri5.gp"))
 end
