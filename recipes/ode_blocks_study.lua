@@ -23,6 +23,7 @@ local fs = require "cunet.fs"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local study = require "cunet.study"
+local check_options = require("cunet.options").check
 local command_text, append = study.command_text, study.append
 
 local M = {}
@@ -92,6 +93,7 @@ Study.__index = Study
 --- A study over the directory out. opts: exe (the cunet executable), steps (total per run), limit
 -- (training images, 0: all), n (samples per evaluation cell), dry (print, run nothing), deadline (cn.time()).
 function M.new(out, opts)
+  check_options(opts, {"exe", "steps", "limit", "n", "dry", "deadline"}, "ode_blocks_study.new")
   return study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
     limit = opts.limit, n = opts.n or M.EVAL_N, dry = opts.dry, deadline = opts.deadline})
 end

@@ -23,6 +23,7 @@ local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local json = require("cunet.checkpoint").json
 local study = require "cunet.study"
+local check_options = require("cunet.options").check
 local word, command_text, append = study.word, study.command_text, study.append
 
 local M = {}
@@ -112,10 +113,14 @@ local Study = setmetatable({}, {__index = study.Driver})
 Study.__index = Study
 
 --- A study over the directory out. opts: exe (the cunet executable), steps (total per run),
--- limit (training images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()).
+-- limit (training images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()),
+-- plots (--report's plot directory, default <out>/plots).
 function M.new(out, opts)
-  return study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
+  check_options(opts, {"exe", "steps", "limit", "n", "dry", "deadline", "plots"}, "study_mnist.new")
+  local driver = study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
     limit = opts.limit, n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline})
+  driver.plots = opts.plots or (out .. "/plots")
+  return driver
 end
 
 --- The training recipe of run, and the options of its first call (cunet.study's Driver:train_command).
@@ -401,7 +406,8 @@ function Study:time(runs)
   write_atomic(self.out .. "/timing.csv", table.concat(lines, "\n") .. "\n")
 end
 
---- Writes <out>/report.md (the tables for docs/results.md) and the plots under <out>/plots.
+--- Writes <out>/report.md (the tables for docs/results.md) and the plots under self.plots (--plots,
+-- default <out>/plots; docs/results.md's are in docs/images/study).
 function Study:report(runs)
   local groups, order = {}, {}
   for _, run in ipairs(runs) do
@@ -418,7 +424,7 @@ function Study:report(runs)
       M.TIME_REPEATS, "the load before each in timing.csv"), ""}
   if self.dry then
     print("# report: reads " .. self.out .. "/<run>/scan/fid_vs_steps_*.csv, writes " .. self.out
-      .. "/report.md and " .. self.out .. "/plots/*.png (gnuplot), then:")
+      .. "/report.md and " .. self.plots .. "/*.png (gnuplot), then:")
   end
   -- the floor: the 1,000 held-out digits against the same statistics
   if not self.dry then
@@ -429,7 +435,7 @@ function Study:report(runs)
       "score %.3f against the same statistics.", r.fid)
     md[#md + 1] = ""
   end
-  if not self.dry then fs.mkdir_p(self.out .. "/plots") end
+  if not self.dry then fs.mkdir_p(self.plots) end
   -- each model's s per evaluation from the quiet --time measurements of its runs; its cells for the summary
   local per_eval, summary = {}, {}
   for _, k in ipairs(order) do
@@ -507,7 +513,7 @@ function Study:report(runs)
       if #points > 0 then table.sort(points, function(a, b) return a.x < b.x end) models[#models + 1] = {label = g.label, points = points} end
     end
     md[#md + 1] = ""
-    local png = string.format("%s/plots/fid_vs_steps_%s.png", self.out, s.variant)
+    local png = string.format("%s/fid_vs_steps_%s.png", self.plots, s.variant)
     if self.dry then
       print(string.format("gnuplot %s  # FID vs %s, seed bands", png:gsub("%.png$", ".gp"), s.rtol and "NFE" or "steps"))
     elseif #models > 0 then
@@ -555,7 +561,7 @@ function Study:report(runs)
       end
     end
     if #pairs_ > 0 then
-      local png = string.format("%s/plots/loss_%s_%s.png", self.out, setup, size)
+      local png = string.format("%s/loss_%s_%s.png", self.plots, setup, size)
       local long = self.steps >= 1000
       local cmd = {self.exe, "recipes/plot_losses.lua", "--runs", table.concat(pairs_, ","), "--window", long and "100" or "1",
         "--from-step", long and "500" or "0", "--out", png}
@@ -629,12 +635,14 @@ function M.main(argv)
       {"train", false, "start or resume the runs in order (recipes/train_unet.lua, train_cunet.lua)"},
       {"scan", false, "FID scans of the runs whose training finished (recipes/fid_vs_steps.lua, one row per call)"},
       {"time", false, "time sampling at batch 64 from each finished run, all cores (run it on a quiet machine): <out>/timing.csv"},
-      {"report", false, "write <out>/report.md and <out>/plots/ from the scans"},
+      {"report", false, "write <out>/report.md and the plots (--plots) from the scans"},
+      {"plots", "", "the directory of --report's plots (default: <out>/plots; docs/results.md's: docs/images/study)"},
       {"dry-run", false, "print the commands --train / --scan / --report would run (all three when none is given)"},
       table.unpack(study.common_options{out = "runs/study", steps = M.STEPS, n = M.SCAN_N, n_help = "samples per scan cell"}),
     },
   })
   local runs, opts = study.from_args(args, M.RUNS, t0, fail)
+  opts.plots = args.plots ~= "" and args.plots or nil
   local driver = M.new(args.out, opts)
   if args.time then
     if args.train or args.scan then fail("--time measures on a quiet machine: run it on its own, not with --train or --scan") end

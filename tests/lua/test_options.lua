@@ -293,6 +293,10 @@ local ROWS = {
       local study = require "cunet.study"
       study.new(setmetatable({}, {__index = study.Driver}), "/nonexistent/study", o)
     end},
+  {who = "study_mnist.new", typo = "plot", covers = {"recipes/study_mnist.lua:M.new"},
+    call = function(o) dofile("recipes/study_mnist.lua").new("/nonexistent/study", o) end},
+  {who = "ode_blocks_study.new", typo = "ode_steps", covers = {"recipes/ode_blocks_study.lua:M.new"},
+    call = function(o) dofile("recipes/ode_blocks_study.lua").new("/nonexistent/ode_blocks", o) end},
   {who = "fid.feature_net", typo = "ckpt", covers = {"fid.lua:M.feature_net"},
     call = function(o) fid.feature_net("mnist", o) end},
   {who = "fid.features", typo = "batch_size", covers = {"fid.lua:M.features"},
@@ -360,16 +364,18 @@ local NOT_OPTION_TABLES = {
   ["nn/util.lua:util.options"] = "the nn modules' name for options.merge",
 }
 
--- The public functions of lua/cunet with a parameter named opts, as "file:name": named functions that
+-- The public functions of lua/cunet and recipes/ with a parameter named opts, as "file:name": named functions that
 -- are not local, and a module that is one function ("return function"); other anonymous functions are
 -- callbacks and hooks, not entry points.
 local function lua_entry_points()
   local out = {}
-  local p = io.popen("cd lua/cunet && find . -name '*.lua' | LC_ALL=C sort")
+  -- the library, and the recipes' own modules (a recipe that returns M for its tests: recipes/<name>)
+  local p = io.popen("(cd lua/cunet && find . -name '*.lua'; ls recipes/*.lua) | LC_ALL=C sort")
   for file in p:lines() do
     file = file:gsub("^%./", "")
+    local path = file:match("^recipes/") and file or "lua/cunet/" .. file
     local n = 0
-    for line in io.lines("lua/cunet/" .. file) do
+    for line in io.lines(path) do
       n = n + 1
       local name, params = line:match("function%s*([%w_.:]*)%s*%(([^)]*)%)")
       local entry = name and (name ~= "" or line:match("^return function"))
@@ -435,6 +441,10 @@ function TestTypoTable:testKnownKeysAreAccepted()
     function() diffusion.schedule("sigmoid", {T = 10, start = -3, ["end"] = 3, tau = 1, max_beta = 0.999}) end,
     function() image.make_grid(cn.rand{2, 1, 4, 4}, {nrow = 2, padding = 1, pad_value = 0, range = {0, 1}}) end,
     function() local x = leaf(); cn.autograd.grad((x * x):sum(), x, nil, {retain_graph = false, allow_unused = false, create_graph = false}) end,
+    function() dofile("recipes/study_mnist.lua").new("/nonexistent/study", {exe = "./cunet", steps = 2, limit = 0, n = 2, dry = true,
+      deadline = cn.time() + 60, plots = "/nonexistent/plots"}) end,
+    function() dofile("recipes/ode_blocks_study.lua").new("/nonexistent/ode_blocks", {exe = "./cunet", steps = 2, limit = 0, n = 2,
+      dry = true, deadline = cn.time() + 60}) end,
   }
   for i, check in ipairs(checks) do
     local ok, err = pcall(check)

@@ -172,7 +172,7 @@ end
 -- --report on scan CSVs alone (two seeds of one model, one of another, no checkpoints): each sampler's
 -- table gives mean ± half the range over the seeds, the best, the fewest steps within 10% of it and the
 -- time there (from timing.csv, else the scan's, marked); the probability-flow ODE's cells carry their
--- NFE; a summary table gives each model's best over all samplers; the plot scripts are written.
+-- NFE; a summary table gives each model's best over all samplers; the plot scripts are written under --plots.
 function TestStudy:testReportTables()
   local header = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe," ..
     "spacing,variance,ode_method,rtol,atol"
@@ -194,7 +194,7 @@ function TestStudy:testReportTables()
   helpers.write_file(self.dir .. "/timing.csv", "run,step,sampler,steps,batch,threads,seconds_per_sample,seconds_per_eval," ..
     "load_before,date\nauthors_unet_028m_s0,6000,ddim_trailing,20,64,2,0.02,0.001,0.1,x\n" ..
     "authors_unet_028m_s1,6000,ddim_trailing,20,64,2,0.06,0.003,0.1,x\n")
-  local code, out = run("--report --n 4 --out " .. helpers.shell_quote(self.dir))
+  local code, out = run("--report --n 4 --out " .. helpers.shell_quote(self.dir) .. " --plots " .. helpers.shell_quote(self.dir .. "/figs"))
   lu.assertEquals(code, 0, out)
   local md = helpers.read_file(self.dir .. "/report.md")
   -- steps 1, 2, 3, 5 then "–" for 10, 20, 50, 100; best 50 at 5 steps; 55 (3 steps) is within 10% of it
@@ -210,8 +210,9 @@ function TestStudy:testReportTables()
     .. "60.00 ¹ | 0.9000 (scan) |")
   lu.assertStrContains(md, "| Ho U-Net 1.1 M | – | – | – | – | – | – |")
   lu.assertTrue(md:find("## Each model's best over all samplers", 1, true) < md:find("## DDIM (trailing)", 1, true))
-  lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ddim_trailing.gp"))
-  lu.assertTrue(fs.exists(self.dir .. "/plots/fid_vs_steps_ode_dopri5.gp"))
+  lu.assertTrue(fs.exists(self.dir .. "/figs/fid_vs_steps_ddim_trailing.gp")) -- under --plots
+  lu.assertTrue(fs.exists(self.dir .. "/figs/fid_vs_steps_ode_dopri5.gp"))
+  lu.assertFalse(fs.exists(self.dir .. "/plots"))
 end
 
 -- What a run cost: the checkpoint's complete CPU count when it has one; the driver's record when it
