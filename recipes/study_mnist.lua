@@ -602,6 +602,27 @@ function Study:report(runs)
     md[#md + 1] = string.format("| %s | %d | %s |", g.label, seeds, table.concat(cells, " | "))
   end
   md[#md + 1] = ""
+  -- the time per model evaluation of each model (--time), the clock the s/sample columns use
+  md[#md + 1] = "## Time per model evaluation"
+  md[#md + 1] = ""
+  md[#md + 1] = string.format("--time: one batch of %d sampled with DDIM (trailing, %d steps) on all cores, the fastest of %d, " ..
+    "divided by the batch and the %d evaluations; mean ± half the range over the runs timed; the highest 1-minute load average before " ..
+    "a measurement of the model.", M.TIME_BATCH, M.TIME_STEPS, M.TIME_REPEATS, M.TIME_STEPS)
+  md[#md + 1] = ""
+  md[#md + 1] = "| model | runs timed | ms per sample and evaluation (batch 64) | load before |"
+  md[#md + 1] = "|---|---:|---:|---:|"
+  for _, k in ipairs(order) do
+    local ms, load = {}, nil
+    for _, run in ipairs(groups[k].runs) do
+      local t = timing[run.name]
+      if t and type(t.seconds_per_eval) == "number" then
+        ms[#ms + 1] = 1000 * t.seconds_per_eval
+        if type(t.load_before) == "number" then load = math.max(load or 0, t.load_before) end
+      end
+    end
+    md[#md + 1] = string.format("| %s | %d | %s | %s |", groups[k].label, #ms, show(ms, "%.3f"), load and string.format("%.2f", load) or "–")
+  end
+  md[#md + 1] = ""
   md[#md + 1] = "## Training cost"
   md[#md + 1] = ""
   md[#md + 1] = "Train wall h: the larger of the driver's record and the checkpoint's own clock. Train CPU h: the " ..

@@ -209,6 +209,9 @@ function TestStudy:testReportTables()
   lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 60.00 ¹ | PF-ODE (dopri5), rtol 0.01 | 80 | PF-ODE (dopri5), rtol 0.01 | "
     .. "60.00 ¹ | 0.9000 (scan) |")
   lu.assertStrContains(md, "| Ho U-Net 1.1 M | – | – | – | – | – | – |")
+  -- the time per evaluation of each model from timing.csv: 1 and 3 ms over the two seeds
+  lu.assertStrContains(md, "| authors' U-Net 0.28 M | 2 | 2.000 ± 1.000 | 0.10 |")
+  lu.assertStrContains(md, "| authors' cU-Net 0.28 M | 0 | – | – |")
   lu.assertTrue(md:find("## Each model's best over all samplers", 1, true) < md:find("## DDIM (trailing)", 1, true))
   lu.assertTrue(fs.exists(self.dir .. "/figs/fid_vs_steps_ddim_trailing.gp")) -- under --plots
   lu.assertTrue(fs.exists(self.dir .. "/figs/fid_vs_steps_ode_dopri5.gp"))
