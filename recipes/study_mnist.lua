@@ -531,7 +531,8 @@ function Study:report(runs)
       "| model | best FID | where | fewest NFE ≤ 1.1 × best | where | its FID | s/sample there |",
       "|---|---:|---|---:|---|---:|---:|"}
     local function where(c)
-      return c.sampler.label .. (c.sampler.rtol and string.format(", rtol %g", c.value) or string.format(", %d steps", c.value))
+      if c.sampler.rtol then return string.format("%s, rtol %g", c.sampler.label, c.value) end
+      return string.format("%s, %d step%s", c.sampler.label, c.value, c.value == 1 and "" or "s")
     end
     for _, k in ipairs(order) do
       local cells, best, cheap = summary[k].cells, nil, nil
