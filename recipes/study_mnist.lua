@@ -38,8 +38,9 @@ local M = {}
 --   Our trainer updates the EMA every step with decay min(d, (1 + n) / (10 + n)) (optim.EMA's warmup,
 --   always on in the recipes): d = 0.99999 is 0.9999 per 10 steps as a per-step decay, but over 6,000
 --   steps the warmup term governs (0.9985 at the end: the shadow weights the last ~10% of the steps),
---   where ema_pytorch's own warmup (power 2/3) would average over ~3,000. Closer needs an
---   --ema-warmup/--ema-every option in train_recipe.lua. No flips: the authors' trainer flips by
+--   where ema_pytorch's own warmup (power 2/3) would average over ~3,000. The recipes' --ema-every,
+--   --ema-after and --ema-power run that schedule exactly, but they came after the first runs had
+--   trained: all ten keep the per-step one (docs/study.md). No flips: the authors' trainer flips by
 --   default, for faces and churches; MNIST digits are not mirror-symmetric, so a flipped model also
 --   learns mirrored digits, which the classifier-feature FID would count against every run of this
 --   setup and not against Ho's: a difference of data, not of the setup the issue compares.

@@ -52,7 +52,11 @@ M.defaults = {
   min_lr = 0,
   clip = 1.0,                 -- max gradient norm (0 or false: no clipping)
   ema = 0.9999,               -- EMA decay (0 or false: no EMA)
-  ema_warmup = true,          -- decay_n = min(decay, (1 + n) / (10 + n))
+  ema_warmup = true,          -- decay_n = min(decay, (1 + n) / (10 + n)) (LitEma)
+  ema_power = false,          -- instead: ema_pytorch's inverse-decay warmup of this power (with ema_warmup = false)
+  ema_inv_gamma = 1,          --   and its inv_gamma
+  ema_every = 1,              -- fold the weights into the EMA every N steps (optim.EMA's every)
+  ema_after = false,          -- copy them instead up to step N (optim.EMA's after; false: never)
   batch_size = 64,
   steps = 1000,               -- the total number of steps (a resumed run continues up to it)
   seed = 0,                   -- data order and training draws
@@ -375,7 +379,7 @@ end
 -- (given on resume)"), except those in FIXED_ON_RESUME, which define the model's task or the run's
 -- random stream and are refused. The schedule and T are the checkpoint's β values (resolve_schedule).
 M.RESTORED = {"prediction", "optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "lr_schedule", "min_lr",
-  "clip", "ema", "ema_warmup", "batch_size", "steps", "seed", "flip", "out", "checkpoint_every", "keep_checkpoints",
+  "clip", "ema", "ema_warmup", "ema_power", "ema_inv_gamma", "ema_every", "ema_after", "batch_size", "steps", "seed", "flip", "out", "checkpoint_every", "keep_checkpoints",
   "sample_every", "sample_n", "sample_steps", "log_every", "loss_tail"}
 M.FIXED_ON_RESUME = {schedule = true, T = true, prediction = true, optimizer = true, seed = true}
 
@@ -530,7 +534,9 @@ function M.run(opts)
   end
   local opt_args = {lr = o.lr, betas = o.betas, eps = o.eps, weight_decay = o.weight_decay}
   local opt = o.optimizer == "adamw" and optim.AdamW(params, opt_args) or optim.Adam(params, opt_args)
-  local ema = o.ema and o.ema > 0 and optim.EMA(model, {decay = o.ema, warmup = o.ema_warmup}) or nil
+  local ema_opts = {decay = o.ema, warmup = o.ema_warmup, power = o.ema_power or false, inv_gamma = o.ema_inv_gamma,
+    every = o.ema_every, after = o.ema_after or false} -- (o holds no false defaults: with_defaults)
+  local ema = o.ema and o.ema > 0 and optim.EMA(model, ema_opts) or nil
   local lr_at = make_lr_schedule(o)
 
   -- start or resume
@@ -544,7 +550,10 @@ function M.run(opts)
     checkpoint.restore(ck, {model = model, config = config, ema = ema, optimizer = opt})
     -- the optimiser and the EMA come back with their stored hyperparameters: the run's options win
     opt.beta1, opt.beta2, opt.eps, opt.weight_decay = o.betas[1], o.betas[2], o.eps, o.weight_decay
-    if ema then ema.decay, ema.warmup = o.ema, o.ema_warmup end
+    if ema then -- the run's schedule (checked when the EMA was built above)
+      ema.decay, ema.warmup, ema.power, ema.inv_gamma, ema.every, ema.after = o.ema, o.ema_warmup, ema_opts.power,
+        o.ema_inv_gamma, o.ema_every, ema_opts.after
+    end
     cn.set_rng_state(ck.rng)
     start_step, seconds0, history = ck.step, ck.seconds, ck.losses
     cpu0, cpu_from = ck.cpu_seconds or 0, ck.cpu_seconds and ck.cpu_seconds_from or ck.step

@@ -62,6 +62,10 @@ function M.options(spec)
     {"weight-decay", D.weight_decay, "weight decay", min = 0},
     {"warmup", default("warmup"), "linear learning-rate warmup steps", integer = true, min = 0},
     {"ema", default("ema"), "EMA decay (0: no EMA)", min = 0, max = 1},
+    {"ema-every", D.ema_every, "fold the weights into the EMA every N steps", integer = true, min = 1},
+    {"ema-after", -1, "ema_pytorch's update_after_step: the EMA copies the weights up to this step instead (-1: never)", integer = true, min = -1},
+    {"ema-power", 0, "the EMA's warmup: 0 LitEma's min(decay, (1+n)/(10+n)); p > 0 ema_pytorch's min(decay, 1-(1+n)^-p) "
+      .. "(the authors' trainer: --ema-every 10 --ema-after 100 --ema-power 0.6667)", min = 0},
     {"clip", default("clip"), "gradient-norm clipping (0: none)", min = 0},
     {"schedule", nil, "beta schedule: linear | cosine | sigmoid | scaled_linear | FILE.lua returning beta(t, T) or a list of betas (default "
       .. D.schedule .. ")", type = "string"},
@@ -278,6 +282,10 @@ local function train_options(name, args, given, ck, spec)
   end
   put("batch", "batch_size", args.batch)
   put("keep", "keep_checkpoints", args.keep)
+  put("ema_every", "ema_every", args.ema_every)
+  put("ema_after", "ema_after", args.ema_after >= 0 and math.tointeger(args.ema_after) or false)
+  put("ema_power", "ema_power", args.ema_power > 0 and args.ema_power or false)
+  put("ema_power", "ema_warmup", args.ema_power == 0) -- one warmup or the other
   if spec.denoiser then -- no diffusion options, no sample grids
     t.sample_every, t.sample_steps = 0, nil
     return with_betas(name, args, given, record, resuming, t)

@@ -214,7 +214,8 @@ for _, case in ipairs(cases) do
     TestEMA["test_" .. case.name] = function()
       local w = fx.tensor(case.weights[1]):requires_grad(true)
       local b = fx.tensor(case.biases[1]):requires_grad(true)
-      local ema = optim.EMA({w, b}, {decay = case.decay, warmup = case.warmup})
+      local ema = optim.EMA({w, b}, {decay = case.decay, warmup = case.warmup, power = case.power or false,
+        inv_gamma = case.inv_gamma, every = case.every, after = case.after or false})
       for k = 2, #case.weights do
         cn.no_grad(function()
           w:copy_(fx.tensor(case.weights[k]))
@@ -222,7 +223,12 @@ for _, case in ipairs(cases) do
         end)
         local d = ema:update()
         local n = k - 1
-        lu.assertAlmostEquals(d, case.warmup and math.min(case.decay, (1 + n) / (10 + n)) or case.decay, 1e-15)
+        if case.decays then -- ema_pytorch's schedule: -1 where the call does not fold
+          local want = case.decays[n]
+          if want < 0 then lu.assertNil(d, "call " .. n) else lu.assertAlmostEquals(d, want, 1e-8) end -- 9 digits stored
+        else
+          lu.assertAlmostEquals(d, case.warmup and math.min(case.decay, (1 + n) / (10 + n)) or case.decay, 1e-15)
+        end
         local want = case.shadows[k - 1]
         fx.assert_close(ema:shadows()[1], want[1], {rtol = 1e-6, atol = 1e-7, label = case.name .. " w " .. n})
         fx.assert_close(ema:shadows()[2], want[2], {rtol = 1e-6, atol = 1e-7, label = case.name .. " b " .. n})
@@ -270,10 +276,36 @@ function TestEMA:testSwapNonContiguous()
   lu.assertEquals(ema:shadows()[1]:totable(), {{1, 3}, {2, 4}})
 end
 
+-- The schedule's settings travel with the state (an EMA resumed from a checkpoint folds on the same
+-- calls with the same decays); a state written before they existed loads with the defaults.
+function TestEMA:testScheduleState()
+  local p = cn.tensor{0, 0}:requires_grad(true)
+  local ema = optim.EMA({p}, {decay = 0.9, warmup = false, power = 0.75, inv_gamma = 2, every = 4, after = 8})
+  for _ = 1, 5 do ema:update() end
+  local tensors, scalars = ema:state_dict()
+  local other = optim.EMA({cn.zeros{2}})
+  other:load_state_dict(tensors, scalars)
+  lu.assertEquals({other.power, other.inv_gamma, other.every, other.after, other.warmup, other.num_updates},
+    {0.75, 2, 4, 8, false, 5})
+  for c = 5, 40 do lu.assertEquals(other:decay_at(c), ema:decay_at(c), "call " .. c) end
+  lu.assertNil(ema:decay_at(13))                  -- not a multiple of every
+  lu.assertEquals(ema:decay_at(12), 0)            -- the first fold past after: a copy
+  lu.assertAlmostEquals(ema:decay_at(16), 1 - (1 + 8 / 2) ^ -0.75, 1e-15)
+  for _, key in ipairs{"power", "inv_gamma", "every", "after"} do scalars[key] = nil end
+  local old = optim.EMA({cn.zeros{2}}, {warmup = false, power = 0.5, every = 3})
+  old:load_state_dict(tensors, scalars)
+  lu.assertEquals({old.power, old.inv_gamma, old.every, old.after}, {false, 1, 1, false})
+end
+
 function TestEMA:testErrors()
   local p = cn.zeros{3}:requires_grad(true)
   assert_error(function() optim.EMA({p}, {decay = 1.5}) end, "decay")
   assert_error(function() optim.EMA({p}, {beta = 0.9}) end, "unknown option 'beta'")
+  assert_error(function() optim.EMA({p}, {power = 0.7}) end, "two warmups")
+  assert_error(function() optim.EMA({p}, {warmup = false, power = -1}) end, "invalid power -1")
+  assert_error(function() optim.EMA({p}, {every = 0}) end, "every must be an integer >= 1, got 0")
+  assert_error(function() optim.EMA({p}, {after = 1.5}) end, "after must be an integer >= 0 or false, got 1.5")
+  assert_error(function() optim.EMA({p}, {inv_gamma = 0}) end, "invalid inv_gamma 0")
   local ema = optim.EMA({p})
   assert_error(function() ema:copy_to({cn.zeros{4}}) end, "parameter 1 has shape [4], its shadow [3]")
   assert_error(function() ema:swap({p, cn.zeros{3}}) end, "got 2 parameters, the EMA tracks 1")

@@ -118,6 +118,31 @@ function TestResumeConfig:testResumeWithNoOptionsIsTheSameRun()
   lu.assertEquals(cb.train.clip, 0.5)
 end
 
+-- The authors' EMA schedule (ema_pytorch: every N steps, copies up to a step, inverse-decay warmup) is
+-- recorded and comes back on a resume with no options: the split run's EMA equals the straight one's.
+function TestResumeConfig:testEmaScheduleResumes()
+  local ema = " --ema-every 2 --ema-after 1 --ema-power 0.6667"
+  local straight, split = self.dir .. "/straight", self.dir .. "/split"
+  local code, log = run("recipes/train_unet.lua", self.common .. ema .. " --steps 6 --out " .. q(straight))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_unet.lua", self.common .. ema .. " --steps 3 --out " .. q(split))
+  lu.assertEquals(code, 0, log)
+  code, log = run("recipes/train_unet.lua", "--steps 6 --resume " .. q(split .. "/checkpoint.safetensors"))
+  lu.assertEquals(code, 0, log)
+  lu.assertNil(log:find("resume: ema", 1, true), log)
+  local ca, cb = checkpoint.load(straight .. "/checkpoint.safetensors"), checkpoint.load(split .. "/checkpoint.safetensors")
+  lu.assertEquals({cb.train.ema_every, cb.train.ema_after, cb.train.ema_power, cb.train.ema_warmup}, {2, 1, 0.6667, false})
+  lu.assertEquals({cb.ema_scalars.every, cb.ema_scalars.after, cb.ema_scalars.power, cb.ema_scalars.num_updates},
+    {"2", "1", "0.6667", "6"})
+  for k, v in pairs(ca.ema) do lu.assertEquals((v - cb.ema[k]):abs():max():item(), 0, k) end
+  -- the default run keeps LitEma's warmup, every step, no copies
+  local plain = self.dir .. "/plain"
+  code, log = run("recipes/train_unet.lua", self.common .. " --steps 1 --out " .. q(plain))
+  lu.assertEquals(code, 0, log)
+  local cp = checkpoint.load(plain .. "/checkpoint.safetensors")
+  lu.assertEquals({cp.train.ema_every, cp.train.ema_after, cp.train.ema_power, cp.train.ema_warmup}, {1, false, false, true})
+end
+
 function TestResumeConfig:testChangedOptionIsAppliedWithANotice()
   local out = self.dir .. "/run"
   local code, log = run("recipes/train_unet.lua", self.common .. " --steps 3 --out " .. q(out))

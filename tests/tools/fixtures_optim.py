@@ -167,6 +167,40 @@ def ema_cases(fx):
             out.append([s.clone() for s in shadow])
         fx.add(name="ema_warmup" if warmup else "ema_plain", kind="ema", decay=decay, warmup=warmup,
                weights=list(seq), biases=list(bias), shadows=out)
+    # lucidrains' ema_pytorch (EMA.update as the paper's authors' trainer calls it after every step): a
+    # step counter, folds on every `every`-th call only, copies up to update_after_step and on the first
+    # fold past it (its `initted`), then the inverse-decay warmup capped at beta. Small values so that
+    # 11 calls cover every branch: copies at calls 0 and 3, averages at 6 and 9 (the last capped by beta).
+    beta, every, after, power, inv_gamma = 0.7, 3, 2, 2.0 / 3.0, 1.0
+    shadow = [seq[0].clone(), bias[0].clone()]  # the deep copy of the model made at construction
+    step, initted, out, decays = 0, False, [], []
+    for k in range(1, len(seq)):
+        online = [seq[k], bias[k]]
+        s = step
+        step += 1
+        d = None  # the decay this call folds with (None: it does not fold; 0: a copy)
+        if s % every == 0:
+            if s <= after:
+                for e, p in zip(shadow, online):
+                    e.copy_(p)
+                d = 0.0
+            else:
+                first = not initted
+                if first:
+                    for e, p in zip(shadow, online):
+                        e.copy_(p)
+                    initted = True
+                epoch = max(step - after - 1, 0)
+                d = 0.0 if epoch <= 0 else min(max(1 - (1 + epoch / inv_gamma) ** -power, 0.0), beta)
+                for e, p in zip(shadow, online):
+                    e.sub_((1.0 - d) * (e - p))
+                if first:
+                    d = 0.0  # copied, then averaged with itself
+        decays.append(d)
+        out.append([x.clone() for x in shadow])
+    fx.add(name="ema_pytorch_inverse", kind="ema", decay=beta, warmup=False, power=power, inv_gamma=inv_gamma,
+           every=every, after=after, decays=[-1.0 if d is None else d for d in decays],
+           weights=list(seq), biases=list(bias), shadows=out)
 
 
 def main():
