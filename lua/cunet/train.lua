@@ -379,8 +379,9 @@ end
 -- (given on resume)"), except those in FIXED_ON_RESUME, which define the model's task or the run's
 -- random stream and are refused. The schedule and T are the checkpoint's β values (resolve_schedule).
 M.RESTORED = {"prediction", "optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "lr_schedule", "min_lr",
-  "clip", "ema", "ema_warmup", "ema_power", "ema_inv_gamma", "ema_every", "ema_after", "batch_size", "steps", "seed", "flip", "out", "checkpoint_every", "keep_checkpoints",
-  "sample_every", "sample_n", "sample_steps", "log_every", "loss_tail"}
+  "clip", "ema", "ema_warmup", "ema_power", "ema_inv_gamma", "ema_every", "ema_after", "batch_size", "steps", "seed",
+  "flip", "out", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_n", "sample_steps", "log_every",
+  "loss_tail"}
 M.FIXED_ON_RESUME = {schedule = true, T = true, prediction = true, optimizer = true, seed = true}
 
 local function same(a, b)

@@ -63,7 +63,8 @@ function M.options(spec)
     {"warmup", default("warmup"), "linear learning-rate warmup steps", integer = true, min = 0},
     {"ema", default("ema"), "EMA decay (0: no EMA)", min = 0, max = 1},
     {"ema-every", D.ema_every, "fold the weights into the EMA every N steps", integer = true, min = 1},
-    {"ema-after", -1, "ema_pytorch's update_after_step: the EMA copies the weights up to this step instead (-1: never)", integer = true, min = -1},
+    {"ema-after", -1, "ema_pytorch's update_after_step: the EMA copies the weights up to this step instead (-1: never)",
+      integer = true, min = -1},
     {"ema-power", 0, "the EMA's warmup: 0 LitEma's min(decay, (1+n)/(10+n)); p > 0 ema_pytorch's min(decay, 1-(1+n)^-p) "
       .. "(the authors' trainer: --ema-every 10 --ema-after 100 --ema-power 0.6667)", min = 0},
     {"clip", default("clip"), "gradient-norm clipping (0: none)", min = 0},
