@@ -1,0 +1,11 @@
+set terminal pngcairo size 900,560
+set output 'docs/images/study/fid_vs_steps_ode_dopri5.png'
+set title "PF-ODE (dopri5): FID vs NFE (seed range shaded)"
+set xlabel 'model evaluations (NFE)'
+set ylabel 'FID (classifier features) (lower is better)'
+set logscale x
+set logscale y
+set key top right
+set grid
+plot 'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 0 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 1 notitle, \
+  'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 0 using 1:2 with linespoints lc 1 lw 2 title "authors' U-Net 0.28 M"
