@@ -163,14 +163,18 @@ function Study:scan_items(run)
   return items
 end
 
--- A guess of a scan cell's seconds from the run's rows so far (seconds per sample per model evaluation;
--- the ODE's NFE guessed as twice the largest seen, or 300), plus the recipe's start; nil before any row.
+-- A guess of a scan cell's seconds from the run's rows so far (seconds per sample per model evaluation
+-- from the row with the most evaluations, where the per-sample fixed costs weigh least: a 1-step row's
+-- time is mostly scoring; the ODE's NFE guessed as twice the largest seen, or 300), plus the recipe's
+-- start; nil before any row.
 function Study:cell_seconds(run, item)
-  local per_eval, ode_nfe = nil, nil
+  local per_eval, most, ode_nfe = nil, 0, nil
   for _, s in ipairs(M.SAMPLERS) do
     for _, r in ipairs(fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(run), s.variant)) or {}) do
       local nfe = r.nfe or r.steps
-      if nfe and nfe > 0 then per_eval = math.max(per_eval or 0, r.seconds / nfe) end
+      if nfe and nfe > 0 and r.seconds and (nfe > most or (nfe == most and r.seconds / nfe > per_eval)) then
+        per_eval, most = r.seconds / nfe, nfe
+      end
       if s.rtol and nfe then ode_nfe = math.max(ode_nfe or 0, nfe) end
     end
   end

@@ -221,6 +221,26 @@ end
 -- What a run cost: the checkpoint's complete CPU count when it has one; the driver's record when it
 -- covers every step; else the record's CPU per step scaled to the steps done ("estimated", a call
 -- killed with its session); wall time never below the checkpoint's own clock.
+-- A scan cell's time is guessed from the row with the most evaluations (a 1-step row's per-sample time
+-- is mostly scoring, and would overstate a long cell 3-4x); the ODE's NFE as twice the largest seen.
+function TestStudy:testCellSecondsGuess()
+  local s = study.new(self.dir, {exe = EXE, n = 100})
+  local r = study.RUNS[1]
+  local dir = s:dir(r) .. "/scan"
+  assert(fs.mkdir_p(dir))
+  local head = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe\n"
+  helpers.write_file(dir .. "/fid_vs_steps_ddim_trailing.csv", head .. "1,900,1,0.1,0.01,100,ddim,mnist,train,x,1\n"
+    .. "50,30,1,0.1,0.05,100,ddim,mnist,train,x,50\n")
+  local items = s:scan_items(r)
+  local function item(variant, value)
+    for _, it in ipairs(items) do if it.sampler.variant == variant and it.value == value then return it end end
+  end
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ddim_trailing", 100)), 30 + 100 * 100 * 0.001, 1e-9)
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.1)), 30 + 100 * 300 * 0.001, 1e-9) -- no ODE row yet
+  helpers.write_file(dir .. "/fid_vs_steps_ode_dopri5.csv", head .. "70,30,1,0.1,0.07,100,ode,mnist,train,x,70\n")
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.01)), 30 + 100 * 140 * 0.001, 1e-9)
+end
+
 function TestStudy:testTrainCost()
   local cn = require "cunet"
   local s = study.new(self.dir, {exe = EXE})
