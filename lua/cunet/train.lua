@@ -551,9 +551,8 @@ function M.run(opts)
     checkpoint.restore(ck, {model = model, config = config, ema = ema, optimizer = opt})
     -- the optimiser and the EMA come back with their stored hyperparameters: the run's options win
     opt.beta1, opt.beta2, opt.eps, opt.weight_decay = o.betas[1], o.betas[2], o.eps, o.weight_decay
-    if ema then -- the run's schedule (checked when the EMA was built above)
-      ema.decay, ema.warmup, ema.power, ema.inv_gamma, ema.every, ema.after = o.ema, o.ema_warmup, ema_opts.power,
-        o.ema_inv_gamma, o.ema_every, ema_opts.after
+    if ema then -- the run's schedule (checked when the EMA was built above; the options are its fields)
+      for k, v in pairs(ema_opts) do ema[k] = v end
     end
     cn.set_rng_state(ck.rng)
     start_step, seconds0, history = ck.step, ck.seconds, ck.losses
