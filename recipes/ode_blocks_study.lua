@@ -23,7 +23,6 @@ local fs = require "cunet.fs"
 local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local study = require "cunet.study"
-local check_options = require("cunet.options").check
 local command_text, append = study.command_text, study.append
 
 local M = {}
@@ -87,16 +86,13 @@ end
 
 -- ---- the driver (cunet.study's) ----------------------------------------------------------------------
 
-local Study = setmetatable({}, {__index = study.Driver})
+local Study = setmetatable({NAME = "ode_blocks_study", FULL_STEPS = M.STEPS, CHECKPOINT_EVERY = M.CHECKPOINT_EVERY,
+  SCAN_N = M.EVAL_N}, {__index = study.Driver})
 Study.__index = Study
 
---- A study over the directory out. opts: exe (the cunet executable), steps (total per run), limit
--- (training images, 0: all), n (samples per evaluation cell), dry (print, run nothing), deadline (cn.time()).
-function M.new(out, opts)
-  check_options(opts, {"exe", "steps", "limit", "n", "dry", "deadline"}, "ode_blocks_study.new")
-  return study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
-    limit = opts.limit, n = opts.n or M.EVAL_N, dry = opts.dry, deadline = opts.deadline})
-end
+--- A study over the directory out (cunet.study's new: exe, steps, limit, n samples per evaluation cell,
+-- dry, deadline).
+function M.new(out, opts) return study.new(Study, out, opts) end
 
 --- The training recipe of run, and the options of its first call (cunet.study's Driver:train_command).
 function Study:recipe() return "recipes/train_cunet.lua" end

@@ -23,7 +23,6 @@ local fid = require "cunet.fid"
 local plot = require "cunet.plot"
 local json = require("cunet.checkpoint").json
 local study = require "cunet.study"
-local check_options = require("cunet.options").check
 local word, command_text, append = study.word, study.command_text, study.append
 
 local M = {}
@@ -110,19 +109,15 @@ local write_atomic = study.write_atomic
 
 -- ---- the driver (cunet.study's, with this study's training and scan commands) -----------------------
 
-local Study = setmetatable({}, {__index = study.Driver})
+local Study = setmetatable({NAME = "study_mnist", FULL_STEPS = M.STEPS, CHECKPOINT_EVERY = M.CHECKPOINT_EVERY,
+  SCAN_N = M.SCAN_N, OPTIONS = {"plots"}}, {__index = study.Driver})
 Study.__index = Study
 
---- A study over the directory out. opts: exe (the cunet executable), steps (total per run),
--- limit (training images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()),
--- plots (--report's plot directory, default <out>/plots).
-function M.new(out, opts)
-  check_options(opts, {"exe", "steps", "limit", "n", "dry", "deadline", "plots"}, "study_mnist.new")
-  local driver = study.new(Study, out, {exe = opts.exe, steps = opts.steps, full_steps = M.STEPS, checkpoint_every = M.CHECKPOINT_EVERY,
-    limit = opts.limit, n = opts.n or M.SCAN_N, dry = opts.dry, deadline = opts.deadline})
-  driver.plots = opts.plots or (out .. "/plots")
-  return driver
-end
+--- cunet.study's new: opts.plots is --report's plot directory (default <out>/plots).
+function Study:init(opts) self.plots = opts.plots or (self.out .. "/plots") end
+
+--- A study over the directory out (cunet.study's new: exe, steps, limit, n, dry, deadline, plots).
+function M.new(out, opts) return study.new(Study, out, opts) end
 
 --- The training recipe of run, and the options of its first call (cunet.study's Driver:train_command).
 function Study:recipe(run) return M.FAMILIES[run.family].recipe end

@@ -3,6 +3,7 @@
  *   cn.save(path, {name = tensor, ...} [, {key = "value", ...} [, {dtype = "F32" | "F16"}]])
  *                                                                   safetensors, atomic
  *   cn.load(path) -> {name = tensor, ...}, {key = "value", ...}
+ *   cn.load_meta(path) -> {key = "value", ...}                     the metadata alone (file validated)
  *   cn.load_idx(path) -> tensor                                    IDX, plain or .gz
  *   cn.save_idx(path, t [, "u8" | "i8" | "i16" | "i32" | "f32" | "f64"])   default "u8"
  *
@@ -114,30 +115,56 @@ static int file_gc(lua_State *L) {
     return 0;
 }
 
-/* path -> tensors, metadata */
-static int l_load(lua_State *L) {
+/* Opens the safetensors file at arg 1 into a userdata box pushed on the stack (closed by __gc if a later
+ * step raises); raises with the validation message when the file is missing or corrupt. */
+static cn_safetensors_file *open_boxed(lua_State *L, cn_safetensors_file ***out_box) {
     const char *path = check_path(L, 1);
     cn_safetensors_file **fbox = lua_newuserdatauv(L, sizeof *fbox, 0); /* box first: closed by __gc on error */
     *fbox = NULL;
     luaL_setmetatable(L, FILE_MT);
     cn_error err;
     cn_safetensors_file *f = *fbox = cn_safetensors_open(path, &err);
-    if (!f) return cnl_raise(L, &err);
-    int n = cn_safetensors_count(f), n_meta = cn_safetensors_meta_count(f);
+    if (!f) cnl_raise(L, &err);
+    *out_box = fbox;
+    return f;
+}
+
+/* Pushes the metadata of f as a table of strings. */
+static void push_meta(lua_State *L, const cn_safetensors_file *f) {
+    int n_meta = cn_safetensors_meta_count(f);
+    lua_createtable(L, 0, n_meta);
+    for (int i = 0; i < n_meta; i++) {
+        lua_pushstring(L, cn_safetensors_meta_value(f, i));
+        lua_setfield(L, -2, cn_safetensors_meta_key(f, i));
+    }
+}
+
+/* path -> tensors, metadata */
+static int l_load(lua_State *L) {
+    cn_safetensors_file **fbox;
+    cn_safetensors_file *f = open_boxed(L, &fbox);
+    cn_error err;
+    int n = cn_safetensors_count(f);
     lua_createtable(L, 0, n);
     for (int i = 0; i < n; i++) {
         cn_tensor **box = cnl_newbox(L);
         cnl_result(L, box, cn_safetensors_tensor(f, i, &err), &err);
         lua_setfield(L, -2, cn_safetensors_name(f, i));
     }
-    lua_createtable(L, 0, n_meta);
-    for (int i = 0; i < n_meta; i++) {
-        lua_pushstring(L, cn_safetensors_meta_value(f, i));
-        lua_setfield(L, -2, cn_safetensors_meta_key(f, i));
-    }
+    push_meta(L, f);
     cn_safetensors_close(f);
     *fbox = NULL;
     return 2;
+}
+
+/* path -> metadata (the file is read and validated as by cn.load; no tensor is built) */
+static int l_load_meta(lua_State *L) {
+    cn_safetensors_file **fbox;
+    cn_safetensors_file *f = open_boxed(L, &fbox);
+    push_meta(L, f);
+    cn_safetensors_close(f);
+    *fbox = NULL;
+    return 1;
 }
 
 /* path -> tensor */
@@ -162,7 +189,7 @@ static int l_save_idx(lua_State *L) {
 
 void cnl_open_io(lua_State *L) {
     static const luaL_Reg functions[] = {
-        {"save", l_save}, {"load", l_load}, {"load_idx", l_load_idx}, {"save_idx", l_save_idx}, {NULL, NULL},
+        {"save", l_save}, {"load", l_load}, {"load_meta", l_load_meta}, {"load_idx", l_load_idx}, {"save_idx", l_save_idx}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, FILE_MT)) {
         lua_pushcfunction(L, file_gc);

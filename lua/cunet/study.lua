@@ -42,19 +42,13 @@ function M.write_atomic(path, text)
   if not ok then error(err, 0) end
 end
 
---- The metadata of a checkpoint (string values), from its safetensors header alone (8-byte length,
--- then JSON): cheap; nil when the file is missing or unreadable.
+--- The metadata of a checkpoint (string values; cn.load_meta), or nil when there is no file at path;
+-- a corrupt checkpoint raises (a run must not silently start again from step 0 over it).
 function M.checkpoint_meta(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local head = f:read(8)
-  local len = head and #head == 8 and string.unpack("<I8", head)
-  local text = len and len < (1 << 26) and f:read(len)
   f:close()
-  if not text then return nil end
-  local ok, header = pcall(json.decode, text)
-  local meta = ok and type(header) == "table" and header.__metadata__
-  return type(meta) == "table" and meta or nil
+  return cn.load_meta(path)
 end
 
 --- The step of a checkpoint (M.checkpoint_meta), or nil.
@@ -142,32 +136,41 @@ local Driver = {}
 Driver.__index = Driver
 M.Driver = Driver
 
---- A driver over the directory out, an object of class cls (a table whose __index chain reaches
--- Driver, and which defines cls:recipe(run) -> the training recipe's path and cls:fresh_flags(run) ->
--- the options of a run's first call). opts: exe (the cunet executable), steps (total per run; nil:
--- full_steps), full_steps (the study's), checkpoint_every (the runs' interval), limit (training
--- images, 0: all), n (scan samples), dry (print, run nothing), deadline (cn.time()).
+--- A driver over the directory out, an object of class cls: a table whose __index chain reaches Driver,
+-- naming the study (cls.NAME, for messages) and its defaults (cls.FULL_STEPS per run, cls.CHECKPOINT_EVERY,
+-- cls.SCAN_N samples per cell), and defining cls:recipe(run) -> the training recipe's path and
+-- cls:fresh_flags(run) -> the options of a run's first call. opts: exe (the cunet executable), steps
+-- (total per run; nil: cls.FULL_STEPS), limit (training images, 0: all), n (samples per cell; nil:
+-- cls.SCAN_N), dry (print, run nothing), deadline (cn.time()), and the keys of cls.OPTIONS, which
+-- cls:init(opts) takes when the class defines it.
 function M.new(cls, out, opts)
-  check_options(opts, {"exe", "steps", "full_steps", "checkpoint_every", "limit", "n", "dry", "deadline"}, "study.new")
-  local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or opts.full_steps, full_steps = opts.full_steps,
-    limit = opts.limit or 0,
-    n = opts.n, dry = opts.dry, deadline = opts.deadline or math.huge, failed = {}}, cls)
-  self.checkpoint_every = math.min(opts.checkpoint_every, self.steps)
+  local known = {"exe", "steps", "limit", "n", "dry", "deadline"}
+  for _, k in ipairs(cls.OPTIONS or {}) do known[#known + 1] = k end
+  check_options(opts, known, (cls.NAME or "study") .. ".new")
+  local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or cls.FULL_STEPS, full_steps = cls.FULL_STEPS,
+    limit = opts.limit or 0, n = opts.n or cls.SCAN_N, dry = opts.dry, deadline = opts.deadline or math.huge,
+    failed = {}}, cls)
+  self.checkpoint_every = math.min(cls.CHECKPOINT_EVERY, self.steps)
   self.state_path = out .. "/study_state.json"
   self.state = self:load_state()
   self.touched = {}
+  if self.init then self:init(opts) end
   return self
 end
 
--- The state file's contents ({runs = {}} when it is missing or unreadable).
+-- The state file's contents ({runs = {}} when there is none yet); a file that does not parse raises
+-- (written back, it would lose every run's records).
 function Driver:load_state()
   local f = io.open(self.state_path, "r")
-  if f then
-    local ok, s = pcall(json.decode, f:read("a"))
-    f:close()
-    if ok and type(s) == "table" and type(s.runs) == "table" then return s end
+  if not f then return {runs = {}} end
+  local text = f:read("a")
+  f:close()
+  local ok, s = pcall(json.decode, text)
+  if not (ok and type(s) == "table" and type(s.runs) == "table") then
+    error(string.format("%s: not a study state file (JSON with a 'runs' object); move it aside to start its "
+      .. "records anew", self.state_path), 0)
   end
-  return {runs = {}}
+  return s
 end
 
 function Driver:dir(run) return self.out .. "/" .. run.name end

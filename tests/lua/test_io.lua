@@ -156,6 +156,24 @@ function TestSafetensorsRoundTrip:testMetadata()
   lu.assertEquals(meta2, {})
 end
 
+-- cn.load_meta: the metadata alone, the file validated as by cn.load (a corrupt or missing one raises).
+function TestSafetensorsRoundTrip:testLoadMeta()
+  local path = tmp .. "/meta.safetensors"
+  cn.save(path, {w = cn.ones{2}}, {step = "250", kind = "unet"})
+  lu.assertEquals(cn.load_meta(path), {step = "250", kind = "unet"})
+  cn.save(path, {w = cn.ones{2}})
+  lu.assertEquals(cn.load_meta(path), {})
+  local bytes = read_file(path)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes:sub(1, #bytes - 4)) -- the data cut short: the header's offsets point past the end
+  f:close()
+  local ok, err = pcall(cn.load_meta, path)
+  lu.assertFalse(ok)
+  lu.assertStrContains(err, "meta.safetensors")
+  lu.assertErrorMsgContains("No such file", cn.load_meta, tmp .. "/none.safetensors")
+  lu.assertErrorMsgContains("path is empty", cn.load_meta, "")
+end
+
 function TestSafetensorsRoundTrip:testOverwriteLeavesNoTempFiles()
   local path = tmp .. "/m.safetensors"
   cn.save(path, {w = cn.zeros{3}})

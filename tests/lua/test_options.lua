@@ -288,10 +288,10 @@ local ROWS = {
   {who = "kid", typo = "subset", covers = {"metrics.lua:M.kid"},
     call = function(o) local a = cn.randn{8, 2}; metrics.kid(a, a, o) end},
   {who = "study.new", typo = "step", covers = {"study.lua:M.new"},
-    base = {exe = "./cunet", steps = 2, full_steps = 2, checkpoint_every = 1},
+    base = {exe = "./cunet", steps = 2},
     call = function(o)
       local study = require "cunet.study"
-      study.new(setmetatable({}, {__index = study.Driver}), "/nonexistent/study", o)
+      study.new(setmetatable({FULL_STEPS = 2, CHECKPOINT_EVERY = 1}, {__index = study.Driver}), "/nonexistent/study", o)
     end},
   {who = "study_mnist.new", typo = "plot", covers = {"recipes/study_mnist.lua:M.new"},
     call = function(o) dofile("recipes/study_mnist.lua").new("/nonexistent/study", o) end},
@@ -362,6 +362,7 @@ local NOT_OPTION_TABLES = {
   ["options.lua:M.check"] = "the checker itself (tested below through every row)",
   ["options.lua:M.merge"] = "the checker itself",
   ["nn/util.lua:util.options"] = "the nn modules' name for options.merge",
+  ["recipes/study_mnist.lua:Study:init"] = "study.new's hook, called with the keys it has checked (the study_mnist.new row)",
 }
 
 -- The public functions of lua/cunet and recipes/ with a parameter named opts, as "file:name": named functions that
@@ -370,7 +371,7 @@ local NOT_OPTION_TABLES = {
 local function lua_entry_points()
   local out = {}
   -- the library, and the recipes' own modules (a recipe that returns M for its tests: recipes/<name>)
-  local p = io.popen("(cd lua/cunet && find . -name '*.lua'; ls recipes/*.lua) | LC_ALL=C sort")
+  local p = io.popen("((cd lua/cunet && find . -name '*.lua'); ls recipes/*.lua) | LC_ALL=C sort")
   for file in p:lines() do
     file = file:gsub("^%./", "")
     local path = file:match("^recipes/") and file or "lua/cunet/" .. file
@@ -459,6 +460,9 @@ function TestTypoTable:testEveryLuaEntryPointHasARow()
   end
   local found = lua_entry_points()
   lu.assertTrue(#found >= 60, "entry points found: " .. #found)
+  local in_recipes = 0
+  for _, entry in ipairs(found) do if entry:match("^recipes/") then in_recipes = in_recipes + 1 end end
+  lu.assertTrue(in_recipes >= 2, "recipe entry points found: " .. in_recipes)
   for _, entry in ipairs(found) do
     lu.assertTrue(covered[entry] or NOT_OPTION_TABLES[entry] ~= nil, "no typo-table row for " .. entry)
   end

@@ -7,6 +7,7 @@
 -- the shared state file.
 
 local lu = require "luaunit"
+local cn = require "cunet"
 local helpers = require "helpers"
 local fs = require "cunet.fs"
 local json = require("cunet.checkpoint").json
@@ -140,7 +141,6 @@ end
 
 -- With a deadline, a chunk ends on a checkpoint that fits: the first one measures one interval.
 function TestStudy:testChunks()
-  local cn = require "cunet"
   local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600})
   local r = study.RUNS[1]
   lu.assertEquals(s:next_target(r, 0), 250)
@@ -167,6 +167,31 @@ function TestStudy:testTwoDriversKeepEachOthersRecords()
   lu.assertEquals(state.runs[ra.name].train_steps, 250)
   lu.assertEquals(state.runs[ra.name].calls, 3)
   lu.assertEquals(state.runs[rb.name].train_steps, 500)
+end
+
+-- A run's step comes from its checkpoint's metadata: none without a file, and a corrupt checkpoint raises
+-- rather than reading as step 0 (the run would start again over it).
+function TestStudy:testCheckpointStep()
+  local s = study.new(self.dir, {exe = EXE})
+  local r = study.RUNS[1]
+  lu.assertEquals(s:done_steps(r), 0)
+  assert(fs.mkdir_p(s:dir(r)))
+  cn.save(s:ckpt(r), {w = cn.ones{2}}, {step = "750"})
+  lu.assertEquals(s:done_steps(r), 750)
+  local f = assert(io.open(s:ckpt(r), "wb"))
+  f:write("not a checkpoint")
+  f:close()
+  lu.assertErrorMsgContains("checkpoint.safetensors", s.done_steps, s, r)
+end
+
+-- study_state.json holds every run's CPU records: one that does not parse raises instead of being
+-- replaced by an empty record set on the next save.
+function TestStudy:testCorruptStateRaises()
+  assert(fs.mkdir_p(self.dir))
+  local f = assert(io.open(self.dir .. "/study_state.json", "w"))
+  f:write('{"runs": {"a": {"train_cpu": 12')
+  f:close()
+  lu.assertErrorMsgContains("study_state.json: not a study state file", study.new, self.dir, {exe = EXE})
 end
 
 -- --report on scan CSVs alone (two seeds of one model, one of another, no checkpoints): each sampler's
@@ -242,7 +267,6 @@ function TestStudy:testCellSecondsGuess()
 end
 
 function TestStudy:testTrainCost()
-  local cn = require "cunet"
   local s = study.new(self.dir, {exe = EXE})
   local r = study.RUNS[1]
   assert(fs.mkdir_p(s:dir(r)))
