@@ -129,46 +129,13 @@ function Study:eval_items(run)
   return items
 end
 
---- Scores the runs whose training finished, one cell per call; stops before the deadline.
+--- Scores the runs whose training finished, one cell per call; stops before the deadline. Each cell
+-- has its own CSV, so another process may score one while this driver runs: it is skipped then.
 function Study:eval(runs)
-  for _, run in ipairs(runs) do
-    local done = self:done_steps(run)
-    if done < self.steps and self.dry then
-      print(string.format("# %s: training not finished (%d/%d steps); once it is:", run.name, done, self.steps))
-    end
-    if done >= self.steps or self.dry then
-      for _, item in ipairs(self:eval_items(run)) do
-        if self.dry then
-          print(command_text(item.command))
-        else
-          if self:remaining() < 120 then
-            print(string.format("study: stopping the evaluation before the deadline (%s)", run.name))
-            return false
-          end
-          -- each cell has its own CSV, so another process may score one while this driver runs: skip it then
-          if self:eval_row(run, item.solver) then
-            print(string.format("study: %s at %s: scored meanwhile, skipped", run.name, item.solver.label))
-            goto continue
-          end
-          print(string.format("study: %s at %s (%s)", run.name, item.solver.label, os.date("!%H:%M UTC")))
-          io.stdout:flush()
-          fs.mkdir_p(self:eval_dir(run, item.solver))
-          local ok, wall, cpu, timed_out = self:execute(item.command, self:dir(run) .. "/eval.log", self:remaining())
-          local rec = self:record(run)
-          rec.scan_wall, rec.scan_cpu = (rec.scan_wall or 0) + wall, (rec.scan_cpu or 0) + (cpu or 0)
-          self:save_state()
-          if timed_out then return false end
-          if not ok then
-            self.failed[#self.failed + 1] = run.name .. " (eval)"
-            print(string.format("study: the evaluation of %s failed (see %s/eval.log)", run.name, self:dir(run)))
-            break
-          end
-        end
-        ::continue::
-      end
-    end
-  end
-  return true
+  return self:score_cells(runs, {what = "eval",
+    items = function(run) return self:eval_items(run) end,
+    label = function(item) return "at " .. item.solver.label end,
+    skip = function(run, item) return self:eval_row(run, item.solver) and "scored meanwhile" or nil end})
 end
 
 function Study:list(runs)

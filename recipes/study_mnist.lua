@@ -125,8 +125,6 @@ function Study:fresh_flags(run)
   return append(append({"--preset", run.preset, "--seed", tostring(run.seed)}, M.SETUPS[run.setup]), M.COMMON)
 end
 
-local function remaining(self) return self:remaining() end
-
 -- The scan's rows of run that exist: variant -> set of step counts (or "rtol:<r>").
 function Study:scanned(run)
   local have = {}
@@ -181,46 +179,15 @@ end
 --- Scans the runs whose training finished, one step count (or tolerance) per call; stops before the
 -- deadline, skipping the cells that would not fit (a later call runs them).
 function Study:scan(runs)
-  for _, run in ipairs(runs) do
-    local done = self:done_steps(run)
-    local items = self:scan_items(run)
-    if done < self.steps and self.dry then
-      print(string.format("# %s: training not finished (%d/%d steps); once it is:", run.name, done, self.steps))
-    end
-    if done >= self.steps or self.dry then
-      for _, item in ipairs(items) do
-        if self.dry then
-          print(command_text(item.command))
-        else
-          if remaining(self) < 120 then
-            print(string.format("study: stopping the scan before the deadline (%s)", run.name))
-            return false
-          end
-          local guess = self:cell_seconds(run, item)
-          if guess and guess > remaining(self) - 60 then
-            print(string.format("study: %s %s %s skipped: it needs ~%.0f min", run.name, item.sampler.variant,
-              tostring(item.value), guess / 60))
-            goto continue
-          end
-          print(string.format("study: %s %s %s (%s)", run.name, item.sampler.variant,
-            item.sampler.rtol and ("rtol " .. item.value) or (item.value .. " steps"), os.date("!%H:%M UTC")))
-          io.stdout:flush()
-          local ok, wall, cpu, timed_out = self:execute(item.command, self:dir(run) .. "/scan.log", remaining(self))
-          local rec = self:record(run)
-          rec.scan_wall, rec.scan_cpu = rec.scan_wall + wall, rec.scan_cpu + (cpu or 0)
-          self:save_state()
-          if timed_out then return false end
-          if not ok then
-            self.failed[#self.failed + 1] = run.name .. " (scan)"
-            print(string.format("study: the scan of %s failed (see %s/scan.log)", run.name, self:dir(run)))
-            break
-          end
-        end
-        ::continue::
-      end
-    end
-  end
-  return true
+  return self:score_cells(runs, {what = "scan",
+    items = function(run) return self:scan_items(run) end,
+    label = function(item)
+      return item.sampler.variant .. " " .. (item.sampler.rtol and ("rtol " .. item.value) or (item.value .. " steps"))
+    end,
+    skip = function(run, item)
+      local guess = self:cell_seconds(run, item)
+      return guess and guess > self:remaining() - 60 and string.format("it needs ~%.0f min", guess / 60) or nil
+    end})
 end
 
 function Study:list(runs)

@@ -298,5 +298,47 @@ function Driver:train(runs)
   return true
 end
 
+--- Scores the runs whose training finished, one cell per subprocess, in the order opts.items(run) gives;
+-- stops before the deadline. opts: items (run -> {{command = argv, ...}, ...}: the cells still missing),
+-- label (item -> how the log names the cell), skip (optional: run, item -> why to pass the cell over
+-- this time, or nil), what ("scan" | "eval": the log <dir>/<what>.log, and the word in messages). With
+-- dry, prints the commands instead. Returns false when the deadline stopped it.
+function Driver:score_cells(runs, opts)
+  check_options(opts, {"items", "label", "skip", "what"}, "study.score_cells")
+  for _, run in ipairs(runs) do
+    local done = self:done_steps(run)
+    if done < self.steps and self.dry then
+      print(string.format("# %s: training not finished (%d/%d steps); once it is:", run.name, done, self.steps))
+    end
+    if done >= self.steps or self.dry then
+      for _, item in ipairs(opts.items(run)) do
+        local why = not self.dry and remaining(self) >= 120 and opts.skip and opts.skip(run, item)
+        if self.dry then
+          print(M.command_text(item.command))
+        elseif remaining(self) < 120 then
+          print(string.format("study: stopping the %s before the deadline (%s)", opts.what, run.name))
+          return false
+        elseif why then
+          print(string.format("study: %s %s skipped: %s", run.name, opts.label(item), why))
+        else
+          print(string.format("study: %s %s (%s)", run.name, opts.label(item), os.date("!%H:%M UTC")))
+          io.stdout:flush()
+          local log = string.format("%s/%s.log", self:dir(run), opts.what)
+          local ok, wall, cpu, timed_out = self:execute(item.command, log, remaining(self))
+          local rec = self:record(run)
+          rec.scan_wall, rec.scan_cpu = (rec.scan_wall or 0) + wall, (rec.scan_cpu or 0) + (cpu or 0)
+          self:save_state()
+          if timed_out then return false end
+          if not ok then
+            self.failed[#self.failed + 1] = string.format("%s (%s)", run.name, opts.what)
+            print(string.format("study: the %s of %s failed (see %s)", opts.what, run.name, log))
+            break
+          end
+        end
+      end
+    end
+  end
+  return true
+end
 
 return M

@@ -293,6 +293,15 @@ local ROWS = {
       local study = require "cunet.study"
       study.new(setmetatable({FULL_STEPS = 2, CHECKPOINT_EVERY = 1}, {__index = study.Driver}), "/nonexistent/study", o)
     end},
+  {who = "study.score_cells", typo = "item", covers = {"study.lua:Driver:score_cells"},
+    base = {what = "scan", items = function() return {} end, label = tostring},
+    call = function(o)
+      local study = require "cunet.study"
+      local cls = setmetatable({FULL_STEPS = 2, CHECKPOINT_EVERY = 1}, {__index = study.Driver})
+      cls.__index = cls
+      local d = study.new(cls, "/nonexistent/study", {exe = "./cunet"})
+      d:score_cells({}, o)
+    end},
   {who = "study_mnist.new", typo = "plot", covers = {"recipes/study_mnist.lua:M.new"},
     call = function(o) dofile("recipes/study_mnist.lua").new("/nonexistent/study", o) end},
   {who = "ode_blocks_study.new", typo = "ode_steps", covers = {"recipes/ode_blocks_study.lua:M.new"},

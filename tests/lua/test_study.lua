@@ -184,6 +184,35 @@ function TestStudy:testCheckpointStep()
   lu.assertErrorMsgContains("checkpoint.safetensors", s.done_steps, s, r)
 end
 
+-- --scan's loop over the cells of a finished run: a cell whose guessed time does not fit before the
+-- deadline is skipped (named, with the guess), and a cell that fails stops that run's scan with the
+-- failure recorded and its log named.
+function TestStudy:testScanSkipsAndFailures()
+  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600})
+  local r = study.RUNS[1]
+  assert(fs.mkdir_p(s:dir(r)))
+  cn.save(s:ckpt(r), {w = cn.ones{2}}, {step = tostring(study.STEPS)})
+  local cells = {}
+  for i = 1, 3 do cells[i] = {sampler = study.SAMPLERS[1], value = i, command = {"false"}} end
+  s.scan_items = function() return cells end
+  s.cell_seconds = function() return 1e6 end
+  local said, print0 = {}, _G.print
+  _G.print = function(...) said[#said + 1] = table.concat({...}, " ") end
+  local ok1, r1 = pcall(s.scan, s, {r})
+  s.cell_seconds = function() return nil end
+  local ok2, r2 = pcall(s.scan, s, {r})
+  _G.print = print0
+  lu.assertTrue(ok1, r1)
+  lu.assertTrue(ok2, r2)
+  lu.assertTrue(r1 and r2)
+  lu.assertEquals(#said, 5, table.concat(said, "\n"))
+  lu.assertStrContains(said[1], r.name .. " ddim_trailing 1 steps skipped: it needs ~16667 min")
+  lu.assertStrContains(said[4], r.name .. " ddim_trailing 1 steps (")
+  lu.assertStrContains(said[5], "the scan of " .. r.name .. " failed (see " .. s:dir(r) .. "/scan.log)")
+  lu.assertEquals(s.failed, {r.name .. " (scan)"})
+  lu.assertEquals(s.state.runs[r.name].calls, 0)
+end
+
 -- study_state.json holds every run's CPU records: one that does not parse raises instead of being
 -- replaced by an empty record set on the next save.
 function TestStudy:testCorruptStateRaises()
