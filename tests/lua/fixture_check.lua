@@ -16,15 +16,9 @@ local M = {}
 
 M.RTOL, M.ATOL = 1e-4, 1e-5
 
-local function root()
-  local env = os.getenv("CUNET_ROOT")
-  if env and env ~= "" then return env end
-  local source = debug.getinfo(1, "S").source
-  local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)[/\\]") or "."
-  return dir .. "/../.."
-end
+local root = require("helpers").root
 
---- The repository root ($CUNET_ROOT, else found from this file's path).
+--- The repository root (helpers.root).
 M.root = root
 
 --- helpers.assert_error (tests/lua/helpers.lua), for the suites that already hold this module.

@@ -11,6 +11,15 @@ local fs = require "cunet.fs"
 
 local M = {}
 
+--- The repository root ($CUNET_ROOT, else found from this file's path: tests/lua/../..).
+function M.root()
+  local env = os.getenv("CUNET_ROOT")
+  if env and env ~= "" then return env end
+  local source = debug.getinfo(1, "S").source
+  local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)[/\\]") or "."
+  return dir .. "/../.."
+end
+
 --- assert_error([label,] fn, fragment...): calls fn and asserts that it raises an error whose message
 -- holds every fragment (plain text, case sensitive); the label (a string before fn) names the case in
 -- a failure. Returns the message as a string.

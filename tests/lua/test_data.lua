@@ -9,13 +9,7 @@ local data = require "cunet.data"
 
 local FASHION = "/usr/share/datasets/fashion-mnist"
 
-local function root()
-  local env = os.getenv("CUNET_ROOT")
-  if env and env ~= "" then return env end
-  local source = debug.getinfo(1, "S").source
-  local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)[/\\]") or "."
-  return dir .. "/../.."
-end
+local root = require("helpers").root
 
 local function exists(path)
   local f = io.open(path, "rb")

@@ -8,13 +8,7 @@ local read_file, write_file = helpers.read_file, helpers.write_file
 local cn = require "cunet"
 local image = require "cunet.image"
 
-local function root()
-  local env = os.getenv("CUNET_ROOT")
-  if env and env ~= "" then return env end
-  local source = debug.getinfo(1, "S").source
-  local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)[/\\]") or "."
-  return dir .. "/../.."
-end
+local root = require("helpers").root
 
 local FIXTURES = root() .. "/tests/fixtures/png/"
 
