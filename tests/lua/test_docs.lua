@@ -6,7 +6,8 @@
 --                          root in a fresh process; it must succeed
 --   ```sh                  commands: run by `sh -e` from the repository root, `./cunet` being the
 --                          executable under test (CUNET_EXE)
---   ```lua no-run: reason  (or sh) not run; the reason is required
+--   ```lua no-run: reason  (or sh) not run; the reason is required; an sh one's `./cunet recipes|tools|
+--                          examples/<x>.lua` commands must name a script that exists and its options
 --   ```output              the expected standard output of the lua/sh block just before it
 --   ```text, ```python...  anything else: shown, not run
 --   print(x)  --> 42       in a lua block: what the print calls of that line write
@@ -113,6 +114,64 @@ local function lint_commands(path, blocks)
   return problems
 end
 
+-- The options a script's --help lists, as a set of "--name" (and "--no-name", which cunet.cli accepts for
+-- a flag); nil for a script that does not parse its command line with cunet.cli (--help could run it).
+local help_cache = {}
+local function script_options(script)
+  if help_cache[script] == nil then
+    local source = read_file(script, "")
+    local options = false
+    if source:find("cunet.cli", 1, true) or source:find("cunet.train_recipe", 1, true) then
+      local p = assert(io.popen(shell_quote(EXE) .. " " .. shell_quote(script) .. " --help 2>&1"))
+      local text = p:read("a")
+      p:close()
+      options = {}
+      for name in text:gmatch("\n%s+%-%-([%w%-]+)") do
+        options["--" .. name], options["--no-" .. name] = true, true
+      end
+    end
+    help_cache[script] = options
+  end
+  return help_cache[script] or nil
+end
+
+-- The commands that are not run (```sh no-run): each `./cunet recipes|tools|examples/<x>.lua` names a
+-- script that exists and passes only options its --help lists, so a renamed script or option fails
+-- here rather than in a reader's hands. Lines ending in a backslash continue.
+local function lint_script_options(path, blocks)
+  local problems = {}
+  for _, b in ipairs(blocks) do
+    if b.kind == "no-run" and b.lang == "sh" then
+      local k = 1
+      while k <= #b.lines do
+        local first, line = k, b.lines[k]
+        while line:match("\\%s*$") and k < #b.lines do
+          k = k + 1
+          line = line:gsub("\\%s*$", " ") .. b.lines[k]
+        end
+        line = line:gsub("#.*$", "")
+        for script, dir, rest in line:gmatch("%./cunet%s+(([%a_]+)/[%w_%-/]+%.lua)([^|;&>]*)") do
+          if dir == "recipes" or dir == "tools" or dir == "examples" then
+            local where = string.format("%s:%d", path, b.line + first)
+            if not read_file(script, false) then
+              problems[#problems + 1] = string.format("%s: no script %s", where, script)
+            else
+              local options = script_options(script)
+              for option in (" " .. rest):gmatch("%s(%-%-[%w%-]+)") do
+                if options and not options[option] then
+                  problems[#problems + 1] = string.format("%s: %s has no option %s (its --help)", where, script, option)
+                end
+              end
+            end
+          end
+        end
+        k = k + 1
+      end
+    end
+  end
+  return problems
+end
+
 -- Does text match the expected line, where `…` stands for any text?
 local function line_matches(expected, text)
   local pattern = "^" .. expected:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"):gsub("…", ".-") .. "$"
@@ -187,6 +246,7 @@ end
 local function check_file(path)
   local blocks, problems = parse_blocks(path)
   for _, p in ipairs(lint_commands(path, blocks)) do problems[#problems + 1] = p end
+  for _, p in ipairs(lint_script_options(path, blocks)) do problems[#problems + 1] = p end
   local ran, skipped = 0, 0
   for k, b in ipairs(blocks) do
     if b.kind == "lua" or b.kind == "sh" then
@@ -274,6 +334,20 @@ function TestDocs:testParseAndRun()
   lu.assertEquals(#problems, 2, table.concat(problems, "\n"))
   lu.assertStrContains(problems[1], "needs a reason")
   lu.assertStrContains(problems[2], "indented code block")
+end
+
+-- Commands that are not run still name real scripts and options (the --help of each script).
+function TestDocs:testNoRunCommandsAreLinted()
+  local path = os.tmpname()
+  write_file(path, table.concat({
+    "```sh no-run: long", "./cunet recipes/sample.lua --ckpt x.safetensors --steps 5 \\", "  --sampler ddim --stepz 3 --no-ema",
+    "./cunet recipes/nope.lua --n 3", "./cunet my_own.lua --anything   # not a repository script", "```",
+  }, "\n") .. "\n")
+  local problems = check_file(path)
+  os.remove(path)
+  lu.assertEquals(#problems, 2, table.concat(problems, "\n"))
+  lu.assertStrContains(problems[1], ":2: recipes/sample.lua has no option --stepz (its --help)")
+  lu.assertStrContains(problems[2], ":4: no script recipes/nope.lua")
 end
 
 function TestDocs:testWrongOutputIsReported()
