@@ -312,27 +312,29 @@ function Driver:score_cells(runs, opts)
     end
     if done >= self.steps or self.dry then
       for _, item in ipairs(opts.items(run)) do
-        local why = not self.dry and remaining(self) >= 120 and opts.skip and opts.skip(run, item)
         if self.dry then
           print(M.command_text(item.command))
         elseif remaining(self) < 120 then
           print(string.format("study: stopping the %s before the deadline (%s)", opts.what, run.name))
           return false
-        elseif why then
-          print(string.format("study: %s %s skipped: %s", run.name, opts.label(item), why))
         else
-          print(string.format("study: %s %s (%s)", run.name, opts.label(item), os.date("!%H:%M UTC")))
-          io.stdout:flush()
-          local log = string.format("%s/%s.log", self:dir(run), opts.what)
-          local ok, wall, cpu, timed_out = self:execute(item.command, log, remaining(self))
-          local rec = self:record(run)
-          rec.scan_wall, rec.scan_cpu = (rec.scan_wall or 0) + wall, (rec.scan_cpu or 0) + (cpu or 0)
-          self:save_state()
-          if timed_out then return false end
-          if not ok then
-            self.failed[#self.failed + 1] = string.format("%s (%s)", run.name, opts.what)
-            print(string.format("study: the %s of %s failed (see %s)", opts.what, run.name, log))
-            break
+          local why = opts.skip and opts.skip(run, item)
+          if why then
+            print(string.format("study: %s %s skipped: %s", run.name, opts.label(item), why))
+          else
+            print(string.format("study: %s %s (%s)", run.name, opts.label(item), os.date("!%H:%M UTC")))
+            io.stdout:flush()
+            local log = string.format("%s/%s.log", self:dir(run), opts.what)
+            local ok, wall, cpu, timed_out = self:execute(item.command, log, remaining(self))
+            local rec = self:record(run)
+            rec.scan_wall, rec.scan_cpu = (rec.scan_wall or 0) + wall, (rec.scan_cpu or 0) + (cpu or 0)
+            self:save_state()
+            if timed_out then return false end
+            if not ok then
+              self.failed[#self.failed + 1] = string.format("%s (%s)", run.name, opts.what)
+              print(string.format("study: the %s of %s failed (see %s)", opts.what, run.name, log))
+              break
+            end
           end
         end
       end
