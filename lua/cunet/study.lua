@@ -45,9 +45,7 @@ end
 --- The metadata of a checkpoint (string values; cn.load_meta), or nil when there is no file at path;
 -- a corrupt checkpoint raises (a run must not silently start again from step 0 over it).
 function M.checkpoint_meta(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  f:close()
+  if not fs.exists(path) then return nil end
   return cn.load_meta(path)
 end
 
