@@ -243,7 +243,9 @@ void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const
  * For small planes (7², 14²) a vector of 16 outputs along a row wastes lanes on the wrapped
  * columns and the rounding of the grid; here a vector holds 16 output channels of one pixel
  * instead (the layout oneDNN uses), and a block is SPB pixels of one output row × SOB vectors of
- * channels: per input channel and tap, SOB weight loads and SPB broadcast inputs feed SPB·SOB FMAs.
+ * channels (the first block 3 when the vectors are odd in number: with 2 + 2, 48 channels computed
+ * 64 and ran at 58 GFLOP/s at 14², against 92 as 3): per input channel and tap, SOB weight loads and
+ * SPB broadcast inputs feed SPB·SOB FMAs.
  * Rows are cut in segments of SPB pixels (the last one padded by pixels past the row, computed
  * from the padded plane and dropped). Results go to a [pixel][channel] scratch, transposed into
  * y with the bias and activation at the end. Weights are packed [O/16][C][kH·kW][16]. */
@@ -274,49 +276,59 @@ void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float 
                 }
 }
 
-/* Pixels q0 .. q0 + NP - 1 of the flat grid, channel vectors [b0, b0 + nob) (nob <= SOB), into
+/* Pixels q0 .. q0 + NP - 1 of the flat grid, channel vectors [b0, b0 + nob) (nob <= NOB), into
  * out[pixel][channel] rows of ldo floats. One copy per segment length NP (7 divides 28, 14 and 7;
- * 8 divides 64, 32, 16 and 8), so that the accumulators stay in registers. */
-#define SMALL_BLOCK(NP)                                                                                         \
-    static void small_block##NP(const cn_direct_geom *g, const float *xp, size_t Lp, const float *wp,          \
-                                const int *offs, size_t q0, int b0, int nob, float *out, size_t ldo) {         \
+ * 8 divides 64, 32, 16 and 8) and block width NOB (2, or 3 for the first block when the vectors
+ * are odd in number: 48 channels are one block of 3, not 2 + 2 with a quarter recomputed), so
+ * that the accumulators stay in registers (8 × 3 + 3 + 1 of AVX-512's 32). */
+#define SMALL_BLOCK(NP, NOB)                                                                                    \
+    static void small_block##NP##_##NOB(const cn_direct_geom *g, const float *xp, size_t Lp, const float *wp,  \
+                                        const int *offs, size_t q0, int b0, int nob, float *out, size_t ldo) { \
         int T = g->kh * g->kw, C = g->C;                                                                       \
-        vf acc[NP][SOB];                                                                                       \
+        vf acc[NP][NOB];                                                                                       \
         _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++)                                                   \
-            _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++) acc[j][k] = (vf){0};                         \
-        const float *wk[SOB];                                                                                  \
-        for (int k = 0; k < SOB; k++) wk[k] = wp + (size_t)(b0 + (k < nob ? k : 0)) * C * T * VL;               \
+            _Pragma("GCC unroll 4") for (int k = 0; k < NOB; k++) acc[j][k] = (vf){0};                         \
+        const float *wk[NOB];                                                                                  \
+        for (int k = 0; k < NOB; k++) wk[k] = wp + (size_t)(b0 + (k < nob ? k : 0)) * C * T * VL;               \
         for (int c = 0; c < C; c++) {                                                                          \
             const float *xc = xp + (size_t)c * Lp + q0;                                                        \
             for (int t = 0; t < T; t++) {                                                                      \
                 const float *src = xc + offs[t];                                                               \
-                vf wv[SOB];                                                                                    \
-                _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++)                                          \
+                vf wv[NOB];                                                                                    \
+                _Pragma("GCC unroll 4") for (int k = 0; k < NOB; k++)                                          \
                     wv[k] = *(const vf *)(wk[k] + ((size_t)c * T + t) * VL);                                   \
                 _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++) {                                         \
                     vf xv = (vf){0} + src[j];                                                                  \
-                    _Pragma("GCC unroll 4") for (int k = 0; k < SOB; k++) acc[j][k] += xv * wv[k];             \
+                    _Pragma("GCC unroll 4") for (int k = 0; k < NOB; k++) acc[j][k] += xv * wv[k];             \
                 }                                                                                              \
             }                                                                                                  \
         }                                                                                                      \
         for (int j = 0; j < NP; j++)                                                                           \
             for (int k = 0; k < nob; k++) *(vfu *)(out + (size_t)j * ldo + (size_t)(b0 + k) * VL) = acc[j][k]; \
     }
-SMALL_BLOCK(7)
-SMALL_BLOCK(8)
+SMALL_BLOCK(7, 2)
+SMALL_BLOCK(8, 2)
+SMALL_BLOCK(7, 3)
+SMALL_BLOCK(8, 3)
 
 /* The segment length for rows of Wo outputs: 7 where it divides Wo, else 8. */
 static int seg_len(int Wo) { return Wo % 7 == 0 ? 7 : 8; }
+
+/* nb channel vectors in blocks of 2 (w), the first of 3 when nb is odd (and > 1): the number of
+ * blocks, and the first one's width. */
+static int small_groups(int nb, int w) { return nb > w ? nb / w : 1; }
+static int small_group_first(int nb, int w) { return nb > w && nb % w ? w + 1 : w; }
 
 void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const float *wp, const float *bias,
                                 int act, float *y, float *scratch, bool par) {
     int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), nb = blocks16(g), np = seg_len(Wo);
     int segs = (Wo + np - 1) / np, row = segs * np; /* pixels per row of the scratch */
+    int groups = small_groups(nb, SOB), first = small_group_first(nb, SOB);
     size_t Lp = plane_len(g), ldo = (size_t)nb * VL, P = (size_t)Ho * Wo;
     float *xp = scratch, *tmp = scratch + (size_t)g->C * Lp; /* tmp [Ho][row][nb·16] */
     int offs[CN_DIRECT_MAX_TAPS];
     tap_offsets(g, offs);
-    int jobs = Ho * segs * ((nb + SOB - 1) / SOB);
+    int jobs = Ho * segs * groups;
     #pragma omp parallel if (par) num_threads(par ? omp_get_max_threads() : 1)
     {
         #pragma omp for schedule(static)
@@ -324,11 +336,15 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
         #pragma omp for schedule(dynamic, 4)
         for (int job = 0; job < jobs; job++) {
             int bg = job / (Ho * segs), rs = job % (Ho * segs), oy = rs / segs, sg = rs % segs;
-            int b0 = bg * SOB, nob = nb - b0 < SOB ? nb - b0 : SOB;
+            int b0 = bg ? first + (bg - 1) * SOB : 0, width = bg ? SOB : first;
+            int nob = nb - b0 < width ? nb - b0 : width;
             size_t q0 = (size_t)oy * Wp + (size_t)sg * np;
             float *out = tmp + ((size_t)oy * row + (size_t)sg * np) * ldo;
-            if (np == 7) small_block7(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
-            else small_block8(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+            if (width == SOB + 1) {
+                if (np == 7) small_block7_3(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+                else small_block8_3(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+            } else if (np == 7) small_block7_2(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+            else small_block8_2(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
         }
         #pragma omp for schedule(static)
         for (int o = 0; o < g->O; o++) { /* transpose out, with the bias and activation */
@@ -341,12 +357,59 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
 }
 
 /* The weight gradient in the same layout: gy transposed to [pixel][output channel], so that for an
- * input channel c and a group of taps, SOB vectors of 16 output channels accumulate
- * gy[pixel] · x[c, pixel + tap] over every valid pixel of a chunk of images — WTB·SOB accumulators,
+ * input channel c and a group of taps, SWB (or 3) vectors of 16 output channels accumulate
+ * gy[pixel] · x[c, pixel + tap] over every valid pixel of a chunk of images — WTB9·SWB accumulators,
  * no horizontal sums, no wasted columns. */
 size_t cn_direct_small_weight_scratch_floats(const cn_direct_geom *g) {
     return (size_t)g->C * plane_len(g) + (size_t)out_h(g) * out_w(g) * blocks16(g) * VL;
 }
+
+/* The padded planes and transposed gradients of a chunk of nb images (scratch, per floats each). */
+typedef struct small_weight_chunk {
+    const cn_direct_geom *g;
+    const float *scratch;
+    size_t per, x_image, Lp, ldo;
+    int Wp, Ho, Wo, nb;
+} small_weight_chunk;
+
+/* dw of output-channel vectors [b0, b0 + nob) (nob <= NOB), input channel c, taps t0 .. t0 + nt - 1,
+ * summed over the chunk: WTB9·NOB accumulators (27 + 3 + 1 of AVX-512's 32 registers at NOB = 3). */
+#define SMALL_WEIGHT_BLOCK(NOB)                                                                                 \
+    static void small_weight_block##NOB(const small_weight_chunk *ch, const int *offs, int b0, int nob, int c,  \
+                                        int t0, int nt, float *dw, size_t ostride) {                           \
+        const cn_direct_geom *g = ch->g;                                                                       \
+        int T = g->kh * g->kw;                                                                                 \
+        vf acc[WTB9][NOB];                                                                                     \
+        _Pragma("GCC unroll 9") for (int t = 0; t < WTB9; t++)                                                 \
+            _Pragma("GCC unroll 3") for (int k = 0; k < NOB; k++) acc[t][k] = (vf){0};                         \
+        int off[WTB9];                                                                                         \
+        for (int t = 0; t < WTB9; t++) off[t] = offs[t0 + (t < nt ? t : 0)];                                   \
+        size_t gk[NOB];                                                                                        \
+        for (int k = 0; k < NOB; k++) gk[k] = (size_t)(k < nob ? k : 0) * VL;                                 \
+        for (int b = 0; b < ch->nb; b++) {                                                                     \
+            const float *xc = ch->scratch + b * ch->per + (size_t)c * ch->Lp;                                  \
+            const float *gt = ch->scratch + b * ch->per + ch->x_image + (size_t)b0 * VL;                       \
+            for (int oy = 0; oy < ch->Ho; oy++)                                                                \
+                for (int ox = 0; ox < ch->Wo; ox++) {                                                          \
+                    const float *gp = gt + ((size_t)oy * ch->Wo + ox) * ch->ldo;                               \
+                    vf gv[NOB];                                                                                \
+                    _Pragma("GCC unroll 3") for (int k = 0; k < NOB; k++) gv[k] = *(const vf *)(gp + gk[k]);   \
+                    const float *xq = xc + (size_t)oy * ch->Wp + ox;                                           \
+                    _Pragma("GCC unroll 9") for (int t = 0; t < WTB9; t++) {                                   \
+                        vf xv = (vf){0} + xq[off[t]];                                                          \
+                        _Pragma("GCC unroll 3") for (int k = 0; k < NOB; k++) acc[t][k] += gv[k] * xv;         \
+                    }                                                                                          \
+                }                                                                                              \
+        }                                                                                                      \
+        for (int k = 0; k < nob; k++)                                                                          \
+            for (int l = 0; l < VL; l++) {                                                                     \
+                int o = (b0 + k) * VL + l;                                                                     \
+                if (o >= g->O) break;                                                                          \
+                for (int t = 0; t < nt; t++) dw[(size_t)o * ostride + (size_t)c * T + t0 + t] += acc[t][k][l]; \
+            }                                                                                                  \
+    }
+SMALL_WEIGHT_BLOCK(2)
+SMALL_WEIGHT_BLOCK(3)
 
 void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
                                    float *scratch) {
@@ -364,38 +427,17 @@ void cn_direct_small_weight_images(const cn_direct_geom *g, const float *x, cons
             for (size_t q = 0; q < P; q++) gt[q * ldo + o] = gb[(size_t)o * P + q];
     }
     size_t ostride = (size_t)g->C * T; /* dw [O, C, T] */
-    for (int b0 = 0; b0 < n16; b0 += SWB) {
-        int nob = n16 - b0 < SWB ? n16 - b0 : SWB;
+    small_weight_chunk ch = {.g = g, .scratch = scratch, .per = per, .x_image = x_image, .Lp = Lp, .ldo = ldo,
+                             .Wp = Wp, .Ho = Ho, .Wo = Wo, .nb = nb};
+    int groups = small_groups(n16, SWB), first = small_group_first(n16, SWB);
+    for (int bg = 0; bg < groups; bg++) {
+        int b0 = bg ? first + (bg - 1) * SWB : 0, width = bg ? SWB : first;
+        int nob = n16 - b0 < width ? n16 - b0 : width;
         for (int c = 0; c < g->C; c++)
             for (int t0 = 0; t0 < T; t0 += WTB9) {
                 int nt = T - t0 < WTB9 ? T - t0 : WTB9;
-                vf acc[WTB9][SWB];
-                for (int t = 0; t < WTB9; t++) acc[t][0] = acc[t][1] = (vf){0};
-                int off[WTB9];
-                for (int t = 0; t < WTB9; t++) off[t] = offs[t0 + (t < nt ? t : 0)];
-                for (int b = 0; b < nb; b++) {
-                    const float *xc = scratch + b * per + (size_t)c * Lp;
-                    const float *gt = scratch + b * per + x_image + (size_t)b0 * VL;
-                    const size_t g_other = nob > 1 ? VL : 0;
-                    for (int oy = 0; oy < Ho; oy++)
-                        for (int ox = 0; ox < Wo; ox++) {
-                            const float *gp = gt + ((size_t)oy * Wo + ox) * ldo;
-                            vf g0 = *(const vf *)gp, g1 = *(const vf *)(gp + g_other);
-                            const float *xq = xc + (size_t)oy * Wp + ox;
-                            #pragma GCC unroll 9
-                            for (int t = 0; t < WTB9; t++) {
-                                vf xv = (vf){0} + xq[off[t]];
-                                acc[t][0] += g0 * xv;
-                                acc[t][1] += g1 * xv;
-                            }
-                        }
-                }
-                for (int k = 0; k < nob; k++)
-                    for (int l = 0; l < VL; l++) {
-                        int o = (b0 + k) * VL + l;
-                        if (o >= g->O) break;
-                        for (int t = 0; t < nt; t++) dw[(size_t)o * ostride + (size_t)c * T + t0 + t] += acc[t][k][l];
-                    }
+                if (width == SWB + 1) small_weight_block3(&ch, offs, b0, nob, c, t0, nt, dw, ostride);
+                else small_weight_block2(&ch, offs, b0, nob, c, t0, nt, dw, ostride);
             }
     }
 }

@@ -261,6 +261,8 @@ function TestConvRoutes:testDirectAgainstGemm()
     {1, 7, 3, 3, 4, 3, 3, 2, 2}, {1, 3, 4, 5, 2, 3, 3, 3, 3}, {2, 3, 6, 4, 5, 1, 3, 2, 4},
     -- small planes with 32 or more outputs: the kernel with vectors across output channels
     {2, 8, 7, 7, 40, 3, 3, 1, 1}, {1, 5, 14, 14, 33, 3, 3, 1, 1}, {2, 3, 9, 11, 32, 5, 5, 2, 2},
+    -- an odd number of 16-channel vectors (3, 5, 7: the first block 3 wide), in y, dx and dW
+    {2, 48, 7, 7, 48, 3, 3, 1, 1}, {1, 6, 14, 14, 80, 3, 3, 1, 1}, {1, 4, 8, 8, 112, 3, 3, 1, 1},
   }
   for _, s in ipairs(shapes) do
     local x = cn.randn{s[1], s[2], s[3], s[4]}:requires_grad(true)
