@@ -28,6 +28,11 @@ M.MODELS = {
   { name = "unet_mnist", family = "unet", preset = "mnist", shape = { 1, 28, 28 }, fwd = { 1, 64 }, train = { 1, 64 } },
   { name = "cunet_mnist_small", family = "cunet", preset = "mnist_small", shape = { 1, 28, 28 },
     fwd = { 1, 64 }, train = { 1, 64 } },
+  -- the study's matched pairs (recipes/study_mnist.lua; docs/study.md) at the batch they train and
+  -- sample with; the U-Net `mnist_11m` is `mnist_small` above (the same config)
+  { name = "unet_mnist_028m", family = "unet", preset = "mnist_028m", shape = { 1, 28, 28 }, fwd = { 64 }, train = { 64 } },
+  { name = "cunet_mnist_028m", family = "cunet", preset = "mnist_028m", shape = { 1, 28, 28 }, fwd = { 64 }, train = { 64 } },
+  { name = "cunet_mnist_11m", family = "cunet", preset = "mnist_11m", shape = { 1, 28, 28 }, fwd = { 64 }, train = { 64 } },
   { name = "cunet_notebook", family = "cunet", preset = "notebook", shape = { 3, 64, 64 }, fwd = { 1, 16 }, train = { 16 } },
   { name = "cunet_paper", family = "cunet", preset = "paper", shape = { 3, 64, 64 }, fwd = { 1, 16 }, train = { 16 } },
   { name = "unet_paper_baseline", family = "unet", preset = "paper_baseline", shape = { 3, 64, 64 },

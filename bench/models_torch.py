@@ -46,11 +46,11 @@ def _unet(m):
     c = m["config"]
     _require(m, c["out_channels"] == c["in_channels"], "out_channels != in_channels")
     if c["arch"] == "ddpm":
-        # HoUNet: GroupNorm(32, eps 1e-6), conv resampling, as the ddpm defaults
-        _require(m, c["norm_groups"] == 32 and c["norm_eps"] == 1e-6 and c["resamp_with_conv"],
-                 "norm_groups/norm_eps/resamp_with_conv other than HoUNet's")
+        # HoUNet: GroupNorm(norm_groups, eps 1e-6), conv resampling, as the ddpm defaults
+        _require(m, c["norm_eps"] == 1e-6 and c["resamp_with_conv"], "norm_eps/resamp_with_conv other than HoUNet's")
         return fixtures_unet.HoUNet(c["ch"], tuple(c["ch_mult"]), c["num_res_blocks"], tuple(c["attn_resolutions"]),
-                                    c["dropout"], c["in_channels"], c["out_channels"], c["resolution"])
+                                    c["dropout"], c["in_channels"], c["out_channels"], c["resolution"],
+                                    groups=c["norm_groups"])
     # LucidUnet: two ResnetBlocks per level, attention with 4 heads of 32, GroupNorm eps 1e-5
     _require(m, c["arch"] == "lucidrains", "arch " + c["arch"])
     _require(m, c["num_res_blocks"] == 2 and c["attn_heads"] == 4 and c["attn_dim_head"] == 32

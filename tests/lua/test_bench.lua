@@ -1,5 +1,5 @@
 -- test_bench.lua — bench/models.lua and the whole-model part of bench/bench.lua: the case keys are
--- the ones issue 10 asks for, the models have the presets' published parameter counts, one
+-- the ones issue 10 asks for and the study's matched models, the models have the presets' published parameter counts, one
 -- sample's MACs times the batch are the batch's (the rule the GFLOP/s column uses), and the rows
 -- bench.lua writes (one iteration each, nothing about their times asserted) carry the right keys,
 -- shapes, parameter counts and MACs.
@@ -15,6 +15,8 @@ local PARAMS = {
   unet_mnist_small = { 1112801, 1112801 }, unet_mnist = { 6469889, 6469889 },
   cunet_mnist_small = { 282609, 250609 }, cunet_notebook = { 8811875, 8555875 },
   cunet_paper = { 7831139, 7575139 }, unet_paper_baseline = { 35710339, 35710339 },
+  -- the study's matched models (totals and trainable: lua/cunet/models/unet.lua, continuous_unet.lua)
+  unet_mnist_028m = { 280177, 280177 }, cunet_mnist_028m = { 317157, 285157 }, cunet_mnist_11m = { 1163597, 1115597 },
 }
 
 local function entry_named(name)
@@ -35,6 +37,9 @@ function TestBenchModels:testCaseKeys()
   for _, m in ipairs { "unet_mnist_small", "unet_mnist", "cunet_mnist_small" } do
     for _, k in ipairs { "fwd/n1", "fwd/n64", "train/n1", "train/n64" } do want[#want + 1] = "model/" .. m .. "/" .. k end
   end
+  for _, m in ipairs { "unet_mnist_028m", "cunet_mnist_028m", "cunet_mnist_11m" } do
+    for _, k in ipairs { "fwd/n64", "train/n64" } do want[#want + 1] = "model/" .. m .. "/" .. k end
+  end
   for _, m in ipairs { "cunet_notebook", "cunet_paper", "unet_paper_baseline" } do
     for _, k in ipairs { "fwd/n1", "fwd/n16", "train/n16" } do want[#want + 1] = "model/" .. m .. "/" .. k end
   end
@@ -44,7 +49,7 @@ end
 function TestBenchModels:testDescriptionHasThePresetsParameterCounts()
   local desc = require("cunet.checkpoint").json.decode(models.describe())
   lu.assertEquals(#desc.models, #models.MODELS)
-  lu.assertEquals(#desc.cases, 21)
+  lu.assertEquals(#desc.cases, 27)
   for _, m in ipairs(desc.models) do
     lu.assertEquals({ m.params, m.trainable }, PARAMS[m.name], m.name)
     lu.assertEquals(m.config.resolution, m.shape[2], m.name)

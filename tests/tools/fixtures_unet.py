@@ -71,18 +71,18 @@ def timestep_embedding(t, dim):
 
 # ---- Ho et al. (pesser/pytorch_diffusion names) -------------------------------------------------------
 
-def ho_norm(c):
-    return tnn.GroupNorm(32, c, eps=1e-6)
+def ho_norm(c, groups=32):
+    return tnn.GroupNorm(groups, c, eps=1e-6)
 
 
 class HoResnetBlock(tnn.Module):
-    def __init__(self, cin, cout, temb_ch, dropout):
+    def __init__(self, cin, cout, temb_ch, dropout, groups=32):
         super().__init__()
         self.cin, self.cout = cin, cout
-        self.norm1 = ho_norm(cin)
+        self.norm1 = ho_norm(cin, groups)
         self.conv1 = tnn.Conv2d(cin, cout, 3, padding=1)
         self.temb_proj = tnn.Linear(temb_ch, cout)
-        self.norm2 = ho_norm(cout)
+        self.norm2 = ho_norm(cout, groups)
         self.dropout = tnn.Dropout(dropout)
         self.conv2 = tnn.Conv2d(cout, cout, 3, padding=1)
         if cin != cout:
@@ -98,9 +98,9 @@ class HoResnetBlock(tnn.Module):
 
 
 class HoAttnBlock(tnn.Module):
-    def __init__(self, c):
+    def __init__(self, c, groups=32):
         super().__init__()
-        self.norm = ho_norm(c)
+        self.norm = ho_norm(c, groups)
         self.q = tnn.Conv2d(c, c, 1)
         self.k = tnn.Conv2d(c, c, 1)
         self.v = tnn.Conv2d(c, c, 1)
@@ -136,7 +136,8 @@ class HoUpsample(tnn.Module):
 
 
 class HoUNet(tnn.Module):
-    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, in_channels, out_ch, resolution):
+    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, in_channels, out_ch, resolution,
+                 groups=32):
         super().__init__()
         self.ch, self.nres, self.nrb = ch, len(ch_mult), num_res_blocks
         temb_ch = 4 * ch
@@ -149,10 +150,10 @@ class HoUNet(tnn.Module):
             block, attn = tnn.ModuleList(), tnn.ModuleList()
             bin_, bout = ch * in_mult[i], ch * ch_mult[i]
             for _ in range(num_res_blocks):
-                block.append(HoResnetBlock(bin_, bout, temb_ch, dropout))
+                block.append(HoResnetBlock(bin_, bout, temb_ch, dropout, groups))
                 bin_ = bout
                 if res in attn_resolutions:
-                    attn.append(HoAttnBlock(bin_))
+                    attn.append(HoAttnBlock(bin_, groups))
             down = tnn.Module()
             down.block, down.attn = block, attn
             if i != self.nres - 1:
@@ -160,9 +161,9 @@ class HoUNet(tnn.Module):
                 res //= 2
             self.down.append(down)
         self.mid = tnn.Module()
-        self.mid.block_1 = HoResnetBlock(bin_, bin_, temb_ch, dropout)
-        self.mid.attn_1 = HoAttnBlock(bin_)
-        self.mid.block_2 = HoResnetBlock(bin_, bin_, temb_ch, dropout)
+        self.mid.block_1 = HoResnetBlock(bin_, bin_, temb_ch, dropout, groups)
+        self.mid.attn_1 = HoAttnBlock(bin_, groups)
+        self.mid.block_2 = HoResnetBlock(bin_, bin_, temb_ch, dropout, groups)
         self.up = tnn.ModuleList()
         for i in reversed(range(self.nres)):
             block, attn = tnn.ModuleList(), tnn.ModuleList()
@@ -170,17 +171,17 @@ class HoUNet(tnn.Module):
             for j in range(num_res_blocks + 1):
                 if j == num_res_blocks:
                     skip = ch * in_mult[i]
-                block.append(HoResnetBlock(bin_ + skip, bout, temb_ch, dropout))
+                block.append(HoResnetBlock(bin_ + skip, bout, temb_ch, dropout, groups))
                 bin_ = bout
                 if res in attn_resolutions:
-                    attn.append(HoAttnBlock(bin_))
+                    attn.append(HoAttnBlock(bin_, groups))
             up = tnn.Module()
             up.block, up.attn = block, attn
             if i != 0:
                 up.upsample = HoUpsample(bin_)
                 res *= 2
             self.up.insert(0, up)
-        self.norm_out = ho_norm(bin_)
+        self.norm_out = ho_norm(bin_, groups)
         self.conv_out = tnn.Conv2d(bin_, out_ch, 3, padding=1)
 
     def forward(self, x, t):
