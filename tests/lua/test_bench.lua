@@ -1,6 +1,6 @@
 -- test_bench.lua — bench/models.lua and the whole-model part of bench/bench.lua: the case keys are
--- the ones issue 10 asks for and the study's matched models, the models have the presets' published parameter counts, one
--- sample's MACs times the batch are the batch's (the rule the GFLOP/s column uses), and the rows
+-- the ones issue 10 asks for and the study's matched models, the models have the presets' published
+-- parameter counts, one sample's MACs times the batch are the batch's (the rule the GFLOP/s column uses), and the rows
 -- bench.lua writes (one iteration each, nothing about their times asserted) carry the right keys,
 -- shapes, parameter counts and MACs.
 local lu = require "luaunit"
