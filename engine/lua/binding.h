@@ -19,6 +19,11 @@
 
 /* Pushes an empty tensor box (NULL inside, metatable set); returns the slot to store into. */
 cn_tensor **cnl_newbox(lua_State *L);
+/* Counts bytes of C memory behind a fresh box; runs a full collection once enough has piled up
+ * (the rule in l_core.c). Every binding that hands out such memory calls it. */
+void cnl_pace_gc(lua_State *L, size_t bytes);
+/* Sets the bytes between full collections (before the live-set and heap bounds); returns the old value. */
+size_t cnl_set_gc_bytes(size_t bytes);
 /* Pushes t as a new userdata, taking over the caller's reference. t must not be NULL. */
 void cnl_pushtensor(lua_State *L, cn_tensor *t);
 /* The tensor at idx, or a Lua error "bad argument #idx to 'fname' (tensor expected, got X)". */

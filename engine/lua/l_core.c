@@ -15,24 +15,41 @@ cn_tensor **cnl_newbox(lua_State *L) {
     return box;
 }
 
-/* Tells the collector about fresh storage: a 4-byte box may hold megabytes it cannot see.
- * Each allocation adds to the incremental collector's debt, and once the storage allocated
- * since the last full collection exceeds what is alive (and at least 64 MB), a full collection
- * runs: garbage tensors then cost at most about as much memory as live ones, whatever the size
- * of the Lua heap (the adjoint ODE method's flat memory depends on it). */
-static size_t allocated_since_full_gc;
+/* The collector cannot see the storage behind a box (4 bytes for a tensor of megabytes), so the
+ * binding counts the bytes it hands out and runs a full collection once they exceed the largest of
+ * GC_EVERY_BYTES (cn.set_gc_bytes), a quarter of the storage alive after the last full collection,
+ * and the Lua heap. The first keeps garbage tensors few enough for their memory to be reused while
+ * still in cache (docs/benchmarks.md: sampling forwards 10-25% faster than when every allocation
+ * pushed the incremental collector, which then traversed the Lua heap about once per big tensor);
+ * the second bounds the collections per byte for big live sets, the third the marking work per
+ * byte for big Lua heaps (Lua's own pace). Garbage tensors thus never hold more than
+ * max(32 MB, live / 4, Lua heap), whatever the program (the adjoint ODE's flat memory needs it). */
+#define GC_EVERY_BYTES ((size_t)32 << 20)
+#define GC_LIVE_DIVISOR 4
 
-static void pace_gc(lua_State *L, const cn_tensor *t) {
-    if (t->storage->refcount != 1) return; /* a view: no new memory */
-    size_t bytes = cn_numel(t) * sizeof(float), kb = bytes / 1024;
+static size_t gc_every_bytes = GC_EVERY_BYTES, allocated_since_full_gc, gc_threshold = GC_EVERY_BYTES;
+
+size_t cnl_set_gc_bytes(size_t bytes) {
+    size_t previous = gc_every_bytes;
+    gc_every_bytes = gc_threshold = bytes;
+    return previous;
+}
+
+void cnl_pace_gc(lua_State *L, size_t bytes) {
     allocated_since_full_gc += bytes;
-    size_t live = cn_memory_live(), threshold = live > ((size_t)64 << 20) ? live : ((size_t)64 << 20);
-    if (allocated_since_full_gc > threshold) {
-        allocated_since_full_gc = 0;
-        lua_gc(L, LUA_GCCOLLECT);
-        return;
-    }
-    if (kb) lua_gc(L, LUA_GCSTEP, (int)(kb > (size_t)1 << 30 ? (size_t)1 << 30 : kb));
+    if (allocated_since_full_gc <= gc_threshold) return;
+    lua_gc(L, LUA_GCCOLLECT);
+    allocated_since_full_gc = 0;
+    size_t by_live = cn_memory_live() / GC_LIVE_DIVISOR;
+    size_t by_heap = (size_t)lua_gc(L, LUA_GCCOUNT) * 1024;
+    gc_threshold = gc_every_bytes;
+    if (by_live > gc_threshold) gc_threshold = by_live;
+    if (by_heap > gc_threshold) gc_threshold = by_heap;
+}
+
+/* Paces the collector for a fresh tensor (a view brings no new storage). */
+static void pace_gc(lua_State *L, const cn_tensor *t) {
+    if (t->storage->refcount == 1) cnl_pace_gc(L, cn_numel(t) * sizeof(float));
 }
 
 void cnl_pushtensor(lua_State *L, cn_tensor *t) {

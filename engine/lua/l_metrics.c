@@ -154,10 +154,9 @@ static cn_feature_stats *check_stats(lua_State *L, int arg) {
     return *box;
 }
 
-/* The collector cannot see the D x D doubles behind a 8-byte box: tell it. */
+/* The collector cannot see the D x D doubles behind a 8-byte box: count them (cnl_pace_gc). */
 static void pace_gc(lua_State *L, int64_t dim) {
-    size_t kb = (size_t)dim * (size_t)dim * sizeof(double) / 1024;
-    if (kb) lua_gc(L, LUA_GCSTEP, (int)(kb > (size_t)1 << 30 ? (size_t)1 << 30 : kb));
+    cnl_pace_gc(L, (size_t)dim * (size_t)dim * sizeof(double));
 }
 
 static int stats_gc(lua_State *L) {

@@ -293,6 +293,13 @@ static int l_reset_peak(lua_State *L) {
     return 0;
 }
 
+static int l_set_gc_bytes(lua_State *L) {
+    lua_Integer bytes = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, bytes >= 0, 1, "set_gc_bytes: bytes must be >= 0");
+    lua_pushinteger(L, (lua_Integer)cnl_set_gc_bytes((size_t)bytes));
+    return 1;
+}
+
 static int l_is_tensor(lua_State *L) {
     lua_pushboolean(L, luaL_testudata(L, 1, CNL_TENSOR_MT) != NULL);
     return 1;
@@ -587,6 +594,7 @@ static const luaL_Reg tensor_functions[] = {
     {"full_like", l_full_like}, {"rand_like", l_rand_like}, {"randn_like", l_randn_like},
     {"arange", l_arange}, {"linspace", l_linspace}, {"seed", l_seed}, {"rng_state", l_rng_state},
     {"set_rng_state", l_set_rng_state}, {"memory", l_memory}, {"reset_peak", l_reset_peak},
+    {"set_gc_bytes", l_set_gc_bytes},
     {"is_tensor", l_is_tensor},
     {NULL, NULL},
 };

@@ -739,14 +739,15 @@ TestOdeMemory = {}
 -- number of rk4 steps with the adjoint (within 10% from 4 to 32 steps), growing with them for
 -- direct backprop (every stage of every step kept for backward).
 --
--- Measured in a fresh process: the temporaries of each step (the boxes of the states handed to
--- f, f's intermediates, the adjoint's vector-Jacobian products) are freed when Lua collects
--- their boxes, and in a process with a large Lua heap (this suite's fixtures make ~25 MB) a
--- collection cycle ends only after tens of MB of tensors, so the peak there measures the
--- collector's lag, not what the method keeps alive.
+-- Measured in a fresh process with cn.set_gc_bytes(0): the temporaries of each step (the boxes of
+-- the states handed to f, f's intermediates, the adjoint's vector-Jacobian products) are freed when
+-- Lua collects their boxes, which by default happens every 32 MB of tensors (and in a process with
+-- a large Lua heap, as this suite's fixtures make, every heap's worth), so the peak would measure
+-- the collector's lag, not what the method keeps alive.
 local MEMORY_SCRIPT = [=[
 local cn = require "cunet"
 cn.seed(16)
+cn.set_gc_bytes(0)
 local C = 8
 local w1 = (cn.randn{C, C, 3, 3} * 0.1):requires_grad(true)
 local w2 = (cn.randn{C, C, 3, 3} * 0.1):requires_grad(true)

@@ -292,6 +292,15 @@ function TestMemory:testGCKeepsUpWithBigTensors()
     "peak " .. (cn.memory().peak - base) .. " bytes: garbage tensors were not collected")
 end
 
+function TestMemory:testSetGcBytes()
+  local default = cn.set_gc_bytes(1 << 20)
+  lu.assertEquals(default, 32 * 1024 * 1024)
+  lu.assertEquals(cn.set_gc_bytes(default), 1 << 20)
+  assert_error(function() return cn.set_gc_bytes(-1) end, "set_gc_bytes: bytes must be >= 0")
+  assert_error(function() return cn.set_gc_bytes(0.5) end, "number has no integer representation")
+  assert_error(function() return cn.set_gc_bytes("a lot") end, "number expected")
+end
+
 TestIndexSelect = {}
 
 function TestIndexSelect:testRowsAndColumns()
