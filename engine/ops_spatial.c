@@ -877,6 +877,28 @@ static int64_t pad_row_offset(const pad_plan *p, int64_t r, const int64_t *strid
     return off;
 }
 
+/* Where an output row's last dim maps onto a contiguous input run: output [j0, j1) from input
+ * [s0, s0 + j1 - j0) with stride 1, and constant padding elsewhere (ok false otherwise: reflect,
+ * replicate, a strided input). Rows then copy and add with memcpy and vector loops. */
+typedef struct last_run {
+    bool ok;
+    int64_t j0, j1, s0;
+} last_run;
+
+static last_run last_run_of(const int64_t *lmap, int64_t len, int64_t last_stride) {
+    last_run run = {.ok = last_stride == 1, .j0 = 0, .j1 = len, .s0 = 0};
+    if (!lmap || !run.ok) return run;
+    int64_t j = 0;
+    while (j < len && lmap[j] < 0) j++;
+    run.j0 = j;
+    run.s0 = j < len ? lmap[j] : 0;
+    while (j < len && lmap[j] == run.s0 + (j - run.j0)) j++;
+    run.j1 = j;
+    while (j < len && lmap[j] < 0) j++;
+    run.ok = j == len;
+    return run;
+}
+
 static cn_tensor *pad_forward(const cn_tensor *x, const pad_args *a, float value, cn_error *err) {
     pad_plan p;
     if (pad_plan_make(x, a, &p, err)) return NULL;
@@ -888,6 +910,7 @@ static cn_tensor *pad_forward(const cn_tensor *x, const pad_args *a, float value
         const int64_t *lmap = p.ndim ? p.map[last] : NULL;
         const float *px = cn_data(x);
         float *po = cn_data(out);
+        last_run run = last_run_of(lmap, len, last_stride);
 #pragma omp parallel for schedule(static) if (rows * len > PARALLEL_MIN)
         for (int64_t r = 0; r < rows; r++) {
             float *dst = po + r * len;
@@ -897,6 +920,12 @@ static cn_tensor *pad_forward(const cn_tensor *x, const pad_args *a, float value
                 continue;
             }
             const float *src = px + off;
+            if (run.ok) { /* constant padding around a copied run */
+                for (int64_t j = 0; j < run.j0; j++) dst[j] = value;
+                memcpy(dst + run.j0, src + run.s0, (size_t)(run.j1 - run.j0) * sizeof *dst);
+                for (int64_t j = run.j1; j < len; j++) dst[j] = value;
+                continue;
+            }
             for (int64_t j = 0; j < len; j++) {
                 int64_t s = lmap ? lmap[j] : j;
                 dst[j] = s < 0 ? value : src[s * last_stride];
@@ -925,6 +954,7 @@ static int pad_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error
         if (a->mode != CN_PAD_CONSTANT)
             for (int d = p.ndim - a->n_pairs; d < last; d++) group *= p.out_shape[d];
         int64_t groups = rows / group;
+        last_run run = last_run_of(lmap, len, last_stride);
         const float *pg = cn_data(gc);
         float *px = cn_data(gx);
 #pragma omp parallel for schedule(static) if (rows * len > PARALLEL_MIN)
@@ -934,6 +964,10 @@ static int pad_backward(cn_node *n, const cn_tensor *g, cn_tensor **gi, cn_error
                 if (off < 0) continue;
                 const float *src = pg + r * len;
                 float *dst = px + off;
+                if (run.ok) {
+                    for (int64_t j = run.j0; j < run.j1; j++) dst[run.s0 + j - run.j0] += src[j];
+                    continue;
+                }
                 for (int64_t j = 0; j < len; j++) {
                     int64_t s = lmap ? lmap[j] : j;
                     if (s >= 0) dst[s * last_stride] += src[j];

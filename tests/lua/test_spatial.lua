@@ -161,6 +161,24 @@ function TestSpatialApi:testPad()
   lu.assertEquals(cn.pad(cn.tensor{{1, 2}}, {1, 1, 1, 0}):totable(), {{0, 0, 0, 0}, {0, 1, 2, 0}})
 end
 
+-- Constant padding copies each row's run of the last dim at once (and adds it back in the
+-- backward); a strided last dim, reflect and replicate take the element-by-element route. Both
+-- must agree, forward and backward, with pads and crops on either side.
+function TestSpatialApi:testPadRowRunsAgreeWithStridedInput()
+  local base = cn.randn{3, 5, 7}
+  for _, pads in ipairs{{0, 1, 0, 1}, {2, -1, -1, 3}, {-2, 3, 1, 0}, {-1, -2, 0, 0}} do
+    local a = base:clone():requires_grad(true)
+    local b = base:transpose(2, 3):clone():transpose(2, 3):requires_grad(true) -- same values, last-dim stride 5
+    lu.assertNotEquals(b:stride(3), 1)
+    local ya, yb = cn.pad(a, pads, "constant", 0.5), cn.pad(b, pads, "constant", 0.5)
+    lu.assertEquals(ya:totable(), yb:totable())
+    local w = cn.randn(ya:shape())
+    ya:mul(w):sum():backward()
+    yb:mul(w):sum():backward()
+    lu.assertEquals(a.grad:totable(), b.grad:totable())
+  end
+end
+
 -- ---- errors --------------------------------------------------------------------------------------
 
 TestSpatialErrors = {}
