@@ -158,12 +158,16 @@ end
 
 -- A guess of a scan cell's seconds from the run's rows so far (seconds per sample per model evaluation
 -- from the row with the most evaluations, where the per-sample fixed costs weigh least: a 1-step row's
--- time is mostly scoring; the ODE's NFE guessed as twice the largest seen, or 300), plus the recipe's
--- start; nil before any row.
+-- time is mostly scoring), plus the recipe's start; nil before any row. An ODE cell's NFE: 1.25 × the
+-- largest NFE any run of the study took at that tolerance (the models' step-size needs are alike:
+-- 68-200 at rtol 0.1-1e-4), else twice the largest this run took at any tolerance, else 300.
 function Study:cell_seconds(run, item)
+  local function rows(r, s)
+    return fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(r), s.variant)) or {}
+  end
   local per_eval, most, ode_nfe = nil, 0, nil
   for _, s in ipairs(M.SAMPLERS) do
-    for _, r in ipairs(fid.read_scan(string.format("%s/scan/fid_vs_steps_%s.csv", self:dir(run), s.variant)) or {}) do
+    for _, r in ipairs(rows(run, s)) do
       local nfe = r.nfe or r.steps
       if nfe and nfe > 0 and r.seconds and (nfe > most or (nfe == most and r.seconds / nfe > per_eval)) then
         per_eval, most = r.seconds / nfe, nfe
@@ -172,7 +176,16 @@ function Study:cell_seconds(run, item)
     end
   end
   if not per_eval then return nil end
-  local nfe = item.sampler.rtol and (ode_nfe and 2 * ode_nfe or 300) or item.value
+  local nfe = item.value
+  if item.sampler.rtol then
+    local same = nil
+    for _, other in ipairs(M.RUNS) do
+      for _, r in ipairs(rows(other, item.sampler)) do
+        if r.nfe and r.rtol and math.abs(r.rtol - item.value) <= 1e-12 * item.value then same = math.max(same or 0, r.nfe) end
+      end
+    end
+    nfe = same and 1.25 * same or ode_nfe and 2 * ode_nfe or 300
+  end
   return 30 + self.n * nfe * per_eval
 end
 

@@ -276,7 +276,8 @@ end
 -- covers every step; else the record's CPU per step scaled to the steps done ("estimated", a call
 -- killed with its session); wall time never below the checkpoint's own clock.
 -- A scan cell's time is guessed from the row with the most evaluations (a 1-step row's per-sample time
--- is mostly scoring, and would overstate a long cell 3-4x); the ODE's NFE as twice the largest seen.
+-- is mostly scoring, and would overstate a long cell 3-4x); an ODE cell's NFE as 1.25 x what any run
+-- took at that tolerance, else twice the largest this run took, else 300.
 function TestStudy:testCellSecondsGuess()
   local s = study.new(self.dir, {exe = EXE, n = 100})
   local r = study.RUNS[1]
@@ -293,6 +294,17 @@ function TestStudy:testCellSecondsGuess()
   lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.1)), 30 + 100 * 300 * 0.001, 1e-9) -- no ODE row yet
   helpers.write_file(dir .. "/fid_vs_steps_ode_dopri5.csv", head .. "70,30,1,0.1,0.07,100,ode,mnist,train,x,70\n")
   lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.01)), 30 + 100 * 140 * 0.001, 1e-9)
+  -- another run of the study scored rtol 0.01 and 0.001: their NFE, with a margin, wins
+  local other = s:dir(study.RUNS[2]) .. "/scan"
+  assert(fs.mkdir_p(other))
+  local ode_head = "steps,fid_classifier,kid_classifier,kid_std,seconds_per_sample,n,sampler,dataset,split,checkpoint,nfe,"
+    .. "spacing,variance,ode_method,rtol,atol\n"
+  helpers.write_file(other .. "/fid_vs_steps_ode_dopri5.csv", ode_head
+    .. "82,31,1,0.1,0.08,100,ode,mnist,train,y,82,-,-,dopri5,0.01,0.01\n"
+    .. "134,32,1,0.1,0.13,100,ode,mnist,train,y,134,-,-,dopri5,0.001,0.001\n")
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.01)), 30 + 100 * 1.25 * 82 * 0.001, 1e-9)
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.001)), 30 + 100 * 1.25 * 134 * 0.001, 1e-9)
+  lu.assertAlmostEquals(s:cell_seconds(r, item("ode_dopri5", 0.0001)), 30 + 100 * 140 * 0.001, 1e-9) -- none at 1e-4
 end
 
 function TestStudy:testTrainCost()
