@@ -53,11 +53,6 @@ const char *cn_binary_name(cn_binary_op op) {
 
 /* ---- scalar math --------------------------------------------------------------------------- */
 
-/* 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below, so that e^-|x| never overflows. */
-CN_VMATH_INLINE float sigmoidf(float x) {
-    float e = cn_vexpf(-fabsf(x));
-    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
-}
 
 /* x Φ(x) = x/2 (1 + erf(x / √2)) */
 static inline float gelu_exactf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
@@ -107,9 +102,9 @@ static void unary_row(cn_unary_op op, const float *px, int64_t sx, float *out, s
     case CN_SIN: UNARY_ROW(sinf(x)); break;
     case CN_COS: UNARY_ROW(cosf(x)); break;
     case CN_TANH: UNARY_ROW(tanhf(x)); break;
-    case CN_SIGMOID: UNARY_ROW(sigmoidf(x)); break;
+    case CN_SIGMOID: UNARY_ROW(cn_vsigmoidf(x)); break;
     case CN_RELU: UNARY_ROW(x < 0.0f ? 0.0f : x); break; /* NaN passes through, as torch */
-    case CN_SILU: UNARY_ROW(x * sigmoidf(x)); break;
+    case CN_SILU: UNARY_ROW(cn_vsiluf(x)); break;
     case CN_SOFTPLUS: UNARY_ROW(cn_vsoftplusf(x)); break;
     case CN_GELU: UNARY_ROW(gelu_exactf(x)); break;
     case CN_GELU_TANH: UNARY_ROW(gelu_tanhf(x)); break;
@@ -188,10 +183,10 @@ CN_VMATH_INLINE float unary_grad(cn_unary_op op, float g, float x, float y) {
     case CN_SIGMOID: return g * y * (1.0f - y);
     case CN_RELU: return y > 0.0f ? g : 0.0f;
     case CN_SILU: {
-        float sg = sigmoidf(x);
+        float sg = cn_vsigmoidf(x);
         return g * sg * (1.0f + x * (1.0f - sg));
     }
-    case CN_SOFTPLUS: return cn_vselectf(x > 20.0f, g, g * sigmoidf(x));
+    case CN_SOFTPLUS: return cn_vselectf(x > 20.0f, g, g * cn_vsigmoidf(x));
     case CN_GELU: {
         float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
         float pdf = expf(-0.5f * x * x) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);

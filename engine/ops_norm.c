@@ -38,6 +38,7 @@
 #include "autograd.h"
 #include "ops.h"
 #include "parallel.h"
+#include "vmath.h"
 
 #define CHUNK 64      /* channels per task when batch norm reduces over rows (S = 1) */
 
@@ -113,9 +114,10 @@ typedef struct row_geom {
 } row_geom;
 
 /* y, mean[2 · rows] (each row's mean as a float pair: high parts, then low parts) and rstd[rows]
- * from x; w and b have groups·channels entries. */
+ * from x; w and b have groups·channels entries. silu: y is SiLU of the normalised value, in the
+ * same pass (sampling only: no node records it). */
 static void rows_forward(const row_geom *gm, const float *x, const float *w, const float *b, double eps,
-                         float *y, float *mean, float *rstd) {
+                         bool silu, float *y, float *mean, float *rstd) {
     const int64_t cpg = gm->channels, inner = gm->inner, len = cpg * inner;
 #pragma omp parallel for schedule(static) if (gm->rows > 1 && gm->rows * len > PARALLEL_MIN)
     for (int64_t r = 0; r < gm->rows; r++) {
@@ -134,13 +136,21 @@ static void rows_forward(const row_geom *gm, const float *x, const float *w, con
             const float rsf = (float)rs;
 #pragma omp simd
             for (int64_t c = 0; c < cpg; c++) yr[c] = ((xr[c] - m) - ml) * (rsf * wr[c]) + br[c];
+            if (silu)
+#pragma omp simd
+                for (int64_t c = 0; c < cpg; c++) yr[c] = cn_vsiluf(yr[c]);
         } else {
             for (int64_t c = 0; c < cpg; c++) {
                 const float a = (float)(rs * wr[c]), shift = br[c];
                 const float *xc = xr + c * inner;
                 float *yc = yr + c * inner;
+                if (silu) {
 #pragma omp simd
-                for (int64_t s = 0; s < inner; s++) yc[s] = ((xc[s] - m) - ml) * a + shift;
+                    for (int64_t s = 0; s < inner; s++) yc[s] = cn_vsiluf(((xc[s] - m) - ml) * a + shift);
+                } else {
+#pragma omp simd
+                    for (int64_t s = 0; s < inner; s++) yc[s] = ((xc[s] - m) - ml) * a + shift;
+                }
             }
         }
     }
@@ -568,9 +578,9 @@ static cn_tensor *record_norm(cn_tensor *y, struct norm_args args, const cn_tens
 /* ---- group / instance / layer norm -------------------------------------------------------- */
 
 /* Runs the rows kernel on x with geometry gm (weight and bias with groups·channels elements,
- * already checked) and records the node. */
+ * already checked) and records the node; silu (only where no node is recorded) fuses SiLU. */
 static cn_tensor *rows_norm(const cn_tensor *x, const row_geom *gm, const cn_tensor *weight, const cn_tensor *bias,
-                            double eps, cn_error *err) {
+                            double eps, bool silu, cn_error *err) {
     cn_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
     float *ones = NULL, *zeros = NULL;
     const int64_t affine = gm->groups * gm->channels, nrows[1] = {gm->rows}, pairs[2] = {2, gm->rows};
@@ -584,7 +594,7 @@ static cn_tensor *rows_norm(const cn_tensor *x, const row_geom *gm, const cn_ten
     if (!(y = cn_empty(x->ndim, x->shape, err))) goto done;
     if (!(mean = cn_empty(2, pairs, err)) || !(rstd = cn_empty(1, nrows, err))) goto done;
     if (cn_numel(x))
-        rows_forward(gm, cn_data(xc), wc ? cn_data(wc) : ones, bc ? cn_data(bc) : zeros, eps, cn_data(y),
+        rows_forward(gm, cn_data(xc), wc ? cn_data(wc) : ones, bc ? cn_data(bc) : zeros, eps, silu, cn_data(y),
                      cn_data(mean), cn_data(rstd));
     ok = true;
 done:
@@ -601,24 +611,46 @@ done:
     return y;
 }
 
-cn_tensor *cn_group_norm(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight, const cn_tensor *bias,
-                         double eps, cn_error *err) {
+/* group_norm's checks; its geometry in *gm. */
+static int group_norm_geom(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight, const cn_tensor *bias,
+                           row_geom *gm, cn_error *err) {
     char a[160];
     if (x->ndim < 2) {
         cn_error_set(err, "group_norm: expected an input of shape [N, C, *] (at least 2 dims), got %s",
                      cn_shape_str(a, sizeof a, x->ndim, x->shape));
-        return NULL;
+        return -1;
     }
     const int64_t C = x->shape[1];
     if (num_groups <= 0 || C % num_groups != 0) {
         cn_error_set(err, "group_norm: %lld channels cannot be split into %lld groups (input %s)",
                      (long long)C, (long long)num_groups, cn_shape_str(a, sizeof a, x->ndim, x->shape));
-        return NULL;
+        return -1;
     }
     if (check_vector("group_norm", "weight", weight, C, x, err) || check_vector("group_norm", "bias", bias, C, x, err))
-        return NULL;
-    const row_geom gm = {x->shape[0] * num_groups, num_groups, C / num_groups, numel_range(x, 2, x->ndim)};
-    return rows_norm(x, &gm, weight, bias, eps, err);
+        return -1;
+    *gm = (row_geom){x->shape[0] * num_groups, num_groups, C / num_groups, numel_range(x, 2, x->ndim)};
+    return 0;
+}
+
+cn_tensor *cn_group_norm(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight, const cn_tensor *bias,
+                         double eps, cn_error *err) {
+    row_geom gm;
+    return group_norm_geom(x, num_groups, weight, bias, &gm, err) ? NULL : rows_norm(x, &gm, weight, bias, eps, false, err);
+}
+
+cn_tensor *cn_group_norm_silu(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight, const cn_tensor *bias,
+                              double eps, cn_error *err) {
+    row_geom gm;
+    if (group_norm_geom(x, num_groups, weight, bias, &gm, err)) return NULL;
+    const cn_tensor *ins[3] = {x, weight, bias};
+    int n = 1;
+    if (weight) ins[n++] = weight;
+    if (bias) ins[n++] = bias;
+    if (!cn_needs_grad(n, ins)) return rows_norm(x, &gm, weight, bias, eps, true, err);
+    cn_tensor *y = rows_norm(x, &gm, weight, bias, eps, false, err); /* recorded: two nodes */
+    cn_tensor *out = y ? cn_unary(CN_SILU, y, err) : NULL;
+    cn_release(y);
+    return out;
 }
 
 cn_tensor *cn_instance_norm(const cn_tensor *x, const cn_tensor *weight, const cn_tensor *bias, double eps,
@@ -634,7 +666,7 @@ cn_tensor *cn_instance_norm(const cn_tensor *x, const cn_tensor *weight, const c
         check_vector("instance_norm", "bias", bias, C, x, err))
         return NULL;
     const row_geom gm = {x->shape[0] * C, C, 1, numel_range(x, 2, x->ndim)};
-    return rows_norm(x, &gm, weight, bias, eps, err);
+    return rows_norm(x, &gm, weight, bias, eps, false, err);
 }
 
 cn_tensor *cn_layer_norm(const cn_tensor *x, int n_normalized_dims, const cn_tensor *weight, const cn_tensor *bias,
@@ -659,7 +691,7 @@ cn_tensor *cn_layer_norm(const cn_tensor *x, int n_normalized_dims, const cn_ten
         }
     }
     const row_geom gm = {numel_range(x, 0, lead), 1, numel_range(x, lead, x->ndim), 1};
-    return rows_norm(x, &gm, weight, bias, eps, err);
+    return rows_norm(x, &gm, weight, bias, eps, false, err);
 }
 
 /* ---- batch norm --------------------------------------------------------------------------- */

@@ -17,6 +17,11 @@
 cn_tensor *cn_group_norm(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight,
                          const cn_tensor *bias, double eps, cn_error *err);
 
+/* silu(group_norm(...)), the norm's usual successor: in one pass when no gradient is recorded
+ * (sampling), else the two recorded ops. */
+cn_tensor *cn_group_norm_silu(const cn_tensor *x, int64_t num_groups, const cn_tensor *weight,
+                              const cn_tensor *bias, double eps, cn_error *err);
+
 /* torch.nn.functional.instance_norm with batch statistics: x [N, C, *] (at least one spatial
  * dim, more than one spatial element) normalised per (sample, channel); weight, bias [C]. */
 cn_tensor *cn_instance_norm(const cn_tensor *x, const cn_tensor *weight, const cn_tensor *bias,

@@ -111,6 +111,15 @@ CN_VMATH_INLINE float cn_vlog1pf(float x) {
     return cn_vselectf((x == 0.0f) | (x == (float)INFINITY) | !(x > -1.0f), edge, y);
 }
 
+/* 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below, so that e^-|x| never overflows. */
+CN_VMATH_INLINE float cn_vsigmoidf(float x) {
+    float e = cn_vexpf(-fabsf(x));
+    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+
+/* x · sigmoid(x) (SiLU, swish) */
+CN_VMATH_INLINE float cn_vsiluf(float x) { return x * cn_vsigmoidf(x); }
+
 /* log(1 + e^x) with torch's threshold for beta 1: x itself above 20. */
 CN_VMATH_INLINE float cn_vsoftplusf(float x) { return cn_vselectf(x > 20.0f, x, cn_vlog1pf(cn_vexpf(x))); }
 

@@ -1,6 +1,6 @@
 /* l_norm.c — Lua binding of the normalisation layers (ops_norm.c), as torch.nn.functional:
  *
- *   cn.group_norm(x, num_groups [, weight, bias [, eps]])
+ *   cn.group_norm(x, num_groups [, weight, bias [, eps [, activation]]])  activation "silu": silu(norm)
  *   cn.instance_norm(x [, weight, bias [, eps]])
  *   cn.layer_norm(x, normalized_shape [, weight, bias [, eps]])     normalized_shape {C, H, W} or C
  *   cn.batch_norm(x, running_mean, running_var [, weight, bias [, {training=false, momentum=0.1, eps=1e-5}]])
@@ -9,6 +9,7 @@
  * updates running_mean / running_var in place (either may be nil there); in eval it uses them.
  */
 #include <math.h>
+#include <string.h>
 
 #include "autograd.h"
 #include "binding.h"
@@ -28,9 +29,19 @@ static int l_group_norm(lua_State *L) {
     luaL_argcheck(L, groups > 0, 2, "num_groups must be positive");
     cn_tensor *w = cnl_opttensor(L, 3), *b = cnl_opttensor(L, 4);
     double eps = checkeps(L, 5, luaL_optnumber(L, 5, DEFAULT_EPS));
+    bool silu = false;
+    if (!lua_isnoneornil(L, 6)) {
+        const char *act = lua_type(L, 6) == LUA_TSTRING ? lua_tostring(L, 6) : NULL;
+        if (!act || strcmp(act, "silu") != 0)
+            return luaL_argerror(L, 6, lua_pushfstring(L, "activation must be \"silu\" or nil, got %s",
+                                                        act ? act : luaL_typename(L, 6)));
+        silu = true;
+    }
     cn_error err;
     cn_tensor **box = cnl_newbox(L);
-    return cnl_result(L, box, cn_group_norm(x, (int64_t)groups, w, b, eps, &err), &err);
+    cn_tensor *y = silu ? cn_group_norm_silu(x, (int64_t)groups, w, b, eps, &err)
+                        : cn_group_norm(x, (int64_t)groups, w, b, eps, &err);
+    return cnl_result(L, box, y, &err);
 }
 
 static int l_instance_norm(lua_State *L) {

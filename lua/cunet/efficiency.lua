@@ -261,7 +261,10 @@ M.FULL_RULES = {
   add_ = inplace(1), sub_ = inplace(1), mul_ = inplace(1), div_ = inplace(1),
   dropout = function(out, _, _, training) return 0, training and numel(out) or 0 end,
   -- norms, per input element
-  group_norm = function(_, x, _, w) return norm_cost(x, w) end,
+  group_norm = function(_, x, _, w, _, _, activation) -- fused "silu": its 4 per element too
+    local macs, flops = norm_cost(x, w)
+    return macs, flops + (activation == "silu" and 4 * numel(x) or 0)
+  end,
   instance_norm = function(_, x, w) return norm_cost(x, w) end,
   layer_norm = function(_, x, _, w) return norm_cost(x, w) end,
   batch_norm = function(_, x, _, _, w, _, opts)

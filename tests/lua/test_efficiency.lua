@@ -162,6 +162,10 @@ function TestEfficiencyRules:testFullCountByHand()
   lu.assertEquals(full.by_op.softmax, { calls = 1, macs = 0, flops = 5 * 8 })
   lu.assertEquals(full.macs, conv_macs)
   lu.assertEquals(full.flops, 2 * conv_macs + out + 4 * out + out + 7 * out + 25 * 8 + 5 * 8)
+  -- GroupNorm with its SiLU fused counts both: 7 + 4 per element
+  local fused = nn.GroupNorm(2, 4)
+  fused.forward = function(self, x) return nn.GroupNorm.forward(self, x, "silu") end
+  lu.assertEquals(efficiency.count_ops(fused, { cn.randn { 2, 4, 5, 5 } }).by_op.group_norm, { calls = 1, macs = 0, flops = 11 * out })
 end
 
 function TestEfficiencyRules:testAttentionAndSolver()

@@ -137,6 +137,34 @@ function TestNormApi:testGroupNormMatchesFormula()
   assert_near(flat(cn.group_norm(x, 1, w, b, 0.5)), {-4 / s + 0.5, -2 / s + 0.5, 1, -3 / s + 1}, 1e-6, "affine")
 end
 
+-- group_norm(..., "silu") is silu(group_norm(...)): fused in one pass when no gradient is recorded,
+-- the same values bit for bit (the same expressions, stored once instead of twice); with gradients,
+-- the two recorded ops, so the gradients are those of the composition.
+function TestNormApi:testGroupNormSiluFused()
+  for _, shape in ipairs{{3, 8, 5, 7}, {2, 6, 4}, {4, 12}} do
+    local x, w, b = cn.randn(shape) * 3, cn.randn{shape[2]}, cn.randn{shape[2]}
+    local groups = shape[2] // 2
+    local want = cn.group_norm(x, groups, w, b, 1e-6):silu()
+    local got = cn.no_grad(function() return cn.group_norm(x, groups, w, b, 1e-6, "silu") end)
+    lu.assertEquals(flat(got), flat(want), "fused, shape " .. table.concat(shape, "x"))
+    lu.assertEquals(flat(cn.group_norm(x, groups, nil, nil, 1e-6, "silu")), flat(cn.group_norm(x, groups, nil, nil, 1e-6):silu()))
+    local xs, ws, bs = x:clone():requires_grad(true), w:clone():requires_grad(true), b:clone():requires_grad(true)
+    local xu, wu, bu = x:clone():requires_grad(true), w:clone():requires_grad(true), b:clone():requires_grad(true)
+    local g = cn.randn(shape)
+    cn.group_norm(xs, groups, ws, bs, 1e-6, "silu"):mul(g):sum():backward()
+    cn.group_norm(xu, groups, wu, bu, 1e-6):silu():mul(g):sum():backward()
+    lu.assertEquals(flat(xs.grad), flat(xu.grad))
+    lu.assertEquals(flat(ws.grad), flat(wu.grad))
+    lu.assertEquals(flat(bs.grad), flat(bu.grad))
+  end
+  lu.assertTrue(cn.gradcheck(function(x, w) return cn.group_norm(x, 2, w, nil, 1e-5, "silu") end,
+    {cn.randn{2, 4, 3}, cn.randn{4}}))
+  local gn = cn.nn.GroupNorm(2, 4)
+  local x = cn.randn{2, 4, 3, 3}
+  lu.assertEquals(flat(cn.no_grad(function() return gn(x, "silu") end)), flat(gn(x):silu()))
+  assert_error(function() gn(x, "relu") end, "GroupNorm", 'activation must be "silu" or nil, got relu')
+end
+
 function TestNormApi:testInstanceIsGroupPerChannel()
   local x, w, b = cn.randn{2, 3, 4, 5}, cn.randn{3}, cn.randn{3}
   lu.assertEquals(flat(cn.instance_norm(x, w, b)), flat(cn.group_norm(x, 3, w, b)))
@@ -289,6 +317,8 @@ function TestNormErrors:testGroupNorm()
   assert_error(function() cn.group_norm(x, 2, nil, cn.randn{6, 1}) end, "group_norm", "bias of shape [6, 1]")
   assert_error(function() cn.group_norm(x, 2, nil, nil, -1) end, "group_norm", "eps")
   assert_error(function() cn.group_norm(x, 2, "w") end, "group_norm", "tensor expected")
+  assert_error(function() cn.group_norm(x, 2, nil, nil, 1e-5, "gelu") end, "group_norm", 'activation must be "silu" or nil, got gelu')
+  assert_error(function() cn.group_norm(x, 2, nil, nil, 1e-5, 1) end, "group_norm", 'activation must be "silu" or nil, got number')
 end
 
 function TestNormErrors:testInstanceNorm()

@@ -239,7 +239,7 @@ function FORWARD.ddpm(self, x, t0)
     end
     if level.upsample then h = level.upsample(h) end
   end
-  return self.conv_out(self.norm_out(h):silu())
+  return self.conv_out(self.norm_out(h, "silu"))
 end
 
 -- lucidrains: the blocks keep a level's width; the resamplers change it. Each level is a

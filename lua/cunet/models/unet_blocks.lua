@@ -92,9 +92,9 @@ function ResnetBlock:forward(x, temb)
   check_channels(x, self.in_channels, "ResnetBlock")
   local n, c = x:size(1), self.out_channels
   if self.style == "ddpm" then
-    local h = self.conv1(self.norm1(x):silu())
+    local h = self.conv1(self.norm1(x, "silu"))
     h = h + self.temb_proj(temb:silu()):reshape { n, c, 1, 1 }
-    h = self.conv2(self.dropout(self.norm2(h):silu()))
+    h = self.conv2(self.dropout(self.norm2(h, "silu")))
     if self.nin_shortcut then x = self.nin_shortcut(x) end
     return x + h
   end

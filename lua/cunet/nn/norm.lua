@@ -1,6 +1,6 @@
 -- Normalisation layers with PyTorch's arguments, parameters and buffers:
 --
---   nn.GroupNorm(num_groups, num_channels [, {eps=1e-5, affine=true}])
+--   nn.GroupNorm(num_groups, num_channels [, {eps=1e-5, affine=true}])   norm(x [, "silu"])
 --   nn.InstanceNorm2d(num_features [, {eps=1e-5, momentum=0.1, affine=false, track_running_stats=false}])
 --   nn.LayerNorm(normalized_shape [, {eps=1e-5, elementwise_affine=true, bias=true}])
 --   nn.BatchNorm2d(num_features [, {eps=1e-5, momentum=0.1, affine=true, track_running_stats=true}])
@@ -35,12 +35,17 @@ function GroupNorm:__init(num_groups, num_channels, opts)
   self:register_parameter("bias", o.affine and core.zeros { num_channels } or nil)
 end
 
-function GroupNorm:forward(x)
+--- norm(x [, activation]): with activation "silu", silu(norm(x)) — in one pass over the output when
+-- no gradient is recorded (sampling), else the two ops as usual.
+function GroupNorm:forward(x, activation)
   if not core.is_tensor(x) or x:dim() < 2 or x:size(2) ~= self.num_channels then
     error(string.format("GroupNorm: expected an input [N, %d, ...], got %s", self.num_channels,
       core.is_tensor(x) and util.shape_str(x) or type(x)), 2)
   end
-  return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+  if activation ~= nil and activation ~= "silu" then
+    error(string.format("GroupNorm: activation must be \"silu\" or nil, got %s", tostring(activation)), 2)
+  end
+  return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, activation)
 end
 
 function GroupNorm:extra_repr()
