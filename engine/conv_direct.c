@@ -29,8 +29,8 @@
 typedef float vf __attribute__((vector_size(64)));
 typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned loads */
 
-static int out_h(const cn_direct_geom *g) { return g->H + 2 * g->ph - g->kh + 1; }
-static int out_w(const cn_direct_geom *g) { return g->W + 2 * g->pw - g->kw + 1; }
+static int out_h(const cn_direct_geom *g) { return (g->H + 2 * g->ph - g->kh) / g->sh + 1; }
+static int out_w(const cn_direct_geom *g) { return (g->W + 2 * g->pw - g->kw) / g->sw + 1; }
 static int pad_w(const cn_direct_geom *g) {
     int extra = g->pw - g->kw + 1;
     return g->W + g->pw + (extra > 0 ? extra : 0);
@@ -43,11 +43,15 @@ static size_t grid_len(const cn_direct_geom *g) {
     return (n + QB - 1) / QB * QB;
 }
 
-/* Floats of one padded input plane: the padded image, and room for the last block's reads. */
+/* Floats of one padded input plane: the padded image, and room for the last block's reads (the flat
+ * grid's, or with a stride the small-plane kernel's: its last row's last segment of up to SPB pixels
+ * past the row end, sW apart). */
 static size_t plane_len(const cn_direct_geom *g) {
     size_t Wp = (size_t)pad_w(g), img = (size_t)(g->H + 2 * g->ph) * Wp;
     size_t reach = grid_len(g) + (size_t)(g->kh - 1) * Wp + (size_t)g->kw + 8; /* + SPB: see small_block */
+    size_t strided = ((size_t)(out_h(g) - 1) * g->sh + g->kh) * Wp + ((size_t)out_w(g) + 8) * g->sw + g->kw;
     size_t n = img > reach ? img : reach;
+    if (strided > n) n = strided;
     return (n + VL - 1) / VL * VL;
 }
 
@@ -276,13 +280,15 @@ void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float 
                 }
 }
 
-/* Pixels q0 .. q0 + NP - 1 of the flat grid, channel vectors [b0, b0 + nob) (nob <= NOB), into
- * out[pixel][channel] rows of ldo floats. One copy per segment length NP (7 divides 28, 14 and 7;
- * 8 divides 64, 32, 16 and 8) and block width NOB (2, or 3 for the first block when the vectors
- * are odd in number: 48 channels are one block of 3, not 2 + 2 with a quarter recomputed), so
- * that the accumulators stay in registers (8 × 3 + 3 + 1 of AVX-512's 32). */
-#define SMALL_BLOCK(NP, NOB)                                                                                    \
-    static void small_block##NP##_##NOB(const cn_direct_geom *g, const float *xp, size_t Lp, const float *wp,  \
+/* NP output pixels of one row, the first reading the flat plane at q0 and each next SW further,
+ * channel vectors [b0, b0 + nob) (nob <= NOB), into out[pixel][channel] rows of ldo floats. One
+ * copy per segment length NP (7 divides 28, 14 and 7; 8 divides 64, 32, 16 and 8), block width NOB
+ * (2, or 3 for the first block when the vectors are odd in number: 48 channels are one block of 3,
+ * not 2 + 2 with a quarter recomputed) and stride SW (1, or 2 for downsampling), so that the
+ * accumulators stay in registers (8 × 3 + 3 + 1 of AVX-512's 32). */
+#define SMALL_BLOCK(NP, NOB, SW)                                                                                \
+    static void small_block##NP##_##NOB##_##SW(const cn_direct_geom *g, const float *xp, size_t Lp,            \
+                                               const float *wp,                                                \
                                         const int *offs, size_t q0, int b0, int nob, float *out, size_t ldo) { \
         int T = g->kh * g->kw, C = g->C;                                                                       \
         vf acc[NP][NOB];                                                                                       \
@@ -298,7 +304,7 @@ void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float 
                 _Pragma("GCC unroll 4") for (int k = 0; k < NOB; k++)                                          \
                     wv[k] = *(const vf *)(wk[k] + ((size_t)c * T + t) * VL);                                   \
                 _Pragma("GCC unroll 8") for (int j = 0; j < NP; j++) {                                         \
-                    vf xv = (vf){0} + src[j];                                                                  \
+                    vf xv = (vf){0} + src[j * SW];                                                             \
                     _Pragma("GCC unroll 4") for (int k = 0; k < NOB; k++) acc[j][k] += xv * wv[k];             \
                 }                                                                                              \
             }                                                                                                  \
@@ -306,10 +312,31 @@ void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float 
         for (int j = 0; j < NP; j++)                                                                           \
             for (int k = 0; k < nob; k++) *(vfu *)(out + (size_t)j * ldo + (size_t)(b0 + k) * VL) = acc[j][k]; \
     }
-SMALL_BLOCK(7, 2)
-SMALL_BLOCK(8, 2)
-SMALL_BLOCK(7, 3)
-SMALL_BLOCK(8, 3)
+SMALL_BLOCK(7, 2, 1)
+SMALL_BLOCK(8, 2, 1)
+SMALL_BLOCK(7, 3, 1)
+SMALL_BLOCK(8, 3, 1)
+SMALL_BLOCK(7, 2, 2)
+SMALL_BLOCK(8, 2, 2)
+SMALL_BLOCK(7, 3, 2)
+SMALL_BLOCK(8, 3, 2)
+SMALL_BLOCK(7, 1, 2)
+SMALL_BLOCK(8, 1, 2)
+
+typedef void (*small_block_fn)(const cn_direct_geom *, const float *, size_t, const float *, const int *, size_t,
+                               int, int, float *, size_t);
+
+/* The copy of small_block for a segment length, block width and stride; width 1 (one vector of
+ * channels in all) only with stride 2: a downsampling conv to 16 channels, which the unit-stride
+ * route never sends here. */
+static small_block_fn small_block_for(int np, int width, int sw) {
+    static const small_block_fn fns[2][2][2] = {
+        {{small_block7_2_1, small_block8_2_1}, {small_block7_3_1, small_block8_3_1}},
+        {{small_block7_2_2, small_block8_2_2}, {small_block7_3_2, small_block8_3_2}},
+    };
+    if (width == 1) return np == 7 ? small_block7_1_2 : small_block8_1_2;
+    return fns[sw == 2][width - 2][np != 7];
+}
 
 /* The segment length for rows of Wo outputs: 7 where it divides Wo, else 8. */
 static int seg_len(int Wo) { return Wo % 7 == 0 ? 7 : 8; }
@@ -323,7 +350,7 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
                                 int act, float *y, float *scratch, bool par) {
     int Wp = pad_w(g), Ho = out_h(g), Wo = out_w(g), nb = blocks16(g), np = seg_len(Wo);
     int segs = (Wo + np - 1) / np, row = segs * np; /* pixels per row of the scratch */
-    int groups = small_groups(nb, SOB), first = small_group_first(nb, SOB);
+    int groups = small_groups(nb, SOB), first = nb == 1 && g->sw == 2 ? 1 : small_group_first(nb, SOB);
     size_t Lp = plane_len(g), ldo = (size_t)nb * VL, P = (size_t)Ho * Wo;
     float *xp = scratch, *tmp = scratch + (size_t)g->C * Lp; /* tmp [Ho][row][nb·16] */
     int offs[CN_DIRECT_MAX_TAPS];
@@ -338,13 +365,9 @@ void cn_direct_small_conv_image(const cn_direct_geom *g, const float *x, const f
             int bg = job / (Ho * segs), rs = job % (Ho * segs), oy = rs / segs, sg = rs % segs;
             int b0 = bg ? first + (bg - 1) * SOB : 0, width = bg ? SOB : first;
             int nob = nb - b0 < width ? nb - b0 : width;
-            size_t q0 = (size_t)oy * Wp + (size_t)sg * np;
+            size_t q0 = (size_t)oy * g->sh * Wp + (size_t)sg * np * g->sw;
             float *out = tmp + ((size_t)oy * row + (size_t)sg * np) * ldo;
-            if (width == SOB + 1) {
-                if (np == 7) small_block7_3(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
-                else small_block8_3(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
-            } else if (np == 7) small_block7_2(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
-            else small_block8_2(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
+            small_block_for(np, width, g->sw)(g, xp, Lp, wp, offs, q0, b0, nob, out, ldo);
         }
         #pragma omp for schedule(static)
         for (int o = 0; o < g->O; o++) { /* transpose out, with the bias and activation */

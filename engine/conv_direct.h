@@ -15,9 +15,11 @@
 /* Kernels up to this many taps (7×7). */
 #define CN_DIRECT_MAX_TAPS 49
 
-/* The geometry of one direct convolution: x [C, H, W] -> y [O, Ho, Wo], Ho = H + 2 pH - kH + 1. */
+/* The geometry of one direct convolution: x [C, H, W] -> y [O, Ho, Wo], Ho = (H + 2 pH - kH) / sH + 1.
+ * The stride (sh, sw) is 1 everywhere but in the small-plane forward (cn_direct_small_conv_image),
+ * which also takes 2. */
 typedef struct cn_direct_geom {
-    int C, H, W, O, kh, kw, ph, pw;
+    int C, H, W, O, kh, kw, ph, pw, sh, sw;
 } cn_direct_geom;
 
 /* The share of the kernel's work that is output: Ho·Wo over the flat grid it computes (rows of
@@ -39,8 +41,8 @@ size_t cn_direct_weight_scratch_floats(const cn_direct_geom *g);
  * scratch of nb · cn_direct_weight_scratch_floats. */
 void cn_direct_conv_weight_images(const cn_direct_geom *g, const float *x, const float *gy, int nb, float *dw,
                                   float *scratch);
-/* The same convolution with vectors across 16 output channels (for small planes): its packed
- * weight and scratch sizes, the packing, and one image. */
+/* The same convolution with vectors across 16 output channels (for small planes), stride 1 or 2:
+ * its packed weight and scratch sizes, the packing, and one image. */
 size_t cn_direct_small_weight_floats(const cn_direct_geom *g);
 size_t cn_direct_small_scratch_floats(const cn_direct_geom *g);
 void cn_direct_small_pack_weight(const cn_direct_geom *g, const float *w, float *wp);

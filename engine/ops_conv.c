@@ -360,12 +360,20 @@ static int plan_threads(const conv_geom *g) {
     return threads < 2 ? 1 : threads;
 }
 
-/* The direct route (conv_direct.c) for a conv alone, stride 1, dilation 1, one group, padding
- * (not a crop), kernels up to 7×7. */
+/* The direct route (conv_direct.c) for a conv alone, dilation 1, one group, padding (not a crop),
+ * kernels up to 7×7, stride 1 (strided: strided_small_applies). */
 static bool direct_applies(const conv_geom *g, const conv_job *job) {
     return job->y_out && !job->dw && !job->x_out && g->groups == 1 && g->sh == 1 && g->sw == 1 &&
            g->dh == 1 && g->dw == 1 && g->ph >= 0 && g->pw >= 0 && g->kh * g->kw <= CN_DIRECT_MAX_TAPS &&
            !is_pointwise(g);
+}
+
+/* A strided conv alone that the small-plane kernel takes (stride 2 in either dim or both, the
+ * rest as direct_applies): a downsampling conv's forward. */
+static bool strided_small_applies(const conv_geom *g, const conv_job *job) {
+    conv_geom unit = *g;
+    unit.sh = unit.sw = 1;
+    return (g->sh > 1 || g->sw > 1) && g->sh <= 2 && g->sw <= 2 && direct_applies(&unit, job);
 }
 
 #define DIRECT_WEIGHT_CHUNK_FLOATS (1 << 19) /* 2 MB of images per weight-gradient chunk (12% faster than 512 KB) */
@@ -394,6 +402,7 @@ static bool direct_weight_applies(const conv_geom *g, const conv_job *job) {
 #define SMALL_MIN_WIDTH 7
 #define SMALL_MAX_WIDTH 16
 #define SMALL_MIN_OUT 32
+#define SMALL_MIN_OUT_STRIDED 16
 #define SMALL_WEIGHT_MAX_K 2304
 #define DIRECT_WEIGHT_MIN_PLANE 784
 #define DIRECT_WEIGHT_MIN_OUT 16
@@ -401,12 +410,13 @@ static bool direct_weight_applies(const conv_geom *g, const conv_job *job) {
 /* The direct kernels' view of a convolution's geometry. */
 static cn_direct_geom direct_geom(const conv_geom *g) {
     return (cn_direct_geom){.C = g->C, .H = g->H, .W = g->W, .O = g->O, .kh = g->kh, .kw = g->kw,
-                            .ph = g->ph, .pw = g->pw};
+                            .ph = g->ph, .pw = g->pw, .sh = g->sh, .sw = g->sw};
 }
 
 static bool use_small(const cn_direct_geom *dg) {
-    int Wo = dg->W + 2 * dg->pw - dg->kw + 1;
-    return Wo >= SMALL_MIN_WIDTH && Wo <= SMALL_MAX_WIDTH && dg->O >= SMALL_MIN_OUT;
+    int Wo = (dg->W + 2 * dg->pw - dg->kw) / dg->sw + 1;
+    bool strided = dg->sh > 1 || dg->sw > 1;
+    return Wo >= SMALL_MIN_WIDTH && Wo <= SMALL_MAX_WIDTH && dg->O >= (strided ? SMALL_MIN_OUT_STRIDED : SMALL_MIN_OUT);
 }
 
 static bool use_small_weight(const cn_direct_geom *dg) {
@@ -415,6 +425,10 @@ static bool use_small_weight(const cn_direct_geom *dg) {
 
 static bool use_direct(const conv_geom *g, const conv_job *job) {
     cn_conv_route r = atomic_load(&route_choice);
+    if (strided_small_applies(g, job)) {
+        cn_direct_geom dg = direct_geom(g);
+        return r == CN_CONV_DIRECT || (r == CN_CONV_AUTO && use_small(&dg));
+    }
     bool weight = direct_weight_applies(g, job);
     if (r == CN_CONV_GEMM || !(direct_applies(g, job) || weight)) return false;
     if (r == CN_CONV_DIRECT) return true;
@@ -478,7 +492,7 @@ static int run_direct(const conv_geom *g, const conv_job *job, const char *fname
     int threads = g->parallel && g->N >= 2 && !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (threads > g->N) threads = (int)g->N;
     if (job->dw) return run_direct_weight(g, &dg, job, threads, fname, err);
-    bool small = use_small(&dg);
+    bool small = dg.sh > 1 || dg.sw > 1 || use_small(&dg); /* strided: only the small-plane kernel */
     size_t wn = small ? cn_direct_small_weight_floats(&dg) : cn_direct_weight_floats(&dg);
     size_t sn = ((small ? cn_direct_small_scratch_floats(&dg) : cn_direct_scratch_floats(&dg)) + 15) / 16 * 16;
     size_t total = wn + sn * (size_t)threads;

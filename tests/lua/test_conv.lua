@@ -263,6 +263,12 @@ function TestConvRoutes:testDirectAgainstGemm()
     {2, 8, 7, 7, 40, 3, 3, 1, 1}, {1, 5, 14, 14, 33, 3, 3, 1, 1}, {2, 3, 9, 11, 32, 5, 5, 2, 2},
     -- an odd number of 16-channel vectors (3, 5, 7: the first block 3 wide), in y, dx and dW
     {2, 48, 7, 7, 48, 3, 3, 1, 1}, {1, 6, 14, 14, 80, 3, 3, 1, 1}, {1, 4, 8, 8, 112, 3, 3, 1, 1},
+    -- stride 2 (a 10th entry, {sH, sW}): the small-plane kernel's forward, the GEMM route's gradients;
+    -- the U-Net downsamples (29² and 15² padded by hand), a padded one, odd rows (segments of 8 past
+    -- the row end), a stride in one dim only
+    {2, 16, 29, 29, 16, 3, 3, 0, 0, {2, 2}}, {2, 32, 15, 15, 32, 3, 3, 0, 0, {2, 2}}, {1, 5, 28, 28, 40, 3, 3, 1, 1, {2, 2}},
+    {2, 3, 16, 16, 48, 3, 3, 1, 1, {2, 2}}, {1, 4, 15, 17, 20, 5, 5, 2, 2, {2, 2}}, {1, 6, 14, 9, 32, 3, 3, 1, 1, {2, 1}},
+    {1, 3, 9, 30, 17, 3, 3, 1, 0, {1, 2}},
   }
   for _, s in ipairs(shapes) do
     local x = cn.randn{s[1], s[2], s[3], s[4]}:requires_grad(true)
@@ -271,14 +277,14 @@ function TestConvRoutes:testDirectAgainstGemm()
     local results = {}
     for _, route in ipairs{"gemm", "direct"} do
       with_route(route, function()
-        local y = cn.conv2d(x, w, b, {padding = {s[8], s[9]}})
+        local y = cn.conv2d(x, w, b, {padding = {s[8], s[9]}, stride = s[10] or 1})
         local g = cn.ones_like(y) * 0.5 + y * 0.1
         y:backward(g:detach())
         results[route] = {y = y:detach(), gx = x.grad, gw = w.grad, gb = b.grad}
         x.grad, w.grad, b.grad = nil, nil, nil
       end)
     end
-    local label = table.concat(s, ",")
+    local label = table.concat(s, ",", 1, 9) .. (s[10] and (" stride " .. table.concat(s[10], "x")) or "")
     for _, k in ipairs{"y", "gx", "gw", "gb"} do
       local want = results.gemm[k]
       fx.assert_close(results.direct[k], {shape = want:shape(), data = want:totable{flat = true}}, {rtol = 1e-4, atol = 1e-4, label = label .. " " .. k})
