@@ -642,7 +642,7 @@ cn_tensor *cn_group_norm_silu(const cn_tensor *x, int64_t num_groups, const cn_t
                               double eps, cn_error *err) {
     row_geom gm;
     if (group_norm_geom(x, num_groups, weight, bias, &gm, err)) return NULL;
-    const cn_tensor *ins[3] = {x, weight, bias};
+    const cn_tensor *ins[3] = {x};
     int n = 1;
     if (weight) ins[n++] = weight;
     if (bias) ins[n++] = bias;
