@@ -150,7 +150,7 @@ data: all
 # grid of MNIST digits from the study's best committed model with its best few-step sampler (README).
 demo: deps
 	@$(MAKE) --no-print-directory all
-	./cunet recipes/sample.lua --ckpt checkpoints/study/authors_unet_11m_s0.safetensors --sampler dpmpp_2m \
+	./cunet recipes/sample.lua --ckpt checkpoints/study/authors_unet_11m_s1.safetensors --sampler dpmpp_2m \
 		--spacing trailing --steps 20 --n 64 --seed 0 --out demo_samples.png
 
 # The executable, the Lua library and module, and what an installed `cunet` runs from any directory:
