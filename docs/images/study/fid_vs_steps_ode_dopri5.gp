@@ -8,4 +8,6 @@ set logscale y
 set key top right
 set grid
 plot 'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 0 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 1 notitle, \
-  'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 0 using 1:2 with linespoints lc 1 lw 2 title "authors' U-Net 0.28 M"
+  'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 0 using 1:2 with linespoints lc 1 lw 2 title "authors' U-Net 0.28 M", \
+  'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 1 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 2 notitle, \
+  'docs/images/study/fid_vs_steps_ode_dopri5.dat' index 1 using 1:2 with linespoints lc 2 lw 2 title "authors' cU-Net 1.1 M"
