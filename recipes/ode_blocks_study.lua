@@ -168,8 +168,8 @@ function Study:report(runs)
     local xs, ys = {}, {}
     for _, s in ipairs(M.EVAL_SOLVERS) do
       local r = self:eval_row(run, s)
-      md[#md + 1] = string.format("| %s | %d | %s%.2f | %s | %s | %s | %s |", run.label, self:done_steps(run),
-        cost.cpu_how == "estimated" and "≈ " or "", cost.cpu / 3600, s.label, r and r.block_nfe and string.format("%.1f", r.block_nfe) or "–",
+      md[#md + 1] = string.format("| %s | %d | %s | %s | %s | %s | %s |", run.label, self:done_steps(run),
+        study.cpu_hours_text(cost), s.label, r and r.block_nfe and string.format("%.1f", r.block_nfe) or "–",
         r and string.format("%.4f", r.seconds) or "–", r and string.format("%.2f", r.fid) or "–")
       if r and r.block_nfe then xs[#xs + 1], ys[#ys + 1] = r.block_nfe, r.fid end
     end

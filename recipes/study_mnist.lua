@@ -7,12 +7,16 @@
 --   ./cunet recipes/study_mnist.lua --train --max-minutes 170    -- train (or resume) in order; stop in time
 --   ./cunet recipes/study_mnist.lua --train --only authors_unet_11m_s0
 --   ./cunet recipes/study_mnist.lua --scan --max-minutes 170     -- FID scans of the finished runs (resumable)
---   ./cunet recipes/study_mnist.lua --report                     -- runs/study/report.md and the plots
+--   ./cunet recipes/study_mnist.lua --report --plots docs/images/study --into docs/results.md
+--                                                                -- results/study/report.md, the plots, docs/results.md's tables
 --   ./cunet recipes/study_mnist.lua --dry-run                    -- every command it would run, run nothing
 --
--- Everything goes under --out (runs/study): <run>/ holds the training recipe's checkpoint.safetensors,
--- loss.csv, config.lua and sample grids, train.log / scan.log (the subprocesses' output) and scan/
--- (the fid_vs_steps CSVs); study_state.json holds each run's wall and CPU seconds (written atomically).
+-- Everything goes under --out (results/study, tracked in git but for the checkpoints, logs and images:
+-- results/study/.gitignore): <run>/ holds the training recipe's checkpoint.safetensors, loss.csv,
+-- config.lua and sample grids, train.log / scan.log (the subprocesses' output) and scan/ (the
+-- fid_vs_steps CSVs); study_state.json holds each run's wall and CPU seconds (written atomically).
+-- A run with no checkpoint there whose EMA weights are committed (checkpoints/study/<run>.safetensors)
+-- counts as trained and is scored from them, so a fresh clone re-scores the study without training.
 -- A session may be killed at any moment: the checkpoints are written atomically every 250 steps, the
 -- scans one step count at a time, so the next call loses at most what ran since.
 
@@ -46,6 +50,9 @@ local M = {}
 -- ho: Ho et al. 2020: eps-prediction, the linear schedule, Adam betas (0.9, 0.999), EMA 0.9999 per step
 --   (the same warmup-governed shadow over 6,000 steps), no flips.
 M.STEPS, M.BATCH, M.CHECKPOINT_EVERY = 6000, 64, 250
+-- the study's directory (tracked: results/study/.gitignore keeps the checkpoints and logs out of git),
+-- and where the finished runs' EMA weights are committed (docs/study.md "Committed weights")
+M.OUT, M.COMMITTED = "results/study", "checkpoints/study"
 
 M.SETUPS = {
   authors = {"--prediction", "v", "--schedule", "sigmoid", "--betas", "0.9,0.99", "--no-flip", "--ema", "0.99999"},
@@ -110,11 +117,12 @@ local write_atomic = study.write_atomic
 -- ---- the driver (cunet.study's, with this study's training and scan commands) -----------------------
 
 local Study = setmetatable({NAME = "study_mnist", FULL_STEPS = M.STEPS, CHECKPOINT_EVERY = M.CHECKPOINT_EVERY,
-  SCAN_N = M.SCAN_N, OPTIONS = {"plots"}}, {__index = study.Driver})
+  SCAN_N = M.SCAN_N, COMMITTED = M.COMMITTED, OPTIONS = {"plots", "into"}}, {__index = study.Driver})
 Study.__index = Study
 
---- cunet.study's new: opts.plots is --report's plot directory (default <out>/plots).
-function Study:init(opts) self.plots = opts.plots or (self.out .. "/plots") end
+--- cunet.study's new: opts.plots is --report's plot directory (default <out>/plots), opts.into the
+-- markdown file whose generated part --report replaces (M.splice; nil: none).
+function Study:init(opts) self.plots, self.into = opts.plots or (self.out .. "/plots"), opts.into end
 
 --- A study over the directory out (cunet.study's new: exe, steps, limit, n, dry, deadline, plots).
 function M.new(out, opts) return study.new(Study, out, opts) end
@@ -145,7 +153,7 @@ function Study:scan_items(run)
     for _, v in ipairs(s.rtol and M.SCAN_RTOLS or M.SCAN_STEPS) do
       local key = s.rtol and ("rtol:" .. string.format("%g", v)) or v
       if not have[s.variant][key] then
-        local c = append({self.exe, "recipes/fid_vs_steps.lua", "--ckpt", self:ckpt(run)}, s.flags)
+        local c = append({self.exe, "recipes/fid_vs_steps.lua", "--ckpt", self:weights(run)}, s.flags)
         append(c, s.rtol and {"--rtol", string.format("%g", v)} or {"--steps", tostring(v)})
         append(c, {"--n", tostring(self.n), "--batch", tostring(M.SCAN_BATCH), "--seed", tostring(M.SCAN_SEED),
           "--out", self:dir(run) .. "/scan", "--append"})
@@ -212,7 +220,8 @@ function Study:list(runs)
     local missing = #self:scan_items(run)
     print(string.format("%-22s %-7s %-6s %-11s %4d  %5d/%-5d  %8.2f  %7.2f%s  %4d/%-5d", run.name, run.setup, run.family,
       run.preset, run.seed, self:done_steps(run), self.steps, cost.wall / 3600,
-      (cost.cpu + (rec.scan_cpu or 0)) / 3600, cost.cpu_how == "estimated" and "~" or " ", total_items - missing, total_items))
+      (cost.cpu + (rec.scan_cpu or 0)) / 3600, cost.cpu_how == "estimated" and "~" or cost.cpu_how == "unknown" and "?" or " ",
+      total_items - missing, total_items))
   end
   print(string.format("(options of every run: %s; %s: see recipes/study_mnist.lua; state in %s)",
     command_text(M.COMMON), "authors / ho", self.state_path))
@@ -262,7 +271,7 @@ function Study:eps_mse(run)
     if #cached == #M.BANDS then return cached end
   end
   local checkpoint, diffusion, train = require "cunet.checkpoint", require "cunet.diffusion", require "cunet.train"
-  local ck = checkpoint.load(self:ckpt(run))
+  local ck = checkpoint.load(self:weights(run))
   local model = checkpoint.build_model(ck, {ema = true})
   model:eval()
   local sched = checkpoint.schedule(ck)
@@ -341,7 +350,7 @@ function Study:time(runs)
   for _, run in ipairs(runs) do
     local done = self:done_steps(run)
     local png = string.format("%s/time_samples.png", self:dir(run))
-    local c = {self.exe, "recipes/sample.lua", "--ckpt", self:ckpt(run), "--sampler", "ddim", "--spacing", "trailing",
+    local c = {self.exe, "recipes/sample.lua", "--ckpt", self:weights(run), "--sampler", "ddim", "--spacing", "trailing",
       "--steps", tostring(M.TIME_STEPS), "--n", tostring(M.TIME_BATCH), "--batch", tostring(M.TIME_BATCH), "--seed", "0",
       "--threads", tostring(threads), "--out", png}
     if self.dry then
@@ -535,14 +544,26 @@ function Study:report(runs)
   -- means of loss.csv from step 500 on a linear axis, where the runs' ends can be told apart
   for _, group in ipairs{{"authors", "028m"}, {"authors", "11m"}, {"ho", "11m"}} do
     local setup, size = group[1], group[2]
-    local pairs_ = {}
+    local pairs_, lost = {}, {}
     for _, run in ipairs(runs) do
-      if run.setup == setup and run.size == size and (self.dry or fs.exists(self:dir(run) .. "/loss.csv")) then
-        pairs_[#pairs_ + 1] = run.name .. "=" .. self:dir(run)
+      if run.setup == setup and run.size == size then
+        if self.dry or fs.exists(self:dir(run) .. "/loss.csv") then
+          pairs_[#pairs_ + 1] = run.name .. "=" .. self:dir(run)
+        elseif self:done_steps(run) > 0 then
+          lost[#lost + 1] = run.name
+        end
       end
     end
-    if #pairs_ > 0 then
-      local png = string.format("%s/loss_%s_%s.png", self.plots, setup, size)
+    local png = string.format("%s/loss_%s_%s.png", self.plots, setup, size)
+    if #lost > 0 then
+      -- a run scored from its committed weights has no loss.csv here: the plot is left as it was drawn
+      print(string.format("study: %s not redrawn: no loss.csv for %s", png, table.concat(lost, ", ")))
+      if fs.exists(png) then
+        md[#md + 1] = string.format("![training loss, %s setup, %s](%s) (drawn earlier: no loss.csv here for %s)",
+          setup == "ho" and "Ho's" or "the authors'", M.SIZE_LABEL[size], png, table.concat(lost, ", "))
+        md[#md + 1] = ""
+      end
+    elseif #pairs_ > 0 then
       local long = self.steps >= 1000
       local cmd = {self.exe, "recipes/plot_losses.lua", "--runs", table.concat(pairs_, ","), "--window", long and "100" or "1",
         "--from-step", long and "500" or "0", "--out", png}
@@ -615,12 +636,44 @@ function Study:report(runs)
   md[#md + 1] = "|---|---:|---:|---:|---:|"
   for _, run in ipairs(runs) do
     local rec, cost = self.state.runs[run.name] or {}, self:train_cost(run)
-    md[#md + 1] = string.format("| %s | %d | %.2f | %s%.2f | %.2f |", run.name, self:done_steps(run), cost.wall / 3600,
-      cost.cpu_how == "estimated" and "≈ " or "", cost.cpu / 3600, (rec.scan_cpu or 0) / 3600)
+    md[#md + 1] = string.format("| %s | %d | %.2f | %s | %.2f |", run.name, self:done_steps(run), cost.wall / 3600,
+      study.cpu_hours_text(cost), (rec.scan_cpu or 0) / 3600)
   end
   fs.mkdir_p(self.out)
   write_atomic(self.out .. "/report.md", table.concat(md, "\n") .. "\n")
   print("wrote " .. self.out .. "/report.md")
+  if self.into then M.splice(self.into, md) end
+end
+
+M.BEGIN_MARK = "<!-- recipes/study_mnist.lua --report --into: the tables from here on are generated -->"
+M.END_MARK = "<!-- recipes/study_mnist.lua --report --into: generated up to here -->"
+
+--- Replaces the text between M.BEGIN_MARK and M.END_MARK in the markdown file path by the report's
+-- lines md (its title dropped, each heading one level deeper, image links relative to path's
+-- directory); the rest of the file is kept. Written atomically; raises when the markers are missing.
+function M.splice(path, md)
+  local f = io.open(path, "r")
+  if not f then error(string.format("study_mnist --into: cannot read %s", path), 0) end
+  local text = f:read("a")
+  f:close()
+  local b, b_end = text:find(M.BEGIN_MARK, 1, true)
+  local e = b and text:find(M.END_MARK, b_end, true)
+  if not (b and e) then
+    error(string.format("study_mnist --into: %s lacks the two marker lines between which the tables go:\n%s\n%s",
+      path, M.BEGIN_MARK, M.END_MARK), 0)
+  end
+  local dir = path:match("^(.*)/[^/]*$")
+  local body = {}
+  for i = 2, #md do
+    local line = md[i]
+    if not (i == 2 and line == "") then
+      line = line:gsub("^(#+ )", "#%1")
+      if dir then line = line:gsub("(%]%()" .. dir:gsub("%p", "%%%0") .. "/", "%1") end
+      body[#body + 1] = line
+    end
+  end
+  write_atomic(path, text:sub(1, b_end) .. "\n\n" .. table.concat(body, "\n") .. "\n" .. text:sub(e))
+  print("wrote the tables into " .. path)
 end
 
 -- ---- the command line -----------------------------------------------------------------------------
@@ -639,12 +692,18 @@ function M.main(argv)
       {"time", false, "time sampling at batch 64 from each finished run, all cores (run it on a quiet machine): <out>/timing.csv"},
       {"report", false, "write <out>/report.md and the plots (--plots) from the scans"},
       {"plots", "", "the directory of --report's plots (default: <out>/plots; docs/results.md's: docs/images/study)"},
+      {"into", "", "--report also writes its tables between the two marker lines of this markdown file (docs/results.md)"},
       {"dry-run", false, "print the commands --train / --scan / --report would run (all three when none is given)"},
-      table.unpack(study.common_options{out = "runs/study", steps = M.STEPS, n = M.SCAN_N, n_help = "samples per scan cell"}),
+      {"committed", M.COMMITTED, "the finished runs' committed EMA weights (<dir>/<run>.safetensors), scored where a run has "
+        .. "no training checkpoint under --out ('': none)"},
+      table.unpack(study.common_options{out = M.OUT, steps = M.STEPS, n = M.SCAN_N, n_help = "samples per scan cell"}),
     },
   })
   local runs, opts = study.from_args(args, M.RUNS, t0, fail)
   opts.plots = args.plots ~= "" and args.plots or nil
+  opts.committed = args.committed
+  opts.into = args.into ~= "" and args.into or nil
+  if opts.into and not args.report then fail("--into goes with --report") end
   local driver = M.new(args.out, opts)
   if args.time then
     if args.train or args.scan then fail("--time measures on a quiet machine: run it on its own, not with --train or --scan") end

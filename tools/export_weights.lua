@@ -4,7 +4,8 @@
 -- them in half precision (half the bytes; the largest rounding error is printed).
 --
 --   ./cunet tools/export_weights.lua runs/unet/checkpoint.safetensors checkpoints/unet_mnist.safetensors
---   ./cunet tools/export_weights.lua --dtype F16 runs/study/authors_unet_11m_s0/checkpoint.safetensors OUT
+--   ./cunet tools/export_weights.lua --dtype F16 results/study/authors_unet_11m_s0/checkpoint.safetensors OUT
+--   ./cunet tools/export_weights.lua --dtype F16 checkpoints/unet_mnist.safetensors OUT   -- an export, in F16
 
 local cn = require "cunet"
 local cli = require "cunet.cli"
@@ -42,8 +43,9 @@ end
 for k, v in pairs(meta) do
   if not k:match("^optim%.") and not k:match("^ema%.") then out_meta[k] = v end
 end
-out_meta.weights = from_ema > 0 and "ema" or "trained"
-out_meta.exported_from = src
+-- an export exported again (say into F16) keeps what its weights are and where they came from
+out_meta.weights = from_ema > 0 and "ema" or meta.weights or "trained"
+out_meta.exported_from = meta.exported_from or src
 cn.save(dst, out, out_meta, {dtype = args.dtype})
 local count = 0
 for _ in pairs(out) do count = count + 1 end

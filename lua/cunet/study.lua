@@ -139,16 +139,19 @@ M.Driver = Driver
 -- cls.SCAN_N samples per cell), and defining cls:recipe(run) -> the training recipe's path and
 -- cls:fresh_flags(run) -> the options of a run's first call. opts: exe (the cunet executable), steps
 -- (total per run; nil: cls.FULL_STEPS), limit (training images, 0: all), n (samples per cell; nil:
--- cls.SCAN_N), dry (print, run nothing), deadline (cn.time()), and the keys of cls.OPTIONS, which
+-- cls.SCAN_N), dry (print, run nothing), deadline (cn.time()), committed (the directory of the finished
+-- runs' committed weights; nil: cls.COMMITTED; false or "": none), and the keys of cls.OPTIONS, which
 -- cls:init(opts) takes when the class defines it.
 function M.new(cls, out, opts)
-  local known = {"exe", "steps", "limit", "n", "dry", "deadline"}
+  local known = {"exe", "steps", "limit", "n", "dry", "deadline", "committed"}
   for _, k in ipairs(cls.OPTIONS or {}) do known[#known + 1] = k end
   check_options(opts, known, (cls.NAME or "study") .. ".new")
   local self = setmetatable({out = out, exe = opts.exe, steps = opts.steps or cls.FULL_STEPS, full_steps = cls.FULL_STEPS,
     limit = opts.limit or 0, n = opts.n or cls.SCAN_N, dry = opts.dry, deadline = opts.deadline or math.huge,
     failed = {}}, cls)
   self.checkpoint_every = math.min(cls.CHECKPOINT_EVERY, self.steps)
+  self.committed_dir = opts.committed == nil and cls.COMMITTED or opts.committed or nil
+  if self.committed_dir == "" then self.committed_dir = nil end
   self.state_path = out .. "/study_state.json"
   self.state = self:load_state()
   self.touched = {}
@@ -172,8 +175,31 @@ function Driver:load_state()
 end
 
 function Driver:dir(run) return self.out .. "/" .. run.name end
+--- The training checkpoint of run (what --train writes and resumes).
 function Driver:ckpt(run) return self:dir(run) .. "/checkpoint.safetensors" end
-function Driver:done_steps(run) return M.checkpoint_step(self:ckpt(run)) or 0 end
+
+--- The committed EMA weights of a finished run (<cls.COMMITTED>/<name>.safetensors, written by
+-- tools/export_weights.lua), or nil when the driver has no such directory, or the file is missing or
+-- was trained for other than the study's steps (a test's --steps-override never finds them).
+function Driver:committed(run)
+  if not self.committed_dir then return nil end
+  local path = string.format("%s/%s.safetensors", self.committed_dir, run.name)
+  return M.checkpoint_step(path) == self.steps and path or nil
+end
+
+--- The weights the scores are taken from: the training checkpoint where there is one, else the committed
+-- weights (a fresh clone scores the committed runs without training them again), else the checkpoint's path.
+function Driver:weights(run)
+  if fs.exists(self:ckpt(run)) then return self:ckpt(run) end
+  return self:committed(run) or self:ckpt(run)
+end
+
+--- Steps done: the training checkpoint's, or the study's steps when only the committed weights are here.
+function Driver:done_steps(run)
+  local step = M.checkpoint_step(self:ckpt(run))
+  if step then return step end
+  return self:committed(run) and self.steps or 0
+end
 
 function Driver:record(run)
   local r = self.state.runs[run.name]
@@ -186,20 +212,27 @@ function Driver:record(run)
 end
 
 --- What training run has cost so far: {wall =, cpu = (seconds), cpu_how = "checkpoint" | "recorded" |
--- "estimated"}. Wall: the larger of the driver's record and the checkpoint's clock (a call killed with
+-- "estimated" | "unknown" (steps done, but neither a CPU count nor a record: cpu is 0)}. Wall: the larger of the driver's record and the checkpoint's clock (a call killed with
 -- its session is missing from the record, not from the clock). CPU: the checkpoint's count when it
 -- covers the whole run (checkpoints record it since 2026-12-06); else the driver's record when that
 -- covers every step; else the record's CPU per step times the steps done ("estimated").
 function Driver:train_cost(run)
   local rec = self.state.runs[run.name] or {}
-  local meta = M.checkpoint_meta(self:ckpt(run)) or {}
+  local meta = M.checkpoint_meta(self:weights(run)) or {}
   local done = math.tointeger(tonumber(meta.step)) or 0
   local rec_wall, rec_cpu, rec_steps = rec.train_wall or 0, rec.train_cpu or 0, rec.train_steps or 0
   local wall = math.max(rec_wall, tonumber(meta.seconds) or 0)
   local ck_cpu, from = tonumber(meta.cpu_seconds), tonumber(meta.cpu_seconds_from)
   if ck_cpu and from == 0 then return {wall = wall, cpu = math.max(ck_cpu, rec_cpu), cpu_how = "checkpoint"} end
-  if rec_steps >= done or rec_steps == 0 then return {wall = wall, cpu = rec_cpu, cpu_how = "recorded"} end
+  if rec_steps == 0 and done > 0 then return {wall = wall, cpu = 0, cpu_how = "unknown"} end
+  if rec_steps >= done then return {wall = wall, cpu = rec_cpu, cpu_how = "recorded"} end
   return {wall = wall, cpu = rec_cpu / rec_steps * done, cpu_how = "estimated"}
+end
+
+--- A train_cost's CPU hours as a table cell: "1.23", "≈ 1.23" (estimated) or "–" (unknown).
+function M.cpu_hours_text(cost)
+  if cost.cpu_how == "unknown" then return "–" end
+  return string.format("%s%.2f", cost.cpu_how == "estimated" and "≈ " or "", cost.cpu / 3600)
 end
 
 -- Writes the records of the runs this driver touched over the file's current contents, so that two

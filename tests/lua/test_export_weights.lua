@@ -70,6 +70,15 @@ function TestExportWeights:testEmaF32AndF16()
     lu.assertTrue(d <= t:abs():max():item() * 2 ^ -11, name .. " " .. d)
   end
   lu.assertTrue(size_of(out16) < size_of(out32))
+  -- an F32 export exported again in F16: the same weights as from the checkpoint, still "ema" and
+  -- still naming the training checkpoint they came from
+  local again = self.dir .. "/again16.safetensors"
+  code, text = helpers.run_script("tools/export_weights.lua", "--dtype F16 " .. q(out32) .. " " .. q(again))
+  lu.assertEquals(code, 0, text)
+  lu.assertStrContains(text, "2 tensors (ema weights)")
+  local a, ameta = cn.load(again)
+  for name, t in pairs(h) do lu.assertEquals(helpers.max_abs_diff(a[name], t), 0, name) end
+  lu.assertEquals({ameta.weights, ameta.exported_from, ameta.step}, {"ema", self.ckpt, "7"})
 
   code, text = helpers.run_script("tools/export_weights.lua", "--no-ema " .. q(self.ckpt) .. " " .. q(out32))
   lu.assertEquals(code, 0, text)

@@ -16,7 +16,8 @@ local EXE = os.getenv("CUNET_EXE") or "./cunet"
 local study = dofile("recipes/study_mnist.lua")
 
 local losses = helpers.csv_losses
-local function run(args) return helpers.run_script("recipes/study_mnist.lua", args) end
+-- the committed weights of the finished runs are not used: every test starts its runs afresh
+local function run(args) return helpers.run_script("recipes/study_mnist.lua", "--committed '' " .. args) end
 
 TestStudy = {}
 
@@ -103,7 +104,7 @@ function TestStudy:testTrainResumeScan()
   lu.assertStrContains(out, "4/4")
 
   -- one scan command per sampler, as --scan runs them (n = 4 samples here)
-  local s = study.new(self.dir .. "/a", {exe = EXE, steps = 4, n = 4})
+  local s = study.new(self.dir .. "/a", {exe = EXE, steps = 4, n = 4, committed = false})
   local r = study.RUNS[1]
   lu.assertEquals(r.name, name)
   local items = s:scan_items(r)
@@ -141,7 +142,7 @@ end
 
 -- With a deadline, a chunk ends on a checkpoint that fits: the first one measures one interval.
 function TestStudy:testChunks()
-  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600})
+  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600, committed = false})
   local r = study.RUNS[1]
   lu.assertEquals(s:next_target(r, 0), 250)
   lu.assertEquals(s:next_target(r, 260), 500)
@@ -155,7 +156,7 @@ end
 -- Two drivers on different runs (--only) share study_state.json: each writes its own runs' records over
 -- the file's current contents, so neither drops the other's.
 function TestStudy:testTwoDriversKeepEachOthersRecords()
-  local a, b = study.new(self.dir, {exe = EXE}), study.new(self.dir, {exe = EXE})
+  local a, b = study.new(self.dir, {exe = EXE, committed = false}), study.new(self.dir, {exe = EXE, committed = false})
   local ra, rb = study.RUNS[1], study.RUNS[2]
   a:record(ra).train_steps = 250
   a:save_state()
@@ -163,7 +164,7 @@ function TestStudy:testTwoDriversKeepEachOthersRecords()
   b:save_state()
   a:record(ra).calls = 3
   a:save_state()
-  local state = study.new(self.dir, {exe = EXE}).state
+  local state = study.new(self.dir, {exe = EXE, committed = false}).state
   lu.assertEquals(state.runs[ra.name].train_steps, 250)
   lu.assertEquals(state.runs[ra.name].calls, 3)
   lu.assertEquals(state.runs[rb.name].train_steps, 500)
@@ -172,7 +173,7 @@ end
 -- A run's step comes from its checkpoint's metadata: none without a file, and a corrupt checkpoint raises
 -- rather than reading as step 0 (the run would start again over it).
 function TestStudy:testCheckpointStep()
-  local s = study.new(self.dir, {exe = EXE})
+  local s = study.new(self.dir, {exe = EXE, committed = false})
   local r = study.RUNS[1]
   lu.assertEquals(s:done_steps(r), 0)
   assert(fs.mkdir_p(s:dir(r)))
@@ -188,7 +189,7 @@ end
 -- deadline is skipped (named, with the guess), and a cell that fails stops that run's scan with the
 -- failure recorded and its log named.
 function TestStudy:testScanSkipsAndFailures()
-  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600})
+  local s = study.new(self.dir, {exe = EXE, deadline = cn.time() + 3600, committed = false})
   local r = study.RUNS[1]
   assert(fs.mkdir_p(s:dir(r)))
   cn.save(s:ckpt(r), {w = cn.ones{2}}, {step = tostring(study.STEPS)})
@@ -279,7 +280,7 @@ end
 -- is mostly scoring, and would overstate a long cell 3-4x); an ODE cell's NFE as 1.25 x what any run
 -- took at that tolerance, else twice the largest this run took, else 300.
 function TestStudy:testCellSecondsGuess()
-  local s = study.new(self.dir, {exe = EXE, n = 100})
+  local s = study.new(self.dir, {exe = EXE, n = 100, committed = false})
   local r = study.RUNS[1]
   local dir = s:dir(r) .. "/scan"
   assert(fs.mkdir_p(dir))
@@ -308,13 +309,16 @@ function TestStudy:testCellSecondsGuess()
 end
 
 function TestStudy:testTrainCost()
-  local s = study.new(self.dir, {exe = EXE})
+  local s = study.new(self.dir, {exe = EXE, committed = false})
   local r = study.RUNS[1]
   assert(fs.mkdir_p(s:dir(r)))
   local function ckpt(meta) cn.save(s:ckpt(r), {["model.w"] = cn.zeros{1}}, meta) end
   s.state.runs[r.name] = {train_wall = 900, train_cpu = 800, train_steps = 250, calls = 1}
   ckpt({step = "250", seconds = "1000"})
   lu.assertEquals(s:train_cost(r), {wall = 1000, cpu = 800, cpu_how = "recorded"})
+  s.state.runs[r.name] = nil -- steps done, no record and no count (the records lost): not a cost of 0
+  lu.assertEquals(s:train_cost(r), {wall = 1000, cpu = 0, cpu_how = "unknown"})
+  s.state.runs[r.name] = {train_wall = 900, train_cpu = 800, train_steps = 250, calls = 1}
   ckpt({step = "1000", seconds = "4000"}) -- three quarters of the calls went unrecorded
   lu.assertEquals(s:train_cost(r), {wall = 4000, cpu = 3200, cpu_how = "estimated"})
   ckpt({step = "1000", seconds = "4000", cpu_seconds = "3500", cpu_seconds_from = "0"})
@@ -324,4 +328,55 @@ function TestStudy:testTrainCost()
   s.state.runs[r.name] = nil
   os.remove(s:ckpt(r))
   lu.assertEquals(s:train_cost(r), {wall = 0, cpu = 0, cpu_how = "recorded"})
+end
+
+-- A fresh clone has no training checkpoints, only the committed EMA weights of the finished runs: the
+-- driver counts such a run as trained (--train leaves it alone), scores it from those weights and takes
+-- its cost from their clock; a training checkpoint under --out wins over them, and a committed file
+-- of other than the study's steps is not taken for a finished run.
+function TestStudy:testCommittedWeights()
+  local committed = self.dir .. "/committed"
+  assert(fs.mkdir_p(committed))
+  local s = study.new(self.dir .. "/out", {exe = EXE, committed = committed})
+  local r, r2 = study.RUNS[1], study.RUNS[2]
+  local path = committed .. "/" .. r.name .. ".safetensors"
+  cn.save(path, {["model.w"] = cn.zeros{1}}, {step = "6000", seconds = "7200", cpu_seconds = "3600", cpu_seconds_from = "0"})
+  cn.save(committed .. "/" .. r2.name .. ".safetensors", {["model.w"] = cn.zeros{1}}, {step = "3000"})
+  lu.assertEquals({s:done_steps(r), s:weights(r), s:committed(r)}, {6000, path, path})
+  lu.assertEquals({s:done_steps(r2), s:committed(r2)}, {0, nil})
+  lu.assertEquals(s:train_cost(r), {wall = 7200, cpu = 3600, cpu_how = "checkpoint"})
+  lu.assertTrue(s:train({r}))
+  lu.assertFalse(fs.exists(s:dir(r)), "--train started a run whose weights are committed")
+  local items = s:scan_items(r)
+  lu.assertEquals(#items, 28)
+  lu.assertEquals({items[1].command[3], items[1].command[4]}, {"--ckpt", path})
+  assert(fs.mkdir_p(s:dir(r)))
+  cn.save(s:ckpt(r), {["model.w"] = cn.zeros{1}}, {step = "250"})
+  lu.assertEquals({s:done_steps(r), s:weights(r)}, {250, s:ckpt(r)})
+  -- none: the default directory switched off ("" from the command line, false from Lua)
+  lu.assertNil(study.new(self.dir .. "/out", {exe = EXE, committed = ""}).committed_dir)
+  lu.assertEquals(study.new(self.dir .. "/out", {exe = EXE}).committed_dir, study.COMMITTED)
+  lu.assertEquals(study.new(self.dir .. "/out", {exe = EXE, steps = 4}):done_steps(r2), 0)
+end
+
+-- --report --into: the tables go between the file's two markers (title dropped, headings one level
+-- deeper, image links relative to the file), the rest of the file is kept; a file without the markers
+-- raises and is left as it was.
+function TestStudy:testSpliceIntoMarkdown()
+  assert(fs.mkdir_p(self.dir .. "/docs"))
+  local path = self.dir .. "/docs/results.md"
+  helpers.write_file(path, "# Results\n\nhand-written\n\n" .. study.BEGIN_MARK .. "\nold tables\n" .. study.END_MARK .. "\n\n## After\n")
+  study.splice(path, {"# The MNIST study: tables", "", "intro", "## DDIM (trailing): FID by steps", "",
+    "![DDIM](" .. self.dir .. "/docs/images/study/x.png)"})
+  lu.assertEquals(helpers.read_file(path), "# Results\n\nhand-written\n\n" .. study.BEGIN_MARK .. "\n\nintro\n"
+    .. "### DDIM (trailing): FID by steps\n\n![DDIM](images/study/x.png)\n" .. study.END_MARK .. "\n\n## After\n")
+  study.splice(path, {"# t", "", "again"}) -- a second run replaces the first one's tables
+  lu.assertEquals(helpers.read_file(path), "# Results\n\nhand-written\n\n" .. study.BEGIN_MARK .. "\n\nagain\n"
+    .. study.END_MARK .. "\n\n## After\n")
+  helpers.write_file(path, "no markers\n")
+  lu.assertErrorMsgContains("lacks the two marker lines", study.splice, path, {"# t"})
+  lu.assertEquals(helpers.read_file(path), "no markers\n")
+  local code, out = run("--into " .. helpers.shell_quote(path) .. " --out " .. helpers.shell_quote(self.dir))
+  lu.assertEquals(code, 2)
+  lu.assertStrContains(out, "--into goes with --report")
 end
