@@ -25,6 +25,8 @@ local args = cli.parse(arg, {
     {"seed", 0, "random seed", integer = true, min = 0},
     {"out", nil, "checkpoint to write (safetensors)", type = "string"},
     {"threads", 0, "threads (0: all cores)", integer = true, min = 0},
+    {"dtype", "F32", "how --out stores the weights (F16: half the bytes; the accuracy recorded is the stored weights')",
+      choices = {"F32", "F16"}},
   },
 })
 
@@ -45,12 +47,18 @@ local seconds = cn.time() - t0
 local acc = clf.accuracy(model, test)
 print(string.format("final training loss %.4f, %.1f s; test accuracy %.2f%% on %s", loss, seconds, 100 * acc, args.data))
 if args.out then
-  local sd = model:state_dict()
-  cn.save(args.out, sd, {
-    model = "classifier", dataset = args.data, test_accuracy = string.format("%.4f", acc),
+  local meta = {model = "classifier", dataset = args.data, test_accuracy = string.format("%.4f", acc),
     epochs = tostring(args.epochs), seed = tostring(args.seed), shift = tostring(args.shift),
-    cosine = tostring(args.cosine),
-  })
+    cosine = tostring(args.cosine)}
+  if args.dtype ~= "F32" then
+    -- round the weights as they will be stored, and record the accuracy of those
+    cn.save(args.out, model:state_dict(), meta, {dtype = args.dtype})
+    model:load_state_dict((cn.load(args.out)))
+    acc = clf.accuracy(model, test)
+    meta.test_accuracy = string.format("%.4f", acc)
+    print(string.format("test accuracy %.2f%% with the weights stored in %s", 100 * acc, args.dtype))
+  end
+  cn.save(args.out, model:state_dict(), meta, {dtype = args.dtype})
   print("wrote " .. args.out)
 end
 return acc
