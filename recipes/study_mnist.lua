@@ -295,6 +295,7 @@ function Study:eps_mse(run)
     out[b] = sum / n
     lines[#lines + 1] = string.format("%d,%d,%d,%.9g", b, band[1], band[2], out[b])
   end
+  fs.mkdir_p(self:dir(run))
   write_atomic(path, table.concat(lines, "\n") .. "\n")
   return out
 end

@@ -355,6 +355,7 @@ function Driver:score_cells(runs, opts)
           else
             print(string.format("study: %s %s (%s)", run.name, opts.label(item), os.date("!%H:%M UTC")))
             io.stdout:flush()
+            fs.mkdir_p(self:dir(run)) -- a run scored from its committed weights has no directory yet
             local log = string.format("%s/%s.log", self:dir(run), opts.what)
             local ok, wall, cpu, timed_out = self:execute(item.command, log, remaining(self))
             local rec = self:record(run)

@@ -350,6 +350,17 @@ function TestStudy:testCommittedWeights()
   local items = s:scan_items(r)
   lu.assertEquals(#items, 28)
   lu.assertEquals({items[1].command[3], items[1].command[4]}, {"--ckpt", path})
+  -- a cell of it runs with its log in the run's directory, which nothing has made yet
+  s.scan_items = function() return {{sampler = study.SAMPLERS[1], value = 1, command = {"echo", "scored"}}} end
+  local said, print0 = {}, _G.print
+  _G.print = function(...) said[#said + 1] = table.concat({...}, " ") end
+  local ok, done = pcall(s.scan, s, {r})
+  _G.print = print0
+  lu.assertTrue(ok and done, tostring(done))
+  lu.assertEquals(s.failed, {}, table.concat(said, "\n"))
+  lu.assertStrContains(helpers.read_file(s:dir(r) .. "/scan.log"), "scored")
+  s.scan_items = nil
+  helpers.remove_dir(s:dir(r))
   assert(fs.mkdir_p(s:dir(r)))
   cn.save(s:ckpt(r), {["model.w"] = cn.zeros{1}}, {step = "250"})
   lu.assertEquals({s:done_steps(r), s:weights(r)}, {250, s:ckpt(r)})
@@ -379,4 +390,10 @@ function TestStudy:testSpliceIntoMarkdown()
   local code, out = run("--into " .. helpers.shell_quote(path) .. " --out " .. helpers.shell_quote(self.dir))
   lu.assertEquals(code, 2)
   lu.assertStrContains(out, "--into goes with --report")
+  -- docs/results.md, which the documented command writes into, has each marker once, in order
+  local doc = helpers.read_file("docs/results.md")
+  local b, e = doc:find(study.BEGIN_MARK, 1, true), doc:find(study.END_MARK, 1, true)
+  lu.assertTrue(b and e and b < e, "docs/results.md lacks the report's markers")
+  lu.assertNil(doc:find(study.BEGIN_MARK, b + 1, true))
+  lu.assertNil(doc:find(study.END_MARK, e + 1, true))
 end
