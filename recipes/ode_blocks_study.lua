@@ -9,11 +9,11 @@
 --   ./cunet recipes/ode_blocks_study.lua --list                      -- the matrix and where each run stands
 --   ./cunet recipes/ode_blocks_study.lua --train --max-minutes 170   -- train (or resume) in order; stop in time
 --   ./cunet recipes/ode_blocks_study.lua --eval --max-minutes 170    -- score the finished runs (resumable)
---   ./cunet recipes/ode_blocks_study.lua --report                    -- runs/ode_blocks/report.md and the plot
+--   ./cunet recipes/ode_blocks_study.lua --report                    -- results/ode_blocks/report.md and the plot
 --   ./cunet recipes/ode_blocks_study.lua --dry-run                   -- every command it would run, run nothing
 --
--- Under --out (runs/ode_blocks): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and
--- eval.log, <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each
+-- Under --out (results/ode_blocks, tracked in git but for the checkpoints, logs and images: its
+-- .gitignore): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and eval.log, <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each
 -- run's wall and CPU seconds (cunet.study). A session may be killed at any moment: the checkpoints are
 -- written atomically every 50 steps and every evaluation cell is its own CSV.
 
@@ -219,7 +219,7 @@ function M.main(argv)
       {"eval", false, "score the runs whose training finished (recipes/fid_vs_steps.lua, one block solver per call)"},
       {"report", false, "write <out>/report.md and <out>/fid_vs_nfe.png from the evaluations"},
       {"dry-run", false, "print the commands --train / --eval / --report would run (all three when none is given)"},
-      table.unpack(study.common_options{out = "runs/ode_blocks", steps = M.STEPS, n = M.EVAL_N,
+      table.unpack(study.common_options{out = "results/ode_blocks", steps = M.STEPS, n = M.EVAL_N,
         n_help = "samples per evaluation cell"}),
     },
   })
