@@ -13,8 +13,9 @@
 --   ./cunet recipes/ode_blocks_study.lua --dry-run                   -- every command it would run, run nothing
 --
 -- Under --out (results/ode_blocks, tracked in git but for the checkpoints, logs and images: its
--- .gitignore): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and eval.log, <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each
--- run's wall and CPU seconds (cunet.study). A session may be killed at any moment: the checkpoints are
+-- .gitignore): <run>/ holds the training recipe's checkpoint, loss.csv, train.log and eval.log,
+-- <run>/eval/<solver>/ the fid_vs_steps CSV of each block solver; study_state.json holds each run's
+-- wall and CPU seconds (cunet.study). A session may be killed at any moment: the checkpoints are
 -- written atomically every 50 steps and every evaluation cell is its own CSV.
 
 local cn = require "cunet"

@@ -212,8 +212,9 @@ function Driver:record(run)
 end
 
 --- What training run has cost so far: {wall =, cpu = (seconds), cpu_how = "checkpoint" | "recorded" |
--- "estimated" | "unknown" (steps done, but neither a CPU count nor a record: cpu is 0)}. Wall: the larger of the driver's record and the checkpoint's clock (a call killed with
--- its session is missing from the record, not from the clock). CPU: the checkpoint's count when it
+-- "estimated" | "unknown" (steps done, but neither a CPU count nor a record: cpu is 0)}. Wall: the
+-- larger of the driver's record and the checkpoint's clock (a call killed with its session is missing
+-- from the record, not from the clock). CPU: the checkpoint's count when it
 -- covers the whole run (checkpoints record it since 2026-12-06); else the driver's record when that
 -- covers every step; else the record's CPU per step times the steps done ("estimated").
 function Driver:train_cost(run)
