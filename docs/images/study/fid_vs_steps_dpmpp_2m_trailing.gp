@@ -16,4 +16,6 @@ plot 'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 0 using 1:3:4 
   'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 3 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 4 notitle, \
   'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 3 using 1:2 with linespoints lc 4 lw 2 title "authors' cU-Net 1.1 M", \
   'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 4 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 5 notitle, \
-  'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 4 using 1:2 with linespoints lc 5 lw 2 title "Ho U-Net 1.1 M"
+  'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 4 using 1:2 with linespoints lc 5 lw 2 title "Ho U-Net 1.1 M", \
+  'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 5 using 1:3:4 with filledcurves fs transparent solid 0.2 lc 6 notitle, \
+  'docs/images/study/fid_vs_steps_dpmpp_2m_trailing.dat' index 5 using 1:2 with linespoints lc 6 lw 2 title "Ho cU-Net 1.1 M"
