@@ -218,8 +218,8 @@ end
 local function repl_session(steps, history)
     -- Lines typed while the REPL is still evaluating the previous one are echoed by the terminal
     -- itself (readline is not reading then), between that line's echo and its value: CI saw
-    -- "> a = 6 * 7; a\nx, y = ...\n42". A pause between lines makes that rare, and the assertions
-    -- below look for a line's echo and its value separately, so it cannot fail a test.
+    -- "> a = 6 * 7; a\nx, y = ...\n42". A pause between lines makes that rare, and the tests assert
+    -- a line's echo and its value separately, so such an echo between them does not fail one.
     local feed, typed = {}, false
     for _, step in ipairs(steps) do
         if type(step) == "number" then
